@@ -1,0 +1,175 @@
+"""The interface every kernel backend implements.
+
+A backend is a set of functions with vLLM's custom-op argument order and tensor layouts (see
+DESIGN.md, "Cache layouts"). `kvpager.ops` validates arguments once, picks a backend and calls
+these methods, so a backend may assume its inputs are well formed: shapes agree, dtypes are the
+supported ones, block ids are inside the cache, and every tensor is on a device the backend
+accepted through `device_reason`.
+
+Outputs are written in place into the tensors passed in (`out`, `exp_sums`, caches, ...), as
+vLLM's ops do, so callers can preallocate and capture them in CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch stays optional for the memory manager
+    import torch
+
+    Scale = float | torch.Tensor
+
+
+class Backend(abc.ABC):
+    """One implementation of the attention and cache kernels.
+
+    Subclasses set `name` and implement every operation. An operation that a backend serves
+    with another backend's code must say so in its docstring: there are no silent fallbacks.
+    """
+
+    name: str = ""
+
+    # ---- availability -------------------------------------------------------------------
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run on this machine at all, or None when it can.
+
+        Must be cheap after the first call and must not raise: the registry calls it to list
+        backends and to explain why one is missing.
+        """
+        return None
+
+    def device_reason(self, device: torch.device) -> str | None:
+        """Why this backend cannot run on tensors on `device`, or None when it can."""
+        return None
+
+    def capability_reason(
+        self, *, head_size: int, block_size: int, dtype: torch.dtype, kv_cache_dtype: str
+    ) -> str | None:
+        """Why this backend cannot run this attention configuration, or None when it can."""
+        return None
+
+    # ---- attention ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def paged_attention_v1(
+        self,
+        out: torch.Tensor,
+        query: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        num_kv_heads: int,
+        scale: float,
+        block_tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+        block_size: int,
+        max_seq_len: int,
+        alibi_slopes: torch.Tensor | None,
+        kv_cache_dtype: str,
+        k_scale: Scale,
+        v_scale: Scale,
+        tp_rank: int = 0,
+        blocksparse_local_blocks: int = 0,
+        blocksparse_vert_stride: int = 0,
+        blocksparse_block_size: int = 64,
+        blocksparse_head_sliding_step: int = 0,
+    ) -> None:
+        """Single-pass decode attention over a paged cache, written into `out`.
+
+        out, query: [num_seqs, num_heads, head_size], dtype fp32/fp16/bf16.
+        key_cache: [num_blocks, num_kv_heads, head_size // x, block_size, x].
+        value_cache: [num_blocks, num_kv_heads, head_size, block_size].
+        block_tables: int32 [num_seqs, max_blocks_per_seq]; seq_lens: int32 [num_seqs].
+        alibi_slopes: float32 [num_heads] or None.
+        """
+
+    @abc.abstractmethod
+    def paged_attention_v2(
+        self,
+        out: torch.Tensor,
+        exp_sums: torch.Tensor,
+        max_logits: torch.Tensor,
+        tmp_out: torch.Tensor,
+        query: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        num_kv_heads: int,
+        scale: float,
+        block_tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+        block_size: int,
+        max_seq_len: int,
+        alibi_slopes: torch.Tensor | None,
+        kv_cache_dtype: str,
+        k_scale: Scale,
+        v_scale: Scale,
+        tp_rank: int = 0,
+        blocksparse_local_blocks: int = 0,
+        blocksparse_vert_stride: int = 0,
+        blocksparse_block_size: int = 64,
+        blocksparse_head_sliding_step: int = 0,
+    ) -> None:
+        """Partitioned decode attention (512-token partitions) followed by the reduce.
+
+        exp_sums, max_logits: float32 [num_seqs, num_heads, max_num_partitions].
+        tmp_out: [num_seqs, num_heads, max_num_partitions, head_size], dtype of `out`.
+        Other arguments as in `paged_attention_v1`.
+        """
+
+    # ---- cache ops ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def reshape_and_cache(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        kv_cache_dtype: str,
+        k_scale: Scale,
+        v_scale: Scale,
+    ) -> None:
+        """Write new tokens' K/V into the cache at their slots; negative slots are skipped.
+
+        key, value: [num_tokens, num_kv_heads, head_size]; slot_mapping: int64 [num_tokens].
+        """
+
+    @abc.abstractmethod
+    def copy_blocks(
+        self,
+        key_caches: list[torch.Tensor],
+        value_caches: list[torch.Tensor],
+        block_mapping: torch.Tensor,
+    ) -> None:
+        """Copy whole blocks inside each layer's caches (copy-on-write).
+
+        block_mapping: int64 [num_pairs, 2] of (src, dst) block ids, applied to every layer.
+        """
+
+    @abc.abstractmethod
+    def swap_blocks(
+        self, src: torch.Tensor, dst: torch.Tensor, block_mapping: torch.Tensor
+    ) -> None:
+        """Copy blocks between two caches of one layer, possibly on different devices.
+
+        src, dst: caches of the same layout; block_mapping: int64 [num_pairs, 2] (src, dst).
+        """
+
+    @abc.abstractmethod
+    def merge_attn_states(
+        self,
+        output: torch.Tensor,
+        prefix_output: torch.Tensor,
+        prefix_lse: torch.Tensor,
+        suffix_output: torch.Tensor,
+        suffix_lse: torch.Tensor,
+        output_lse: torch.Tensor | None = None,
+    ) -> None:
+        """Merge two partial attention results by their log-sum-exps.
+
+        output, prefix_output, suffix_output: [num_tokens, num_heads, head_size].
+        prefix_lse, suffix_lse, output_lse: float32 [num_heads, num_tokens]. An infinite LSE
+        marks an empty part, which contributes nothing.
+        """
+
+    def __repr__(self) -> str:
+        return f"<kvpager backend {self.name!r}>"

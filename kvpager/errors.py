@@ -1,0 +1,45 @@
+"""Named exceptions of the memory manager.
+
+Every exception says what was wrong in its message, and every call that raises one leaves the
+manager exactly as it was: callers may catch, back off (preempt, wait) and retry.
+"""
+
+from __future__ import annotations
+
+
+class KVPagerError(Exception):
+    """Base class of every error kvpager raises on purpose."""
+
+
+class OutOfBlocksError(KVPagerError, MemoryError):
+    """A pool has fewer free blocks than a call needs.
+
+    Not a bug: the scheduler asks `can_allocate` / `can_append` first and preempts instead.
+    """
+
+    def __init__(self, device: str, needed: int, free: int) -> None:
+        self.device, self.needed, self.free = device, needed, free
+        super().__init__(f"out of {device} blocks: needed {needed}, only {free} free")
+
+
+class DoubleFreeError(KVPagerError, ValueError):
+    """A block whose reference count is already zero was freed again."""
+
+
+class UnknownBlockError(KVPagerError, ValueError):
+    """A block id outside `0 <= id < num_blocks` of its pool."""
+
+
+class UnknownSequenceError(KVPagerError, LookupError):
+    """A sequence id the manager does not hold."""
+
+    def __str__(self) -> str:  # LookupError would quote the message like a dict key
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateSequenceError(KVPagerError, ValueError):
+    """A sequence id that the manager already holds was allocated or forked into again."""
+
+
+class WrongDeviceError(KVPagerError, ValueError):
+    """An operation on a sequence that is not on the device it needs (swap what is not there)."""

@@ -1,0 +1,1 @@
+"""Simulator: SimPy engine, cost model, cache strategies, traces and metrics."""
