@@ -1,0 +1,255 @@
+"""BlockPool: the physical KV blocks of one device, their reference counts and free lists.
+
+Block ids are dense indices `0 <= id < num_blocks` of one device's cache tensors, so a kernel
+can index the cache with them directly. Each device (the GPU cache, the CPU swap area) has its
+own pool and its own id space; an id means nothing without its pool, and the manager never
+lets a sequence hold blocks of two pools at once.
+
+Why arrays and not a deque of block objects: a decode step of 1,024 sequences allocates,
+shares and frees blocks for many sequences at once, and a serving loop cannot afford Python
+object work per block there. Reference counts live in one int32 array and the clean free
+blocks in an int32 stack, so `allocate(k)` and `free(ids)` are a few vectorized numpy
+operations whatever k is, and a pool of 1,000,000 blocks costs about 9 MB.
+
+Free blocks come in two kinds:
+
+- *clean*: no reusable content. Kept in a stack: the most recently freed block is reused
+  first, which keeps the set of block ids in use small and dense.
+- *cached*: content registered in a prefix cache, kept for a later hit until the space is
+  needed. Kept in LRU order (least recently released first) in an `OrderedDict`, which gives
+  O(1) append, O(1) removal from the middle on a cache hit and O(1) eviction of the oldest.
+
+`allocate` takes clean blocks first and evicts cached ones only when no clean block is left,
+so cached prefixes live as long as memory allows.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from kvpager.errors import DoubleFreeError, OutOfBlocksError, UnknownBlockError
+
+BlockIds = Iterable[int] | np.ndarray
+
+
+class BlockPool:
+    """Physical blocks of one device: ids, reference counts, clean and cached free blocks.
+
+    Args:
+        num_blocks: number of physical blocks, > 0.
+        device: a name for messages and plans ("gpu", "cpu", "cuda:1", ...).
+
+    Every method either does all of its work or raises before changing anything.
+    """
+
+    def __init__(self, num_blocks: int, device: str = "gpu") -> None:
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, (int, np.integer)):
+            raise ValueError(f"num_blocks must be an int, got {type(num_blocks).__name__}")
+        if num_blocks <= 0:
+            raise ValueError(f"num_blocks must be > 0, got {num_blocks}")
+        if num_blocks > np.iinfo(np.int32).max:
+            raise ValueError(f"num_blocks must fit in int32, got {num_blocks}")
+        self.device = device
+        self.num_blocks = int(num_blocks)
+        self._ref = np.zeros(self.num_blocks, dtype=np.int32)
+        # Clean free blocks as a stack; the top is the end. Filled so that a fresh pool hands
+        # out 0, 1, 2, ... in order.
+        self._clean = np.arange(self.num_blocks - 1, -1, -1, dtype=np.int32)
+        self._num_clean = self.num_blocks
+        self._cached = np.zeros(self.num_blocks, dtype=bool)
+        self._evictable: OrderedDict[int, None] = OrderedDict()
+        self._on_evict: Callable[[int], None] | None = None
+
+    # ---- queries ------------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        """Blocks `allocate` can hand out now: clean plus evictable cached blocks."""
+        return self._num_clean + len(self._evictable)
+
+    @property
+    def num_used(self) -> int:
+        """Blocks with a reference count above zero."""
+        return self.num_blocks - self.num_free
+
+    @property
+    def num_evictable(self) -> int:
+        """Free blocks that still hold cached content."""
+        return len(self._evictable)
+
+    @property
+    def ref_counts(self) -> np.ndarray:
+        """Read-only int32 view `[num_blocks]` of the reference counts."""
+        view = self._ref.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def cached_flags(self) -> np.ndarray:
+        """Read-only bool view `[num_blocks]`: which blocks hold prefix-cached content."""
+        view = self._cached.view()
+        view.flags.writeable = False
+        return view
+
+    def ref_count(self, block: int) -> int:
+        """Reference count of one block."""
+        self._check_ids(np.asarray([block]))
+        return int(self._ref[block])
+
+    def is_cached(self, block: int) -> bool:
+        """Whether the block's content is registered in a prefix cache."""
+        self._check_ids(np.asarray([block]))
+        return bool(self._cached[block])
+
+    def free_blocks(self) -> tuple[np.ndarray, list[int]]:
+        """(clean stack bottom to top, evictable blocks oldest first): for tests and tools."""
+        return self._clean[: self._num_clean].copy(), list(self._evictable)
+
+    # ---- allocation ---------------------------------------------------------------------
+    def allocate(self, num: int = 1) -> np.ndarray:
+        """Take `num` free blocks with reference count 1, as int32 `[num]`.
+
+        Clean blocks come first (most recently freed first); cached blocks are evicted, oldest
+        released first, only when no clean block is left.
+
+        Raises:
+            OutOfBlocksError: fewer than `num` blocks are free (nothing is taken).
+        """
+        if num < 0:
+            raise ValueError(f"num must be >= 0, got {num}")
+        if num > self.num_free:
+            raise OutOfBlocksError(self.device, num, self.num_free)
+        take = min(num, self._num_clean)
+        top = self._num_clean
+        ids = self._clean[top - take : top][::-1].copy()
+        self._num_clean = top - take
+        if take < num:
+            ids = np.concatenate([ids, self._evict(num - take)])
+        self._ref[ids] = 1
+        return ids
+
+    def _evict(self, num: int) -> np.ndarray:
+        evicted = np.empty(num, dtype=np.int32)
+        for i in range(num):
+            block, _ = self._evictable.popitem(last=False)
+            self._cached[block] = False
+            if self._on_evict is not None:
+                self._on_evict(block)
+            evicted[i] = block
+        return evicted
+
+    def share(self, blocks: BlockIds) -> None:
+        """Add one reference to each listed block (repeats add more); each must be in use.
+
+        Raises:
+            UnknownBlockError: an id outside the pool.
+            DoubleFreeError: a block that is free (sharing it would resurrect freed memory).
+        """
+        ids = self._as_ids(blocks)
+        if ids.size == 0:
+            return
+        free = ids[self._ref[ids] <= 0]
+        if free.size:
+            raise DoubleFreeError(
+                f"cannot share {self.device} block {int(free[0])}: it is free (ref count 0)"
+            )
+        np.add.at(self._ref, ids, 1)
+
+    def free(self, blocks: BlockIds) -> np.ndarray:
+        """Drop one reference per listed id (repeats drop more); return the blocks released.
+
+        A block whose count reaches zero becomes free: cached blocks join the eviction order
+        in the order listed (list a sequence's blocks tail first so its tail is evicted first),
+        the others go onto the clean stack. Returns int32 ids that reached zero.
+
+        Raises:
+            UnknownBlockError: an id outside the pool.
+            DoubleFreeError: more references dropped than a block has.
+        """
+        ids = self._as_ids(blocks)
+        if ids.size == 0:
+            return ids
+        if ids.size == 1 or _all_distinct(ids):
+            counts = self._ref[ids]
+            bad = counts <= 0
+            if bad.any():
+                self._raise_double_free(ids[bad][0])
+            self._ref[ids] = counts - 1
+            released = ids[counts == 1]
+        else:
+            uniq, first, num = np.unique(ids, return_index=True, return_counts=True)
+            bad = self._ref[uniq] < num
+            if bad.any():
+                self._raise_double_free(uniq[bad][0])
+            self._ref[uniq] -= num.astype(np.int32)
+            order = np.sort(first[self._ref[uniq] == 0])  # keep the caller's order
+            released = ids[order]
+        self._release(released)
+        return released
+
+    def _raise_double_free(self, block: np.integer) -> None:
+        raise DoubleFreeError(
+            f"double free of {self.device} block {int(block)}: "
+            f"its reference count is {int(self._ref[block])}"
+        )
+
+    def _release(self, released: np.ndarray) -> None:
+        if released.size == 0:
+            return
+        cached = self._cached[released]
+        if cached.any():
+            for block in released[cached].tolist():
+                self._evictable[block] = None
+            released = released[~cached]
+        top = self._num_clean
+        self._clean[top : top + released.size] = released
+        self._num_clean = top + released.size
+
+    # ---- prefix-cache support ---------------------------------------------------------------
+    def set_evict_callback(self, callback: Callable[[int], None] | None) -> None:
+        """Call `callback(block)` whenever a cached free block is evicted for reuse."""
+        self._on_evict = callback
+
+    def mark_cached(self, block: int) -> None:
+        """Register a block in use as holding cached content (kept after its last release)."""
+        if self._ref[block] <= 0:
+            raise ValueError(f"mark_cached: {self.device} block {block} is free")
+        self._cached[block] = True
+
+    def touch(self, block: int) -> None:
+        """Take a reference on a cached block for a prefix hit, reviving it if it was free."""
+        if not self._cached[block]:
+            raise ValueError(f"touch: {self.device} block {block} holds no cached content")
+        if self._ref[block] == 0:
+            del self._evictable[block]
+        self._ref[block] += 1
+
+    # ---- validation ---------------------------------------------------------------------
+    def _as_ids(self, blocks: BlockIds) -> np.ndarray:
+        ids = np.asarray(blocks)
+        if ids.ndim != 1:
+            ids = ids.reshape(-1)
+        if ids.size and ids.dtype.kind not in "iu":
+            raise UnknownBlockError(f"{self.device} block ids must be integers, got {ids.dtype}")
+        ids = ids.astype(np.int32, copy=False)
+        self._check_ids(ids)
+        return ids
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_blocks):
+            bad = ids[(ids < 0) | (ids >= self.num_blocks)][0]
+            raise UnknownBlockError(
+                f"unknown {self.device} block {int(bad)}: ids are 0..{self.num_blocks - 1}"
+            )
+
+    def __repr__(self) -> str:
+        return (f"BlockPool(device={self.device!r}, num_blocks={self.num_blocks}, "
+                f"free={self.num_free}, evictable={self.num_evictable})")
+
+
+def _all_distinct(ids: np.ndarray) -> bool:
+    """Cheap duplicate test: sort a copy (ids are short: one sequence or one batch)."""
+    s = np.sort(ids)
+    return not bool((s[1:] == s[:-1]).any())

@@ -1,0 +1,97 @@
+"""Configuration and small result types of the memory manager."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class AllocStatus(enum.Enum):
+    """Whether a request's blocks can be allocated.
+
+    OK: now. LATER: not now, but once running sequences free their blocks. NEVER: the request
+    cannot fit even in an empty cache (reject it instead of waiting forever).
+    """
+
+    OK = "ok"
+    LATER = "later"
+    NEVER = "never"
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Shape of the paged KV cache as the memory manager sees it (no tensors).
+
+    Args:
+        num_gpu_blocks: physical blocks of the device cache, > 0.
+        block_size: tokens per block, > 0 (kernels accept 8, 16 or 32).
+        num_cpu_blocks: blocks of the CPU swap area, >= 0 (0 disables swapping).
+        watermark: fraction of GPU blocks that admitting a *new* prompt must leave free, in
+            [0, 1). Running sequences may still use them: the margin keeps a burst of
+            admissions from forcing immediate preemptions of running decodes.
+        enable_prefix_caching: keep full blocks of computed prompts for reuse by content.
+    """
+
+    num_gpu_blocks: int
+    block_size: int = 16
+    num_cpu_blocks: int = 0
+    watermark: float = 0.01
+    enable_prefix_caching: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("num_gpu_blocks", self.num_gpu_blocks, 1)
+        _check_int("block_size", self.block_size, 1)
+        _check_int("num_cpu_blocks", self.num_cpu_blocks, 0)
+        if not isinstance(self.watermark, (int, float)) or not 0.0 <= self.watermark < 1.0:
+            raise ValueError(f"watermark must be a float in [0, 1), got {self.watermark!r}")
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise ValueError(
+                f"enable_prefix_caching must be a bool, got {self.enable_prefix_caching!r}"
+            )
+
+    @property
+    def watermark_blocks(self) -> int:
+        return int(self.watermark * self.num_gpu_blocks)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What `KVCacheManager.allocate` did for a prompt.
+
+    blocks: int32 `[num_blocks]` GPU block table. num_cached_tokens: leading prompt tokens
+    whose KV is already in the cache (prefix hits); the caller computes only the rest.
+    """
+
+    seq_id: object
+    blocks: np.ndarray
+    num_cached_tokens: int
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What appending tokens did.
+
+    slots: int64 `[num_new_tokens]` (per sequence, concatenated in batch order for batches),
+    where `reshape_and_cache` writes the new tokens' K/V. copies: int64 `[num_copies, 2]` of
+    (src, dst) GPU blocks to copy *before* that write (copy-on-write of shared blocks).
+    """
+
+    slots: np.ndarray
+    copies: np.ndarray
+
+    @property
+    def num_copies(self) -> int:
+        return int(self.copies.shape[0])
+
+
+EMPTY_PAIRS = np.zeros((0, 2), dtype=np.int64)
+EMPTY_PAIRS.flags.writeable = False
