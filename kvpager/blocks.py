@@ -207,6 +207,22 @@ class BlockPool:
         self._clean[top : top + released.size] = released
         self._num_clean = top + released.size
 
+    # ---- trusted fast paths --------------------------------------------------------------
+    # The manager passes ids read from its own tables: valid, distinct within one table and
+    # in use. Skipping the checks there halves the cost of fork / free / prefix hits, which
+    # a serving loop calls for many sequences per step. The stateful tests check that the
+    # manager's calls keep every invariant the checks would.
+
+    def _share_unique(self, ids: np.ndarray) -> None:
+        """Add a reference to each of distinct in-use `ids` (no checks)."""
+        self._ref[ids] += 1
+
+    def _free_unique(self, ids: np.ndarray) -> None:
+        """Drop a reference from each of distinct in-use `ids` (no checks)."""
+        counts = self._ref[ids]
+        self._ref[ids] = counts - 1
+        self._release(ids[counts == 1])
+
     # ---- prefix-cache support ---------------------------------------------------------------
     def set_evict_callback(self, callback: Callable[[int], None] | None) -> None:
         """Call `callback(block)` whenever a cached free block is evicted for reuse."""
@@ -218,13 +234,19 @@ class BlockPool:
             raise ValueError(f"mark_cached: {self.device} block {block} is free")
         self._cached[block] = True
 
-    def touch(self, block: int) -> None:
-        """Take a reference on a cached block for a prefix hit, reviving it if it was free."""
-        if not self._cached[block]:
-            raise ValueError(f"touch: {self.device} block {block} holds no cached content")
-        if self._ref[block] == 0:
+    def touch(self, blocks: BlockIds) -> None:
+        """Take a reference on each of distinct cached blocks for a prefix hit, reviving the
+        free ones (they leave the eviction order)."""
+        ids = self._as_ids(blocks)
+        if ids.size == 0:
+            return
+        if not self._cached[ids].all():
+            bad = int(ids[~self._cached[ids]][0])
+            raise ValueError(f"touch: {self.device} block {bad} holds no cached content")
+        refs = self._ref[ids]
+        for block in ids[refs == 0].tolist():
             del self._evictable[block]
-        self._ref[block] += 1
+        self._ref[ids] = refs + 1
 
     # ---- validation ---------------------------------------------------------------------
     def _as_ids(self, blocks: BlockIds) -> np.ndarray:

@@ -23,21 +23,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kvpager.batch_ops import BatchMixin
 from kvpager.block_table import BlockTable, num_blocks_for
 from kvpager.blocks import BlockPool
 from kvpager.config import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult, CacheConfig
-from kvpager.decode_batch import DecodePlan, apply_decode, check_rows, plan_decode
-from kvpager.decode_batch import blocks_needed as batch_blocks_needed
 from kvpager.errors import OutOfBlocksError, WrongDeviceError
 from kvpager.prefix import PrefixCache, hash_block_tokens
-from kvpager.seq_store import DEVICE_NAMES, ON_CPU, ON_GPU, SequenceStore
-from kvpager.swap import distinct_blocks, group_rows, move_rows
+from kvpager.seq_store import DEVICE_NAMES, ON_GPU, SequenceStore
+from kvpager.swap import SwapMixin
 
 if TYPE_CHECKING:
     import torch
 
 
-class KVCacheManager:
+class KVCacheManager(BatchMixin, SwapMixin):
     """Allocates, shares, copies on write, swaps and frees the KV blocks of sequences.
 
     Construct with a `CacheConfig` or its fields as keywords:
@@ -192,8 +191,8 @@ class KVCacheManager:
         if total - len(hits) + revived > self.gpu.num_free:
             raise OutOfBlocksError("gpu", total - len(hits) + revived, self.gpu.num_free)
 
-        for block in hits:
-            self.gpu.touch(block)
+        if hits:
+            self.gpu.touch(hits)
         fresh = self.gpu.allocate(total - len(hits))
         if self.prefix_cache is not None:
             self.prefix_cache.record_query(min(len(keys), (num_tokens - 1) // self.block_size),
@@ -293,41 +292,6 @@ class KVCacheManager:
         pairs = np.asarray(copies, dtype=np.int64).reshape(-1, 2) if copies else EMPTY_PAIRS
         return AppendResult(slots, pairs)
 
-    def append_slots_batch(
-        self, rows: np.ndarray, num_lookahead_slots: int = 0
-    ) -> AppendResult:
-        """One decode step for a batch: one new token slot for every row in `rows`.
-
-        `rows` (int array from `rows_of`) must be distinct sequences on the GPU. Slots come back
-        in `rows` order. Same semantics as `append_slots(seq, 1, num_lookahead_slots)` applied
-        to each row in turn, done with whole-batch array operations.
-
-        Raises:
-            OutOfBlocksError (nothing changed), UnknownSequenceError, WrongDeviceError.
-        """
-        plan = self._plan_batch(rows, num_lookahead_slots)
-        if plan is None:
-            return AppendResult(np.zeros(0, dtype=np.int64), EMPTY_PAIRS)
-        result = apply_decode(self._seqs, self.gpu, plan, self.block_size)
-        self.num_cow_copies += result.num_copies
-        return result
-
-    def blocks_needed_batch(self, rows: np.ndarray, num_lookahead_slots: int = 0) -> np.ndarray:
-        """Per-row GPU blocks `append_slots_batch(rows)` would take now, int64 `[len(rows)]`."""
-        plan = self._plan_batch(rows, num_lookahead_slots)
-        return np.zeros(0, dtype=np.int64) if plan is None else batch_blocks_needed(plan)
-
-    def _plan_batch(self, rows: np.ndarray, lookahead: int) -> DecodePlan | None:
-        rows = np.asarray(rows, dtype=np.int64)
-        if lookahead < 0:
-            raise ValueError(f"num_lookahead_slots must be >= 0, got {lookahead}")
-        if rows.size == 0:
-            return None
-        if self._scratch.size < self._seqs.where.size:
-            self._scratch = np.zeros(self._seqs.where.size, dtype=np.int64)
-        check_rows(self._seqs, rows, self._scratch)
-        return plan_decode(self._seqs, self.gpu, rows, lookahead, self.block_size)
-
     def _growth(self, row: int, k: int, lookahead: int) -> tuple[int, list[int]]:
         """(new blocks, logical indices of shared blocks the write touches) for an append."""
         seqs, bs = self._seqs, self.block_size
@@ -350,7 +314,7 @@ class KVCacheManager:
         self._seqs.check_new(child_id)
         where = int(self._seqs.where[parent])
         blocks = self._seqs.blocks(parent)
-        self._pool_at(where).share(blocks)
+        self._pool_at(where)._share_unique(blocks)
         child = self._seqs.add(child_id, where)
         self._seqs.table[child, : blocks.size] = self._seqs.table[parent, : blocks.size]
         self._seqs.nblocks[child] = blocks.size
@@ -367,7 +331,7 @@ class KVCacheManager:
         """
         row = self._seqs.row(seq_id)
         num_tokens = int(self._seqs.ntokens[row])
-        self._pool_at(int(self._seqs.where[row])).free(self._seqs.blocks(row)[::-1])
+        self._pool_at(int(self._seqs.where[row]))._free_unique(self._seqs.blocks(row)[::-1])
         self._keys.pop(row, None)
         self._registered.pop(row, None)
         self._seqs.remove(row)
@@ -394,51 +358,6 @@ class KVCacheManager:
             full = num_tokens // self.block_size
             self._keys[row] = self._keys[row][:full]
             self._registered[row] = min(self._registered[row], full)
-
-    # ---- swapping -----------------------------------------------------------------------
-    def can_swap_out(self, seq_ids: Iterable[Hashable]) -> bool:
-        """Whether the CPU swap area has room for the group's distinct blocks."""
-        rows = group_rows(self._seqs, seq_ids, ON_GPU)
-        return self.cpu is not None and distinct_blocks(self._seqs, rows).size <= self.cpu.num_free
-
-    def can_swap_in(self, seq_ids: Iterable[Hashable]) -> AllocStatus:
-        """Whether the group's distinct blocks fit back on the GPU (keeping the watermark)."""
-        rows = group_rows(self._seqs, seq_ids, ON_CPU)
-        need = distinct_blocks(self._seqs, rows).size
-        if self.gpu.num_blocks < need:
-            return AllocStatus.NEVER
-        if self.gpu.num_free - need >= self.config.watermark_blocks:
-            return AllocStatus.OK
-        return AllocStatus.LATER
-
-    def swap_out(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
-        """Move a group of sequences to the CPU, all or nothing.
-
-        Returns int64 `[num_blocks, 2]` (gpu_block, cpu_block) pairs to copy, one per distinct
-        block: blocks shared inside the group stay shared on the CPU. A GPU block that others
-        outside the group still use stays on the GPU for them.
-        """
-        if self.cpu is None:
-            raise ValueError("swap_out: this manager has no CPU swap space (num_cpu_blocks=0)")
-        return self._swap(seq_ids, ON_GPU, ON_CPU)
-
-    def swap_in(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
-        """Move a swapped-out group back to the GPU, all or nothing.
-
-        Returns int64 `[num_blocks, 2]` (cpu_block, gpu_block) pairs to copy.
-        """
-        if self.cpu is None:
-            raise ValueError("swap_in: this manager has no CPU swap space (num_cpu_blocks=0)")
-        return self._swap(seq_ids, ON_CPU, ON_GPU)
-
-    def _swap(self, seq_ids: Iterable[Hashable], src: int, dst: int) -> np.ndarray:
-        rows = group_rows(self._seqs, seq_ids, src)
-        pairs = move_rows(self._seqs, rows, self._pool_at(src), self._pool_at(dst), dst)
-        if dst == ON_CPU:
-            self.num_blocks_swapped_out += pairs.shape[0]
-        else:
-            self.num_blocks_swapped_in += pairs.shape[0]
-        return pairs
 
     # ---- helpers ------------------------------------------------------------------------
     def _gpu_row(self, seq_id: Hashable) -> int:

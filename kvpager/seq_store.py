@@ -70,6 +70,30 @@ class SequenceStore:
         self.ntokens[row] = 0
         return row
 
+    def add_many(self, seq_ids: list[Hashable], where: np.ndarray) -> np.ndarray:
+        """`add` for many new ids at once (caller checked them); returns their rows, int64."""
+        while len(self._spare) < len(seq_ids):
+            self._grow_rows()
+        rows = [self._spare.pop() for _ in seq_ids]
+        for seq_id, row in zip(seq_ids, rows, strict=True):
+            self.row_of[seq_id] = row
+            self.seq_of[row] = seq_id
+        out = np.asarray(rows, dtype=np.int64)
+        self.where[out] = where
+        self.nblocks[out] = 0
+        self.ntokens[out] = 0
+        return out
+
+    def remove_many(self, rows: np.ndarray) -> None:
+        """`remove` for many distinct rows at once."""
+        for row in rows.tolist():
+            del self.row_of[self.seq_of[row]]
+            self.seq_of[row] = None
+            self._spare.append(row)
+        self.where[rows] = UNUSED
+        self.nblocks[rows] = 0
+        self.ntokens[rows] = 0
+
     def remove(self, row: int) -> None:
         del self.row_of[self.seq_of[row]]
         self.seq_of[row] = None

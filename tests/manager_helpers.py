@@ -24,3 +24,19 @@ def table(m: KVCacheManager, seq) -> list[int]:
 
 def pairs(a: np.ndarray) -> list[tuple[int, int]]:
     return [tuple(p) for p in a.tolist()]
+
+
+def canonical(m: KVCacheManager, order: list, slots: list[int], copies: list[tuple[int, int]]):
+    """Tables, slots and copies with GPU block ids renamed by first appearance in the tables
+    (sequences in `order`), so two managers that made the same decisions with different ids
+    compare equal. Copy sources that no table holds any more are named by their copy."""
+    names: dict[int, int] = {}
+    for seq in order:
+        for b in m.block_table(seq).blocks.tolist():
+            names.setdefault(b, len(names))
+    for src, _dst in copies:
+        names.setdefault(src, len(names))
+    bs = m.block_size
+    tables = [[names[b] for b in m.block_table(s).blocks.tolist()] for s in order]
+    return (tables, [names[x // bs] * bs + x % bs for x in slots],
+            sorted((names[a], names[b]) for a, b in copies), m.num_free_blocks())

@@ -110,19 +110,20 @@ class ManagerMachine(RuleBasedStateMachine):
         self.write(seq, got.slots, start)
 
     @precondition(lambda self: self.tokens)
-    @rule(data=st.data(), lookahead=st.integers(0, 2))
-    def decode_step(self, data, lookahead: int) -> None:
+    @rule(data=st.data(), k=st.sampled_from([1, 1, 2, 5]), lookahead=st.integers(0, 2))
+    def decode_step(self, data, k: int, lookahead: int) -> None:
         gpu = self.on("gpu")
         if not gpu:
             return
         batch = data.draw(st.lists(st.sampled_from(gpu), min_size=1, unique=True))
-        got = self.try_call(self.m.append_slots_batch, self.m.rows_of(batch), lookahead)
+        got = self.try_call(self.m.append_slots_batch, self.m.rows_of(batch), k, lookahead)
         if got is None:
             return
         self.copy(got.copies, "gpu", "gpu")
         for i, seq in enumerate(batch):
-            self.tokens[seq].append(data.draw(st.integers(0, 3)))
-            self.write(seq, got.slots[i : i + 1], len(self.tokens[seq]) - 1)
+            start = len(self.tokens[seq])
+            self.tokens[seq] += data.draw(st.lists(st.integers(0, 3), min_size=k, max_size=k))
+            self.write(seq, got.slots[i * k : (i + 1) * k], start)
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data())
@@ -131,6 +132,25 @@ class ManagerMachine(RuleBasedStateMachine):
         self.m.fork(parent, self.next_id)
         self.tokens[self.next_id] = list(self.tokens[parent])
         self.next_id += 1
+
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data())
+    def fork_many(self, data) -> None:
+        parents = data.draw(st.lists(st.sampled_from(sorted(self.tokens)), min_size=1,
+                                     max_size=4))
+        children = list(range(self.next_id, self.next_id + len(parents)))
+        self.m.fork_many(parents, children)
+        for parent, child in zip(parents, children, strict=True):
+            self.tokens[child] = list(self.tokens[parent])
+        self.next_id += len(parents)
+
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data())
+    def free_many(self, data) -> None:
+        seqs = data.draw(st.lists(st.sampled_from(sorted(self.tokens)), min_size=1,
+                                  max_size=4, unique=True))
+        counts = self.m.free_many(seqs)
+        assert counts.tolist() == [len(self.tokens.pop(s)) for s in seqs]
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data())
