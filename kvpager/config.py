@@ -93,5 +93,50 @@ class AppendResult:
         return int(self.copies.shape[0])
 
 
+PREEMPTION_MODES = ("auto", "swap", "recompute")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Batching limits and policies.
+
+    Args:
+        max_num_seqs: sequences running at once (a group counts its samples / beams).
+        max_num_batched_tokens: tokens computed in one step (prefill tokens + decodes). Without
+            chunked prefill, a recomputation that outgrew it runs alone in its step.
+        max_model_len: prompt + output tokens a sequence may reach; longer prompts are
+            rejected, generation stops there. None: no limit.
+        chunked_prefill: split prompts into chunks that share steps with decodes.
+        preemption: "swap", "recompute", or "auto" (swap groups of several sequences, whose
+            recomputation would lose their sharing, recompute single sequences).
+        num_lookahead_slots: extra slots reserved per decoding sequence each step
+            (speculative or multi-step decoding).
+    """
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int | None = None
+    chunked_prefill: bool = False
+    preemption: str = "auto"
+    num_lookahead_slots: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.max_model_len is not None and (
+            not isinstance(self.max_model_len, int) or self.max_model_len < 2
+        ):
+            raise ValueError(f"max_model_len must be an int >= 2 or None, got "
+                             f"{self.max_model_len!r}")
+        if self.preemption not in PREEMPTION_MODES:
+            raise ValueError(f"preemption must be one of {PREEMPTION_MODES}, got "
+                             f"{self.preemption!r}")
+        if not isinstance(self.num_lookahead_slots, int) or self.num_lookahead_slots < 0:
+            raise ValueError(f"num_lookahead_slots must be an int >= 0, got "
+                             f"{self.num_lookahead_slots!r}")
+
+
 EMPTY_PAIRS = np.zeros((0, 2), dtype=np.int64)
 EMPTY_PAIRS.flags.writeable = False

@@ -1,0 +1,448 @@
+"""Continuous (iteration-level) batching with preemption by swap or recompute.
+
+The scheduler decides, step by step, which sequences compute which tokens; it asks the
+`KVCacheManager` for blocks and passes on the manager's plans. It runs no model and reads no
+clock: a real engine and the simulator drive the *same* scheduler, which is what makes the
+simulator's memory figures the library's own.
+
+A step, in priority order (FCFS by admission):
+
+1. Running sequences that decode get `num_decode_steps` new slots each, in one batched call.
+   When blocks run short, the lowest-priority running group is preempted, by swapping it to
+   the CPU or by freeing it for recomputation later, until the rest fit.
+2. Without chunked prefill (vLLM's classic policy), a step that can admit new prompts is a
+   prefill-only step and runs before any decode; with chunked prefill, prompt chunks fill the
+   token budget left after the decodes, in the same step.
+3. Swapped groups come back (FCFS) when no one was preempted this step; new requests are
+   admitted only when nothing waits in swap, so preempted work finishes first.
+
+The executor carries out a `SchedulerOutput` in this order: `swap_out`, `swap_in`, `copies`,
+then the forward pass (writes at `decode_slots` and the prefill slots), then reports back with
+`complete_step`, naming sequences that stopped for their own reasons (end of sequence).
+Length limits (`max_output_tokens`, `max_model_len`) are enforced here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Iterable
+
+import numpy as np
+
+from kvpager.config import PREEMPTION_MODES, AllocStatus, SchedulerConfig
+from kvpager.manager import KVCacheManager
+from kvpager.request import GroupStatus, Request, SequenceGroup, SequenceState
+from kvpager.step import PrefillChunk, SchedulerOutput, StepResult
+
+
+class Scheduler:
+    """FCFS continuous batching over one `KVCacheManager`.
+
+    Construct with a `SchedulerConfig` or its fields as keywords.
+    """
+
+    def __init__(
+        self, manager: KVCacheManager, config: SchedulerConfig | None = None, **fields: object
+    ) -> None:
+        if config is None:
+            config = SchedulerConfig(**fields)  # type: ignore[arg-type]
+        elif fields:
+            raise ValueError("pass either a SchedulerConfig or its fields, not both")
+        self.manager = manager
+        self.config = config
+        self.waiting: deque[SequenceGroup] = deque()
+        self.running: list[SequenceGroup] = []
+        self.swapped: list[SequenceGroup] = []
+        self._groups: dict[Hashable, SequenceGroup] = {}
+        self._target = np.zeros(64, dtype=np.int64)  # manager row -> token count to stop at
+        self._batch: tuple[np.ndarray, list[SequenceState]] | None = None
+        self.num_preempted = {"swap": 0, "recompute": 0}
+        self.num_rejected = 0
+
+    # ---- requests -----------------------------------------------------------------------
+    def add_request(self, request: Request) -> SequenceGroup:
+        """Queue a request. Returns its group, already FINISHED (with `finish_reason`) when
+        the request can never run: too long for `max_model_len`, for the token budget of a
+        non-chunked step, for `max_num_seqs`, or for the whole KV cache."""
+        if request.request_id in self._groups:
+            raise ValueError(f"request {request.request_id!r} is already queued")
+        group = SequenceGroup(request)
+        first = SequenceState((request.request_id, 0), group, request.prompt_tokens,
+                              token_ids=None if request.prompt_token_ids is None
+                              else list(request.prompt_token_ids))
+        group.seqs.append(first)
+        reason = self._never_fits(request)
+        if reason is not None:
+            self._reject(group, reason)
+            return group
+        self._groups[request.request_id] = group
+        self.waiting.append(group)
+        return group
+
+    def _never_fits(self, request: Request) -> str | None:
+        cfg, p = self.config, request.prompt_tokens
+        if cfg.max_model_len is not None and p >= cfg.max_model_len:
+            return f"prompt of {p} tokens reaches max_model_len={cfg.max_model_len}"
+        if not cfg.chunked_prefill and p > cfg.max_num_batched_tokens:
+            return (f"prompt of {p} tokens exceeds max_num_batched_tokens="
+                    f"{cfg.max_num_batched_tokens} (enable chunked prefill)")
+        if request.width > cfg.max_num_seqs:
+            return f"{request.width} sequences exceed max_num_seqs={cfg.max_num_seqs}"
+        return None
+
+    def _reject(self, group: SequenceGroup, reason: str) -> None:
+        group.status = GroupStatus.FINISHED
+        group.finish_reason = f"rejected: {reason}"
+        self.num_rejected += 1
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running or self.swapped)
+
+    @property
+    def num_running_seqs(self) -> int:
+        return sum(len(g.seqs) for g in self.running)
+
+    def group(self, request_id: Hashable) -> SequenceGroup:
+        try:
+            return self._groups[request_id]
+        except KeyError:
+            raise ValueError(f"unknown or finished request {request_id!r}") from None
+
+    # ---- scheduling ---------------------------------------------------------------------
+    def schedule(self, num_decode_steps: int = 1) -> SchedulerOutput:
+        """Decide the next step. `num_decode_steps` > 1 gives every decoding sequence that
+        many tokens at once (multi-step decoding); the caller must not let a sequence pass
+        its length limit inside the window."""
+        if num_decode_steps < 1:
+            raise ValueError(f"num_decode_steps must be >= 1, got {num_decode_steps}")
+        out = SchedulerOutput(num_decode_steps=num_decode_steps)
+        if not self.config.chunked_prefill:
+            if not self.swapped and self.waiting:
+                self._admit(out)
+                if out.prefills:
+                    out.num_decode_steps = 1
+                    return out
+            self._schedule_decodes(out)
+            if not out.preempted:
+                self._swap_in(out)
+            return out
+        self._schedule_decodes(out)
+        self._continue_prefills(out)
+        if not out.preempted:
+            self._swap_in(out)
+            if not self.swapped:
+                self._admit(out)
+        return out
+
+    def _schedule_decodes(self, out: SchedulerOutput) -> None:
+        m, k, extra = self.manager, out.num_decode_steps, self.config.num_lookahead_slots
+        rows, seqs = self._decode_batch()
+        while rows.size:
+            need = int(m.blocks_needed_batch(rows, k, extra).sum())
+            if need <= m.num_free_blocks():
+                break
+            victim = self.running[-1]
+            if len(self.running) == 1:
+                # Only running groups hold GPU blocks: one that cannot grow in an otherwise
+                # empty cache never will, and preempting it would loop forever.
+                self._drop(victim, out, f"outgrew the KV cache: needs {need} more blocks, "
+                                        f"{m.num_free_blocks()} are free with nothing else running")
+            else:
+                self._preempt(victim, out)
+            rows, seqs = self._decode_batch()
+        if not rows.size:
+            return
+        got = m.append_slots_batch(rows, k, extra)
+        out.decode_rows, out.decode_seqs, out.decode_slots = rows, seqs, got.slots
+        out.copies = got.copies
+
+    def _decode_batch(self) -> tuple[np.ndarray, list[SequenceState]]:
+        """Rows and states of every decoding sequence of running groups, in priority order;
+        rebuilt only after the running set changes."""
+        if self._batch is None:
+            seqs = [s for g in self.running for s in g.seqs if s.decoding]
+            rows = self.manager.rows_of([s.seq_id for s in seqs])
+            self._batch = (rows, seqs)
+        return self._batch
+
+    def _continue_prefills(self, out: SchedulerOutput) -> None:
+        budget = self.config.max_num_batched_tokens - out.num_batched_tokens
+        for group in self.running:
+            for seq in group.seqs:
+                if budget <= 0:
+                    return
+                if not seq.decoding and seq.num_computed < seq.num_tokens:
+                    count = min(seq.num_tokens - seq.num_computed, budget)
+                    out.prefills.append(PrefillChunk(seq, seq.num_computed, count))
+                    budget -= count
+
+    def _admit(self, out: SchedulerOutput) -> None:
+        cfg, m = self.config, self.manager
+        budget = cfg.max_num_batched_tokens - out.num_batched_tokens
+        in_use = sum(g.num_seqs_max for g in self.running)
+        while self.waiting and budget > 0:
+            group = self.waiting[0]
+            if in_use + group.num_seqs_max > cfg.max_num_seqs:
+                return
+            status = self._can_allocate(group)
+            if status is AllocStatus.NEVER:
+                self.waiting.popleft()
+                del self._groups[group.request_id]
+                why = "needs more KV blocks than the cache has"
+                if group.num_preemptions:
+                    why += (" once recomputed without sharing between its sequences "
+                            "(give it swap space)")
+                self._reject(group, why)
+                out.rejected.append(group)
+                continue
+            if status is AllocStatus.LATER:
+                return
+            tokens = sum(s.num_tokens for s in group.seqs)
+            # A recomputation may have outgrown the budget its prompt fitted: it runs alone in
+            # its step rather than never again.
+            alone = group.num_preemptions > 0 and not out.prefills
+            if not cfg.chunked_prefill and tokens > budget and not alone:
+                return
+            self.waiting.popleft()
+            request = group.request
+            for seq in group.seqs:
+                got = m.allocate(seq.seq_id, seq.num_tokens,
+                                 token_ids=seq.token_ids,
+                                 block_hashes=None if seq.token_ids is not None
+                                 else request.block_hashes)
+                seq.num_computed = got.num_cached_tokens
+                count = seq.num_tokens - seq.num_computed
+                if cfg.chunked_prefill:
+                    count = min(count, budget)
+                if count > 0:
+                    out.prefills.append(PrefillChunk(seq, seq.num_computed, count))
+                    budget -= count
+            group.status = GroupStatus.RUNNING
+            self.running.append(group)
+            in_use += group.num_seqs_max
+            out.admitted.append(group)
+
+    def _can_allocate(self, group: SequenceGroup) -> AllocStatus:
+        m = self.manager
+        if len(group.seqs) == 1:
+            seq = group.seqs[0]
+            return m.can_allocate(
+                seq.num_tokens, token_ids=seq.token_ids,
+                block_hashes=None if seq.token_ids is not None else group.request.block_hashes)
+        need = sum(-(-s.num_tokens // m.block_size) for s in group.seqs)
+        if m.gpu.num_blocks - need < m.config.watermark_blocks:
+            return AllocStatus.NEVER
+        if m.num_free_blocks() - need >= m.config.watermark_blocks:
+            return AllocStatus.OK
+        return AllocStatus.LATER
+
+    def _swap_in(self, out: SchedulerOutput) -> None:
+        in_use = sum(g.num_seqs_max for g in self.running)
+        pairs = []
+        while self.swapped:
+            group = self.swapped[0]
+            ids = [s.seq_id for s in group.seqs]
+            if in_use + group.num_seqs_max > self.config.max_num_seqs:
+                break
+            if self.manager.can_swap_in(ids) is not AllocStatus.OK:
+                break
+            pairs.append(self.manager.swap_in(ids))
+            self.swapped.pop(0)
+            group.status = GroupStatus.RUNNING
+            self.running.append(group)
+            self._batch = None
+            in_use += group.num_seqs_max
+            out.swapped_in.append(group)
+        if pairs:
+            out.swap_in = np.concatenate(pairs)
+
+    # ---- preemption ---------------------------------------------------------------------
+    def _preempt(self, group: SequenceGroup, out: SchedulerOutput) -> None:
+        m = self.manager
+        ids = [s.seq_id for s in group.seqs]
+        mode = self.config.preemption
+        if mode == "auto":
+            mode = "swap" if len(group.seqs) > 1 else "recompute"
+        if mode == "swap" and (m.cpu is None or not m.can_swap_out(ids)):
+            mode = "recompute"  # no room to swap: reported as a recompute in `out.preempted`
+        self.running.remove(group)
+        self._batch = None
+        if mode == "swap":
+            out.swap_out = np.concatenate([out.swap_out, m.swap_out(ids)])
+            group.status = GroupStatus.SWAPPED
+            self._insert_by_arrival(self.swapped, group)
+        else:
+            for seq in group.seqs:
+                if seq.decoding:
+                    seq.num_tokens = m.num_tokens(seq.seq_id) + 1
+                group.num_recomputed_tokens += (
+                    m.num_tokens(seq.seq_id) if seq.decoding else seq.num_computed)
+                seq.decoding = False
+                seq.num_computed = 0
+            m.free_many(ids)
+            group.status = GroupStatus.WAITING
+            self.waiting.appendleft(group)
+        group.num_preemptions += 1
+        self.num_preempted[mode] += 1
+        out.preempted.append((group, mode))
+
+    def _drop(self, group: SequenceGroup, out: SchedulerOutput, reason: str) -> None:
+        """End a running group that can never finish, freeing its blocks."""
+        self.manager.free_many([s.seq_id for s in group.seqs])
+        self.running.remove(group)
+        self._batch = None
+        del self._groups[group.request_id]
+        self._reject(group, reason)
+        out.rejected.append(group)
+
+    @staticmethod
+    def _insert_by_arrival(queue: list[SequenceGroup], group: SequenceGroup) -> None:
+        t = group.request.arrival_time
+        i = len(queue)
+        while i > 0 and queue[i - 1].request.arrival_time > t:
+            i -= 1
+        queue.insert(i, group)
+
+    # ---- completion ---------------------------------------------------------------------
+    def complete_step(
+        self, out: SchedulerOutput, finished_seq_ids: Iterable[Hashable] = ()
+    ) -> StepResult:
+        """Record that `out` ran. `finished_seq_ids`: sequences that stopped on their own
+        (end-of-sequence token); sequences reaching their length limit stop here."""
+        result = StepResult()
+        started: list[SequenceState] = []
+        for chunk in out.prefills:
+            seq = chunk.seq
+            seq.num_computed += chunk.count
+            self.manager.mark_computed(seq.seq_id, seq.num_computed)
+            if seq.num_computed == seq.num_tokens:
+                seq.decoding = True
+                started.append(seq)
+        children: list[SequenceState] = []
+        for seq in started:
+            group = seq.group
+            if not group.expanded:  # the prompt's first token, not a recomputation
+                group.expanded = True
+                result.first_token.append(group)
+                if group.request.width > 1:
+                    children += self._expand(group, seq)
+        done: list[SequenceState] = []
+        if started:
+            self._batch = None
+            started += children
+            rows = self.manager.rows_of([s.seq_id for s in started])
+            self._set_targets(rows, started)
+            hit = np.flatnonzero(self.manager.seq_lens(rows) >= self._target[rows])
+            done += [started[i] for i in hit.tolist()]
+        if out.decode_rows.size:
+            lengths = self.manager.seq_lens(out.decode_rows)
+            hit = np.flatnonzero(lengths >= self._target[out.decode_rows])
+            done += [out.decode_seqs[i] for i in hit.tolist()]
+        for seq_id in finished_seq_ids:
+            seq = self._seq(seq_id)
+            if all(seq is not d for d in done):
+                done.append(seq)
+        if done:
+            result.finished = self._finish(done)
+        return result
+
+    def _expand(self, group: SequenceGroup, seq: SequenceState) -> list[SequenceState]:
+        """Fork the computed prompt into the group's samples / beams (sharing its blocks)."""
+        children = [SequenceState(group.new_seq_id(), group, seq.num_tokens, seq.num_computed,
+                                  decoding=True,
+                                  token_ids=None if seq.token_ids is None
+                                  else list(seq.token_ids))
+                    for _ in range(group.request.width - 1)]
+        self.manager.fork_many([seq.seq_id] * len(children), [c.seq_id for c in children])
+        group.seqs += children
+        return children
+
+    def _set_targets(self, rows: np.ndarray, seqs: list[SequenceState]) -> None:
+        if rows.size and int(rows.max()) >= self._target.size:
+            grown = np.zeros(max(2 * self._target.size, int(rows.max()) + 1), dtype=np.int64)
+            grown[: self._target.size] = self._target
+            self._target = grown
+        limit = self.config.max_model_len
+        for row, seq in zip(rows.tolist(), seqs, strict=True):
+            req = seq.group.request
+            total = req.prompt_tokens + req.max_output_tokens
+            if limit is not None:
+                total = min(total, limit)
+            # Decoding, the manager holds num_tokens - 1 slots: stop when it reaches total - 1.
+            self._target[row] = total - 1
+
+    def _finish(self, seqs: list[SequenceState]) -> list[SequenceGroup]:
+        self.manager.free_many([s.seq_id for s in seqs])
+        finished = []
+        for seq in seqs:
+            group = seq.group
+            group.seqs.remove(seq)
+            if not group.seqs:
+                group.status = GroupStatus.FINISHED
+                group.finish_reason = group.finish_reason or "finished"
+                self.running.remove(group)
+                del self._groups[group.request_id]
+                finished.append(group)
+        self._batch = None
+        return finished
+
+    def _seq(self, seq_id: Hashable) -> SequenceState:
+        request_id = seq_id[0] if isinstance(seq_id, tuple) and seq_id else None
+        group = self._groups.get(request_id)
+        if group is not None:
+            for seq in group.seqs:
+                if seq.seq_id == seq_id:
+                    return seq
+        raise ValueError(f"unknown sequence {seq_id!r}")
+
+    # ---- executor-driven changes (beam search) ------------------------------------------
+    def fork_seq(self, parent_seq_id: Hashable) -> SequenceState:
+        """A new decoding sequence sharing all of a running sequence's blocks (a new beam)."""
+        parent = self._seq(parent_seq_id)
+        if parent.group.status is not GroupStatus.RUNNING or not parent.decoding:
+            raise ValueError(f"sequence {parent_seq_id!r} is not decoding on the GPU")
+        group = parent.group
+        child = SequenceState(group.new_seq_id(), group, parent.num_tokens, parent.num_computed,
+                              decoding=True, token_ids=None if parent.token_ids is None
+                              else list(parent.token_ids))
+        self.manager.fork(parent.seq_id, child.seq_id)
+        group.seqs.append(child)
+        self._set_targets(self.manager.rows_of([child.seq_id]), [child])
+        self._batch = None
+        return child
+
+    def free_seq(self, seq_id: Hashable) -> None:
+        """Drop one sequence of a running group (a pruned beam); the group keeps running."""
+        seq = self._seq(seq_id)
+        if len(seq.group.seqs) == 1:
+            raise ValueError(f"sequence {seq_id!r} is its group's last: finish it instead")
+        self.manager.free(seq.seq_id)
+        seq.group.seqs.remove(seq)
+        self._batch = None
+
+    def abort(self, request_id: Hashable) -> SequenceGroup:
+        """Stop a request wherever it is and free its blocks."""
+        group = self.group(request_id)
+        allocated = [s.seq_id for s in group.seqs if s.seq_id in self.manager]
+        if allocated:
+            self.manager.free_many(allocated)
+        for queue in (self.running, self.swapped):
+            if group in queue:
+                queue.remove(group)
+        if group in self.waiting:
+            self.waiting.remove(group)
+        group.status = GroupStatus.FINISHED
+        group.finish_reason = "aborted"
+        del self._groups[request_id]
+        self._batch = None
+        return group
+
+
+__all__ = [
+    "PREEMPTION_MODES",
+    "PrefillChunk",
+    "Scheduler",
+    "SchedulerConfig",
+    "SchedulerOutput",
+    "StepResult",
+]
