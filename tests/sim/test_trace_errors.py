@@ -79,6 +79,19 @@ def test_bad_json_line_names_record_and_line(write):
     expect_prefix(write("b.jsonl", text), "b.jsonl: record 2 (line 3): invalid JSON at column 40: ")
 
 
+def test_pretty_printed_object_without_requests(write):
+    text = json.dumps({"version": 1, "entries": []}, indent=2)
+    expect(write("cal.json", text), "cal.json: a JSON document must be a list of requests or an "
+           "object with 'requests'; this object has fields version, entries")
+
+
+def test_byte_order_mark_and_crlf_are_tolerated(write):
+    text = "\ufeff" + jsonl([GOOD, GOOD]).replace("\n", "\r\n")
+    assert len(load_trace(write("bom.jsonl", text))) == 2
+    csv = "\ufeff" + (AZ_HEAD + AZ_ROW + AZ_ROW).replace("\n", "\r\n")
+    assert load_trace(write("bom.csv", csv)).prompt_tokens.tolist() == [374, 374]
+
+
 def test_empty_containers(write):
     expect(write("a.json", "[]"), "a.json: the JSON list holds no requests")
     expect(write("b.json", '{"requests": []}'), "b.json: field 'requests': the list holds no "

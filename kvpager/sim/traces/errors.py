@@ -78,7 +78,9 @@ class Locator:
     def error(self, k: int, field: str | None, message: str) -> TraceError:
         return TraceError(self.path, message, record=k + 1, where=self.where(k), field=field)
 
-    def bad(self, k: int, field: str, value: object, expected: str, *, raw: bool = False):
+    def bad(
+        self, k: int, field: str, value: object, expected: str, *, raw: bool = False
+    ) -> TraceError:
         """The error for a present value of the wrong type or range, or a missing field."""
         if value is MISSING:
             return self.error(k, field, "missing field")

@@ -34,6 +34,10 @@ def parse_records(path: str, text: str) -> tuple[list, Locator, str]:
         if exc.msg != "Extra data" and exc.lineno > 1 and not _first_line_is_object(body):
             raise _shifted(path, exc, text, body) from None
         return (*_parse_lines(path, text), "jsonl")
+    if isinstance(doc, dict) and "requests" not in doc and "\n" in body.strip():
+        fields = ", ".join(list(doc)[:6]) or "none"
+        raise TraceError(path, "a JSON document must be a list of requests or an object with "
+                               f"'requests'; this object has fields {fields}")
     if isinstance(doc, dict) and "requests" in doc:
         requests = doc["requests"]
         if not isinstance(requests, list):

@@ -59,7 +59,7 @@ def read_text(path: str | os.PathLike) -> str:
     if not data.strip():
         raise TraceError(name, "empty file")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a leading BOM is not content
     except UnicodeDecodeError as exc:
         raise TraceError(name, f"not UTF-8 text (bad byte at offset {exc.start}); "
                                f"{ACCEPTED}") from None

@@ -193,7 +193,8 @@ class Trace:
         return float(self.arrival[-1] - self.arrival[0]) if len(self) > 1 else 0.0
 
     def describe(self, i: int) -> str:
-        """Where request i came from, for messages: "conv.csv: record 18 (line 19)"."""
+        """Where request i came from, for messages:
+        "conv.csv: record 18 (line 19), id '17'" (JSON documents: "(index 17)")."""
         rec = int(self.record[i])
         where = f"line {int(self.line[i])}" if self.line[i] > 0 else f"index {rec}"
         return f"{self.source}: record {rec + 1} ({where}), id '{self.ids[i]}'"
