@@ -1,0 +1,133 @@
+"""Model and GPU presets: published shapes and counts, lookups, JSON specs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from kvpager.sim.presets import (
+    GPUS,
+    MODELS,
+    GPUSpec,
+    ModelSpec,
+    SpecError,
+    get_gpu,
+    get_model,
+    load_model_spec,
+)
+
+KiB = 1024
+
+
+@pytest.mark.parametrize("name", [m.name for m in MODELS.values()])
+def test_parameter_counts_follow_from_the_shapes(name):
+    m = get_model(name)
+    if name == "OPT-13B":  # ReLU MLP, biases, LayerNorm, 2048 + 2 learned positions
+        estimate = m.estimated_params(gated_mlp=False, biases=True, learned_positions=2050)
+    else:
+        estimate = m.estimated_params()
+    assert estimate == m.num_params
+
+
+@pytest.mark.parametrize(("name", "billions"), [
+    ("OPT-13B", 12.85), ("Llama-2-7B", 6.74), ("Llama-2-13B", 13.02), ("Llama-2-70B", 68.98),
+    ("Llama-3-8B", 8.03), ("Llama-3-70B", 70.55), ("Mistral-7B", 7.24),
+])
+def test_parameter_counts_match_model_cards(name, billions):
+    assert get_model(name).num_params / 1e9 == pytest.approx(billions, abs=0.005)
+
+
+@pytest.mark.parametrize(("name", "kib"), [
+    ("Llama-2-7B", 512),   # 2 * 32 layers * 32 heads * 128 * 2 bytes
+    ("Llama-2-70B", 320),  # GQA: 8 KV heads over 80 layers
+    ("OPT-13B", 800),      # "800 KB" per token in the vLLM paper (SOSP'23)
+    ("Llama-3-8B", 128),
+    ("Mistral-7B", 128),
+])
+def test_kv_bytes_per_token_fp16(name, kib):
+    assert get_model(name).kv_bytes_per_token(2) == kib * KiB
+
+
+def test_lookup_is_case_insensitive_and_lists_choices():
+    assert get_model("llama-2-7b") is get_model("LLAMA-2-7B") is MODELS["llama-2-7b"]
+    assert get_gpu("h100-80gb").hbm_bytes_per_s == 3.35e12
+    with pytest.raises(SpecError) as info:
+        get_model("gpt-5")
+    msg = str(info.value)
+    assert msg.startswith("model: unknown model 'gpt-5'; choose one of OPT-13B, Llama-2-7B")
+    assert "Mistral-7B" in msg and "JSON file" in msg
+    with pytest.raises(SpecError, match=r"^gpu: unknown gpu 'v100'; choose one of A100-40GB"):
+        get_gpu("v100")
+    assert isinstance(info.value, ValueError)
+
+
+def test_gpu_presets_are_datasheet_figures():
+    a100 = GPUS["a100-80gb"]
+    assert (a100.hbm_bytes_per_s, a100.fp16_flops) == (2.039e12, 312e12)
+    assert GPUS["a100-40gb"].memory_bytes == 40 * 1024**3
+    assert GPUS["h200"].memory_bytes == 143771 * 1024**2  # nvidia-smi total
+    assert GPUS["h200"].hbm_bytes_per_s == 4.8e12 and GPUS["h200"].fp16_flops == 989e12
+
+
+def test_custom_model_from_json(tmp_path):
+    spec = asdict(get_model("Llama-2-7B"))
+    del spec["name"]
+    path = tmp_path / "my-llama.json"
+    path.write_text(json.dumps(spec))
+    m = get_model(path)
+    assert m.name == "my-llama" and m.kv_bytes_per_token(2) == 512 * KiB
+    assert get_model(str(path)) == m
+
+
+def test_custom_gpu_from_json(tmp_path):
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"name": "L40S", "memory_bytes": 48 * 1024**3,
+                                "hbm_bytes_per_s": 864e9, "fp16_flops": 362e12}))
+    g = get_gpu(path)
+    assert g.name == "L40S" and g.interconnect_bytes_per_s is None
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"num_layers": 1}, "field 'hidden_size': missing field"),
+    ({**asdict(get_model("Llama-2-7B")), "layers": 3}, "field 'layers': unknown model field"),
+    ({**asdict(get_model("Llama-2-7B")), "num_layers": 0},
+     "model 'Llama-2-7B': field 'num_layers': expected an integer > 0, got 0"),
+    ({**asdict(get_model("Llama-2-7B")), "num_kv_heads": 5},
+     "model 'Llama-2-7B': field 'num_kv_heads': 5 does not divide num_heads = 32"),
+    ([1, 2], "expected a JSON object of model fields"),
+])
+def test_bad_model_files(tmp_path, doc, message):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SpecError) as info:
+        load_model_spec(path)
+    assert str(info.value).startswith(f"{path}: {message}")
+
+
+def test_unreadable_spec_files(tmp_path):
+    with pytest.raises(SpecError, match="no such file"):
+        get_model(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\n  nope")
+    with pytest.raises(SpecError, match=r"invalid JSON at line 2, column 3"):
+        get_model(bad)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"memory_bytes": 0}, {"hbm_bytes_per_s": float("inf")}, {"fp16_flops": -1},
+    {"interconnect_bytes_per_s": 0}, {"name": ""},
+])
+def test_gpu_validation(kwargs):
+    base = {"name": "x", "memory_bytes": 1, "hbm_bytes_per_s": 1.0, "fp16_flops": 1.0}
+    with pytest.raises(SpecError):
+        GPUSpec(**{**base, **kwargs})
+
+
+def test_model_validation():
+    base = asdict(get_model("Mistral-7B"))
+    with pytest.raises(SpecError, match="field 'sliding_window'"):
+        ModelSpec(**{**base, "sliding_window": 0})
+    with pytest.raises(SpecError, match="field 'tie_word_embeddings'"):
+        ModelSpec(**{**base, "tie_word_embeddings": 1})
