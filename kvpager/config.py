@@ -94,6 +94,7 @@ class AppendResult:
 
 
 PREEMPTION_MODES = ("auto", "swap", "recompute")
+BATCHING_MODES = ("continuous", "static")
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,9 @@ class SchedulerConfig:
             recomputation would lose their sharing, recompute single sequences).
         num_lookahead_slots: extra slots reserved per decoding sequence each step
             (speculative or multi-step decoding).
+        batching: "continuous" (iteration-level: requests join and leave at every step) or
+            "static" (request-level, as FasterTransformer: a batch is admitted only when the
+            previous one has completely finished).
     """
 
     max_num_seqs: int = 256
@@ -119,8 +123,11 @@ class SchedulerConfig:
     chunked_prefill: bool = False
     preemption: str = "auto"
     num_lookahead_slots: int = 0
+    batching: str = "continuous"
 
     def __post_init__(self) -> None:
+        if self.batching not in BATCHING_MODES:
+            raise ValueError(f"batching must be one of {BATCHING_MODES}, got {self.batching!r}")
         for name in ("max_num_seqs", "max_num_batched_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

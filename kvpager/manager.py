@@ -31,6 +31,7 @@ from kvpager.errors import OutOfBlocksError, WrongDeviceError
 from kvpager.prefix import PrefixCache, hash_block_tokens
 from kvpager.seq_store import DEVICE_NAMES, ON_GPU, SequenceStore
 from kvpager.swap import SwapMixin
+from kvpager.usage import paged_breakdown
 
 if TYPE_CHECKING:
     import torch
@@ -127,30 +128,56 @@ class KVCacheManager(BatchMixin, SwapMixin):
         out[cols[None, :] >= self._seqs.nblocks[rows][:, None]] = pad
         return torch.from_numpy(out)
 
+    def memory_breakdown(
+        self, rows: np.ndarray, final_slots: np.ndarray, next_reservation: int | None = None
+    ) -> dict[str, int]:
+        """GPU slots by kind (token, reserved, internal, external, free), summing to capacity;
+        see `kvpager.usage`. `next_reservation` is unused: paging has no external
+        fragmentation."""
+        return paged_breakdown(self, rows, final_slots)
+
     def seq_lens(self, rows: np.ndarray) -> np.ndarray:
         """Token counts of rows, int64 (cast to int32 for kernels)."""
         return self._seqs.ntokens[np.asarray(rows, dtype=np.int64)].copy()
 
     # ---- admission ----------------------------------------------------------------------
+    @property
+    def has_swap_space(self) -> bool:
+        return self.cpu is not None
+
     def can_allocate(
         self,
         num_tokens: int,
         *,
         token_ids: Sequence[int] | np.ndarray | None = None,
         block_hashes: Sequence[Hashable] | None = None,
+        max_tokens: int | None = None,
+        num_seqs: int = 1,
     ) -> AllocStatus:
         """Whether a prompt of `num_tokens` can get its blocks, keeping the watermark free.
 
         Prefix hits reduce the need: a hit on a block in use costs nothing, a hit on an
-        evictable cached block still takes one free block.
+        evictable cached block still takes one free block. `max_tokens` and `num_seqs`
+        (reservation hints, see `kvpager.protocol`) are ignored: blocks come on demand and
+        the samples of a request share its prompt.
         """
         _check_positive("num_tokens", num_tokens)
         total = num_blocks_for(num_tokens, self.block_size)
-        if self.gpu.num_blocks - total < self.config.watermark_blocks:
-            return AllocStatus.NEVER
         hits = self._match(self._prompt_keys(num_tokens, token_ids, block_hashes), num_tokens)
         in_use = int((self.gpu.ref_counts[hits] > 0).sum()) if hits else 0
-        if self.gpu.num_free - (total - in_use) >= self.config.watermark_blocks:
+        return self._status(total, total - in_use)
+
+    def can_allocate_many(self, token_counts: Sequence[int]) -> AllocStatus:
+        """Whether independent sequences of these lengths can all get blocks (no sharing)."""
+        need = sum(num_blocks_for(n, self.block_size) for n in token_counts)
+        return self._status(need, need)
+
+    def _status(self, total: int, take: int) -> AllocStatus:
+        """NEVER if `total` blocks exceed the cache minus the watermark, OK if `take` free
+        blocks leave the watermark, else LATER."""
+        if self.gpu.num_blocks - total < self.config.watermark_blocks:
+            return AllocStatus.NEVER
+        if self.gpu.num_free - take >= self.config.watermark_blocks:
             return AllocStatus.OK
         return AllocStatus.LATER
 
@@ -161,13 +188,16 @@ class KVCacheManager(BatchMixin, SwapMixin):
         *,
         token_ids: Sequence[int] | np.ndarray | None = None,
         block_hashes: Sequence[Hashable] | None = None,
+        max_tokens: int | None = None,
+        num_seqs: int = 1,
     ) -> Allocation:
         """Give a new sequence GPU blocks for its `num_tokens` prompt tokens.
 
         With prefix caching, the longest cached prefix (by `token_ids`, or the caller's chained
         `block_hashes` of full blocks) is shared instead of allocated; at least the last prompt
         token is always left to compute, since its logits are needed. Full blocks computed
-        later are registered for others by `mark_computed`.
+        later are registered for others by `mark_computed`. `max_tokens` / `num_seqs` are
+        reservation hints that a paged manager ignores.
 
         Raises:
             DuplicateSequenceError, ValueError, OutOfBlocksError (nothing changed).

@@ -30,19 +30,20 @@ from collections.abc import Hashable, Iterable
 import numpy as np
 
 from kvpager.config import PREEMPTION_MODES, AllocStatus, SchedulerConfig
-from kvpager.manager import KVCacheManager
+from kvpager.protocol import KVManager
 from kvpager.request import GroupStatus, Request, SequenceGroup, SequenceState
 from kvpager.step import PrefillChunk, SchedulerOutput, StepResult
 
 
 class Scheduler:
-    """FCFS continuous batching over one `KVCacheManager`.
+    """FCFS continuous batching over one memory manager (`KVCacheManager` or any
+    `kvpager.protocol.KVManager`).
 
     Construct with a `SchedulerConfig` or its fields as keywords.
     """
 
     def __init__(
-        self, manager: KVCacheManager, config: SchedulerConfig | None = None, **fields: object
+        self, manager: KVManager, config: SchedulerConfig | None = None, **fields: object
     ) -> None:
         if config is None:
             config = SchedulerConfig(**fields)  # type: ignore[arg-type]
@@ -117,7 +118,7 @@ class Scheduler:
             raise ValueError(f"num_decode_steps must be >= 1, got {num_decode_steps}")
         out = SchedulerOutput(num_decode_steps=num_decode_steps)
         if not self.config.chunked_prefill:
-            if not self.swapped and self.waiting:
+            if not self.swapped and self.waiting and self._may_admit():
                 self._admit(out)
                 if out.prefills:
                     out.num_decode_steps = 1
@@ -130,9 +131,13 @@ class Scheduler:
         self._continue_prefills(out)
         if not out.preempted:
             self._swap_in(out)
-            if not self.swapped:
+            if not self.swapped and self._may_admit():
                 self._admit(out)
         return out
+
+    def _may_admit(self) -> bool:
+        """Static batching admits a new batch only once the running one has finished."""
+        return self.config.batching == "continuous" or not self.running
 
     def _schedule_decodes(self, out: SchedulerOutput) -> None:
         m, k, extra = self.manager, out.num_decode_steps, self.config.num_lookahead_slots
@@ -204,12 +209,8 @@ class Scheduler:
             if not cfg.chunked_prefill and tokens > budget and not alone:
                 return
             self.waiting.popleft()
-            request = group.request
             for seq in group.seqs:
-                got = m.allocate(seq.seq_id, seq.num_tokens,
-                                 token_ids=seq.token_ids,
-                                 block_hashes=None if seq.token_ids is not None
-                                 else request.block_hashes)
+                got = m.allocate(seq.seq_id, seq.num_tokens, **self._alloc_args(group, seq))
                 seq.num_computed = got.num_cached_tokens
                 count = seq.num_tokens - seq.num_computed
                 if cfg.chunked_prefill:
@@ -223,18 +224,25 @@ class Scheduler:
             out.admitted.append(group)
 
     def _can_allocate(self, group: SequenceGroup) -> AllocStatus:
-        m = self.manager
-        if len(group.seqs) == 1:
-            seq = group.seqs[0]
-            return m.can_allocate(
-                seq.num_tokens, token_ids=seq.token_ids,
-                block_hashes=None if seq.token_ids is not None else group.request.block_hashes)
-        need = sum(-(-s.num_tokens // m.block_size) for s in group.seqs)
-        if m.gpu.num_blocks - need < m.config.watermark_blocks:
-            return AllocStatus.NEVER
-        if m.num_free_blocks() - need >= m.config.watermark_blocks:
-            return AllocStatus.OK
-        return AllocStatus.LATER
+        if len(group.seqs) > 1:  # a recomputation: independent sequences
+            return self.manager.can_allocate_many([s.num_tokens for s in group.seqs])
+        seq = group.seqs[0]
+        return self.manager.can_allocate(seq.num_tokens, **self._alloc_args(group, seq))
+
+    def _alloc_args(self, group: SequenceGroup, seq: SequenceState) -> dict:
+        request = group.request
+        return {
+            "token_ids": seq.token_ids,
+            "block_hashes": None if seq.token_ids is not None else request.block_hashes,
+            "max_tokens": self._final_tokens(request),
+            "num_seqs": 1 if group.expanded else request.width,
+        }
+
+    def _final_tokens(self, request: Request) -> int:
+        """Tokens a sequence of the request holds at most: prompt + output, capped."""
+        total = request.prompt_tokens + request.max_output_tokens
+        limit = self.config.max_model_len
+        return total if limit is None else min(total, limit)
 
     def _swap_in(self, out: SchedulerOutput) -> None:
         in_use = sum(g.num_seqs_max for g in self.running)
@@ -256,6 +264,21 @@ class Scheduler:
         if pairs:
             out.swap_in = np.concatenate(pairs)
 
+    def resident(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, final slots) of every sequence holding GPU memory: the slots each will
+        occupy at the end, for memory breakdowns (`KVCacheManager.memory_breakdown`)."""
+        seqs = [s for g in self.running for s in g.seqs]
+        rows = self.manager.rows_of([s.seq_id for s in seqs])
+        final = np.fromiter((self._final_tokens(s.group.request) - 1 for s in seqs),
+                            dtype=np.int64, count=len(seqs))
+        return rows, final
+
+    def next_reservation(self) -> int | None:
+        """Tokens the head of the waiting queue will need at most, or None if none waits."""
+        if not self.waiting:
+            return None
+        return self._final_tokens(self.waiting[0].request)
+
     # ---- preemption ---------------------------------------------------------------------
     def _preempt(self, group: SequenceGroup, out: SchedulerOutput) -> None:
         m = self.manager
@@ -263,7 +286,7 @@ class Scheduler:
         mode = self.config.preemption
         if mode == "auto":
             mode = "swap" if len(group.seqs) > 1 else "recompute"
-        if mode == "swap" and (m.cpu is None or not m.can_swap_out(ids)):
+        if mode == "swap" and (not m.has_swap_space or not m.can_swap_out(ids)):
             mode = "recompute"  # no room to swap: reported as a recompute in `out.preempted`
         self.running.remove(group)
         self._batch = None
@@ -362,14 +385,9 @@ class Scheduler:
             grown = np.zeros(max(2 * self._target.size, int(rows.max()) + 1), dtype=np.int64)
             grown[: self._target.size] = self._target
             self._target = grown
-        limit = self.config.max_model_len
         for row, seq in zip(rows.tolist(), seqs, strict=True):
-            req = seq.group.request
-            total = req.prompt_tokens + req.max_output_tokens
-            if limit is not None:
-                total = min(total, limit)
             # Decoding, the manager holds num_tokens - 1 slots: stop when it reaches total - 1.
-            self._target[row] = total - 1
+            self._target[row] = self._final_tokens(seq.group.request) - 1
 
     def _finish(self, seqs: list[SequenceState]) -> list[SequenceGroup]:
         self.manager.free_many([s.seq_id for s in seqs])

@@ -229,3 +229,34 @@ def test_any_workload_finishes_with_exact_tokens_and_intact_data(
         assert generated_per_group(ex, g) == {(g.request_id, j): o for j in range(width)}
     assert len(m) == 0 and m.gpu.num_used == 0
     assert m.cpu is None or m.cpu.num_free == cpu
+
+
+def test_static_batching_admits_the_next_batch_only_when_all_finished():
+    _m, s, ex = setup(32, batching="static", max_num_batched_tokens=64)
+    s.add_request(Request("a", 4, 2))
+    s.add_request(Request("b", 4, 6))
+    ex.run(s.schedule())
+    s.add_request(Request("c", 4, 2))
+    admitted_at = {}
+    while s.has_unfinished():
+        out, step = s.schedule(), ex.steps
+        for g in out.admitted:
+            admitted_at[g.request_id] = step
+        ex.run(out)
+    assert admitted_at == {"c": 6}  # b's last decode is step 5; continuous would admit at 1
+    _m, s2, ex2 = setup(32, max_num_batched_tokens=64)
+    s2.add_request(Request("a", 4, 2))
+    ex2.run(s2.schedule())
+    s2.add_request(Request("c", 4, 2))
+    assert [g.request_id for g in s2.schedule().admitted] == ["c"]
+
+
+def test_resident_reports_final_slots_of_gpu_sequences():
+    m, s, ex = setup(32, max_model_len=12)
+    s.add_request(Request("a", 4, 3))
+    s.add_request(Request("b", 8, 20))
+    ex.run(s.schedule())
+    rows, final = s.resident()
+    assert m.seq_lens(rows).tolist() == [4, 8]
+    assert final.tolist() == [6, 11]  # 4 + 3 - 1; min(8 + 20, 12) - 1
+    assert s.next_reservation() is None

@@ -1,0 +1,58 @@
+"""Where the KV memory of a paged cache goes: the vLLM paper's breakdown, in slots.
+
+- token states: slots holding a token's KV;
+- reserved: allocated slots that a sequence will still fill (the rest of its last block);
+- internal fragmentation: allocated slots no token will ever use (the tail of a block past
+  the sequence's final length);
+- external fragmentation: free slots that cannot be used. Zero for paging: any free block
+  serves any sequence. Contiguous allocators report theirs;
+- free.
+
+They sum to the cache's capacity. A block shared by several sequences (fork, prefix cache)
+counts once, with the most any of its holders fills or will fill.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from kvpager.manager import KVCacheManager
+
+FIELDS = ("token", "reserved", "internal", "external", "free")
+
+
+def paged_breakdown(
+    manager: KVCacheManager, rows: np.ndarray, final_slots: np.ndarray
+) -> dict[str, int]:
+    """Slot counts by kind for the GPU pool.
+
+    Args:
+        rows: int64 rows of the sequences on the GPU (from `rows_of`).
+        final_slots: int64 slots each of them will hold at the end (>= its current count).
+    """
+    bs = manager.block_size
+    seqs = manager._seqs
+    rows = np.asarray(rows, dtype=np.int64)
+    nblocks = seqs.nblocks[rows].astype(np.int64)
+    total = int(nblocks.sum())
+    filled = np.zeros(manager.gpu.num_blocks, dtype=np.int64)
+    future = np.zeros(manager.gpu.num_blocks, dtype=np.int64)
+    if total:
+        owner = np.repeat(np.arange(rows.size), nblocks)
+        logical = np.arange(total) - np.repeat(np.cumsum(nblocks) - nblocks, nblocks)
+        block = seqs.table[rows[owner], logical]
+        start = logical * bs
+        now = np.clip(seqs.ntokens[rows][owner] - start, 0, bs)
+        end = np.clip(np.maximum(final_slots[owner], seqs.ntokens[rows][owner]) - start, 0, bs)
+        np.maximum.at(filled, block, now)
+        np.maximum.at(future, block, end)
+    used = manager.gpu.num_used
+    token = int(filled.sum())
+    reserved = int(future.sum()) - token
+    free = manager.gpu.num_free * bs
+    internal = used * bs - token - reserved
+    return {"token": token, "reserved": reserved, "internal": internal, "external": 0,
+            "free": free}
