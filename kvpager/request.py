@@ -120,8 +120,3 @@ class SequenceGroup:
         index = self._next_index
         self._next_index += 1
         return (self.request.request_id, index)
-
-    @property
-    def num_seqs_max(self) -> int:
-        """Sequences it will hold at most: what `max_num_seqs` budgets for it."""
-        return max(len(self.seqs), self.request.width)

@@ -30,6 +30,7 @@ from collections.abc import Hashable, Iterable
 import numpy as np
 
 from kvpager.config import PREEMPTION_MODES, AllocStatus, SchedulerConfig
+from kvpager.errors import OutOfBlocksError
 from kvpager.protocol import KVManager
 from kvpager.request import GroupStatus, Request, SequenceGroup, SequenceState
 from kvpager.step import PrefillChunk, SchedulerOutput, StepResult
@@ -57,6 +58,7 @@ class Scheduler:
         self._groups: dict[Hashable, SequenceGroup] = {}
         self._target = np.zeros(64, dtype=np.int64)  # manager row -> token count to stop at
         self._batch: tuple[np.ndarray, list[SequenceState]] | None = None
+        self._seq_budget = 0  # sum of request.width over running groups
         self.num_preempted = {"swap": 0, "recompute": 0}
         self.num_rejected = 0
 
@@ -143,9 +145,11 @@ class Scheduler:
         m, k, extra = self.manager, out.num_decode_steps, self.config.num_lookahead_slots
         rows, seqs = self._decode_batch()
         while rows.size:
-            need = int(m.blocks_needed_batch(rows, k, extra).sum())
-            if need <= m.num_free_blocks():
+            try:  # plans once in the common case; raises before changing anything
+                got = m.append_slots_batch(rows, k, extra)
                 break
+            except OutOfBlocksError as exc:
+                need = exc.needed
             victim = self.running[-1]
             if len(self.running) == 1:
                 # Only running groups hold GPU blocks: one that cannot grow in an otherwise
@@ -157,7 +161,6 @@ class Scheduler:
             rows, seqs = self._decode_batch()
         if not rows.size:
             return
-        got = m.append_slots_batch(rows, k, extra)
         out.decode_rows, out.decode_seqs, out.decode_slots = rows, seqs, got.slots
         out.copies = got.copies
 
@@ -184,10 +187,9 @@ class Scheduler:
     def _admit(self, out: SchedulerOutput) -> None:
         cfg, m = self.config, self.manager
         budget = cfg.max_num_batched_tokens - out.num_batched_tokens
-        in_use = sum(g.num_seqs_max for g in self.running)
         while self.waiting and budget > 0:
             group = self.waiting[0]
-            if in_use + group.num_seqs_max > cfg.max_num_seqs:
+            if self._seq_budget + group.request.width > cfg.max_num_seqs:
                 return
             status = self._can_allocate(group)
             if status is AllocStatus.NEVER:
@@ -218,9 +220,7 @@ class Scheduler:
                 if count > 0:
                     out.prefills.append(PrefillChunk(seq, seq.num_computed, count))
                     budget -= count
-            group.status = GroupStatus.RUNNING
-            self.running.append(group)
-            in_use += group.num_seqs_max
+            self._start(group)
             out.admitted.append(group)
 
     def _can_allocate(self, group: SequenceGroup) -> AllocStatus:
@@ -245,24 +245,36 @@ class Scheduler:
         return total if limit is None else min(total, limit)
 
     def _swap_in(self, out: SchedulerOutput) -> None:
-        in_use = sum(g.num_seqs_max for g in self.running)
         pairs = []
         while self.swapped:
             group = self.swapped[0]
             ids = [s.seq_id for s in group.seqs]
-            if in_use + group.num_seqs_max > self.config.max_num_seqs:
+            if self._seq_budget + group.request.width > self.config.max_num_seqs:
                 break
             if self.manager.can_swap_in(ids) is not AllocStatus.OK:
                 break
             pairs.append(self.manager.swap_in(ids))
             self.swapped.pop(0)
-            group.status = GroupStatus.RUNNING
-            self.running.append(group)
-            self._batch = None
-            in_use += group.num_seqs_max
+            self._start(group)
             out.swapped_in.append(group)
         if pairs:
             out.swap_in = np.concatenate(pairs)
+
+    def decode_headroom(self) -> int:
+        """Decode steps every decoding sequence can take before one reaches its length limit
+        (0 when none decodes): the longest multi-step window that finishes no one early."""
+        rows, _ = self._decode_batch()
+        if not rows.size:
+            return 0
+        return int((self._target[rows] - self.manager.seq_lens(rows)).min())
+
+    def has_prefill_work(self) -> bool:
+        """Whether a running sequence still has prompt (or recomputation) tokens to compute."""
+        return any(not s.decoding for g in self.running for s in g.seqs)
+
+    def decode_rows(self) -> np.ndarray:
+        """Manager rows of the sequences the next decode step would extend, in order."""
+        return self._decode_batch()[0]
 
     def resident(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, final slots) of every sequence holding GPU memory: the slots each will
@@ -279,6 +291,18 @@ class Scheduler:
             return None
         return self._final_tokens(self.waiting[0].request)
 
+    # ---- the running set ----------------------------------------------------------------
+    def _start(self, group: SequenceGroup) -> None:
+        group.status = GroupStatus.RUNNING
+        self.running.append(group)
+        self._seq_budget += group.request.width
+        self._batch = None
+
+    def _stop(self, group: SequenceGroup) -> None:
+        self.running.remove(group)
+        self._seq_budget -= group.request.width
+        self._batch = None
+
     # ---- preemption ---------------------------------------------------------------------
     def _preempt(self, group: SequenceGroup, out: SchedulerOutput) -> None:
         m = self.manager
@@ -288,8 +312,7 @@ class Scheduler:
             mode = "swap" if len(group.seqs) > 1 else "recompute"
         if mode == "swap" and (not m.has_swap_space or not m.can_swap_out(ids)):
             mode = "recompute"  # no room to swap: reported as a recompute in `out.preempted`
-        self.running.remove(group)
-        self._batch = None
+        self._stop(group)
         if mode == "swap":
             out.swap_out = np.concatenate([out.swap_out, m.swap_out(ids)])
             group.status = GroupStatus.SWAPPED
@@ -312,8 +335,7 @@ class Scheduler:
     def _drop(self, group: SequenceGroup, out: SchedulerOutput, reason: str) -> None:
         """End a running group that can never finish, freeing its blocks."""
         self.manager.free_many([s.seq_id for s in group.seqs])
-        self.running.remove(group)
-        self._batch = None
+        self._stop(group)
         del self._groups[group.request_id]
         self._reject(group, reason)
         out.rejected.append(group)
@@ -398,7 +420,7 @@ class Scheduler:
             if not group.seqs:
                 group.status = GroupStatus.FINISHED
                 group.finish_reason = group.finish_reason or "finished"
-                self.running.remove(group)
+                self._stop(group)
                 del self._groups[group.request_id]
                 finished.append(group)
         self._batch = None
@@ -444,9 +466,10 @@ class Scheduler:
         allocated = [s.seq_id for s in group.seqs if s.seq_id in self.manager]
         if allocated:
             self.manager.free_many(allocated)
-        for queue in (self.running, self.swapped):
-            if group in queue:
-                queue.remove(group)
+        if group in self.running:
+            self._stop(group)
+        if group in self.swapped:
+            self.swapped.remove(group)
         if group in self.waiting:
             self.waiting.remove(group)
         group.status = GroupStatus.FINISHED

@@ -1,0 +1,116 @@
+"""Configuration of one simulation run (all strategies share it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from kvpager.config import PREEMPTION_MODES
+
+PAGED = "paged"
+CONTIGUOUS = ("orca-max", "orca-pow2", "orca-oracle")
+STATIC = "static"
+STRATEGIES = (PAGED, *CONTIGUOUS, STATIC)
+DEFAULT_STRATEGIES = (PAGED, *CONTIGUOUS)
+
+
+def _positive_int(name: str, value: object, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A serving deployment and its scheduler, as the simulator models it.
+
+    Args:
+        model, gpu: preset names (see `kvpager.sim.presets`) or JSON spec files.
+        tp: tensor-parallel degree.
+        kv_cache_dtype: "auto" (= fp16) or "fp8" / "fp8_e5m2", which halves KV bytes.
+        gpu_memory_utilization: fraction of GPU memory the server may use.
+        block_size: tokens per KV block of the paged strategy.
+        swap_space_gib: CPU swap space per GPU for preemption by swapping (0 disables it).
+        preemption: "auto", "swap" or "recompute".
+        prefix_caching: share prompt blocks by content (paged strategy only).
+        max_num_seqs, max_num_batched_tokens, max_model_len, chunked_prefill: scheduler
+            limits (`kvpager.config.SchedulerConfig`). `max_model_len` None means the largest
+            prompt + output of the trace, so that no request is cut; `max_num_batched_tokens`
+            None means vLLM's default: 8192 with chunked prefill, else
+            max(8192, max_model_len) so that every prompt fits a step.
+        max_window_steps: the most decode steps simulated in one go between events (steps
+            are still timed one by one; a window never crosses an arrival or a finish).
+        sample_interval_s: simulated seconds between samples of the memory time series.
+        beam_replace_prob: per step and beam, the chance that beam search replaces it by a
+            copy of another beam of its request (the fork/copy-on-write pattern of beam
+            search without running a model).
+        seed: seeds the beam model, the only random process of a run.
+        calibration: path of a measured-times file for the cost model (`kvpager bench`).
+    """
+
+    model: str = "llama-2-7b"
+    gpu: str = "a100-80gb"
+    tp: int = 1
+    kv_cache_dtype: str = "auto"
+    gpu_memory_utilization: float = 0.9
+    block_size: int = 16
+    swap_space_gib: float = 4.0
+    preemption: str = "auto"
+    prefix_caching: bool = False
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    max_model_len: int | None = None
+    chunked_prefill: bool = False
+    max_window_steps: int = 64
+    sample_interval_s: float = 1.0
+    beam_replace_prob: float = 0.25
+    seed: int = 0
+    calibration: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int("tp", self.tp)
+        _positive_int("block_size", self.block_size)
+        _positive_int("max_num_seqs", self.max_num_seqs)
+        if self.max_num_batched_tokens is not None:
+            _positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
+        _positive_int("max_window_steps", self.max_window_steps)
+        if self.max_model_len is not None:
+            _positive_int("max_model_len", self.max_model_len, 2)
+        if self.preemption not in PREEMPTION_MODES:
+            raise ValueError(f"preemption must be one of {', '.join(PREEMPTION_MODES)}, got "
+                             f"{self.preemption!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got "
+                             f"{self.gpu_memory_utilization!r}")
+        if not self.swap_space_gib >= 0:
+            raise ValueError(f"swap_space_gib must be >= 0, got {self.swap_space_gib!r}")
+        if not self.sample_interval_s > 0:
+            raise ValueError(f"sample_interval_s must be > 0, got {self.sample_interval_s!r}")
+        if not 0.0 <= self.beam_replace_prob <= 1.0:
+            raise ValueError(f"beam_replace_prob must be in [0, 1], got "
+                             f"{self.beam_replace_prob!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def resolved(self, trace_max_len: int) -> SimConfig:
+        """This configuration with the trace-dependent defaults filled in."""
+        max_len = self.max_model_len if self.max_model_len is not None else max(2, trace_max_len)
+        budget = self.max_num_batched_tokens
+        if budget is None:
+            budget = 8192 if self.chunked_prefill else max(8192, max_len)
+        return replace(self, max_model_len=max_len, max_num_batched_tokens=budget)
+
+
+def check_strategies(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Validated, de-duplicated strategy names in the given order."""
+    if not names:
+        raise ValueError(f"choose at least one cache strategy from {', '.join(STRATEGIES)}")
+    out: list[str] = []
+    for name in names:
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown cache strategy {name!r}: choose from "
+                             f"{', '.join(STRATEGIES)}")
+        if name not in out:
+            out.append(name)
+    return tuple(out)

@@ -1,0 +1,250 @@
+"""The SimPy engine: a trace's requests arrive, the real scheduler batches them, and the cost
+model says how long each step takes.
+
+Two SimPy processes share one clock: arrivals, which hand each request to the scheduler at
+its arrival time, and the server, which loops `schedule()` -> wait for the step's duration ->
+`complete_step()`. Only the executor is simulated; every decision about memory is made by
+the library's own `Scheduler` and manager, so what the simulator reports about memory is
+what the library does.
+
+Speed: between events, decode steps repeat with nothing new to decide, so the server asks the
+scheduler for a window of k decode steps at once (multi-step decoding, as vLLM's multi-step
+scheduler does) and times the k steps with the cost model. A window never crosses the next
+arrival, never lets a sequence run past its last token, and falls back to one step when the
+k-step allocation would not fit (so preemption happens exactly when single steps would
+trigger it). With the roofline cost model, whose step time is affine in the decode context,
+the window's time is exact: k times the time of its middle step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import simpy
+
+from kvpager.request import GroupStatus, Request, SequenceGroup
+from kvpager.scheduler import SchedulerOutput
+from kvpager.sim.beams import BeamModel
+from kvpager.sim.config import PAGED, SimConfig
+from kvpager.sim.cost_model import CostModel, prefill_attention_work
+from kvpager.sim.metrics import (
+    FINISHED,
+    REJECTED,
+    MemorySeries,
+    RequestLog,
+    StepLog,
+    summarize,
+)
+from kvpager.sim.strategies import Deployment, build
+from kvpager.sim.traces import Trace
+
+Progress = Callable[[int, int], None]  # (requests done, requests total)
+
+
+class Simulation:
+    """One strategy over one trace. `run()` returns the strategy's metrics dict."""
+
+    def __init__(
+        self,
+        trace: Trace,
+        config: SimConfig,
+        strategy: str,
+        cost: CostModel,
+        progress: Progress | None = None,
+    ) -> None:
+        """`config` must be resolved (`SimConfig.resolved`): limits are numbers, not None."""
+        self.trace, self.config, self.cost = trace, config, cost
+        self.deploy: Deployment = build(strategy, config, cost)
+        self.scheduler = self.deploy.scheduler
+        self.manager = self.deploy.manager
+        self.progress = progress
+        self.requests = RequestLog(np.asarray(trace.arrival, dtype=np.float64),
+                                   np.asarray(trace.prompt_tokens, dtype=np.int64))
+        self.memory = MemorySeries(self.deploy.capacity_slots)
+        self.steps = StepLog()
+        self.beams = BeamModel(config.beam_replace_prob, config.seed)
+        self.has_beams = bool((np.asarray(trace.beam_width) > 1).any())
+        self.counters = {"preemptions": {"swap": 0, "recompute": 0}, "swapped_out_blocks": 0,
+                         "swapped_in_blocks": 0, "recomputed_tokens": 0, "cow_copies": 0}
+        self._done = 0
+        self._next_sample = 0.0
+        self._arrived = 0
+        self._wake: simpy.Event | None = None
+
+    # ---- processes ----------------------------------------------------------------------
+    def run(self) -> dict:
+        wall = time.perf_counter()
+        env = simpy.Environment()
+        env.process(self._arrivals(env))
+        env.process(self._server(env))
+        env.run()
+        result = summarize(self.requests, self.memory, self.steps, self._final_counters())
+        result["time"]["wall_s"] = time.perf_counter() - wall
+        return result
+
+    def _arrivals(self, env: simpy.Environment):
+        trace = self.trace
+        arrival = self.requests.arrival
+        for i in range(len(trace)):
+            if arrival[i] > env.now:
+                yield env.timeout(arrival[i] - env.now)
+            group = self.scheduler.add_request(self._request(i))
+            self._arrived += 1
+            if group.status is GroupStatus.FINISHED:
+                self._reject(i, group)
+            if self._wake is not None and not self._wake.triggered:
+                self._wake.succeed()
+
+    def _request(self, i: int) -> Request:
+        t = self.trace
+        hashes = None
+        if self.config.prefix_caching and self.deploy.strategy == PAGED:
+            hashes = t.block_keys(i, self.config.block_size).tolist() or None
+        return Request(i, int(t.prompt_tokens[i]), int(t.output_tokens[i]),
+                       arrival_time=float(t.arrival[i]), n=int(t.n[i]),
+                       beam_width=int(t.beam_width[i]), block_hashes=hashes)
+
+    def _server(self, env: simpy.Environment):
+        sched, total = self.scheduler, len(self.trace)
+        while True:
+            if not sched.has_unfinished():
+                if self._arrived == total:
+                    return
+                self._wake = env.event()
+                yield self._wake
+                continue
+            start = env.now
+            out = sched.schedule(self._window(env.now))
+            if out.is_empty:  # nothing can move until a request arrives
+                if self._arrived == total:
+                    raise RuntimeError("the scheduler made no progress with no arrivals left")
+                self._wake = env.event()
+                yield self._wake
+                continue
+            seconds = self._step_seconds(out)
+            if seconds > 0:
+                yield env.timeout(seconds)
+            result = sched.complete_step(out)
+            self._record(out, result, start, env.now, seconds)
+            if self.has_beams:
+                self.beams.step(sched)
+            if env.now >= self._next_sample:
+                self._sample(env.now)
+
+    # ---- one step -----------------------------------------------------------------------
+    def _window(self, now: float) -> int:
+        """Decode steps to take at once (see the module docstring)."""
+        sched, cfg = self.scheduler, self.config
+        k = min(cfg.max_window_steps, sched.decode_headroom())
+        if k <= 1 or self.has_beams or sched.swapped:
+            return 1
+        if cfg.chunked_prefill and (sched.waiting or sched.has_prefill_work()):
+            return 1
+        rows = sched.decode_rows()
+        if self._arrived < len(self.trace):
+            lens = self.manager.seq_lens(rows)
+            one = self.cost.step_time(0, 0.0, rows.size, int(lens.sum()) + rows.size)
+            gap = self.requests.arrival[self._arrived] - now
+            k = min(k, max(1, int(gap / one))) if one > 0 else k
+        if k > 1 and int(self.manager.blocks_needed_batch(rows, k).sum()) > \
+                self.manager.num_free_blocks():
+            return 1
+        return k
+
+    def _step_seconds(self, out: SchedulerOutput) -> float:
+        cost, k = self.cost, out.num_decode_steps
+        prefill = attn = completes = 0
+        for chunk in out.prefills:
+            prefill += chunk.count
+            attn += prefill_attention_work(chunk.count, chunk.start)
+            completes += chunk.completes
+        batch = int(out.decode_rows.size)
+        context = 0
+        if batch:
+            # lengths after the window's appends; the middle step attends (k + 1) / 2 fewer
+            after = int(self.manager.seq_lens(out.decode_rows).sum())
+            context = after - batch * (k - 1) / 2
+        seconds = 0.0
+        if prefill or batch:
+            seconds = k * cost.step_time(prefill, max(attn, float(prefill)), batch,
+                                         max(context, batch), completes)
+        moved = out.swap_in.shape[0] + out.swap_out.shape[0]
+        if moved:
+            seconds += cost.swap_time(moved, self.deploy.slots_per_block)
+        if out.copies.shape[0]:
+            seconds += cost.copy_time(out.copies.shape[0], self.deploy.slots_per_block)
+        return seconds
+
+    def _record(self, out: SchedulerOutput, result, start: float, end: float,
+                seconds: float) -> None:
+        req = self.requests
+        for group in out.admitted:
+            i = group.request_id
+            if math.isnan(req.admitted[i]):
+                req.admitted[i] = start
+        for group in out.rejected:
+            self._reject(group.request_id, group)
+        for _group, mode in out.preempted:
+            self.counters["preemptions"][mode] += 1
+        for group in result.first_token:
+            req.first_token[group.request_id] = end
+        for group in result.finished:
+            self._finish(group, end)
+        self.counters["swapped_out_blocks"] += int(out.swap_out.shape[0])
+        self.counters["swapped_in_blocks"] += int(out.swap_in.shape[0])
+        self.counters["cow_copies"] += int(out.copies.shape[0])
+        batch = int(out.decode_rows.size) + len(out.prefills)
+        self.steps.add(batch, out.num_decode_steps, seconds)
+
+    def _finish(self, group: SequenceGroup, end: float) -> None:
+        i = group.request_id
+        req = self.requests
+        req.finish[i] = end
+        req.status[i] = FINISHED
+        req.preemptions[i] = group.num_preemptions
+        req.output_tokens[i] = self._output_tokens(group.request)
+        self.counters["recomputed_tokens"] += group.num_recomputed_tokens
+        self._tick()
+
+    def _output_tokens(self, request: Request) -> int:
+        limit = self.scheduler.config.max_model_len
+        out = request.max_output_tokens
+        return out if limit is None else min(out, limit - request.prompt_tokens)
+
+    def _reject(self, i: int, group: SequenceGroup) -> None:
+        req = self.requests
+        if req.status[i] == REJECTED:
+            return
+        req.status[i] = REJECTED
+        req.reasons[i] = group.finish_reason or "rejected"
+        req.preemptions[i] = group.num_preemptions
+        self._tick()
+
+    def _tick(self) -> None:
+        self._done += 1
+        if self.progress is not None:
+            self.progress(self._done, len(self.trace))
+
+    def _sample(self, now: float) -> None:
+        sched = self.scheduler
+        rows, final = sched.resident()
+        slots = self.manager.memory_breakdown(rows, final, sched.next_reservation())
+        hit = 0.0
+        prefix = getattr(self.manager, "prefix_cache", None)
+        if prefix is not None:
+            hit = prefix.hit_rate
+        self.memory.add(now, slots, sched.num_running_seqs, len(sched.waiting),
+                        len(sched.swapped), hit)
+        self._next_sample = now + self.config.sample_interval_s
+
+    def _final_counters(self) -> dict:
+        counters = dict(self.counters)
+        prefix = getattr(self.manager, "prefix_cache", None)
+        counters["prefix_cache"] = None if prefix is None else {
+            "hit_rate": prefix.hit_rate, "hit_blocks": prefix.hit_blocks,
+            "queried_blocks": prefix.queried_blocks}
+        counters["beams_replaced"] = self.beams.replaced
+        return counters

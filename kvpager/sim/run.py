@@ -1,0 +1,145 @@
+"""Run a trace through several cache strategies and write the run directory.
+
+    from kvpager.sim import SimConfig, simulate
+    metrics = simulate(load_trace("examples/azure_conv_sample.csv"), SimConfig(),
+                       strategies=["paged", "orca-oracle"], out_dir="runs/demo")
+
+The run directory holds everything reports need: `metrics.json` (configuration, trace
+summary, per-strategy metrics), `requests_<strategy>.csv` (one row per request) and
+`memory_<strategy>.csv` (the memory and queue time series).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kvpager.sim.config import DEFAULT_STRATEGIES, SimConfig, check_strategies
+from kvpager.sim.cost_model import CostModel, load_calibration
+from kvpager.sim.engine import Simulation
+from kvpager.sim.metrics import FINISHED, REJECTED
+from kvpager.sim.traces import Trace, summarize
+from kvpager.usage import FIELDS as MEMORY_FIELDS
+
+StrategyProgress = Callable[[str, int, int], None]  # (strategy, done, total)
+SCHEMA_VERSION = 1
+
+
+def cost_model(config: SimConfig) -> CostModel:
+    """The cost model a configuration describes (raises ValueError on bad names/values)."""
+    calibration = load_calibration(config.calibration) if config.calibration else None
+    return CostModel(config.model, config.gpu, tp=config.tp,
+                     kv_cache_dtype=config.kv_cache_dtype,
+                     gpu_memory_utilization=config.gpu_memory_utilization,
+                     max_num_batched_tokens=config.max_num_batched_tokens,
+                     max_num_seqs=config.max_num_seqs, calibration=calibration)
+
+
+def resolve(trace: Trace, config: SimConfig) -> SimConfig:
+    """`config` with `max_model_len` / `max_num_batched_tokens` defaults taken from the trace
+    (its longest prompt + output)."""
+    longest = 2 if len(trace) == 0 else int(
+        (np.asarray(trace.prompt_tokens) + np.asarray(trace.output_tokens)).max())
+    return config.resolved(longest)
+
+
+def simulate(
+    trace: Trace,
+    config: SimConfig,
+    strategies: Sequence[str] = DEFAULT_STRATEGIES,
+    out_dir: str | Path | None = None,
+    progress: StrategyProgress | None = None,
+) -> dict:
+    """Simulate every strategy on the trace; write the run directory when `out_dir` is set.
+
+    Returns the `metrics.json` content: {"schema", "config", "trace", "capacity",
+    "strategies": {name: metrics}}.
+    """
+    names = check_strategies(tuple(strategies))
+    config = resolve(trace, config)
+    cost = cost_model(config)
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+    sims: dict[str, Simulation] = {}
+    for name in names:
+        report = None if progress is None else (lambda d, t, n=name: progress(n, d, t))
+        sim = Simulation(trace, config, name, cost, report)
+        results[name] = sim.run()
+        sims[name] = sim
+    metrics = {
+        "schema": SCHEMA_VERSION,
+        "config": config.to_dict() | {"strategies": list(names)},
+        "trace": summarize(trace, block_size=config.block_size).to_dict()
+        | {"source": str(getattr(trace, "source", ""))},
+        "capacity": {
+            "kv_tokens": cost.kv_capacity_tokens,
+            "kv_bytes_per_token": cost.kv_bytes_per_token,
+            "kv_capacity_gib": cost.kv_capacity_bytes / (1 << 30),
+            "gpu_blocks": cost.num_gpu_blocks(config.block_size),
+            "block_size": config.block_size,
+        },
+        "strategies": results,
+        "wall_s": time.perf_counter() - started,
+    }
+    if out_dir is not None:
+        write_run(Path(out_dir), metrics, sims)
+    return metrics
+
+
+def write_run(out: Path, metrics: dict, sims: dict[str, Simulation]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2) + "\n")
+    for name, sim in sims.items():
+        _write_requests(out / f"requests_{name}.csv", sim)
+        _write_memory(out / f"memory_{name}.csv", sim)
+
+
+def _write_requests(path: Path, sim: Simulation) -> None:
+    r, t = sim.requests, sim.trace
+    status = {FINISHED: "finished", REJECTED: "rejected"}
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "id", "arrival_s", "prompt_tokens", "output_tokens", "admitted_s",
+                    "first_token_s", "finish_s", "ttft_s", "e2e_s", "preemptions", "status",
+                    "reason"])
+        for i in range(len(t)):
+            w.writerow([i, t.ids[i], _num(r.arrival[i]), int(r.prompt_tokens[i]),
+                        int(r.output_tokens[i]), _num(r.admitted[i]), _num(r.first_token[i]),
+                        _num(r.finish[i]), _num(r.first_token[i] - r.arrival[i]),
+                        _num(r.finish[i] - r.arrival[i]), int(r.preemptions[i]),
+                        status.get(int(r.status[i]), "pending"), r.reasons.get(i, "")])
+
+
+def _write_memory(path: Path, sim: Simulation) -> None:
+    m = sim.memory
+    frac = m.fractions()
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["time_s", *MEMORY_FIELDS, "running_seqs", "waiting", "swapped",
+                    "prefix_hit_rate"])
+        for j, t in enumerate(m.time):
+            w.writerow([_num(t), *(f"{x:.6f}" for x in frac[j]), m.running[j], m.waiting[j],
+                        m.swapped[j], f"{m.prefix_hit_rate[j]:.6f}"])
+
+
+def _num(x: float) -> str:
+    return "" if x is None or not math.isfinite(x) else f"{x:.6f}"
+
+
+def _clean(obj):
+    """JSON-safe: numpy scalars to Python, non-finite floats to null."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

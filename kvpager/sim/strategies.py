@@ -1,0 +1,70 @@
+"""Cache strategies: which memory manager and batching policy a simulated server uses.
+
+- `paged`: kvpager's `KVCacheManager` (blocks on demand, sharing, swapping, prefix cache).
+- `orca-max`, `orca-pow2`, `orca-oracle`: one contiguous region per sequence reserved at
+  admission from a buddy allocator over the KV token space, for the maximum length, the next
+  power of two of the true output, or exactly the true length (the vLLM paper's Orca
+  baselines); continuous batching as in Orca.
+- `static`: FasterTransformer-like: maximum-length contiguous reservations and request-level
+  batching (a new batch starts only when the previous one has finished).
+
+Every strategy runs the same `Scheduler` with the same limits; only memory management and
+(for `static`) the batching policy differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvpager.config import SchedulerConfig
+from kvpager.manager import KVCacheManager
+from kvpager.protocol import KVManager
+from kvpager.scheduler import Scheduler
+from kvpager.sim.config import PAGED, STATIC, SimConfig
+from kvpager.sim.cost_model import CostModel
+
+GiB = 1 << 30
+
+
+@dataclass
+class Deployment:
+    """A manager and the scheduler driving it, plus the unit sizes the engine needs."""
+
+    strategy: str
+    manager: KVManager
+    scheduler: Scheduler
+    slots_per_block: int  # tokens one manager block holds (for swap and copy timing)
+    capacity_slots: int  # KV token slots of the GPU cache
+
+
+def build(strategy: str, config: SimConfig, cost: CostModel) -> Deployment:
+    """The manager and scheduler of `strategy` for a deployment described by a resolved
+    `config` (`SimConfig.resolved`)."""
+    max_model_len = config.max_model_len
+    sched = SchedulerConfig(
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        max_model_len=max_model_len,
+        chunked_prefill=config.chunked_prefill,
+        preemption=config.preemption,
+        batching="static" if strategy == STATIC else "continuous",
+    )
+    swap_bytes = config.swap_space_gib * GiB
+    if strategy == PAGED:
+        bs = config.block_size
+        manager: KVManager = KVCacheManager(
+            num_gpu_blocks=cost.num_gpu_blocks(bs), block_size=bs,
+            num_cpu_blocks=cost.num_cpu_blocks(swap_bytes, bs),
+            enable_prefix_caching=config.prefix_caching)
+        return Deployment(strategy, manager, Scheduler(manager, sched), bs,
+                          cost.num_gpu_blocks(bs) * bs)
+    if config.prefix_caching:
+        raise ValueError(f"prefix caching needs the paged strategy; {strategy!r} keeps one "
+                         "contiguous region per sequence and cannot share")
+    from kvpager.sim.contiguous import ContiguousManager
+
+    policy = "orca-max" if strategy == STATIC else strategy
+    capacity = cost.kv_capacity_tokens
+    manager = ContiguousManager(capacity, policy, max_model_len=max_model_len,
+                                num_cpu_tokens=cost.num_cpu_blocks(swap_bytes, 1))
+    return Deployment(strategy, manager, Scheduler(manager, sched), 1, capacity)
