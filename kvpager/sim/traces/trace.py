@@ -184,6 +184,30 @@ class Trace:
             prefix = prefix.take(order)
         return cls(prefix=prefix, source=source, format=format, **cols)
 
+    @classmethod
+    def from_columns(
+        cls,
+        arrival: Sequence[float] | np.ndarray,
+        prompt_tokens: Sequence[int] | np.ndarray,
+        output_tokens: Sequence[int] | np.ndarray,
+        *,
+        n: Sequence[int] | np.ndarray | None = None,
+        beam_width: Sequence[int] | np.ndarray | None = None,
+        source: str = "<columns>",
+    ) -> Trace:
+        """A trace built in code (no prefix identity), e.g. for what-if studies:
+        `Trace.from_columns([0.0, 0.5], [512, 128], [128, 64])`."""
+        size = len(arrival)
+        ones = np.ones(size, dtype=np.int32)
+        index = np.arange(size, dtype=np.int64)
+        return cls.from_unsorted(
+            arrival=np.asarray(arrival, dtype=np.float64),
+            prompt_tokens=np.asarray(prompt_tokens), output_tokens=np.asarray(output_tokens),
+            n=ones if n is None else np.asarray(n), beam_width=ones if beam_width is None
+            else np.asarray(beam_width), record=index, line=np.zeros(size, dtype=np.int64),
+            ids=index.astype(str), prefix=PrefixTable.none(size), source=source,
+            format="columns")
+
     def __len__(self) -> int:
         return len(self.arrival)
 
