@@ -119,7 +119,9 @@ def resolve(
         backend = get(name)
         reason = reason_for(backend)
         if reason is not None:
-            raise BackendUnavailableError(_explain(f"backend {name!r} cannot run this call: {reason}"))
+            raise BackendUnavailableError(
+                _explain(f"backend {name!r} cannot run this call: {reason}")
+            )
         return backend
 
     candidates = ["reference"] if device.type == "cpu" else list(_MODULES)
