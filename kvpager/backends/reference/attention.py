@@ -27,8 +27,9 @@ Semantics (the contract other backends meet):
 - only the block-table entries a sequence reads (the first ceil(seq_len / block_size)) are
   looked at; the rest may hold padding such as -1.
 
-Sequences are processed in chunks so that the gathered float32 keys and values stay within
-about 256 MiB, whatever the batch.
+Sequences are processed in groups of similar length (see `_length_groups`), so the work
+follows the real tokens, not `max_seq_len`, and the gathered float32 keys and values of a
+group stay within about 256 MiB whatever the batch.
 """
 
 from __future__ import annotations
@@ -88,10 +89,33 @@ class BlockSparse:
         return remote[None, :, :] | local[:, None, :]
 
 
-def _sequence_chunks(num_seqs: int, bytes_per_seq: int) -> Iterator[slice]:
-    step = max(1, _CHUNK_BYTES // max(1, bytes_per_seq))
-    for start in range(0, num_seqs, step):
-        yield slice(start, min(num_seqs, start + step))
+def _length_groups(
+    seq_lens: torch.Tensor, bytes_per_token: int
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """(row indices, longest length) of groups of sequences that are computed together.
+
+    A group is padded to its longest sequence, so sequences are taken shortest first and a
+    new group starts when padding would more than double the tokens of the group or its
+    float32 keys and values would pass `_CHUNK_BYTES`. Empty sequences form their own group.
+    Reads seq_lens on the host: one sync on a GPU, which the reference accepts so that it
+    costs only real tokens (max_seq_len may be far larger than any sequence).
+    """
+    lens = seq_lens.tolist()
+    order = sorted(range(len(lens)), key=lens.__getitem__)
+    empty = [row for row in order if lens[row] == 0]
+    if empty:
+        yield torch.tensor(empty, device=seq_lens.device), 0
+    group: list[int] = []
+    real = 0
+    for row in order[len(empty):]:
+        padded = (len(group) + 1) * lens[row]  # shortest first: the newest is the longest
+        real += lens[row]
+        if group and (padded > 2 * real or padded * bytes_per_token > _CHUNK_BYTES):
+            yield torch.tensor(group, device=seq_lens.device), lens[group[-1]]
+            group, real = [], lens[row]
+        group.append(row)
+    if group:
+        yield torch.tensor(group, device=seq_lens.device), lens[group[-1]]
 
 
 def _decode(cache_values: torch.Tensor, kv_cache_dtype: str, scale: Scale) -> torch.Tensor:
@@ -164,12 +188,8 @@ def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return (grouped @ values).reshape(seqs, num_heads, values.shape[-1])
 
 
-def _bytes_per_seq(num_heads: int, num_kv_heads: int, head_size: int, tokens: int) -> int:
-    return 4 * tokens * (2 * num_kv_heads * head_size + 4 * num_heads)
-
-
-def _blocks_to_read(max_seq_len: int, block_size: int, block_tables: torch.Tensor) -> int:
-    return min(-(-max_seq_len // block_size), block_tables.shape[1])
+def _bytes_per_token(num_heads: int, num_kv_heads: int, head_size: int) -> int:
+    return 4 * (2 * num_kv_heads * head_size + 4 * num_heads)
 
 
 def paged_attention_v1(
@@ -183,14 +203,18 @@ def paged_attention_v1(
     """One softmax over all tokens of each sequence, written into `out` [S, H, D]."""
     sparse = BlockSparse.from_args(tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
                                    blocksparse_block_size, blocksparse_head_sliding_step)
-    num_blocks = _blocks_to_read(max_seq_len, block_size, block_tables)
-    seqs, num_heads, head_size = query.shape
-    per_seq = _bytes_per_seq(num_heads, num_kv_heads, head_size, num_blocks * block_size)
-    for rows in _sequence_chunks(seqs, per_seq):
-        keys, values = gather_kv(key_cache, value_cache, block_tables[rows], seq_lens[rows],
-                                 num_blocks, kv_cache_dtype, k_scale, v_scale)
-        logits = attention_logits(query[rows], keys, seq_lens[rows], scale, alibi_slopes,
-                                  sparse, block_size)
+    _, num_heads, head_size = query.shape
+    per_token = _bytes_per_token(num_heads, num_kv_heads, head_size)
+    for rows, longest in _length_groups(seq_lens, per_token):
+        if longest == 0:
+            out[rows] = 0
+            continue
+        lens = seq_lens[rows]
+        num_blocks = min(-(-longest // block_size), block_tables.shape[1])
+        keys, values = gather_kv(key_cache, value_cache, block_tables[rows], lens, num_blocks,
+                                 kv_cache_dtype, k_scale, v_scale)
+        logits = attention_logits(query[rows], keys, lens, scale, alibi_slopes, sparse,
+                                  block_size)
         probs, _, _ = _softmax_parts(logits)
         out[rows] = _weighted_values(probs, values).to(out.dtype)
 
@@ -211,31 +235,35 @@ def paged_attention_v2(
     """
     sparse = BlockSparse.from_args(tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
                                    blocksparse_block_size, blocksparse_head_sliding_step)
-    num_blocks = _blocks_to_read(max_seq_len, block_size, block_tables)
-    seqs, num_heads, head_size = query.shape
-    parts = max_num_partitions(max_seq_len)
-    padded = parts * PARTITION_SIZE  # >= num_blocks * block_size: block sizes divide 512
-    per_seq = _bytes_per_seq(num_heads, num_kv_heads, head_size, padded)
-    for rows in _sequence_chunks(seqs, per_seq):
-        keys, values = gather_kv(key_cache, value_cache, block_tables[rows], seq_lens[rows],
-                                 num_blocks, kv_cache_dtype, k_scale, v_scale)
-        logits = attention_logits(query[rows], keys, seq_lens[rows], scale, alibi_slopes,
-                                  sparse, block_size)
-        extra = padded - logits.shape[-1]
+    _, num_heads, head_size = query.shape
+    group = num_heads // num_kv_heads
+    per_token = _bytes_per_token(num_heads, num_kv_heads, head_size)
+    for rows, longest in _length_groups(seq_lens, per_token):
+        if longest == 0:
+            continue  # no partition holds a token: nothing to write
+        lens = seq_lens[rows]
+        num_blocks = min(-(-longest // block_size), block_tables.shape[1])
+        keys, values = gather_kv(key_cache, value_cache, block_tables[rows], lens, num_blocks,
+                                 kv_cache_dtype, k_scale, v_scale)
+        logits = attention_logits(query[rows], keys, lens, scale, alibi_slopes, sparse,
+                                  block_size)
+        parts = max_num_partitions(longest)
+        extra = parts * PARTITION_SIZE - logits.shape[-1]  # >= 0: block sizes divide 512
         logits = torch.nn.functional.pad(logits, (0, extra), value=_NEG_INF)
         values = torch.nn.functional.pad(values, (0, 0, 0, extra))
         n = logits.shape[0]
         probs, top, total = _softmax_parts(logits.reshape(n, num_heads, parts, PARTITION_SIZE))
-        # [n, H, P, 512] x [n, K, P, 512, D] -> [n, H, P, D]
-        grouped = probs.reshape(n, num_kv_heads, num_heads // num_kv_heads, parts,
-                                PARTITION_SIZE)
-        by_part = values.reshape(n, num_kv_heads, parts, PARTITION_SIZE, head_size)
-        partial = torch.einsum("kgpt,kptd->kgpd", grouped.flatten(0, 1),
-                               by_part.flatten(0, 1)).reshape(n, num_heads, parts, head_size)
-        used = _used_partitions(seq_lens[rows], parts)  # [n, 1, P]
-        exp_sums[rows] = torch.where(used, total, exp_sums[rows])
-        max_logits[rows] = torch.where(used, top, max_logits[rows])
-        tmp_out[rows] = torch.where(used[..., None], partial.to(tmp_out.dtype), tmp_out[rows])
+        # [n, K, G, P, 512] x [n, K, P, 512, D] -> [n, H, P, D]: head h reads kv head h // G
+        grouped = probs.reshape(n * num_kv_heads, group, parts, PARTITION_SIZE)
+        by_part = values.reshape(n * num_kv_heads, parts, PARTITION_SIZE, head_size)
+        partial = torch.einsum("bgpt,bptd->bgpd", grouped, by_part)
+        partial = partial.reshape(n, num_heads, parts, head_size)
+        used = _used_partitions(lens, parts)  # [n, 1, P]
+        window = (rows, slice(None), slice(0, parts))
+        exp_sums[window] = torch.where(used, total, exp_sums[window])
+        max_logits[window] = torch.where(used, top, max_logits[window])
+        tmp_out[window] = torch.where(used[..., None], partial.to(tmp_out.dtype),
+                                      tmp_out[window])
     reduce_partitions(out, exp_sums, max_logits, tmp_out, seq_lens)
 
 
