@@ -116,6 +116,9 @@ def check_attention(
         raise v.fail("kv_cache_dtype", f"{kv_cache_dtype!r} stores keys in chunks of x={x} "
                                        f"elements, which do not divide head_size {head_size}")
     v.check_int("block_size", block_size, 1)
+    if block_size != key_cache.shape[3]:
+        raise v.fail("block_size", f"({block_size}) must equal the block dimension of "
+                                   f"key_cache ({key_cache.shape[3]})")
     if block_size not in BLOCK_SIZES:
         raise v.fail("block_size", f"must be one of {', '.join(map(str, BLOCK_SIZES))}, got "
                                    f"{block_size}")
@@ -215,7 +218,7 @@ def queue_attention_data_checks(
     capacity = dims.max_blocks_per_seq * dims.block_size
     beyond = lens > capacity
     checks.require(~beyond.any(), "seq_lens", lambda: (
-        f"seq_lens[{v.first_index(beyond)[0]}] = {int(lens[beyond][0])} needs more than the "
+        f"[{v.first_index(beyond)[0]}] = {int(lens[beyond][0])} needs more than the "
         f"{dims.max_blocks_per_seq} blocks of block_tables (capacity {capacity} tokens)"))
     columns = torch.arange(dims.max_blocks_per_seq, device=block_tables.device)
     read = columns[None, :] * dims.block_size < lens[:, None]
