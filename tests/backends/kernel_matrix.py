@@ -307,3 +307,19 @@ def assert_partitions_close(
                                atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(tmp_out.cpu()[keep].float(), want_tmp.cpu()[keep].float(),
                                atol=atol, rtol=rtol)
+
+
+def check_backend_against_reference(
+    case: AttentionCase, backend: str, device: torch.device | str = "cuda", *,
+    long_len: tuple[int, int] = (1025, 2100),
+) -> None:
+    """Run `backend` and the reference on the same inputs on `device`; compare v1, v2's
+    output and v2's partition buffers. The one-line body of a backend's matrix test."""
+    inputs = make_inputs(case, device, long_len=long_len)
+    want_v1 = run_v1(inputs, "reference")
+    want_out, want_sums, want_max, want_tmp = run_v2(inputs, "reference")
+    atol, rtol = tolerance(case.dtype, case.kv_cache_dtype)
+    torch.testing.assert_close(run_v1(inputs, backend), want_v1, atol=atol, rtol=rtol)
+    got_out, got_sums, got_max, got_tmp = run_v2(inputs, backend)
+    torch.testing.assert_close(got_out, want_out, atol=atol, rtol=rtol)
+    assert_partitions_close(inputs, got_sums, got_max, got_tmp, want_sums, want_max, want_tmp)
