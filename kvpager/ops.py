@@ -28,20 +28,7 @@ import math
 
 import torch
 
-from kvpager import backends as registry
-from kvpager.backends import torch_library
-from kvpager.backends.attention_checks import (
-    check_attention,
-    check_v2_workspace,
-    queue_attention_data_checks,
-)
-from kvpager.backends.cache_checks import (
-    check_copy_blocks,
-    check_merge_attn_states,
-    check_reshape_and_cache,
-    check_swap_blocks,
-    queue_reshape_and_cache_data_checks,
-)
+from kvpager.backends import dispatch, torch_library
 from kvpager.backends.layout import (
     BLOCK_SIZES,
     HEAD_SIZES,
@@ -54,14 +41,7 @@ from kvpager.backends.layout import (
     v2_workspace,
     x_for,
 )
-from kvpager.backends.validation import (
-    DataChecks,
-    OpArgumentError,
-    check_block_pairs,
-    check_ndim,
-    check_tensor,
-    same_tensor_storage,
-)
+from kvpager.backends.validation import OpArgumentError, check_ndim, check_tensor
 
 Scale = float | torch.Tensor
 
@@ -74,34 +54,6 @@ def _scale_tensor(scale: Scale) -> torch.Tensor:
 
 
 # ---- attention ---------------------------------------------------------------------------
-def _paged_attention_v1(
-    out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
-    block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank=0,
-    blocksparse_local_blocks=0, blocksparse_vert_stride=0, blocksparse_block_size=64,
-    blocksparse_head_sliding_step=0, *, backend="auto", check_indices=True,
-) -> None:
-    dims = check_attention(
-        out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
-        block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
-        blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
-        blocksparse_head_sliding_step,
-    )
-    impl = registry.resolve(backend, dims.device, head_size=dims.head_size,
-                            block_size=dims.block_size, dtype=dims.dtype,
-                            kv_cache_dtype=dims.kv_cache_dtype)
-    if check_indices:
-        checks = DataChecks()
-        queue_attention_data_checks(checks, dims, block_tables, seq_lens, max_seq_len,
-                                    k_scale, v_scale)
-        checks.verify()
-    impl.paged_attention_v1(
-        out, query, key_cache, value_cache, num_kv_heads, float(scale), block_tables, seq_lens,
-        block_size, max_seq_len, alibi_slopes, dims.kv_cache_dtype, k_scale, v_scale, tp_rank,
-        blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
-        blocksparse_head_sliding_step,
-    )
-
-
 def paged_attention_v1(
     out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
     value_cache: torch.Tensor, num_kv_heads: int, scale: float, block_tables: torch.Tensor,
@@ -133,41 +85,11 @@ def paged_attention_v1(
             check_indices=check_indices,
         )
         return
-    _paged_attention_v1(
+    dispatch.paged_attention_v1(
         out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
         block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
         blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
         blocksparse_head_sliding_step, backend=backend, check_indices=check_indices,
-    )
-
-
-def _paged_attention_v2(
-    out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads, scale,
-    block_tables, seq_lens, block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale,
-    v_scale, tp_rank=0, blocksparse_local_blocks=0, blocksparse_vert_stride=0,
-    blocksparse_block_size=64, blocksparse_head_sliding_step=0, *, backend="auto",
-    check_indices=True,
-) -> None:
-    dims = check_attention(
-        out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
-        block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
-        blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
-        blocksparse_head_sliding_step,
-    )
-    check_v2_workspace(dims, exp_sums, max_logits, tmp_out, max_seq_len)
-    impl = registry.resolve(backend, dims.device, head_size=dims.head_size,
-                            block_size=dims.block_size, dtype=dims.dtype,
-                            kv_cache_dtype=dims.kv_cache_dtype)
-    if check_indices:
-        checks = DataChecks()
-        queue_attention_data_checks(checks, dims, block_tables, seq_lens, max_seq_len,
-                                    k_scale, v_scale)
-        checks.verify()
-    impl.paged_attention_v2(
-        out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads,
-        float(scale), block_tables, seq_lens, block_size, max_seq_len, alibi_slopes,
-        dims.kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks,
-        blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step,
     )
 
 
@@ -199,7 +121,7 @@ def paged_attention_v2(
             blocksparse_head_sliding_step, backend=backend, check_indices=check_indices,
         )
         return
-    _paged_attention_v2(
+    dispatch.paged_attention_v2(
         out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads,
         scale, block_tables, seq_lens, block_size, max_seq_len, alibi_slopes, kv_cache_dtype,
         k_scale, v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
@@ -260,23 +182,6 @@ def paged_attention(
 
 
 # ---- cache ops ---------------------------------------------------------------------------
-def _reshape_and_cache(
-    key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype, k_scale, v_scale, *,
-    backend="auto", check_indices=True,
-) -> None:
-    dims = check_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
-                                   kv_cache_dtype, k_scale, v_scale)
-    impl = registry.resolve(backend, dims.device, head_size=dims.head_size,
-                            block_size=dims.block_size, dtype=dims.dtype,
-                            kv_cache_dtype=dims.kv_cache_dtype)
-    if check_indices:
-        checks = DataChecks()
-        queue_reshape_and_cache_data_checks(checks, dims, slot_mapping, k_scale, v_scale)
-        checks.verify()
-    impl.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
-                           dims.kv_cache_dtype, k_scale, v_scale)
-
-
 def reshape_and_cache(
     key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
     value_cache: torch.Tensor, slot_mapping: torch.Tensor, kv_cache_dtype: str,
@@ -297,22 +202,8 @@ def reshape_and_cache(
             check_indices=check_indices,
         )
         return
-    _reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype,
+    dispatch.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype,
                        k_scale, v_scale, backend=backend, check_indices=check_indices)
-
-
-def _copy_blocks(key_caches, value_caches, block_mapping, *, backend="auto",
-                 check_indices=True) -> None:
-    num_blocks = check_copy_blocks(key_caches, value_caches, block_mapping)
-    impl = registry.resolve(backend, key_caches[0].device if key_caches else block_mapping.device)
-    if not key_caches:
-        return
-    if check_indices:
-        checks = DataChecks()
-        check_block_pairs(checks, "block_mapping", block_mapping, num_blocks, num_blocks,
-                          disjoint=True)
-        checks.verify()
-    impl.copy_blocks(list(key_caches), list(value_caches), block_mapping)
 
 
 def copy_blocks(
@@ -331,24 +222,8 @@ def copy_blocks(
         torch.ops.kvpager.copy_blocks(list(key_caches), list(value_caches), block_mapping,
                                       backend=backend, check_indices=check_indices)
         return
-    _copy_blocks(key_caches, value_caches, block_mapping, backend=backend,
+    dispatch.copy_blocks(key_caches, value_caches, block_mapping, backend=backend,
                  check_indices=check_indices)
-
-
-def _swap_device(src: torch.Tensor, dst: torch.Tensor) -> torch.device:
-    """The device a swap's backend must accept: the accelerator side, if there is one."""
-    return dst.device if src.device.type == "cpu" else src.device
-
-
-def _swap_blocks(src, dst, block_mapping, *, backend="auto", check_indices=True) -> None:
-    check_swap_blocks(src, dst, block_mapping)
-    impl = registry.resolve(backend, _swap_device(src, dst))
-    if check_indices:
-        checks = DataChecks()
-        check_block_pairs(checks, "block_mapping", block_mapping, src.shape[0], dst.shape[0],
-                          disjoint=same_tensor_storage(src, dst))
-        checks.verify()
-    impl.swap_blocks(src, dst, block_mapping)
 
 
 def swap_blocks(
@@ -366,16 +241,7 @@ def swap_blocks(
         torch.ops.kvpager.swap_blocks(src, dst, block_mapping, backend=backend,
                                       check_indices=check_indices)
         return
-    _swap_blocks(src, dst, block_mapping, backend=backend, check_indices=check_indices)
-
-
-def _merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
-                       output_lse=None, *, backend="auto") -> None:
-    check_merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
-                            output_lse)
-    impl = registry.resolve(backend, output.device)
-    impl.merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
-                           output_lse)
+    dispatch.swap_blocks(src, dst, block_mapping, backend=backend, check_indices=check_indices)
 
 
 def merge_attn_states(
@@ -394,56 +260,11 @@ def merge_attn_states(
         torch.ops.kvpager.merge_attn_states(output, prefix_output, prefix_lse, suffix_output,
                                             suffix_lse, output_lse, backend=backend)
         return
-    _merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
+    dispatch.merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
                        output_lse, backend=backend)
 
 
-# ---- torch.library registration ----------------------------------------------------------
-def _fake_paged_attention_v1(*args, backend="auto", check_indices=True) -> None:
-    check_attention(*args)
-
-
-def _fake_paged_attention_v2(out, exp_sums, max_logits, tmp_out, *args, backend="auto",
-                             check_indices=True) -> None:
-    dims = check_attention(out, *args)
-    check_v2_workspace(dims, exp_sums, max_logits, tmp_out, args[8])  # args[8]: max_seq_len
-
-
-def _fake_reshape_and_cache(*args, backend="auto", check_indices=True) -> None:
-    check_reshape_and_cache(*args)
-
-
-def _fake_copy_blocks(key_caches, value_caches, block_mapping, *, backend="auto",
-                      check_indices=True) -> None:
-    check_copy_blocks(key_caches, value_caches, block_mapping)
-
-
-def _fake_swap_blocks(src, dst, block_mapping, *, backend="auto", check_indices=True) -> None:
-    check_swap_blocks(src, dst, block_mapping)
-
-
-def _fake_merge_attn_states(*args, backend="auto") -> None:
-    check_merge_attn_states(*args)
-
-
-torch_library.register(
-    real={
-        "paged_attention_v1": _paged_attention_v1,
-        "paged_attention_v2": _paged_attention_v2,
-        "reshape_and_cache": _reshape_and_cache,
-        "copy_blocks": _copy_blocks,
-        "swap_blocks": _swap_blocks,
-        "merge_attn_states": _merge_attn_states,
-    },
-    fake={
-        "paged_attention_v1": _fake_paged_attention_v1,
-        "paged_attention_v2": _fake_paged_attention_v2,
-        "reshape_and_cache": _fake_reshape_and_cache,
-        "copy_blocks": _fake_copy_blocks,
-        "swap_blocks": _fake_swap_blocks,
-        "merge_attn_states": _fake_merge_attn_states,
-    },
-)
+torch_library.register()
 
 __all__ = [
     "BLOCK_SIZES",

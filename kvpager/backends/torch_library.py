@@ -8,15 +8,16 @@ real implementation (validation, backend choice, kernel) runs when the graph run
 
 The schemas are vLLM's, argument for argument, with `k_scale` / `v_scale` as tensors as in
 vLLM's own registrations, plus kvpager's keyword-only `backend` and `check_indices`.
-Registration happens once, when `kvpager.ops` is first imported; `import kvpager` does not
-import torch at all.
+Registration happens once, when `kvpager.ops` is first imported (it calls `register()`);
+`import kvpager` does not import torch at all. The real implementations are the functions of
+`kvpager.backends.dispatch`; the fake ones below run only the static checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-
 import torch
+
+from kvpager.backends import attention_checks, cache_checks, dispatch
 
 NAMESPACE = "kvpager"
 
@@ -55,6 +56,39 @@ SCHEMAS: dict[str, str] = {
     ),
 }
 
+
+# ---- fake implementations -----------------------------------------------------------------
+# What torch.compile runs on fake tensors while tracing: the static checks, so a bad call
+# fails at trace time with the same message; no data is read and no backend is chosen, so
+# `backend` and `check_indices` are accepted and unused.
+def fake_paged_attention_v1(*args, backend="auto", check_indices=True) -> None:
+    attention_checks.check_attention(*args)
+
+
+def fake_paged_attention_v2(out, exp_sums, max_logits, tmp_out, *args, backend="auto",
+                            check_indices=True) -> None:
+    dims = attention_checks.check_attention(out, *args)
+    max_seq_len = args[8]  # args: query, key_cache, value_cache, num_kv_heads, scale, ...
+    attention_checks.check_v2_workspace(dims, exp_sums, max_logits, tmp_out, max_seq_len)
+
+
+def fake_reshape_and_cache(*args, backend="auto", check_indices=True) -> None:
+    cache_checks.check_reshape_and_cache(*args)
+
+
+def fake_copy_blocks(key_caches, value_caches, block_mapping, *, backend="auto",
+                     check_indices=True) -> None:
+    cache_checks.check_copy_blocks(key_caches, value_caches, block_mapping)
+
+
+def fake_swap_blocks(src, dst, block_mapping, *, backend="auto", check_indices=True) -> None:
+    cache_checks.check_swap_blocks(src, dst, block_mapping)
+
+
+def fake_merge_attn_states(*args, backend="auto") -> None:
+    cache_checks.check_merge_attn_states(*args)
+
+
 # Keeps the registrations alive: dropping a Library object removes what it registered.
 _library: torch.library.Library | None = None
 
@@ -63,25 +97,19 @@ def is_registered() -> bool:
     return _library is not None
 
 
-def register(real: Mapping[str, Callable[..., None]], fake: Mapping[str, Callable[..., None]]):
-    """Define every op in `SCHEMAS` with its real and fake implementation (idempotent).
-
-    real: op name -> function with the schema's signature that validates and dispatches.
-    fake: op name -> function that runs the static checks on fake tensors and returns None.
-    """
+def register() -> None:
+    """Define every op in `SCHEMAS`, real implementation from `dispatch` (idempotent)."""
     global _library
     if _library is not None:
         return
-    missing = set(SCHEMAS) - set(real) | set(SCHEMAS) - set(fake)
-    if missing:
-        raise ValueError(f"real and fake must cover every op; missing {sorted(missing)}")
     library = torch.library.Library(NAMESPACE, "FRAGMENT")
+    fakes = globals()
     for name, schema in SCHEMAS.items():
         library.define(name + schema)
         # CompositeExplicitAutograd: one implementation for every device; it never needs
         # autograd (the ops write caches and outputs, they are not differentiated).
-        library.impl(name, real[name], "CompositeExplicitAutograd")
-        torch.library.register_fake(f"{NAMESPACE}::{name}", fake[name], lib=library)
+        library.impl(name, getattr(dispatch, name), "CompositeExplicitAutograd")
+        torch.library.register_fake(f"{NAMESPACE}::{name}", fakes[f"fake_{name}"], lib=library)
     _library = library
 
 
