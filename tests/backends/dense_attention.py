@@ -56,11 +56,12 @@ def gather_sequence(inp: AttentionInputs, seq: int) -> tuple[torch.Tensor, torch
 
 def block_attended(inp: AttentionInputs, length: int, head: int, block_idx: int) -> bool:
     """DESIGN.md's block-sparse rule for one cache block of a sequence (True when dense)."""
-    if inp.case.sparse is None:
+    if not inp.sparse_kwargs or inp.sparse_kwargs["vert"] <= 1:
         return True
-    local, vert, sparse_block, step = inp.case.sparse
+    s = inp.sparse_kwargs
+    local, vert, sparse_block, step = s["local"], s["vert"], s["block"], s["step"]
     num_heads, num_kv_heads = inp.case.heads
-    tp_rank = 0
+    tp_rank = inp.tp_rank
     k_bs = block_idx * inp.case.block_size // sparse_block
     q_bs = (length - 1) // sparse_block
     if step >= 0:

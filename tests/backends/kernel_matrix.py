@@ -140,6 +140,7 @@ class AttentionInputs:
     k_scale: float | torch.Tensor
     v_scale: float | torch.Tensor
     sparse_kwargs: dict[str, int] = field(default_factory=dict)
+    tp_rank: int = 0
 
     @property
     def num_kv_heads(self) -> int:
@@ -150,7 +151,8 @@ class AttentionInputs:
         s = self.sparse_kwargs
         return (self.query, self.key_cache, self.value_cache, self.num_kv_heads, self.scale,
                 self.block_tables, self.seq_lens, self.case.block_size, self.max_seq_len,
-                self.alibi_slopes, self.case.kv_cache_dtype, self.k_scale, self.v_scale, 0,
+                self.alibi_slopes, self.case.kv_cache_dtype, self.k_scale, self.v_scale,
+                self.tp_rank,
                 s.get("local", 0), s.get("vert", 0), s.get("block", 64), s.get("step", 0))
 
     def num_partitions(self) -> int:
@@ -161,9 +163,10 @@ class AttentionInputs:
         def move(t):
             return t.to(device) if isinstance(t, torch.Tensor) else t
 
+        skip = ("case", "sparse_kwargs", "tp_rank")
         return AttentionInputs(self.case, *(move(getattr(self, f.name)) for f in fields(self)
-                                            if f.name not in ("case", "sparse_kwargs")),
-                               sparse_kwargs=dict(self.sparse_kwargs))
+                                            if f.name not in skip),
+                               sparse_kwargs=dict(self.sparse_kwargs), tp_rank=self.tp_rank)
 
 
 def seq_lengths(case: AttentionCase, long_len: tuple[int, int] = (1025, 2100)) -> list[int]:

@@ -173,3 +173,23 @@ def test_extra_partitions_from_a_larger_max_seq_len() -> None:
     inputs.max_seq_len = 4000  # 8 partitions, the table (ceil(1300/16)+2 blocks) is shorter
     torch.testing.assert_close(run_v2(inputs, "reference")[0], want)
     torch.testing.assert_close(run_v1(inputs, "reference"), want)
+
+
+@pytest.mark.parametrize("step", [1, 3, -1, 0])
+def test_tensor_parallel_rank_shifts_the_sparse_pattern(step: int) -> None:
+    """On rank r, head h is global head r * H + h (or kv head r * K + h // G): the pattern
+    of rank 1 is the one of heads H..2H-1 of a single-rank model."""
+    # 6 query heads, 2 kv heads, vert_stride 4: rank 1 shifts offsets by 6 * step or by 2 * 1,
+    # neither a multiple of 4, so the pattern really moves
+    case = AttentionCase((6, 2), 64, 16, "float32", False, "auto", (4, 4, 32, step), seed=21)
+    inputs = make_inputs(case, long_len=CPU_LONG)
+    rank0 = run_v1(inputs, "reference")
+    inputs.tp_rank = 1
+    want = dense_attention(inputs)
+    rank1 = run_v1(inputs, "reference")
+    torch.testing.assert_close(rank1.double(), want.out, atol=1e-4, rtol=1e-4,
+                               check_dtype=False)
+    if step != 0:  # step 0 gives every head offset 1: the rank changes nothing
+        assert not torch.allclose(rank0, rank1)
+    out_v2 = run_v2(inputs, "reference")[0]
+    torch.testing.assert_close(out_v2, rank1, atol=1e-4, rtol=1e-4)
