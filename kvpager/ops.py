@@ -109,8 +109,10 @@ def paged_attention_v2(
     exp_sums, max_logits: float32 [num_seqs, num_heads, P], P = ceil(max_seq_len / 512):
         sum of exp(logit - max) and the max logit of the partition;
     tmp_out: out's dtype [num_seqs, num_heads, P, head_size]: the partition's own softmax
-        output; then reduces them into `out`. Later partitions are left untouched and are
-    never read. `v2_workspace` allocates the three buffers.
+        output; then reduces them into `out`. Entries of later partitions are never read
+    (their content afterwards is unspecified; the reference leaves them untouched). A
+    partition that block-sparsity leaves empty gets max -inf, sum 0 and output 0 from the
+    reference. `v2_workspace` allocates the three buffers.
     """
     if torch.compiler.is_compiling():
         torch.ops.kvpager.paged_attention_v2(

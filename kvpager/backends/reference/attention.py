@@ -7,7 +7,8 @@ Shapes (S sequences, H query heads, K kv heads, G = H // K, D head size, T token
     value_cache  [blocks, K, D, block_size]
     block_tables int32 [S, max_blocks_per_seq]; seq_lens int32 [S]
 
-Everything is computed in float32 and cast to the output dtype once, at the end.
+Everything is computed in float32 and cast to the output dtype once, at the end (v2's
+partition outputs are stored in `tmp_out`'s dtype, as in vLLM, and reduced from there).
 
 Semantics (the contract other backends meet):
 
@@ -22,10 +23,14 @@ Semantics (the contract other backends meet):
   ceil(seq_len / 512) it writes `max_logits` (the partition's max logit, -inf if it attends
   nothing), `exp_sums` (sum of exp(logit - max), 0 if nothing) and `tmp_out` (the
   partition's softmax-weighted values, 0 if nothing). Entries of later partitions are not
-  written. The reduce weighs partition p by `exp_sums_p * exp(max_logits_p - global max)`,
-  reading only partitions below ceil(seq_len / 512), so leftovers there never matter.
+  written (other backends may write them; nobody may rely on their content). The reduce
+  weighs partition p by `exp_sums_p * exp(max_logits_p - global max)`, reading only
+  partitions below ceil(seq_len / 512), so leftovers there never matter.
 - only the block-table entries a sequence reads (the first ceil(seq_len / block_size)) are
   looked at; the rest may hold padding such as -1.
+
+Host syncs: grouping reads seq_lens back to the host (one sync per call on a GPU); nothing
+else waits for the device.
 
 Sequences are processed in groups of similar length (see `_length_groups`), so the work
 follows the real tokens, not `max_seq_len`, and the gathered float32 keys and values of a
