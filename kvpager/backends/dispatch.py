@@ -28,12 +28,17 @@ from kvpager.backends.cache_checks import (
 )
 from kvpager.backends.validation import DataChecks, check_block_pairs, same_tensor_storage
 
+Tensor = torch.Tensor
+Scale = float | torch.Tensor
+
 
 def paged_attention_v1(
-    out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
-    block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank=0,
-    blocksparse_local_blocks=0, blocksparse_vert_stride=0, blocksparse_block_size=64,
-    blocksparse_head_sliding_step=0, *, backend="auto", check_indices=True,
+    out: Tensor, query: Tensor, key_cache: Tensor, value_cache: Tensor, num_kv_heads: int,
+    scale: float, block_tables: Tensor, seq_lens: Tensor, block_size: int, max_seq_len: int,
+    alibi_slopes: Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
+    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
+    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0, *,
+    backend: str = "auto", check_indices: bool = True,
 ) -> None:
     dims = check_attention(
         out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
@@ -58,11 +63,13 @@ def paged_attention_v1(
 
 
 def paged_attention_v2(
-    out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads, scale,
-    block_tables, seq_lens, block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale,
-    v_scale, tp_rank=0, blocksparse_local_blocks=0, blocksparse_vert_stride=0,
-    blocksparse_block_size=64, blocksparse_head_sliding_step=0, *, backend="auto",
-    check_indices=True,
+    out: Tensor, exp_sums: Tensor, max_logits: Tensor, tmp_out: Tensor, query: Tensor,
+    key_cache: Tensor, value_cache: Tensor, num_kv_heads: int, scale: float,
+    block_tables: Tensor, seq_lens: Tensor, block_size: int, max_seq_len: int,
+    alibi_slopes: Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
+    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
+    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0, *,
+    backend: str = "auto", check_indices: bool = True,
 ) -> None:
     dims = check_attention(
         out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
@@ -88,8 +95,9 @@ def paged_attention_v2(
 
 
 def reshape_and_cache(
-    key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype, k_scale, v_scale, *,
-    backend="auto", check_indices=True,
+    key: Tensor, value: Tensor, key_cache: Tensor, value_cache: Tensor, slot_mapping: Tensor,
+    kv_cache_dtype: str, k_scale: Scale, v_scale: Scale, *, backend: str = "auto",
+    check_indices: bool = True,
 ) -> None:
     dims = check_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
                                    kv_cache_dtype, k_scale, v_scale)
@@ -104,10 +112,13 @@ def reshape_and_cache(
                            dims.kv_cache_dtype, k_scale, v_scale)
 
 
-def copy_blocks(key_caches, value_caches, block_mapping, *, backend="auto",
-                 check_indices=True) -> None:
+def copy_blocks(
+    key_caches: list[Tensor], value_caches: list[Tensor], block_mapping: Tensor, *,
+    backend: str = "auto", check_indices: bool = True,
+) -> None:
     num_blocks = check_copy_blocks(key_caches, value_caches, block_mapping)
-    impl = registry.resolve(backend, key_caches[0].device if key_caches else block_mapping.device)
+    device = key_caches[0].device if key_caches else block_mapping.device
+    impl = registry.resolve(backend, device)
     if not key_caches:
         return
     if check_indices:
@@ -118,12 +129,15 @@ def copy_blocks(key_caches, value_caches, block_mapping, *, backend="auto",
     impl.copy_blocks(list(key_caches), list(value_caches), block_mapping)
 
 
-def _swap_device(src: torch.Tensor, dst: torch.Tensor) -> torch.device:
+def _swap_device(src: Tensor, dst: Tensor) -> torch.device:
     """The device a swap's backend must accept: the accelerator side, if there is one."""
     return dst.device if src.device.type == "cpu" else src.device
 
 
-def swap_blocks(src, dst, block_mapping, *, backend="auto", check_indices=True) -> None:
+def swap_blocks(
+    src: Tensor, dst: Tensor, block_mapping: Tensor, *, backend: str = "auto",
+    check_indices: bool = True,
+) -> None:
     check_swap_blocks(src, dst, block_mapping)
     impl = registry.resolve(backend, _swap_device(src, dst))
     if check_indices:
@@ -134,8 +148,10 @@ def swap_blocks(src, dst, block_mapping, *, backend="auto", check_indices=True) 
     impl.swap_blocks(src, dst, block_mapping)
 
 
-def merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
-                       output_lse=None, *, backend="auto") -> None:
+def merge_attn_states(
+    output: Tensor, prefix_output: Tensor, prefix_lse: Tensor, suffix_output: Tensor,
+    suffix_lse: Tensor, output_lse: Tensor | None = None, *, backend: str = "auto",
+) -> None:
     check_merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
                             output_lse)
     impl = registry.resolve(backend, output.device)
