@@ -204,8 +204,9 @@ def reshape_and_cache(
             check_indices=check_indices,
         )
         return
-    dispatch.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype,
-                       k_scale, v_scale, backend=backend, check_indices=check_indices)
+    dispatch.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
+                               kv_cache_dtype, k_scale, v_scale, backend=backend,
+                               check_indices=check_indices)
 
 
 def copy_blocks(
@@ -225,7 +226,7 @@ def copy_blocks(
                                       backend=backend, check_indices=check_indices)
         return
     dispatch.copy_blocks(key_caches, value_caches, block_mapping, backend=backend,
-                 check_indices=check_indices)
+                         check_indices=check_indices)
 
 
 def swap_blocks(
@@ -263,7 +264,7 @@ def merge_attn_states(
                                             suffix_lse, output_lse, backend=backend)
         return
     dispatch.merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
-                       output_lse, backend=backend)
+                               output_lse, backend=backend)
 
 
 torch_library.register()
