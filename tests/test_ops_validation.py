@@ -102,6 +102,7 @@ ATTENTION_CASES = [
     ("num_kv_heads", _set("num_kv_heads", 3)),
     ("num_kv_heads", _set("num_kv_heads", 0)),
     ("num_kv_heads", _set("num_kv_heads", 2.0)),
+    ("num_kv_heads", _set("num_kv_heads", 4)),  # divides 4 heads, but the caches hold 2
     ("kv_cache_dtype", _set("kv_cache_dtype", "int8")),
     ("key_cache", _set("key_cache", lambda kw: kw["key_cache"].float())),
     ("key_cache", _set("kv_cache_dtype", "fp8")),  # an fp16 cache is not an FP8 cache

@@ -115,6 +115,9 @@ def check_attention(
     if head_size % x:
         raise v.fail("kv_cache_dtype", f"{kv_cache_dtype!r} stores keys in chunks of x={x} "
                                        f"elements, which do not divide head_size {head_size}")
+    if key_cache.shape[1] != num_kv_heads:
+        raise v.fail("num_kv_heads", f"({num_kv_heads}) must equal the kv-head dimension of "
+                                     f"key_cache ({key_cache.shape[1]})")
     v.check_int("block_size", block_size, 1)
     if block_size != key_cache.shape[3]:
         raise v.fail("block_size", f"({block_size}) must equal the block dimension of "
