@@ -186,18 +186,19 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 def make_inputs(
     case: AttentionCase, device: torch.device | str = "cpu", *,
     long_len: tuple[int, int] = (1025, 2100), pad_block_id: int | None = None,
+    lengths: list[int] | None = None,
 ) -> AttentionInputs:
     """Random inputs for `case` (deterministic in case.seed).
 
     Physical blocks are shuffled so no sequence is contiguous in the cache. Table entries a
     sequence does not read hold random *valid* ids, or `pad_block_id` when given (e.g. -1,
-    to check that a backend never reads them).
+    to check that a backend never reads them). `lengths` replaces `seq_lengths(case)`.
     """
     gen = torch.Generator().manual_seed(case.seed)
     dtype = getattr(torch, case.dtype)
     num_heads, num_kv_heads = case.heads
     head_size, block_size = case.head_size, case.block_size
-    lens = seq_lengths(case, long_len)
+    lens = list(lengths) if lengths is not None else seq_lengths(case, long_len)
     needed = [math.ceil(n / block_size) for n in lens]
     max_blocks = max(needed) + 2
     num_blocks = sum(needed) + 7
@@ -239,7 +240,7 @@ def make_inputs(
     inputs = AttentionInputs(
         case=case, query=query, key_cache=key_cache, value_cache=value_cache,
         block_tables=table, seq_lens=torch.tensor(lens, dtype=torch.int32),
-        max_seq_len=max(lens), scale=1.0 / math.sqrt(head_size),
+        max_seq_len=max(1, *lens), scale=1.0 / math.sqrt(head_size),
         alibi_slopes=alibi_slopes(num_heads) if case.use_alibi else None,
         k_scale=k_scale, v_scale=v_scale, sparse_kwargs=sparse_kwargs,
     )

@@ -193,3 +193,21 @@ def test_tensor_parallel_rank_shifts_the_sparse_pattern(step: int) -> None:
         assert not torch.allclose(rank0, rank1)
     out_v2 = run_v2(inputs, "reference")[0]
     torch.testing.assert_close(out_v2, rank1, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_partition_boundaries(dtype: str) -> None:
+    """Lengths on and next to multiples of 512, where partitions start and end."""
+    case = AttentionCase((4, 2), 32, 32, dtype, True, "auto", None, seed=31)
+    inputs = make_inputs(case, lengths=[512, 1024, 513, 511, 1025, 0])
+    want = dense_attention(inputs)
+    atol, rtol = _strict(case)
+    torch.testing.assert_close(run_v1(inputs, "reference").double(), want.out, atol=atol,
+                               rtol=rtol, check_dtype=False)
+    out, exp_sums, max_logits, tmp_out = run_v2(inputs, "reference")
+    torch.testing.assert_close(out.double(), want.out, atol=atol, rtol=rtol, check_dtype=False)
+    assert_partitions_close(inputs, exp_sums, max_logits, tmp_out, want.part_sum,
+                            want.part_max, want.part_out)
+    used = used_partitions(inputs.seq_lens, 3)[:, 0].tolist()
+    assert used == [[True, False, False], [True, True, False], [True, True, False],
+                    [True, False, False], [True, True, True], [False, False, False]]
