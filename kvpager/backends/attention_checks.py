@@ -1,0 +1,240 @@
+"""Argument checks of `paged_attention_v1` / `paged_attention_v2`.
+
+`check_attention` is static (metadata only; it also serves as the fake implementation under
+`torch.compile`) and returns the dimensions it established; `queue_attention_data_checks`
+adds the checks that read tensor contents. Backends may rely on everything checked here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kvpager.backends import validation as v
+from kvpager.backends.fp8 import is_fp8, normalize_kv_cache_dtype
+from kvpager.backends.layout import (
+    BLOCK_SIZES,
+    HEAD_SIZES,
+    attention_dtypes,
+    max_num_partitions,
+    x_for,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class AttentionDims:
+    """What the static checks established about one attention call."""
+
+    num_seqs: int
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    block_size: int
+    num_blocks: int
+    max_blocks_per_seq: int
+    kv_cache_dtype: str  # canonical: "auto", "fp8_e4m3" or "fp8_e5m2"
+    dtype: torch.dtype
+    device: torch.device
+
+
+def check_blocksparse(
+    block_size: int, tp_rank: object, local_blocks: object, vert_stride: object,
+    sparse_block_size: object, sliding_step: object,
+) -> None:
+    """Block-sparse parameters; sparsity is on when vert_stride > 1 (as in vLLM's kernel)."""
+    v.check_int("tp_rank", tp_rank, 0)
+    v.check_int("blocksparse_local_blocks", local_blocks, 0)
+    v.check_int("blocksparse_vert_stride", vert_stride, 0)
+    v.check_int("blocksparse_block_size", sparse_block_size, 1)
+    v.check_int("blocksparse_head_sliding_step", sliding_step)
+    if vert_stride > 1 and sparse_block_size % block_size:
+        # Kernels keep or skip whole cache blocks, so a sparse block must be made of them.
+        raise v.fail("blocksparse_block_size",
+                     f"must be a multiple of block_size {block_size} when block-sparse "
+                     f"attention is on, got {sparse_block_size}")
+
+
+def check_attention(
+    out: object, query: object, key_cache: object, value_cache: object, num_kv_heads: object,
+    scale: object, block_tables: object, seq_lens: object, block_size: object,
+    max_seq_len: object, alibi_slopes: object, kv_cache_dtype: object, k_scale: object,
+    v_scale: object, tp_rank: object = 0, blocksparse_local_blocks: object = 0,
+    blocksparse_vert_stride: object = 0, blocksparse_block_size: object = 64,
+    blocksparse_head_sliding_step: object = 0,
+) -> AttentionDims:
+    """Static checks shared by v1 and v2, in argument order where it matters."""
+    import math
+
+    query = v.check_tensor("query", query)
+    v.check_ndim("query", query, 3, "[num_seqs, num_heads, head_size]")
+    v.check_dtype("query", query, attention_dtypes())
+    num_seqs, num_heads, head_size = query.shape
+    device = query.device
+    if head_size not in HEAD_SIZES:
+        raise v.fail("query", f"has head_size {head_size}; supported head sizes are "
+                              f"{', '.join(map(str, HEAD_SIZES))}")
+    if query.stride(2) != 1 or (num_heads > 1 and query.stride(1) != head_size):
+        raise v.fail("query", f"must have its heads packed (strides [*, {head_size}, 1]), "
+                              f"got strides {tuple(query.stride())}")
+
+    out = v.check_tensor("out", out)
+    v.check_device("out", out, device, "query")
+    if out.dtype != query.dtype:
+        raise v.fail("out", f"must have the dtype of query ({query.dtype}), got {out.dtype}")
+    v.check_shape("out", out, (num_seqs, num_heads, head_size),
+                  "[num_seqs, num_heads, head_size] of query")
+    v.check_packed("out", out, 0, "[num_seqs, num_heads, head_size]")
+
+    v.check_int("num_kv_heads", num_kv_heads, 1)
+    if num_heads % num_kv_heads:
+        raise v.fail("num_kv_heads", f"({num_kv_heads}) must divide the number of query heads "
+                                     f"({num_heads})")
+    try:
+        kv_name = normalize_kv_cache_dtype(kv_cache_dtype)
+    except ValueError as exc:
+        raise v.fail("kv_cache_dtype", str(exc).removeprefix("kv_cache_dtype ")) from None
+
+    import torch
+
+    cache_dtype = torch.uint8 if is_fp8(kv_name) else query.dtype
+    key_cache = v.check_tensor("key_cache", key_cache)
+    v.check_device("key_cache", key_cache, device, "query")
+    if key_cache.dtype != cache_dtype:
+        why = "FP8 caches are stored as uint8" if is_fp8(kv_name) else "the dtype of query"
+        raise v.fail("key_cache", f"must have dtype {cache_dtype} for kv_cache_dtype "
+                                  f"{kv_cache_dtype!r} ({why}), got {key_cache.dtype}")
+    x = x_for(cache_dtype)
+    v.check_ndim("key_cache", key_cache, 5, "[num_blocks, num_kv_heads, head_size // x, "
+                                            "block_size, x]")
+    num_blocks = key_cache.shape[0]
+    if num_blocks < 1:
+        raise v.fail("key_cache", "has no blocks")
+    if head_size % x:
+        raise v.fail("kv_cache_dtype", f"{kv_cache_dtype!r} stores keys in chunks of x={x} "
+                                       f"elements, which do not divide head_size {head_size}")
+    if key_cache.shape[1] != num_kv_heads:
+        raise v.fail("num_kv_heads", f"({num_kv_heads}) must equal the kv-head dimension of "
+                                     f"key_cache ({key_cache.shape[1]})")
+    v.check_int("block_size", block_size, 1)
+    if block_size != key_cache.shape[3]:
+        raise v.fail("block_size", f"({block_size}) must equal the block dimension of "
+                                   f"key_cache ({key_cache.shape[3]})")
+    if block_size not in BLOCK_SIZES:
+        raise v.fail("block_size", f"must be one of {', '.join(map(str, BLOCK_SIZES))}, got "
+                                   f"{block_size}")
+    v.check_shape("key_cache", key_cache, (num_blocks, num_kv_heads, head_size // x, block_size, x),
+                  "[num_blocks, num_kv_heads, head_size // x, block_size, x]")
+    v.check_packed("key_cache", key_cache, 1, "after the block dimension")
+    value_cache = v.check_tensor("value_cache", value_cache)
+    v.check_device("value_cache", value_cache, device, "query")
+    if value_cache.dtype != cache_dtype:
+        raise v.fail("value_cache", f"must have the dtype of key_cache ({cache_dtype}), got "
+                                    f"{value_cache.dtype}")
+    v.check_shape("value_cache", value_cache, (num_blocks, num_kv_heads, head_size, block_size),
+                  "[num_blocks, num_kv_heads, head_size, block_size]")
+    v.check_packed("value_cache", value_cache, 1, "after the block dimension")
+
+    block_tables = v.check_tensor("block_tables", block_tables)
+    v.check_device("block_tables", block_tables, device, "query")
+    v.check_dtype("block_tables", block_tables, (torch.int32,))
+    v.check_ndim("block_tables", block_tables, 2, "[num_seqs, max_blocks_per_seq]")
+    if block_tables.shape[0] != num_seqs:
+        raise v.fail("block_tables", f"has {block_tables.shape[0]} rows but query has "
+                                     f"{num_seqs} sequences")
+    v.check_packed("block_tables", block_tables, 0, "[num_seqs, max_blocks_per_seq]")
+    seq_lens = v.check_tensor("seq_lens", seq_lens)
+    v.check_device("seq_lens", seq_lens, device, "query")
+    v.check_dtype("seq_lens", seq_lens, (torch.int32,))
+    v.check_shape("seq_lens", seq_lens, (num_seqs,), "[num_seqs]")
+    v.check_packed("seq_lens", seq_lens, 0, "[num_seqs]")
+    v.check_int("max_seq_len", max_seq_len, 1)
+
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise v.fail("scale", f"must be a float, got {type(scale).__name__}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise v.fail("scale", f"must be finite and > 0, got {scale!r}")
+    if alibi_slopes is not None:
+        alibi_slopes = v.check_tensor("alibi_slopes", alibi_slopes)
+        v.check_device("alibi_slopes", alibi_slopes, device, "query")
+        v.check_dtype("alibi_slopes", alibi_slopes, (torch.float32,))
+        v.check_shape("alibi_slopes", alibi_slopes, (num_heads,), "[num_heads]")
+        v.check_packed("alibi_slopes", alibi_slopes, 0, "[num_heads]")
+    v.check_scale("k_scale", k_scale, device)
+    v.check_scale("v_scale", v_scale, device)
+    check_blocksparse(block_size, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
+                      blocksparse_block_size, blocksparse_head_sliding_step)
+    return AttentionDims(
+        num_seqs=num_seqs, num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size,
+        block_size=block_size, num_blocks=num_blocks, max_blocks_per_seq=block_tables.shape[1],
+        kv_cache_dtype=kv_name, dtype=query.dtype, device=device,
+    )
+
+
+def check_v2_workspace(
+    dims: AttentionDims, exp_sums: object, max_logits: object, tmp_out: object, max_seq_len: int
+) -> None:
+    """exp_sums / max_logits float32 [S, H, P] and tmp_out [S, H, P, D], P from max_seq_len.
+
+    The partition count must match exactly: kernels derive the row strides of these buffers
+    from max_seq_len, as vLLM's do.
+    """
+    import torch
+
+    parts = max_num_partitions(max_seq_len)
+    shape = (dims.num_seqs, dims.num_heads, parts)
+    for name, t in (("exp_sums", exp_sums), ("max_logits", max_logits)):
+        t = v.check_tensor(name, t)
+        v.check_device(name, t, dims.device, "query")
+        v.check_dtype(name, t, (torch.float32,))
+        v.check_shape(name, t, shape, "[num_seqs, num_heads, ceil(max_seq_len / 512)]")
+        v.check_packed(name, t, 0, "[num_seqs, num_heads, max_num_partitions]")
+    tmp_out = v.check_tensor("tmp_out", tmp_out)
+    v.check_device("tmp_out", tmp_out, dims.device, "query")
+    if tmp_out.dtype != dims.dtype:
+        raise v.fail("tmp_out", f"must have the dtype of out ({dims.dtype}), got {tmp_out.dtype}")
+    v.check_shape("tmp_out", tmp_out, (*shape, dims.head_size),
+                  "[num_seqs, num_heads, ceil(max_seq_len / 512), head_size]")
+    v.check_packed("tmp_out", tmp_out, 0, "[num_seqs, num_heads, max_num_partitions, head_size]")
+
+
+def queue_attention_data_checks(
+    checks: v.DataChecks, dims: AttentionDims, block_tables: torch.Tensor,
+    seq_lens: torch.Tensor, max_seq_len: int, k_scale: object, v_scale: object,
+) -> None:
+    """Lengths within max_seq_len and the table, and every block id a sequence reads valid.
+
+    Only the first ceil(seq_len / block_size) entries of a row are read, so entries past them
+    (padding such as -1) are allowed.
+    """
+    import torch
+
+    lens = seq_lens.long()
+    checks.require((lens >= 0).all(), "seq_lens", lambda: (
+        f"must be >= 0; seq_lens[{v.first_index(lens < 0)[0]}] = {int(lens[lens < 0][0])}"))
+    too_long = lens > max_seq_len
+    checks.require(~too_long.any(), "seq_lens", lambda: (
+        f"must not exceed max_seq_len={max_seq_len}; seq_lens[{v.first_index(too_long)[0]}] = "
+        f"{int(lens[too_long][0])}"))
+    capacity = dims.max_blocks_per_seq * dims.block_size
+    beyond = lens > capacity
+    checks.require(~beyond.any(), "seq_lens", lambda: (
+        f"[{v.first_index(beyond)[0]}] = {int(lens[beyond][0])} needs more than the "
+        f"{dims.max_blocks_per_seq} blocks of block_tables (capacity {capacity} tokens)"))
+    columns = torch.arange(dims.max_blocks_per_seq, device=block_tables.device)
+    read = columns[None, :] * dims.block_size < lens[:, None]
+    bad = read & ((block_tables < 0) | (block_tables >= dims.num_blocks))
+
+    def explain_block() -> str:
+        row, col = v.first_index(bad)
+        return (f"[{row}, {col}] = {int(block_tables[row, col])} is not a block of the cache "
+                f"(0..{dims.num_blocks - 1}) but sequence {row} reads it")
+
+    checks.require(~bad.any(), "block_tables", explain_block)
+    v.check_scale_values(checks, "k_scale", k_scale)
+    v.check_scale_values(checks, "v_scale", v_scale)
+
+
+__all__ = ["AttentionDims", "check_attention", "check_v2_workspace", "queue_attention_data_checks"]

@@ -1,0 +1,309 @@
+"""Paged decode attention in plain torch: the definition every kernel is tested against.
+
+Shapes (S sequences, H query heads, K kv heads, G = H // K, D head size, T tokens read):
+
+    query        [S, H, D]              float32 / float16 / bfloat16
+    key_cache    [blocks, K, D // x, block_size, x]
+    value_cache  [blocks, K, D, block_size]
+    block_tables int32 [S, max_blocks_per_seq]; seq_lens int32 [S]
+
+Everything is computed in float32 and cast to the output dtype once, at the end (v2's
+partition outputs are stored in `tmp_out`'s dtype, as in vLLM, and reduced from there).
+
+Semantics (the contract other backends meet):
+
+- logit(h, t) = scale * q_h . k_t, plus `slope_h * (t - seq_len + 1)` with ALiBi, for the
+  tokens t < seq_len the sequence attends; a query head h reads kv head h // G.
+- block-sparse attention (vert_stride > 1) keeps a cache block b of a head when
+  `(k_bs + offset) % vert_stride == 0` or `k_bs > q_bs - local_blocks`, with
+  `k_bs = b * block_size // sparse_block`, `q_bs = (seq_len - 1) // sparse_block` and
+  `offset = (tp_rank * H + h) * step + 1` (step >= 0) or `(tp_rank * K + h // G) * -step + 1`.
+- a head that attends no token (seq_len 0, or every block masked) outputs 0.
+- v2 splits the tokens into partitions of 512. For each partition p below
+  ceil(seq_len / 512) it writes `max_logits` (the partition's max logit, -inf if it attends
+  nothing), `exp_sums` (sum of exp(logit - max), 0 if nothing) and `tmp_out` (the
+  partition's softmax-weighted values, 0 if nothing). Entries of later partitions are not
+  written (other backends may write them; nobody may rely on their content). The reduce
+  weighs partition p by `exp_sums_p * exp(max_logits_p - global max)`, reading only
+  partitions below ceil(seq_len / 512), so leftovers there never matter.
+- only the block-table entries a sequence reads (the first ceil(seq_len / block_size)) are
+  looked at; the rest may hold padding such as -1.
+
+Host syncs: grouping reads seq_lens back to the host (one sync per call on a GPU); nothing
+else waits for the device.
+
+Sequences are processed in groups of similar length (see `_length_groups`), so the work
+follows the real tokens, not `max_seq_len`, and the gathered float32 keys and values of a
+group stay within about 256 MiB whatever the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from kvpager.backends.fp8 import dequantize, is_fp8
+from kvpager.backends.layout import PARTITION_SIZE, max_num_partitions
+
+if TYPE_CHECKING:
+    from kvpager.backends.fp8 import Scale
+
+_CHUNK_BYTES = 256 * 2**20
+_NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class BlockSparse:
+    """vLLM's local + vertical-stride block-sparse pattern (see the module docstring)."""
+
+    local_blocks: int
+    vert_stride: int
+    sparse_block_size: int
+    head_sliding_step: int
+    tp_rank: int
+
+    @classmethod
+    def from_args(
+        cls, tp_rank: int, local_blocks: int, vert_stride: int, sparse_block_size: int,
+        head_sliding_step: int,
+    ) -> BlockSparse | None:
+        """The pattern, or None when vert_stride <= 1 (dense attention, as in the kernels)."""
+        if vert_stride <= 1:
+            return None
+        return cls(local_blocks, vert_stride, sparse_block_size, head_sliding_step, tp_rank)
+
+    def block_mask(
+        self, seq_lens: torch.Tensor, num_heads: int, num_kv_heads: int, num_blocks: int,
+        block_size: int,
+    ) -> torch.Tensor:
+        """bool [S, H, num_blocks]: True where head h of sequence s reads cache block b."""
+        device = seq_lens.device
+        k_bs = torch.arange(num_blocks, device=device) * block_size // self.sparse_block_size
+        q_bs = (seq_lens.long() - 1) // self.sparse_block_size  # [S]
+        heads = torch.arange(num_heads, device=device)
+        if self.head_sliding_step >= 0:  # the pattern slides with the query head
+            offset = (self.tp_rank * num_heads + heads) * self.head_sliding_step + 1
+        else:  # ... or with the kv head, so heads of one group share it
+            kv_heads = heads // (num_heads // num_kv_heads)
+            offset = (self.tp_rank * num_kv_heads + kv_heads) * -self.head_sliding_step + 1
+        remote = (k_bs[None, :] + offset[:, None]) % self.vert_stride == 0  # [H, blocks]
+        local = k_bs[None, :] > (q_bs - self.local_blocks)[:, None]  # [S, blocks]
+        return remote[None, :, :] | local[:, None, :]
+
+
+def _length_groups(
+    seq_lens: torch.Tensor, bytes_per_token: int
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """(row indices, longest length) of groups of sequences that are computed together.
+
+    A group is padded to its longest sequence, so sequences are taken shortest first and a
+    new group starts when padding would more than double the tokens of the group or its
+    float32 keys and values would pass `_CHUNK_BYTES`. Empty sequences form their own group.
+    Reads seq_lens on the host: one sync on a GPU, which the reference accepts so that it
+    costs only real tokens (max_seq_len may be far larger than any sequence).
+    """
+    lens = seq_lens.tolist()
+    order = sorted(range(len(lens)), key=lens.__getitem__)
+    empty = [row for row in order if lens[row] == 0]
+    if empty:
+        yield torch.tensor(empty, device=seq_lens.device), 0
+    group: list[int] = []
+    real = 0
+    for row in order[len(empty):]:
+        padded = (len(group) + 1) * lens[row]  # shortest first: the newest is the longest
+        real += lens[row]
+        if group and (padded > 2 * real or padded * bytes_per_token > _CHUNK_BYTES):
+            yield torch.tensor(group, device=seq_lens.device), lens[group[-1]]
+            group, real = [], lens[row]
+        group.append(row)
+    if group:
+        yield torch.tensor(group, device=seq_lens.device), lens[group[-1]]
+
+
+def _decode(cache_values: torch.Tensor, kv_cache_dtype: str, scale: Scale) -> torch.Tensor:
+    if is_fp8(kv_cache_dtype):
+        return dequantize(cache_values, scale, kv_cache_dtype)
+    return cache_values.float()
+
+
+def gather_kv(
+    key_cache: torch.Tensor, value_cache: torch.Tensor, block_tables: torch.Tensor,
+    seq_lens: torch.Tensor, num_blocks: int, kv_cache_dtype: str, k_scale: Scale,
+    v_scale: Scale,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense float32 keys and values [S, K, num_blocks * block_size, D] of each sequence.
+
+    Reads the first `num_blocks` entries of each table row; entries a sequence does not
+    need are replaced by block 0 before indexing, so padding ids never reach the cache.
+    Tokens at or past seq_len hold whatever their block holds: callers mask them.
+    """
+    _, num_kv_heads, chunks, block_size, x = key_cache.shape
+    columns = torch.arange(num_blocks, device=block_tables.device)
+    needed = columns[None, :] * block_size < seq_lens[:, None].long()
+    ids = torch.where(needed, block_tables[:, :num_blocks], 0).long()  # [S, n]
+    seqs, n = ids.shape
+    # [S, n, K, D // x, bs, x] -> [S, K, n, bs, D // x, x]: tokens in order, then the head dim
+    keys = key_cache[ids].permute(0, 2, 1, 4, 3, 5).reshape(seqs, num_kv_heads, n * block_size,
+                                                           chunks * x)
+    # [S, n, K, D, bs] -> [S, K, n, bs, D]
+    values = value_cache[ids].permute(0, 2, 1, 4, 3).reshape(seqs, num_kv_heads,
+                                                             n * block_size, chunks * x)
+    return _decode(keys, kv_cache_dtype, k_scale), _decode(values, kv_cache_dtype, v_scale)
+
+
+def attention_logits(
+    query: torch.Tensor, keys: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+    alibi_slopes: torch.Tensor | None, sparse: BlockSparse | None, block_size: int,
+) -> torch.Tensor:
+    """float32 logits [S, H, T]; -inf where a token is past seq_len or masked by sparsity."""
+    seqs, num_heads, head_size = query.shape
+    num_kv_heads, num_tokens = keys.shape[1], keys.shape[2]
+    group = num_heads // num_kv_heads
+    q = query.float().reshape(seqs, num_kv_heads, group, head_size)
+    logits = (q @ keys.transpose(-1, -2)).reshape(seqs, num_heads, num_tokens) * scale
+    tokens = torch.arange(num_tokens, device=query.device)
+    lens = seq_lens.long()[:, None, None]  # [S, 1, 1]
+    if alibi_slopes is not None:
+        logits = logits + alibi_slopes.float()[None, :, None] * (tokens - lens + 1).float()
+    attended = tokens < lens  # [S, 1, T]
+    if sparse is not None:
+        blocks = sparse.block_mask(seq_lens, num_heads, num_kv_heads,
+                                   num_tokens // block_size, block_size)
+        attended = attended & blocks.repeat_interleave(block_size, dim=-1)
+    return logits.masked_fill(~attended, _NEG_INF)
+
+
+def _softmax_parts(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probabilities, max, sum of exp) over the last dim; all-masked rows give 0, -inf, 0."""
+    top = logits.amax(-1)
+    shifted = torch.exp(logits - top.masked_fill(top == _NEG_INF, 0.0)[..., None])
+    total = shifted.sum(-1)
+    probs = torch.where(total[..., None] > 0, shifted / total[..., None], 0.0)
+    return probs, top, total
+
+
+def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """probs [S, H, T] x values [S, K, T, D] -> [S, H, D], each head using its kv head."""
+    seqs, num_heads, num_tokens = probs.shape
+    num_kv_heads = values.shape[1]
+    grouped = probs.reshape(seqs, num_kv_heads, num_heads // num_kv_heads, num_tokens)
+    return (grouped @ values).reshape(seqs, num_heads, values.shape[-1])
+
+
+def _bytes_per_token(num_heads: int, num_kv_heads: int, head_size: int) -> int:
+    return 4 * (2 * num_kv_heads * head_size + 4 * num_heads)
+
+
+def paged_attention_v1(
+    out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
+    value_cache: torch.Tensor, num_kv_heads: int, scale: float, block_tables: torch.Tensor,
+    seq_lens: torch.Tensor, block_size: int, max_seq_len: int,
+    alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
+    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
+    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
+) -> None:
+    """One softmax over all tokens of each sequence, written into `out` [S, H, D]."""
+    sparse = BlockSparse.from_args(tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
+                                   blocksparse_block_size, blocksparse_head_sliding_step)
+    _, num_heads, head_size = query.shape
+    per_token = _bytes_per_token(num_heads, num_kv_heads, head_size)
+    for rows, longest in _length_groups(seq_lens, per_token):
+        if longest == 0:
+            out[rows] = 0
+            continue
+        lens = seq_lens[rows]
+        num_blocks = min(-(-longest // block_size), block_tables.shape[1])
+        keys, values = gather_kv(key_cache, value_cache, block_tables[rows], lens, num_blocks,
+                                 kv_cache_dtype, k_scale, v_scale)
+        logits = attention_logits(query[rows], keys, lens, scale, alibi_slopes, sparse,
+                                  block_size)
+        probs, _, _ = _softmax_parts(logits)
+        out[rows] = _weighted_values(probs, values).to(out.dtype)
+
+
+def paged_attention_v2(
+    out: torch.Tensor, exp_sums: torch.Tensor, max_logits: torch.Tensor,
+    tmp_out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
+    value_cache: torch.Tensor, num_kv_heads: int, scale: float, block_tables: torch.Tensor,
+    seq_lens: torch.Tensor, block_size: int, max_seq_len: int,
+    alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
+    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
+    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
+) -> None:
+    """Per-partition softmax into exp_sums / max_logits / tmp_out, then `reduce_partitions`.
+
+    exp_sums, max_logits: float32 [S, H, P]; tmp_out: out's dtype [S, H, P, D];
+    P = ceil(max_seq_len / 512).
+    """
+    sparse = BlockSparse.from_args(tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
+                                   blocksparse_block_size, blocksparse_head_sliding_step)
+    _, num_heads, head_size = query.shape
+    group = num_heads // num_kv_heads
+    per_token = _bytes_per_token(num_heads, num_kv_heads, head_size)
+    for rows, longest in _length_groups(seq_lens, per_token):
+        if longest == 0:
+            continue  # no partition holds a token: nothing to write
+        lens = seq_lens[rows]
+        num_blocks = min(-(-longest // block_size), block_tables.shape[1])
+        keys, values = gather_kv(key_cache, value_cache, block_tables[rows], lens, num_blocks,
+                                 kv_cache_dtype, k_scale, v_scale)
+        logits = attention_logits(query[rows], keys, lens, scale, alibi_slopes, sparse,
+                                  block_size)
+        parts = max_num_partitions(longest)
+        extra = parts * PARTITION_SIZE - logits.shape[-1]  # >= 0: block sizes divide 512
+        logits = torch.nn.functional.pad(logits, (0, extra), value=_NEG_INF)
+        values = torch.nn.functional.pad(values, (0, 0, 0, extra))
+        n = logits.shape[0]
+        probs, top, total = _softmax_parts(logits.reshape(n, num_heads, parts, PARTITION_SIZE))
+        # [n, K, G, P, 512] x [n, K, P, 512, D] -> [n, H, P, D]: head h reads kv head h // G
+        grouped = probs.reshape(n * num_kv_heads, group, parts, PARTITION_SIZE)
+        by_part = values.reshape(n * num_kv_heads, parts, PARTITION_SIZE, head_size)
+        partial = torch.einsum("bgpt,bptd->bgpd", grouped, by_part)
+        partial = partial.reshape(n, num_heads, parts, head_size)
+        used = _used_partitions(lens, parts)  # [n, 1, P]
+        window = (rows, slice(None), slice(0, parts))
+        exp_sums[window] = torch.where(used, total, exp_sums[window])
+        max_logits[window] = torch.where(used, top, max_logits[window])
+        tmp_out[window] = torch.where(used[..., None], partial.to(tmp_out.dtype),
+                                      tmp_out[window])
+    reduce_partitions(out, exp_sums, max_logits, tmp_out, seq_lens)
+
+
+def _used_partitions(seq_lens: torch.Tensor, parts: int) -> torch.Tensor:
+    """bool [S, 1, P]: partition p holds tokens of the sequence (p < ceil(seq_len / 512))."""
+    count = (seq_lens.long() + PARTITION_SIZE - 1) // PARTITION_SIZE
+    return (torch.arange(parts, device=seq_lens.device)[None, :] < count[:, None])[:, None, :]
+
+
+def reduce_partitions(
+    out: torch.Tensor, exp_sums: torch.Tensor, max_logits: torch.Tensor,
+    tmp_out: torch.Tensor, seq_lens: torch.Tensor,
+) -> None:
+    """v2's second pass: combine partition results as stored (tmp_out in out's dtype).
+
+    Partition p gets weight `exp_sums_p * exp(max_logits_p - max over partitions)`; the
+    partitions past the sequence are left out with `where`, never multiplied, so NaN or inf
+    leftovers there cannot leak into `out`.
+    """
+    used = _used_partitions(seq_lens, exp_sums.shape[-1])  # [S, 1, P]
+    maxes = max_logits.masked_fill(~used, _NEG_INF)
+    top = maxes.amax(-1, keepdim=True)
+    top = top.masked_fill(top == _NEG_INF, 0.0)
+    weights = torch.where(used, exp_sums * torch.exp(maxes - top), 0.0)  # [S, H, P]
+    total = weights.sum(-1)[..., None]  # [S, H, 1]
+    parts = torch.where(used[..., None], tmp_out.float(), 0.0)
+    merged = (weights[..., None] * parts).sum(-2)  # [S, H, D]
+    out.copy_(torch.where(total > 0, merged / total, 0.0).to(out.dtype))
+
+
+__all__ = [
+    "BlockSparse",
+    "attention_logits",
+    "gather_kv",
+    "paged_attention_v1",
+    "paged_attention_v2",
+    "reduce_partitions",
+]

@@ -1,0 +1,291 @@
+"""vLLM-compatible paged-attention and cache ops, dispatched to a kernel backend.
+
+Code written against vLLM's custom ops switches by import: every function here has vLLM's
+name, argument order, tensor layouts and in-place outputs (see DESIGN.md, "Cache layouts"),
+plus two keyword-only arguments:
+
+- `backend`: "auto" (default; `$KVPAGER_BACKEND` when set), or "reference", "triton",
+  "cuda". A named backend that cannot serve the call raises `BackendUnavailableError`
+  listing what is available; it is never swapped for another.
+- `check_indices`: run the checks that read tensor contents (block ids a sequence reads,
+  sequence lengths, slots, tensor scales, block mappings). True by default. They cost one
+  device->host sync per call on a GPU (none on the CPU); pass False on a hot path that
+  produces its own indices, and inside CUDA-graph capture, where a sync is not allowed.
+
+Every call validates its arguments before anything is written and raises `OpArgumentError`
+(a `ValueError`) whose message starts with the argument's name. `k_scale` / `v_scale` are
+floats or one-element float32 tensors (0-d, or [1] as vLLM sometimes keeps them).
+
+Importing this module registers the ops as `torch.ops.kvpager.<name>` (see
+`kvpager.backends.torch_library`), so a function calling them compiles with
+`torch.compile(fullgraph=True)`: under compilation these functions call the registered op,
+which traces as one node; in eager mode they validate and dispatch directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kvpager.backends import dispatch, torch_library
+from kvpager.backends.layout import (
+    BLOCK_SIZES,
+    HEAD_SIZES,
+    PARTITION_SIZE,
+    allocate_kv_cache,
+    cache_dtype_for,
+    kv_cache_shapes,
+    max_num_partitions,
+    use_v1,
+    v2_workspace,
+    x_for,
+)
+from kvpager.backends.validation import OpArgumentError, check_ndim, check_tensor
+
+Scale = float | torch.Tensor
+
+
+def _scale_tensor(scale: Scale) -> torch.Tensor:
+    """The registered ops take tensor scales, as vLLM's do; a float becomes a 0-d tensor."""
+    if isinstance(scale, torch.Tensor):
+        return scale
+    return torch.tensor(float(scale), dtype=torch.float32)
+
+
+# ---- attention ---------------------------------------------------------------------------
+def paged_attention_v1(
+    out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
+    value_cache: torch.Tensor, num_kv_heads: int, scale: float, block_tables: torch.Tensor,
+    seq_lens: torch.Tensor, block_size: int, max_seq_len: int,
+    alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
+    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
+    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
+    *, backend: str = "auto", check_indices: bool = True,
+) -> None:
+    """Decode attention of one query token per sequence over its paged cache, into `out`.
+
+    out, query: [num_seqs, num_heads, head_size], float32 / float16 / bfloat16, one dtype;
+        query may have a row stride (a slice of a fused QKV tensor), out is contiguous.
+    key_cache: [num_blocks, num_kv_heads, head_size // x, block_size, x];
+    value_cache: [num_blocks, num_kv_heads, head_size, block_size]; the query dtype for
+        kv_cache_dtype "auto", uint8 for "fp8" / "fp8_e4m3" / "fp8_e5m2".
+    block_tables: int32 [num_seqs, max_blocks_per_seq]; seq_lens: int32 [num_seqs], each in
+        0..max_seq_len (0 gives a zero output).
+    alibi_slopes: float32 [num_heads] or None. head_size in `HEAD_SIZES`, block_size in
+    `BLOCK_SIZES`, num_heads a multiple of num_kv_heads (GQA / MQA). Block-sparse attention
+    is on when blocksparse_vert_stride > 1 (semantics in `kvpager.backends.reference`).
+    """
+    if torch.compiler.is_compiling():
+        torch.ops.kvpager.paged_attention_v1(
+            out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
+            block_size, max_seq_len, alibi_slopes, kv_cache_dtype, _scale_tensor(k_scale),
+            _scale_tensor(v_scale), tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
+            blocksparse_block_size, blocksparse_head_sliding_step, backend=backend,
+            check_indices=check_indices,
+        )
+        return
+    dispatch.paged_attention_v1(
+        out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
+        block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
+        blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
+        blocksparse_head_sliding_step, backend=backend, check_indices=check_indices,
+    )
+
+
+def paged_attention_v2(
+    out: torch.Tensor, exp_sums: torch.Tensor, max_logits: torch.Tensor,
+    tmp_out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
+    value_cache: torch.Tensor, num_kv_heads: int, scale: float, block_tables: torch.Tensor,
+    seq_lens: torch.Tensor, block_size: int, max_seq_len: int,
+    alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
+    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
+    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
+    *, backend: str = "auto", check_indices: bool = True,
+) -> None:
+    """`paged_attention_v1` split into partitions of `PARTITION_SIZE` (512) tokens.
+
+    Writes, for each sequence, head and partition p < ceil(seq_len / 512):
+    exp_sums, max_logits: float32 [num_seqs, num_heads, P], P = ceil(max_seq_len / 512):
+        sum of exp(logit - max) and the max logit of the partition;
+    tmp_out: out's dtype [num_seqs, num_heads, P, head_size]: the partition's own softmax
+        output; then reduces them into `out`. Entries of later partitions are never read
+    (their content afterwards is unspecified; the reference leaves them untouched). A
+    partition that block-sparsity leaves empty gets max -inf, sum 0 and output 0 from the
+    reference. `v2_workspace` allocates the three buffers.
+    """
+    if torch.compiler.is_compiling():
+        torch.ops.kvpager.paged_attention_v2(
+            out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads,
+            scale, block_tables, seq_lens, block_size, max_seq_len, alibi_slopes,
+            kv_cache_dtype, _scale_tensor(k_scale), _scale_tensor(v_scale), tp_rank,
+            blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
+            blocksparse_head_sliding_step, backend=backend, check_indices=check_indices,
+        )
+        return
+    dispatch.paged_attention_v2(
+        out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads,
+        scale, block_tables, seq_lens, block_size, max_seq_len, alibi_slopes, kv_cache_dtype,
+        k_scale, v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
+        blocksparse_block_size, blocksparse_head_sliding_step, backend=backend,
+        check_indices=check_indices,
+    )
+
+
+def paged_attention(
+    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, *, scale: float | None = None,
+    num_kv_heads: int | None = None, block_size: int | None = None,
+    max_seq_len: int | None = None, alibi_slopes: torch.Tensor | None = None,
+    kv_cache_dtype: str = "auto", k_scale: Scale = 1.0, v_scale: Scale = 1.0,
+    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
+    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
+    out: torch.Tensor | None = None, backend: str = "auto", check_indices: bool = True,
+) -> torch.Tensor:
+    """Allocate the output (and v2's workspace), pick v1 or v2 as vLLM does, return `out`.
+
+    Defaults: scale 1/sqrt(head_size); num_kv_heads and block_size from the caches;
+    max_seq_len = max(seq_lens), which reads seq_lens back to the host (pass it to avoid
+    the sync). v1 when max_seq_len <= 8192 and (one partition, or num_seqs * num_heads > 512);
+    v2 otherwise (see `use_v1`).
+    """
+    query = check_tensor("query", query)
+    check_ndim("query", query, 3, "[num_seqs, num_heads, head_size]")
+    key_cache = check_tensor("key_cache", key_cache)
+    value_cache = check_tensor("value_cache", value_cache)
+    check_ndim("value_cache", value_cache, 4, "[num_blocks, num_kv_heads, head_size, "
+                                              "block_size]")
+    num_seqs, num_heads, head_size = query.shape
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_size)
+    if num_kv_heads is None:
+        num_kv_heads = value_cache.shape[1]
+    if block_size is None:
+        block_size = value_cache.shape[3]
+    if max_seq_len is None:
+        seq_lens = check_tensor("seq_lens", seq_lens)
+        max_seq_len = max(1, int(seq_lens.max())) if seq_lens.numel() else 1
+    if out is None:
+        out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    common = (query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
+              block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale,
+              tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
+              blocksparse_block_size, blocksparse_head_sliding_step)
+    if isinstance(max_seq_len, int) and max_seq_len >= 1 and not use_v1(
+        max_seq_len, num_seqs, num_heads
+    ):
+        workspace = v2_workspace(num_seqs, num_heads, head_size, max_seq_len,
+                                 dtype=query.dtype, device=query.device)
+        paged_attention_v2(out, *workspace, *common, backend=backend,
+                           check_indices=check_indices)
+    else:  # v1, or a bad max_seq_len that v1's checks will name
+        paged_attention_v1(out, *common, backend=backend, check_indices=check_indices)
+    return out
+
+
+# ---- cache ops ---------------------------------------------------------------------------
+def reshape_and_cache(
+    key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
+    value_cache: torch.Tensor, slot_mapping: torch.Tensor, kv_cache_dtype: str,
+    k_scale: Scale, v_scale: Scale, *, backend: str = "auto", check_indices: bool = True,
+) -> None:
+    """Write new tokens' keys and values into the paged cache at their slots.
+
+    key, value: [num_tokens, num_kv_heads, head_size], float32 / float16 / bfloat16 (a row
+        stride is allowed); slot_mapping: int64 [num_tokens], slot = block * block_size +
+        offset, negative = padding (skipped). Caches as in `paged_attention_v1`; any block
+        size. An FP8 cache receives quantize(x / scale), saturated to the format's range.
+        No slot may appear twice.
+    """
+    if torch.compiler.is_compiling():
+        torch.ops.kvpager.reshape_and_cache(
+            key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype,
+            _scale_tensor(k_scale), _scale_tensor(v_scale), backend=backend,
+            check_indices=check_indices,
+        )
+        return
+    dispatch.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
+                               kv_cache_dtype, k_scale, v_scale, backend=backend,
+                               check_indices=check_indices)
+
+
+def copy_blocks(
+    key_caches: list[torch.Tensor], value_caches: list[torch.Tensor],
+    block_mapping: torch.Tensor, *, backend: str = "auto", check_indices: bool = True,
+) -> None:
+    """Copy whole blocks inside every layer's caches (the copy of copy-on-write).
+
+    key_caches, value_caches: one tensor per layer, all layers of one shape, dtype and
+        device; only dim 0 (blocks) is interpreted. block_mapping: int64 [num_pairs, 2] of
+        (src, dst) ids on the caches' device, applied to every layer. Destinations must be
+        distinct and no block may be both a source and a destination (pairs run in
+        parallel).
+    """
+    if torch.compiler.is_compiling():
+        torch.ops.kvpager.copy_blocks(list(key_caches), list(value_caches), block_mapping,
+                                      backend=backend, check_indices=check_indices)
+        return
+    dispatch.copy_blocks(key_caches, value_caches, block_mapping, backend=backend,
+                         check_indices=check_indices)
+
+
+def swap_blocks(
+    src: torch.Tensor, dst: torch.Tensor, block_mapping: torch.Tensor, *,
+    backend: str = "auto", check_indices: bool = True,
+) -> None:
+    """Copy blocks between two caches of one layer, possibly on different devices.
+
+    src, dst: caches of one dtype and per-block shape (key or value layout; the number of
+        blocks may differ, e.g. GPU cache and CPU swap space). block_mapping: int64
+        [num_pairs, 2] of (src, dst) ids, on the CPU as in vLLM. With a pinned CPU side the
+        copy is asynchronous: synchronize before reading a CPU destination.
+    """
+    if torch.compiler.is_compiling():
+        torch.ops.kvpager.swap_blocks(src, dst, block_mapping, backend=backend,
+                                      check_indices=check_indices)
+        return
+    dispatch.swap_blocks(src, dst, block_mapping, backend=backend, check_indices=check_indices)
+
+
+def merge_attn_states(
+    output: torch.Tensor, prefix_output: torch.Tensor, prefix_lse: torch.Tensor,
+    suffix_output: torch.Tensor, suffix_lse: torch.Tensor,
+    output_lse: torch.Tensor | None = None, *, backend: str = "auto",
+) -> None:
+    """Merge two partial attention results over disjoint key sets by their LSEs.
+
+    output, prefix_output, suffix_output: [num_tokens, num_heads, head_size], one dtype.
+    prefix_lse, suffix_lse, output_lse: float32 [num_heads, num_tokens] (natural log).
+    An infinite LSE (+inf or -inf) marks an empty part: it contributes nothing and its output
+    is not read. Both parts empty: output 0, output_lse -inf.
+    """
+    if torch.compiler.is_compiling():
+        torch.ops.kvpager.merge_attn_states(output, prefix_output, prefix_lse, suffix_output,
+                                            suffix_lse, output_lse, backend=backend)
+        return
+    dispatch.merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
+                               output_lse, backend=backend)
+
+
+torch_library.register()
+
+__all__ = [
+    "BLOCK_SIZES",
+    "HEAD_SIZES",
+    "PARTITION_SIZE",
+    "OpArgumentError",
+    "allocate_kv_cache",
+    "cache_dtype_for",
+    "copy_blocks",
+    "kv_cache_shapes",
+    "max_num_partitions",
+    "merge_attn_states",
+    "paged_attention",
+    "paged_attention_v1",
+    "paged_attention_v2",
+    "reshape_and_cache",
+    "swap_blocks",
+    "use_v1",
+    "v2_workspace",
+    "x_for",
+]
