@@ -8,7 +8,8 @@ A last pass writes the positions whose key beats the threshold plus the first ti
 increasing position order, with a running prefix sum as the write cursor. Each pass streams
 the row in ``BLOCK``-sized chunks, so any row length works with fixed register use.
 
-Written for Triton 3.0 and later (tested under TRITON_INTERPRET=1 on the CPU).
+Uses only Triton 3.0-era language features. Checked under TRITON_INTERPRET=1 on the CPU and
+by compiling for sm_80 without a GPU; the ``gpu``-marked tests run it on a CUDA device.
 """
 
 from __future__ import annotations

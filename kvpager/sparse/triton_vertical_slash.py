@@ -9,8 +9,9 @@ one interleaved loop; splitting the work in two kernels (blocks, then columns by
 in the blocks just written) keeps every loop bound known and avoids reading global memory
 written by another thread of the same program.
 
-Written for Triton 3.0 and later (tested under TRITON_INTERPRET=1 on the CPU); no API newer
-than that is used.
+Uses only Triton 3.0-era language features. Checked under TRITON_INTERPRET=1 on the CPU and
+by compiling for sm_80 without a GPU (tests/sparse/test_sparse_triton_compile.py); the
+``gpu``-marked tests run them on a CUDA device.
 """
 
 from __future__ import annotations

@@ -35,9 +35,9 @@ def vertical_slash_row(
     # not causal, only the first of them may start past the keys (s < start_m).
     used = []
     for j, s in enumerate(slash):
-        if s < frontier or (j == len(slash) - 1 and s == frontier):
-            if causal or not used or s >= start_m:
-                used.append(s)
+        reaches = s < frontier or (j == len(slash) - 1 and s == frontier)
+        if reaches and (causal or not used or s >= start_m):
+            used.append(s)
     ranges: list[list[int]] = []
     for s in used:
         end = max(frontier - s, block_m)

@@ -179,7 +179,7 @@ def test_tables_cover_the_pattern_without_repeats(causal: bool) -> None:
         c = random_case(rng, causal, messy=False)
         if causal:
             # the smallest slash becomes the main diagonal (lists stay sorted, no repeat)
-            c["s"] = [[s if 0 in s else s[:-1] + [0] for s in head] for head in c["s"]]
+            c["s"] = [[s if 0 in s else [*s[:-1], 0] for s in head] for head in c["s"]]
         tables = convert_vertical_slash_indexes(
             i32(c["q"]), i32(c["kv"]), i32(c["v"]), i32(c["s"]), c["context"], c["bm"],
             c["bn"], causal,
@@ -240,8 +240,10 @@ def test_mergehead_uses_each_heads_count(backend: str) -> None:
     slash = [[sorted(rng.sample(range(120), nnz_s), reverse=True) for _ in range(heads)]]
     v_count, s_count = [6, 2, 0], [1, 5, 0]
     # Padding past the counts as vLLM's dual-chunk attention writes it: INT32 max / min.
-    padded_v = [[row[:n] + [2**31 - 1] * (nnz_v - n) for row, n in zip(vertical[0], v_count, strict=True)]]
-    padded_s = [[row[:n] + [-(2**31)] * (nnz_s - n) for row, n in zip(slash[0], s_count, strict=True)]]
+    pairs_v = zip(vertical[0], v_count, strict=True)
+    pairs_s = zip(slash[0], s_count, strict=True)
+    padded_v = [[row[:n] + [2**31 - 1] * (nnz_v - n) for row, n in pairs_v]]
+    padded_s = [[row[:n] + [-(2**31)] * (nnz_s - n) for row, n in pairs_s]]
     tables = convert_vertical_slash_indexes_mergehead(
         i32([90]), i32([100]), i32(padded_v), i32(padded_s), i32(v_count), i32(s_count),
         96, 16, 16, True, backend=backend,
