@@ -76,8 +76,9 @@ def check_range(
     """
     if tensor.numel() == 0:
         return
-    lo_val = int(tensor.min().item())
-    hi_val = int(tensor.max().item())
+    import torch
+
+    lo_val, hi_val = (int(x) for x in torch.stack(torch.aminmax(tensor)).tolist())
     if low is not None and lo_val < low:
         raise ValueError(f"{name} must be >= {low} everywhere, found {lo_val}")
     if high is not None and hi_val > high:

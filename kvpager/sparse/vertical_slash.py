@@ -42,7 +42,7 @@ Relation to vLLM's CUDA kernel and to the paper
 -----------------------------------------------
 For what MInference's search produces -- vertical indexes sorted ascending, slash indexes
 sorted descending, no repeats, ``0 <= vertical < kv_seqlen``, ``slash >= 0`` -- the outputs
-equal vLLM's ``convert_vertical_slash_indexes`` entry for entry, including three behaviours
+equal vLLM's ``convert_vertical_slash_indexes`` entry for entry, including four behaviours
 of its kernel that the paper's pseudo-code does not show:
 
 1. When a slash range starts at most ``block_size_M`` past the end of the current range,
@@ -52,9 +52,11 @@ of its kernel that the paper's pseudo-code does not show:
    frontier ``kv_seqlen - q_seqlen + end_m`` when that is inside the keys. Every key in it is
    in the future of every query of the row block, so a causal kernel masks it entirely; it
    is kept so that outputs compare equal with vLLM.
-3. (causal) Vertical indexes at or beyond the end of the last slash range are dropped. (MInference
-   always keeps the main diagonal, which puts that end at the causal frontier.) Not causal,
-   every vertical index outside the ranges is kept.
+3. (causal) Vertical indexes at or beyond the end of the last slash range are dropped.
+   (MInference always keeps the main diagonal, which puts that end at the causal
+   frontier.) Not causal, every vertical index outside the ranges is kept.
+4. A slash equal to a row block's frontier touches no key of it, yet when it is the smallest
+   listed slash it still counts, as the range ``[0, block_size_M)``.
 
 Other inputs are normalised first, as the paper's Algorithm 4 does by sorting: indexes are
 sorted, repeats are removed, and vertical indexes outside ``[0, kv_seqlen)`` and negative

@@ -19,20 +19,15 @@ if not torch.cuda.is_available():
 def _triton_param() -> object:
     from kvpager.sparse._dispatch import triton_reason
 
-    reason = triton_reason(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    return pytest.param("triton", marks=pytest.mark.skipif(reason is not None, reason=str(reason)))
+    reason = triton_reason(torch.device("cpu"))
+    why = f"{reason} (test_sparse_gpu.py runs Triton on CUDA tensors)"
+    return pytest.param("triton", marks=pytest.mark.skipif(reason is not None, reason=why))
 
 
 @pytest.fixture(params=["reference", _triton_param()])
 def backend(request: pytest.FixtureRequest) -> str:
-    """Each index-op backend that can run here, on the default test device."""
+    """Each index-op backend that can run on CPU tensors here (Triton: interpreted)."""
     return request.param
-
-
-@pytest.fixture
-def device() -> torch.device:
-    """CPU: the tests check results, GPU runs are in test_gpu.py."""
-    return torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)

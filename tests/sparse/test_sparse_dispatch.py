@@ -41,6 +41,7 @@ def test_environment_names_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     assert select_backend("reference", CPU) == "reference"
 
 
+@needs_triton
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
@@ -50,6 +51,7 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch: pytest.MonkeyPatch) ->
         select_backend("auto", CPU)
 
 
+@needs_triton
 def test_triton_refuses_other_devices() -> None:
     with pytest.raises(BackendUnavailableError, match="meta"):
         select_backend("triton", torch.device("meta"))
