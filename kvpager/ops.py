@@ -269,6 +269,16 @@ def merge_attn_states(
 
 torch_library.register()
 
+# The sparse-attention index ops live in `kvpager.sparse` (their own reference and Triton
+# implementations); they are exported here too so that vLLM-style code finds every op in one
+# module.
+from kvpager.sparse import (  # noqa: E402
+    convert_vertical_slash_indexes,
+    convert_vertical_slash_indexes_mergehead,
+    top_k_per_row_decode,
+    top_k_per_row_prefill,
+)
+
 __all__ = [
     "BLOCK_SIZES",
     "HEAD_SIZES",
@@ -276,6 +286,8 @@ __all__ = [
     "OpArgumentError",
     "allocate_kv_cache",
     "cache_dtype_for",
+    "convert_vertical_slash_indexes",
+    "convert_vertical_slash_indexes_mergehead",
     "copy_blocks",
     "kv_cache_shapes",
     "max_num_partitions",
@@ -285,6 +297,8 @@ __all__ = [
     "paged_attention_v2",
     "reshape_and_cache",
     "swap_blocks",
+    "top_k_per_row_decode",
+    "top_k_per_row_prefill",
     "use_v1",
     "v2_workspace",
     "x_for",

@@ -130,3 +130,12 @@ def test_float_and_tensor_scales_give_the_same_result() -> None:
         assert torch.equal(key_cache, results[0][0])
         assert torch.equal(value_cache, results[0][1])
         assert torch.equal(out, results[0][2])
+
+
+def test_sparse_index_ops_are_exported_by_kvpager_ops():
+    import kvpager.ops
+    import kvpager.sparse
+
+    for name in ("convert_vertical_slash_indexes", "convert_vertical_slash_indexes_mergehead",
+                 "top_k_per_row_prefill", "top_k_per_row_decode"):
+        assert getattr(kvpager.ops, name) is getattr(kvpager.sparse, name)
