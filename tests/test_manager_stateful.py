@@ -30,7 +30,7 @@ from kvpager.manager import KVCacheManager
 from .manager_helpers import state
 
 BLOCK = 4
-GPU_BLOCKS, CPU_BLOCKS = 24, 12
+GPU_BLOCKS, CPU_BLOCKS = 24, 12  # small: forces sharing, eviction, swapping
 PREFIXES = [[], [7, 7, 3, 1, 9], [7, 7, 3, 1, 9, 2, 2, 8, 4], [5] * 11]
 
 
@@ -233,3 +233,49 @@ ManagerMachine.TestCase.settings = settings(
     max_examples=300, stateful_step_count=50, deadline=None
 )
 TestManagerStateful = ManagerMachine.TestCase
+
+
+class KVCacheMachine(ManagerMachine):
+    """The same machine, with the plans carried out by `KVCache` on real tensors through the
+    reference ops: a token's value is stored as its K (and V) vector."""
+
+    @initialize(prefix_caching=st.booleans(), watermark=st.sampled_from([0.0, 0.1]))
+    def setup(self, prefix_caching: bool, watermark: float) -> None:
+        import torch
+
+        from kvpager.cache import KVCache
+
+        super().setup(prefix_caching, watermark)
+        self.torch = torch
+        self.cache = KVCache.for_manager(self.m, 1, 1, 32, dtype=torch.float32)
+
+    def write(self, seq: int, slots: np.ndarray, start: int) -> None:
+        super().write(seq, slots, start)
+        values = values_of(self.tokens[seq])[start : start + len(slots)]
+        kv = self.torch.tensor([float(v % (1 << 24)) for v in values]).reshape(-1, 1, 1)
+        kv = kv.expand(-1, 1, 32).contiguous()
+        self.cache.write(0, kv, -kv, slots)
+
+    def copy(self, pairs: np.ndarray, src: str, dst: str) -> None:
+        super().copy(pairs, src, dst)
+        if src == dst == "gpu":
+            self.cache.copy(pairs)
+        elif src == "gpu":
+            self.cache.swap_out(pairs)
+        else:
+            self.cache.swap_in(pairs)
+
+    @invariant()
+    def every_sequence_reads_back_its_values(self) -> None:
+        if not hasattr(self, "m"):
+            return
+        for seq, tokens in self.tokens.items():
+            table = self.m.block_table(seq)
+            k, v = self.cache.gather(0, table.blocks, len(tokens), cpu=table.device == "cpu")
+            want = [float(x % (1 << 24)) for x in values_of(tokens)]
+            assert k[:, 0, 0].tolist() == want and (-v[:, 0, 31]).tolist() == want
+
+
+KVCacheMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=30,
+                                            deadline=None)
+TestKVCacheStateful = KVCacheMachine.TestCase
