@@ -1,0 +1,32 @@
+"""Trace loading shared by the commands: arrival-process options to a loaded `Trace`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvpager.sim.traces import GammaArrivals, PoissonArrivals, Trace, load_trace
+
+
+@dataclass(frozen=True)
+class ArrivalOptions:
+    """`--arrival-rate` / `--arrival-cv` / `--seed`: a generated arrival process, or None."""
+
+    rate: float | None = None
+    cv: float | None = None
+    seed: int = 0
+
+    def process(self):
+        if self.rate is None:
+            if self.cv is not None:
+                raise ValueError("--arrival-cv needs --arrival-rate")
+            return None
+        if self.cv is None or self.cv == 1.0:
+            return PoissonArrivals(self.rate, seed=self.seed)
+        return GammaArrivals(self.rate, self.cv, seed=self.seed)
+
+
+def load(path: Path, arrivals: ArrivalOptions, *, limit: int | None = None,
+         rate_scale: float = 1.0) -> Trace:
+    """Read a trace file, re-timed by the arrival options, limited and rate-scaled."""
+    return load_trace(path, arrivals=arrivals.process(), limit=limit, rate_scale=rate_scale)

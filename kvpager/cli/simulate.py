@@ -1,0 +1,128 @@
+"""`kvpager simulate TRACE`: replay a trace through each cache strategy and compare them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kvpager.cli.errors import cli_errors
+from kvpager.cli.loading import ArrivalOptions, load
+from kvpager.cli.tables import comparison_table
+from kvpager.sim.config import DEFAULT_STRATEGIES, STRATEGIES, SimConfig
+
+STRATEGY_HELP = f"Cache strategy to simulate; repeat for several ({', '.join(STRATEGIES)})."
+
+
+def simulate(
+    trace: Annotated[Path, typer.Argument(help="Trace file: kvpager JSON/JSONL, Azure CSV, "
+                                               "Mooncake JSONL, length-only CSV or token-id "
+                                               "JSONL (detected by content).")],
+    model: Annotated[str, typer.Option(help="Model preset (e.g. llama-2-7b, llama-3-70b, "
+                                            "opt-13b) or a model spec JSON file.")]
+    = "llama-2-7b",
+    gpu: Annotated[str, typer.Option(help="GPU preset (a100-40gb, a100-80gb, h100-80gb, "
+                                          "h200) or a GPU spec JSON file.")] = "a100-80gb",
+    tp: Annotated[int, typer.Option(help="Tensor-parallel degree.")] = 1,
+    cache: Annotated[list[str] | None, typer.Option(
+        "--cache", help=STRATEGY_HELP + " Default: paged and the three Orca baselines.")]
+    = None,
+    block_size: Annotated[int, typer.Option(help="Tokens per KV block (paged).")] = 16,
+    swap_space: Annotated[float, typer.Option(help="CPU swap space per GPU, GiB.")] = 4.0,
+    preemption: Annotated[str, typer.Option(help="auto, swap or recompute.")] = "auto",
+    prefix_caching: Annotated[bool, typer.Option(help="Share prompt blocks by content "
+                                                      "(paged only).")] = False,
+    chunked_prefill: Annotated[bool, typer.Option(help="Split prompts into chunks that share "
+                                                       "steps with decodes.")] = False,
+    max_num_seqs: Annotated[int, typer.Option(help="Sequences running at once.")] = 256,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(
+        help="Tokens per step; default vLLM's (8192, or max-model-len without chunked "
+             "prefill).")] = None,
+    max_model_len: Annotated[int | None, typer.Option(
+        help="Longest prompt + output; default the trace's longest.")] = None,
+    kv_cache_dtype: Annotated[str, typer.Option(help="auto, fp8 or fp8_e5m2.")] = "auto",
+    gpu_memory_utilization: Annotated[float, typer.Option(help="Fraction of GPU memory "
+                                                               "used.")] = 0.9,
+    calibration: Annotated[Path | None, typer.Option(help="Measured kernel times "
+                                                          "(kvpager bench) for the cost "
+                                                          "model.")] = None,
+    rate_scale: Annotated[float, typer.Option(help="Multiply the request rate (compress "
+                                                   "arrival times by this factor).")] = 1.0,
+    limit: Annotated[int | None, typer.Option(help="Replay only the first N requests.")]
+    = None,
+    arrival_rate: Annotated[float | None, typer.Option(
+        help="Requests per second of a generated arrival process (needed for length-only "
+             "traces; re-times any trace).")] = None,
+    arrival_cv: Annotated[float | None, typer.Option(
+        help="Coefficient of variation of generated gaps (Gamma; default 1 = Poisson).")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Seed of generated arrivals and the beam model.")]
+    = 0,
+    out: Annotated[Path | None, typer.Option(help="Run directory (metrics.json, per-request "
+                                                  "and memory CSVs); default runs/<trace>.")]
+    = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout "
+                                                             "instead of the table.")] = False,
+) -> None:
+    """Replay TRACE through paged and contiguous KV caching and compare them."""
+    from kvpager.sim.run import simulate as run_simulation
+
+    with cli_errors():
+        strategies = tuple(cache) if cache else DEFAULT_STRATEGIES
+        config = SimConfig(
+            model=model, gpu=gpu, tp=tp, kv_cache_dtype=kv_cache_dtype,
+            gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
+            swap_space_gib=swap_space, preemption=preemption, prefix_caching=prefix_caching,
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+            max_model_len=max_model_len, chunked_prefill=chunked_prefill, seed=seed,
+            calibration=None if calibration is None else str(calibration))
+        data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed), limit=limit,
+                    rate_scale=rate_scale)
+        run_dir = out if out is not None else Path("runs") / trace.stem
+        with _progress(enabled=not json_output) as report:
+            metrics = run_simulation(data, config, strategies, out_dir=run_dir,
+                                     progress=report)
+    if json_output:
+        print(json.dumps(json.loads((run_dir / "metrics.json").read_text()), indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    console.print(comparison_table(metrics, title=f"{trace.name}: {len(data)} requests, "
+                                                  f"{config.model} on {tp} x {config.gpu}"))
+    console.print(f"run directory: {run_dir}")
+
+
+class _progress:
+    """A Rich progress bar per strategy on stderr, when stderr is a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        self.enabled = enabled and console.is_terminal
+        self.console = console
+        self.bars: dict[str, int] = {}
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.progress = Progress("[progress.description]{task.description}", BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=self.console, transient=True)
+        self.progress.__enter__()
+        return self.report
+
+    def report(self, strategy: str, done: int, total: int) -> None:
+        if strategy not in self.bars:
+            self.bars[strategy] = self.progress.add_task(strategy, total=total)
+        if done == total or done % 64 == 0:
+            self.progress.update(self.bars[strategy], completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.progress.__exit__(*exc)
