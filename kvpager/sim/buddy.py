@@ -10,9 +10,10 @@ block large enough).
 The space is `capacity` slots (not necessarily a power of two). It is covered by maximal
 power-of-two *top-level* blocks laid out largest first (13 slots: 8 at 0, 4 at 8, 1 at 12),
 so every block of order k starts at a multiple of `2**k`, and a block of order k at offset o
-has its buddy at `o ^ 2**k`; two free buddies merge whenever the merged block still lies
-inside the space (the proof is short: an aligned block that ends inside a top-level layout
-of decreasing powers of two cannot straddle two top-level blocks). With `min_order` > 0 the
+has its buddy at `o ^ 2**k`. Two free buddies always merge: both halves lie inside the space,
+and an aligned block inside a layout of decreasing powers of two cannot straddle two
+top-level blocks, so the merged block is a valid block (a top-level block's would-be buddy
+past the end, or in a larger block, is never a free block of its order). With `min_order` > 0 the
 smallest block is `2**min_order` slots and the last `capacity % 2**min_order` slots are never
 handed out (`unusable_slots`).
 
@@ -208,12 +209,11 @@ class BuddyAllocator:
         size = 1 << order
         while order < self.max_order:
             buddy = offset ^ (1 << order)
-            merged = min(offset, buddy)
-            if merged + (2 << order) > self.usable or buddy not in self._free[order]:
+            if buddy not in self._free[order]:  # a free buddy is a block: the merge is valid
                 break
             self._free[order].discard(buddy)  # its heap entry goes stale, skipped on pop
             self.free_slots -= 1 << order
-            offset, order = merged, order + 1
+            offset, order = min(offset, buddy), order + 1
         self._push(offset, order)
         return size
 
