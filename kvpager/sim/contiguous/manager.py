@@ -166,7 +166,12 @@ class ContiguousManager(ContiguousSwapMixin):
 
     def take_copies(self) -> np.ndarray:
         """int64 `[n, 2]` (src_slot, dst_slot) GPU copies made by forks since the last call,
-        in order; an executor carries them out before the children's next step."""
+        in order; an executor carries them out before the children's next step.
+
+        The scheduler drops what `fork_many` returns, so a driver calls this after every
+        `Scheduler.complete_step` (forks happen there) and after `Scheduler.fork_seq`; the
+        queue grows until drained. `num_copied_slots` counts every copied slot regardless.
+        """
         pairs = np.concatenate(self._copies) if self._copies else EMPTY_PAIRS
         self._copies = []
         return pairs

@@ -5,7 +5,8 @@ The slot counts sum to the cache's capacity:
 - token: slots holding a token's KV (the token counts of the sequences passed in);
 - reserved: slots those sequences will still fill, up to their final length (capped at their
   region), plus what children will fill in spare regions reserved for forks that have not
-  happened yet (up to the group's final length);
+  happened yet (up to the group's final length, when `allocate` got a `max_tokens` hint;
+  without one the spares count as internal);
 - internal fragmentation: allocated slots no token will ever use. For a contiguous cache this
   is the policy's over-reservation, the buddy allocator's rounding up to a power of two, and
   the slot of the final token, whose KV is never computed. GPU sequences left out of the
