@@ -129,11 +129,13 @@ class KVCacheManager(BatchMixin, SwapMixin):
         return torch.from_numpy(out)
 
     def memory_breakdown(
-        self, rows: np.ndarray, final_slots: np.ndarray, next_reservation: int | None = None
+        self, rows: np.ndarray, final_slots: np.ndarray, next_reservation: int | None = None,
+        *, next_num_tokens: int | None = None,
     ) -> dict[str, int]:
         """GPU slots by kind (token, reserved, internal, external, free), summing to capacity;
-        see `kvpager.usage`. `next_reservation` is unused: paging has no external
-        fragmentation."""
+        see `kvpager.usage`. `next_reservation` / `next_num_tokens` (the waiting head's final
+        and current length, which contiguous managers need) are unused: paging has no
+        external fragmentation."""
         return paged_breakdown(self, rows, final_slots)
 
     def seq_lens(self, rows: np.ndarray) -> np.ndarray:
@@ -167,8 +169,11 @@ class KVCacheManager(BatchMixin, SwapMixin):
         in_use = int((self.gpu.ref_counts[hits] > 0).sum()) if hits else 0
         return self._status(total, total - in_use)
 
-    def can_allocate_many(self, token_counts: Sequence[int]) -> AllocStatus:
-        """Whether independent sequences of these lengths can all get blocks (no sharing)."""
+    def can_allocate_many(
+        self, token_counts: Sequence[int], *, max_tokens: int | None = None
+    ) -> AllocStatus:
+        """Whether independent sequences of these lengths can all get blocks (no sharing).
+        `max_tokens` (their common final length) is a reservation hint, ignored here."""
         need = sum(num_blocks_for(n, self.block_size) for n in token_counts)
         return self._status(need, need)
 

@@ -51,7 +51,9 @@ class KVManager(Protocol):
         num_seqs: int = 1,
     ) -> AllocStatus: ...
 
-    def can_allocate_many(self, token_counts: Sequence[int]) -> AllocStatus: ...
+    def can_allocate_many(
+        self, token_counts: Sequence[int], *, max_tokens: int | None = None
+    ) -> AllocStatus: ...
 
     def allocate(
         self,

@@ -226,7 +226,8 @@ class Scheduler(CompletionMixin):
 
     def _can_allocate(self, group: SequenceGroup) -> AllocStatus:
         if len(group.seqs) > 1:  # a recomputation: independent sequences
-            return self.manager.can_allocate_many([s.num_tokens for s in group.seqs])
+            return self.manager.can_allocate_many([s.num_tokens for s in group.seqs],
+                                                  max_tokens=self._final_tokens(group.request))
         seq = group.seqs[0]
         return self.manager.can_allocate(seq.num_tokens, **self._alloc_args(group, seq))
 
@@ -286,11 +287,13 @@ class Scheduler(CompletionMixin):
                             dtype=np.int64, count=len(seqs))
         return rows, final
 
-    def next_reservation(self) -> int | None:
-        """Tokens the head of the waiting queue will need at most, or None if none waits."""
+    def next_waiting(self) -> tuple[int, int] | None:
+        """(tokens now, tokens at most) of the head of the waiting queue, or None: what a
+        contiguous cache would have to reserve for it next (for fragmentation metrics)."""
         if not self.waiting:
             return None
-        return self._final_tokens(self.waiting[0].request)
+        group = self.waiting[0]
+        return group.seqs[0].num_tokens, self._final_tokens(group.request)
 
     # ---- the running set ----------------------------------------------------------------
     def _start(self, group: SequenceGroup) -> None:

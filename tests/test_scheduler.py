@@ -259,4 +259,13 @@ def test_resident_reports_final_slots_of_gpu_sequences():
     rows, final = s.resident()
     assert m.seq_lens(rows).tolist() == [4, 8]
     assert final.tolist() == [6, 11]  # 4 + 3 - 1; min(8 + 20, 12) - 1
-    assert s.next_reservation() is None
+    assert s.next_waiting() is None
+
+
+def test_next_waiting_is_the_head_of_the_queue():
+    _m, s, ex = setup(4)  # 16 slots
+    s.add_request(Request("a", 12, 3))
+    ex.run(s.schedule())
+    s.add_request(Request("b", 6, 5))  # needs 2 blocks, 1 is free: waits
+    ex.run(s.schedule())
+    assert s.next_waiting() == (6, 11)

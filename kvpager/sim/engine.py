@@ -68,7 +68,9 @@ class Simulation:
         self.beams = BeamModel(config.beam_replace_prob, config.seed)
         self.has_beams = bool((np.asarray(trace.beam_width) > 1).any())
         self.counters = {"preemptions": {"swap": 0, "recompute": 0}, "swapped_out_blocks": 0,
-                         "swapped_in_blocks": 0, "recomputed_tokens": 0, "cow_copies": 0}
+                         "swapped_in_blocks": 0, "recomputed_tokens": 0, "cow_copies": 0,
+                         "fork_copied_slots": 0}
+        self._pending_copy_s = 0.0
         self._done = 0
         self._next_sample = 0.0
         self._arrived = 0
@@ -131,6 +133,7 @@ class Simulation:
             self._record(out, result, start, env.now, seconds)
             if self.has_beams:
                 self.beams.step(sched)
+            self._collect_fork_copies()
             if env.now >= self._next_sample:
                 self._sample(env.now)
 
@@ -167,7 +170,7 @@ class Simulation:
             # lengths after the window's appends; the middle step attends (k + 1) / 2 fewer
             after = int(self.manager.seq_lens(out.decode_rows).sum())
             context = after - batch * (k - 1) / 2
-        seconds = 0.0
+        seconds, self._pending_copy_s = self._pending_copy_s, 0.0
         if prefill or batch:
             seconds = k * cost.step_time(prefill, max(attn, float(prefill)), batch,
                                          max(context, batch), completes)
@@ -177,6 +180,18 @@ class Simulation:
         if out.copies.shape[0]:
             seconds += cost.copy_time(out.copies.shape[0], self.deploy.slots_per_block)
         return seconds
+
+    def _collect_fork_copies(self) -> None:
+        """A contiguous cache copies a prompt into each new sample's or beam's own region
+        when it forks (paging shares it): count the slots, and time the copy before the next
+        step."""
+        take = getattr(self.manager, "take_copies", None)
+        if take is None:
+            return
+        copies = take()
+        if len(copies):
+            self.counters["fork_copied_slots"] += len(copies)
+            self._pending_copy_s += self.cost.copy_time(len(copies), 1)
 
     def _record(self, out: SchedulerOutput, result, start: float, end: float,
                 seconds: float) -> None:
@@ -231,7 +246,10 @@ class Simulation:
     def _sample(self, now: float) -> None:
         sched = self.scheduler
         rows, final = sched.resident()
-        slots = self.manager.memory_breakdown(rows, final, sched.next_reservation())
+        head = sched.next_waiting()
+        slots = self.manager.memory_breakdown(
+            rows, final, None if head is None else head[1],
+            next_num_tokens=None if head is None else head[0])
         hit = 0.0
         prefix = getattr(self.manager, "prefix_cache", None)
         if prefix is not None:

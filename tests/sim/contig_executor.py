@@ -18,6 +18,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from kvpager.errors import OutOfBlocksError
 from kvpager.request import SequenceGroup
 from kvpager.scheduler import Scheduler, SchedulerOutput, StepResult
 from kvpager.sim.contiguous import ContiguousManager
@@ -131,9 +132,9 @@ class ContigExecutor:
 
     def check_breakdown(self) -> dict[str, int]:
         rows, final = self.s.resident()
-        head = self.s.waiting[0].seqs[0].num_tokens if self.s.waiting else None
-        got = self.m.memory_breakdown(rows, final, self.s.next_reservation(),
-                                      next_num_tokens=head)
+        head = self.s.next_waiting()
+        got = self.m.memory_breakdown(rows, final, None if head is None else head[1],
+                                      next_num_tokens=None if head is None else head[0])
         assert sum(got.values()) == self.m.capacity_tokens, got
         assert min(got.values()) >= 0, got
         assert got["token"] == int(self.m.seq_lens(rows).sum())
@@ -162,22 +163,20 @@ class PressuredManager(ContiguousManager):
 
     Contiguous regions never grow, so the scheduler, which preempts only when decodes need
     more memory than is free, never preempts with a plain `ContiguousManager`. With
-    `pressure` set, the next decode batch of a scheduler running two groups or more reports
-    one more slot needed than is free, once per unit: the scheduler then preempts its
-    lowest-priority group (swap or recompute) exactly as under real pressure, which drives the
-    manager's swap and free paths through the real scheduler.
+    `pressure` set, the next decode append of a scheduler running two groups or more fails
+    for want of one slot, once per unit (as a real shortage raises `OutOfBlocksError`): the
+    scheduler then preempts its lowest-priority group (swap or recompute) exactly as under
+    real pressure, which drives the manager's swap and free paths through the real scheduler.
     """
 
     pressure = 0
     scheduler: Scheduler | None = None
 
-    def blocks_needed_batch(self, rows, num_new_tokens=1, num_lookahead_slots=0):
-        need = super().blocks_needed_batch(rows, num_new_tokens, num_lookahead_slots)
-        if self.pressure and need.size and len(self.scheduler.running) > 1:
+    def append_slots_batch(self, rows, num_new_tokens=1, num_lookahead_slots=0):
+        if self.pressure and len(rows) and len(self.scheduler.running) > 1:
             self.pressure -= 1
-            need = need.copy()
-            need[-1] += self.num_free_blocks() + 1
-        return need
+            raise OutOfBlocksError("gpu", self.num_free_blocks() + 1, self.num_free_blocks())
+        return super().append_slots_batch(rows, num_new_tokens, num_lookahead_slots)
 
 
 def generated_per_group(ex: ContigExecutor, group: SequenceGroup) -> dict:

@@ -415,8 +415,8 @@ class ContiguousManager(ContiguousSwapMixin):
             rows: int64 rows of sequences on the GPU (`rows_of`, `Scheduler.resident`).
             final_slots: int64 slots each will hold at the end.
             next_reservation: the longest the head of the waiting queue may get, in tokens
-                (`Scheduler.next_reservation()`), or None if nothing waits.
-            next_num_tokens: that request's token count now (its prompt); needed by
+                (`Scheduler.next_waiting()[1]`), or None if nothing waits.
+            next_num_tokens: that request's token count now (`next_waiting()[0]`); needed by
                 "orca-pow2", which reserves prompt + a power of two of the output.
         """
         return contiguous_breakdown(self, rows, final_slots, next_reservation,
