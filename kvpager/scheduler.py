@@ -116,7 +116,8 @@ class Scheduler(CompletionMixin):
     def schedule(self, num_decode_steps: int = 1) -> SchedulerOutput:
         """Decide the next step. `num_decode_steps` > 1 gives every decoding sequence that
         many tokens at once (multi-step decoding); the caller must not let a sequence pass
-        its length limit inside the window."""
+        its length limit inside the window. A window whose blocks do not fit becomes a single
+        step (check `out.num_decode_steps`): preemption is never caused by the window."""
         if num_decode_steps < 1:
             raise ValueError(f"num_decode_steps must be >= 1, got {num_decode_steps}")
         out = SchedulerOutput(num_decode_steps=num_decode_steps)
@@ -151,6 +152,9 @@ class Scheduler(CompletionMixin):
                 break
             except OutOfBlocksError as exc:
                 need = exc.needed
+            if k > 1:  # a multi-step window that does not fit shrinks to one step first:
+                k = out.num_decode_steps = 1  # preemption happens when single steps need it
+                continue
             victim = self.running[-1]
             if len(self.running) == 1:
                 # Only running groups hold GPU blocks: one that cannot grow in an otherwise

@@ -45,8 +45,10 @@ def paged_breakdown(
         logical = np.arange(total) - np.repeat(np.cumsum(nblocks) - nblocks, nblocks)
         block = seqs.table[rows[owner], logical]
         start = logical * bs
-        now = np.clip(seqs.ntokens[rows][owner] - start, 0, bs)
-        end = np.clip(np.maximum(final_slots[owner], seqs.ntokens[rows][owner]) - start, 0, bs)
+        held = seqs.ntokens[rows][owner]
+        # minimum/maximum rather than clip: np.clip on integers looks up np.iinfo every call
+        now = np.minimum(np.maximum(held - start, 0), bs)
+        end = np.minimum(np.maximum(np.maximum(final_slots[owner], held) - start, 0), bs)
         np.maximum.at(filled, block, now)
         np.maximum.at(future, block, end)
     used = manager.gpu.num_used

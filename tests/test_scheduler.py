@@ -269,3 +269,15 @@ def test_next_waiting_is_the_head_of_the_queue():
     s.add_request(Request("b", 6, 5))  # needs 2 blocks, 1 is free: waits
     ex.run(s.schedule())
     assert s.next_waiting() == (6, 11)
+
+
+def test_a_window_that_does_not_fit_shrinks_to_one_step_without_preemption():
+    m, s, ex = setup(3, max_num_batched_tokens=64)  # 12 slots
+    s.add_request(Request("a", 3, 9))
+    s.add_request(Request("b", 3, 9))
+    ex.run(s.schedule())  # 2 blocks used, 1 free
+    out = s.schedule(num_decode_steps=4)  # 4 more tokens each needs 2 new blocks: no
+    assert out.num_decode_steps == 1 and not out.preempted
+    assert out.decode_slots.size == 2
+    ex.run(out)
+    ex.check_data()

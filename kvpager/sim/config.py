@@ -38,7 +38,8 @@ class SimConfig:
             max(8192, max_model_len) so that every prompt fits a step.
         max_window_steps: the most decode steps simulated in one go between events (steps
             are still timed one by one; a window never crosses an arrival or a finish).
-        sample_interval_s: simulated seconds between samples of the memory time series.
+        sample_interval_s: simulated seconds between samples of the memory time series;
+            None: the trace's duration / 2000, at least 0.25 s.
         beam_replace_prob: per step and beam, the chance that beam search replaces it by a
             copy of another beam of its request (the fork/copy-on-write pattern of beam
             search without running a model).
@@ -60,7 +61,7 @@ class SimConfig:
     max_model_len: int | None = None
     chunked_prefill: bool = False
     max_window_steps: int = 64
-    sample_interval_s: float = 1.0
+    sample_interval_s: float | None = None
     beam_replace_prob: float = 0.25
     seed: int = 0
     calibration: str | None = None
@@ -82,7 +83,7 @@ class SimConfig:
                              f"{self.gpu_memory_utilization!r}")
         if not self.swap_space_gib >= 0:
             raise ValueError(f"swap_space_gib must be >= 0, got {self.swap_space_gib!r}")
-        if not self.sample_interval_s > 0:
+        if self.sample_interval_s is not None and not self.sample_interval_s > 0:
             raise ValueError(f"sample_interval_s must be > 0, got {self.sample_interval_s!r}")
         if not 0.0 <= self.beam_replace_prob <= 1.0:
             raise ValueError(f"beam_replace_prob must be in [0, 1], got "

@@ -73,6 +73,7 @@ class Simulation:
         self._pending_copy_s = 0.0
         self._done = 0
         self._next_sample = 0.0
+        self.sample_interval = config.sample_interval_s or max(0.25, trace.duration / 2000)
         self._arrived = 0
         self._wake: simpy.Event | None = None
 
@@ -152,10 +153,7 @@ class Simulation:
             one = self.cost.step_time(0, 0.0, rows.size, int(lens.sum()) + rows.size)
             gap = self.requests.arrival[self._arrived] - now
             k = min(k, max(1, int(gap / one))) if one > 0 else k
-        if k > 1 and int(self.manager.blocks_needed_batch(rows, k).sum()) > \
-                self.manager.num_free_blocks():
-            return 1
-        return k
+        return k  # the scheduler shrinks a window whose blocks do not fit to one step
 
     def _step_seconds(self, out: SchedulerOutput) -> float:
         cost, k = self.cost, out.num_decode_steps
@@ -256,7 +254,7 @@ class Simulation:
             hit = prefix.hit_rate
         self.memory.add(now, slots, sched.num_running_seqs, len(sched.waiting),
                         len(sched.swapped), hit)
-        self._next_sample = now + self.config.sample_interval_s
+        self._next_sample = now + self.sample_interval
 
     def _final_counters(self) -> dict:
         counters = dict(self.counters)

@@ -16,6 +16,7 @@ Memory fractions are time-averaged: each sample holds until the next one.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,9 +162,11 @@ def summarize(
 
 
 def _reason_counts(requests: RequestLog) -> dict[str, int]:
+    """Rejections counted by kind: the reason with its numbers replaced by N (the exact
+    reason of each request is in requests_<strategy>.csv)."""
     counts: dict[str, int] = {}
     for reason in requests.reasons.values():
-        text = reason.removeprefix("rejected: ")
+        text = re.sub(r"\d+", "N", reason.removeprefix("rejected: "))
         counts[text] = counts.get(text, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
