@@ -19,11 +19,12 @@ def write_report(run_dir: str | Path, out: str | Path, max_points: int = 1000) -
     return _write(run_dir, out, max_points)
 
 
-def write_sweep_report(sweep_dir: str | Path, out: str | Path) -> Path:
-    """`kvpager.report.sweep_report.write_sweep_report` (imported on first use)."""
+def write_sweep_report(sweep: str | Path | dict, out: str | Path) -> Path:
+    """`kvpager.report.sweep_report.write_sweep_report` (imported on first use): `sweep` is
+    a sweep document, a `sweep.json` file or the directory holding it."""
     from kvpager.report.sweep_report import write_sweep_report as _write
 
-    return _write(sweep_dir, out)
+    return _write(sweep, out)
 
 
 __all__ = ["write_report", "write_sweep_report"]
