@@ -93,19 +93,19 @@ def attention(ctx: typer.Context) -> None:
 
     Runs `kvpager.bench.attention.main(argv)` with every argument, `--help` included.
     """
-    try:
-        module = importlib.import_module(ATTENTION_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name not in (ATTENTION_MODULE, "kvpager.bench"):
-            raise  # the harness is there but one of its own imports is missing
-        raise fail(f"kvpager bench attention: the kernel benchmark harness "
-                   f"({ATTENTION_MODULE}) is not part of this installation; install a kvpager "
-                   "that ships it, or time the manager with `kvpager bench manager`",
-                   INTERNAL) from None
-    entry = getattr(module, "main", None)
-    if not callable(entry):
-        raise fail(f"{ATTENTION_MODULE} has no main(argv) entry point", INTERNAL)
     with cli_errors():
+        try:
+            module = importlib.import_module(ATTENTION_MODULE)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (ATTENTION_MODULE, "kvpager.bench"):
+                raise  # the harness is there but one of its own imports is missing
+            raise fail(f"kvpager bench attention: the kernel benchmark harness "
+                       f"({ATTENTION_MODULE}) is not part of this installation; install a "
+                       "kvpager that ships it, or time the manager with `kvpager bench "
+                       "manager`", INTERNAL) from None
+        entry = getattr(module, "main", None)
+        if not callable(entry):
+            raise fail(f"{ATTENTION_MODULE} has no main(argv) entry point", INTERNAL)
         code = entry(list(ctx.args))
     if code:
         raise typer.Exit(int(code))

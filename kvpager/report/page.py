@@ -52,6 +52,7 @@ _HOOK = """
   state.fail = function (err) {
     var text = String((err && (err.message || err.reason)) || err);
     state.errors.push(text);
+    if (window.console) { console.error("kvpager report: " + text); }
     document.documentElement.setAttribute("data-kvpager-error", state.errors.join(" | "));
     var show = function () {
       var box = document.getElementById("kv-error");
