@@ -35,11 +35,16 @@ def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
 
 
 def _empty_note(fig: go.Figure, text: str, row: int = 1) -> None:
-    """A grey note in the middle of subplot `row` (or of a single-plot figure)."""
+    """A grey note in the middle of subplot `row` (or of a single-plot figure).
+
+    Placed in paper coordinates from the subplot's axis domains: a note referenced to an
+    empty categorical subplot's own axes is drawn in the wrong place by plotly.js.
+    """
     axis = "" if row == 1 else str(row)
-    fig.add_annotation(text=plot_text(text), showarrow=False, x=0.5, y=0.5,
-                       xref=f"x{axis} domain", yref=f"y{axis} domain",
-                       font={"color": "#777"})
+    xd = fig.layout[f"xaxis{axis}"].domain or (0.0, 1.0)
+    yd = fig.layout[f"yaxis{axis}"].domain or (0.0, 1.0)
+    fig.add_annotation(text=plot_text(text), showarrow=False, xref="paper", yref="paper",
+                       x=(xd[0] + xd[1]) / 2, y=(yd[0] + yd[1]) / 2, font={"color": "#777"})
 
 
 def memory_figure(run: RunData, max_points: int = 1000) -> go.Figure:
@@ -134,7 +139,10 @@ def batch_figure(run: RunData, max_points: int = 1000) -> go.Figure:
                                      marker={"symbol": EVENT_SYMBOLS[k], "color": "#555",
                                              "size": 9}), row=4, col=1)
     if not any_event:
-        _empty_note(fig, "no preemptions or swaps", row=4)
+        exact = all(run.events[n].exact for n in names)
+        _empty_note(fig, "no preemptions or swaps" if exact else
+                    "no swaps (recompute preemptions are not time-stamped: see the summary)",
+                    row=4)
     fig.update_yaxes(type="category", row=4, col=1, showticklabels=any_event,
                      showgrid=any_event)
     fig.update_xaxes(title_text="simulated time (s)", row=4, col=1)
