@@ -140,3 +140,18 @@ def test_output_directory_and_bad_max_points(two_strategies, tmp_path):
         write_report(two_strategies, tmp_path / "d.html")
     with pytest.raises(ValueError, match="max_points"):
         write_report(two_strategies, tmp_path / "r.html", max_points=3)
+
+
+def test_a_strategy_with_nothing_finished_and_no_samples_still_reports(tmp_path):
+    run = write_run(tmp_path / "run", {"paged": {"memory": SHARES_A},
+                                       "static": {"memory": SHARES_B}},
+                    rejected={i: "rejected: too long" for i in range(12)})
+    (run / "memory_static.csv").write_text(
+        "time_s,token,reserved,internal,external,free,running_seqs,waiting,swapped,"
+        "prefix_hit_rate\n")
+    html = write_report(run, tmp_path / "r.html").read_text()
+    figs = figures(html)
+    assert figs["fig-latency"]["data"] == []  # no finished request anywhere: no CDF lines
+    notes = [a["text"] for a in figs["fig-memory"]["layout"]["annotations"]]
+    assert "static: no memory samples" in notes
+    assert "No finished requests." in html and html.count("rejected: too long") >= 2
