@@ -1,19 +1,7 @@
 """Time one decode step of the memory manager, and the memory of a large pool.
 
-A decode step appends one token to every running sequence, allocating a block when one
-fills and copying shared blocks on write. Scenarios (block size 16, prefix caching and CPU
-swap space enabled, i.e. everything the manager offers switched on):
-
-- decode-256 / decode-1024: plain decode of 256 / 1,024 sequences;
-- beam-1024: 256 beam-search groups of width 4; each step a quarter of the groups replace
-  one beam by a fork of another (`free_many` + `fork_many`), and the forks copy their shared
-  tail on write;
-- prefix-1024: 1,024 sequences; each step 4 finish and 4 new ones arrive whose prompts share
-  one of 4 system prompts of 512 tokens (prefix-cache hits), then everyone decodes. Block
-  keys are hashed when a request arrives, outside the step, as a server does; the hashing
-  cost per request is reported separately;
-- per-seq-1024: the same decode as decode-1024 through the per-sequence API in a Python
-  loop, to show what batching buys.
+The scenarios live in `kvpager.bench.manager` (also run by `kvpager bench manager`); this
+script runs them all and records the results in `benchmarks/results/manager.json`.
 
 Usage: python benchmarks/bench_manager.py [--steps N] [--repeats R] [--no-record]
 """
@@ -21,158 +9,13 @@ Usage: python benchmarks/bench_manager.py [--steps N] [--repeats R] [--no-record
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-import tracemalloc
 
-import numpy as np
-
-from kvpager.blocks import BlockPool
-from kvpager.manager import KVCacheManager
-from kvpager.prefix import hash_block_tokens
+from kvpager.bench.manager import run
 
 try:
     from benchmarks._common import record
 except ImportError:  # run as a script from benchmarks/
     from _common import record  # type: ignore[no-redef]
-
-BLOCK = 16
-
-
-def make_manager(num_seqs: int, steps: int) -> KVCacheManager:
-    blocks = num_seqs * (600 + steps) // BLOCK + 10_000
-    return KVCacheManager(num_gpu_blocks=blocks, block_size=BLOCK, num_cpu_blocks=4096,
-                          watermark=0.0, enable_prefix_caching=True)
-
-
-def time_steps(step, steps: int, repeats: int) -> dict:
-    per_step = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        per_step.append((time.perf_counter() - start) / steps)
-    return {"us_per_step_best": round(min(per_step) * 1e6, 1),
-            "us_per_step_median": round(statistics.median(per_step) * 1e6, 1),
-            "steps": steps, "repeats": repeats}
-
-
-def bench_decode(num_seqs: int, steps: int, repeats: int) -> dict:
-    m = make_manager(num_seqs, steps * (repeats + 1))
-    rng = np.random.default_rng(0)
-    for i in range(num_seqs):
-        m.allocate(i, int(rng.integers(16, 512)))
-    rows = m.rows_of(range(num_seqs))
-    for _ in range(steps):  # warm up
-        m.append_slots_batch(rows)
-    return time_steps(lambda: m.append_slots_batch(rows), steps, repeats)
-
-
-def bench_per_seq(num_seqs: int, steps: int, repeats: int) -> dict:
-    m = make_manager(num_seqs, steps * (repeats + 1))
-    rng = np.random.default_rng(0)
-    for i in range(num_seqs):
-        m.allocate(i, int(rng.integers(16, 512)))
-    ids = list(range(num_seqs))
-
-    def step():
-        for s in ids:
-            m.append_slots(s)
-
-    return time_steps(step, steps, repeats)
-
-
-def bench_beam(num_groups: int, width: int, steps: int, repeats: int) -> dict:
-    m = make_manager(num_groups * width, steps * (repeats + 1))
-    rng = np.random.default_rng(0)
-    beams = []  # batch position -> sequence id
-    for g in range(num_groups):
-        m.allocate((g, 0), int(rng.integers(16, 512)))
-        for b in range(1, width):
-            m.fork((g, 0), (g, b))
-        beams += [(g, b) for b in range(width)]
-    rows = m.rows_of(beams)
-    counter = [width]
-    copies = [0]
-
-    # Beam choices are drawn up front so the timing holds only the manager's work.
-    plans = [rng.permuted(np.tile(np.arange(width), (num_groups, 1)), axis=1)[:, :2]
-             for _ in range(steps * repeats)]
-    chosen = [rng.choice(num_groups, num_groups // 4, replace=False)
-              for _ in range(steps * repeats)]
-    turn = [0]
-
-    def step():
-        groups, pick = chosen[turn[0]], plans[turn[0]]
-        turn[0] += 1
-        dead_pos = (groups * width + pick[groups, 0]).tolist()
-        parent_pos = (groups * width + pick[groups, 1]).tolist()
-        parents = [beams[p] for p in parent_pos]
-        children = [(int(g), counter[0] + i) for i, g in enumerate(groups.tolist())]
-        counter[0] += len(children)
-        m.free_many([beams[p] for p in dead_pos])
-        m.fork_many(parents, children)
-        for p, c in zip(dead_pos, children, strict=True):
-            beams[p] = c
-        rows[dead_pos] = m.rows_of(children)
-        copies[0] += m.append_slots_batch(rows).num_copies
-
-    result = time_steps(step, steps, repeats)
-    result["cow_copies_per_step"] = round(copies[0] / (steps * repeats), 1)
-    return result
-
-
-def bench_prefix(num_seqs: int, steps: int, repeats: int) -> dict:
-    m = make_manager(num_seqs, steps * (repeats + 1))
-    rng = np.random.default_rng(0)
-    systems = [rng.integers(0, 32000, 512).tolist() for _ in range(4)]
-
-    def new_request():
-        tokens = systems[int(rng.integers(4))] + rng.integers(0, 32000, 64).tolist()
-        return tokens, hash_block_tokens(tokens, BLOCK)
-
-    arrivals = [new_request() for _ in range(64)]
-    t0 = time.perf_counter()
-    for tokens, _ in arrivals:
-        hash_block_tokens(tokens, BLOCK)
-    hash_us = (time.perf_counter() - t0) / len(arrivals) * 1e6
-
-    running = []
-    for i in range(num_seqs):
-        tokens, keys = arrivals[i % len(arrivals)]
-        m.allocate(i, len(tokens), block_hashes=keys)
-        m.mark_computed(i, len(tokens))
-        running.append(i)
-    rows = m.rows_of(running)
-    next_id = [num_seqs]
-
-    def step():
-        for _ in range(4):
-            pos = int(rng.integers(len(running)))
-            m.free(running[pos])
-            tokens, keys = arrivals[next_id[0] % len(arrivals)]
-            seq = next_id[0]
-            next_id[0] += 1
-            m.allocate(seq, len(tokens), block_hashes=keys)
-            m.mark_computed(seq, len(tokens))
-            running[pos] = seq
-            rows[pos] = m.rows_of([seq])[0]
-        m.append_slots_batch(rows)
-
-    result = time_steps(step, steps, repeats)
-    result["prefix_hit_rate"] = round(m.prefix_cache.hit_rate, 3)
-    result["hash_us_per_576_token_request"] = round(hash_us, 1)
-    return result
-
-
-def pool_memory(num_blocks: int) -> dict:
-    tracemalloc.start()
-    pool = BlockPool(num_blocks)
-    current, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert pool.num_free == num_blocks
-    return {"num_blocks": num_blocks, "traced_mb": round(current / 2**20, 2),
-            "peak_mb": round(peak / 2**20, 2)}
 
 
 def main() -> None:
@@ -181,16 +24,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    s, r = args.steps, args.repeats
-    results = {
-        "block_size": BLOCK,
-        "decode-256": bench_decode(256, s, r),
-        "decode-1024": bench_decode(1024, s, r),
-        "beam-1024": bench_beam(256, 4, s, r),
-        "prefix-1024": bench_prefix(1024, s, r),
-        "per-seq-1024": bench_per_seq(1024, max(1, s // 10), r),
-        "pool-1M-blocks": pool_memory(1_000_000),
-    }
+    results = run(args.steps, args.repeats)
     for name, value in results.items():
         print(f"{name:>16}: {value}")
     if not args.no_record:

@@ -7,13 +7,17 @@ from typing import Annotated
 import typer
 
 from kvpager import __version__
+from kvpager.cli import bench as bench_cmd
+from kvpager.cli import report as report_cmd
 from kvpager.cli import simulate as simulate_cmd
+from kvpager.cli import sweep as sweep_cmd
 from kvpager.cli import trace as trace_cmd
 
 app = typer.Typer(
     name="kvpager",
     help="The KV cache of LLM serving managed like virtual memory: simulate what paging buys "
-         "on a real request trace, and inspect traces.",
+         "on a real request trace, sweep request rates, write HTML reports, inspect traces "
+         "and benchmark the manager.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -35,4 +39,7 @@ def main(
 
 
 app.command("simulate")(simulate_cmd.simulate)
+app.command("sweep")(sweep_cmd.sweep)
+app.command("report")(report_cmd.report)
 app.add_typer(trace_cmd.app, name="trace")
+app.add_typer(bench_cmd.app, name="bench")

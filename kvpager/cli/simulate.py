@@ -65,11 +65,18 @@ def simulate(
     = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout "
                                                              "instead of the table.")] = False,
+    report: Annotated[Path | None, typer.Option(
+        help="Also write the run's self-contained HTML report (plotly.js inside, opens "
+             "offline) to this file.")] = None,
 ) -> None:
     """Replay TRACE through paged and contiguous KV caching and compare them."""
     from kvpager.sim.run import simulate as run_simulation
 
     with cli_errors():
+        if report is not None:
+            from kvpager.report.run_report import check_output
+
+            check_output(report)
         strategies = tuple(cache) if cache else DEFAULT_STRATEGIES
         config = SimConfig(
             model=model, gpu=gpu, tp=tp, kv_cache_dtype=kv_cache_dtype,
@@ -81,9 +88,15 @@ def simulate(
         data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed), limit=limit,
                     rate_scale=rate_scale)
         run_dir = out if out is not None else Path("runs") / trace.stem
-        with _progress(enabled=not json_output) as report:
+        with _progress(enabled=not json_output) as report_progress:
             metrics = run_simulation(data, config, strategies, out_dir=run_dir,
-                                     progress=report)
+                                     progress=report_progress)
+        if report is not None:
+            from kvpager.cli.progress import spinner
+            from kvpager.report import write_report
+
+            with spinner(f"writing {report}", enabled=not json_output):
+                write_report(run_dir, report)
     if json_output:
         print(json.dumps(json.loads((run_dir / "metrics.json").read_text()), indent=2))
         return
@@ -93,6 +106,8 @@ def simulate(
     console.print(comparison_table(metrics, title=f"{trace.name}: {len(data)} requests, "
                                                   f"{config.model} on {tp} x {config.gpu}"))
     console.print(f"run directory: {run_dir}")
+    if report is not None:
+        console.print(f"report: {report}")
 
 
 class _progress:
