@@ -272,7 +272,7 @@ def test_next_waiting_is_the_head_of_the_queue():
 
 
 def test_a_window_that_does_not_fit_shrinks_to_one_step_without_preemption():
-    m, s, ex = setup(3, max_num_batched_tokens=64)  # 12 slots
+    _m, s, ex = setup(3, max_num_batched_tokens=64)  # 12 slots
     s.add_request(Request("a", 3, 9))
     s.add_request(Request("b", 3, 9))
     ex.run(s.schedule())  # 2 blocks used, 1 free

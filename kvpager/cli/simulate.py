@@ -8,46 +8,32 @@ from typing import Annotated
 
 import typer
 
+from kvpager.cli import options as opts
 from kvpager.cli.errors import cli_errors
 from kvpager.cli.loading import ArrivalOptions, load
 from kvpager.cli.tables import comparison_table
-from kvpager.sim.config import DEFAULT_STRATEGIES, STRATEGIES, SimConfig
-
-STRATEGY_HELP = f"Cache strategy to simulate; repeat for several ({', '.join(STRATEGIES)})."
+from kvpager.sim.config import DEFAULT_STRATEGIES
 
 
 def simulate(
     trace: Annotated[Path, typer.Argument(help="Trace file: kvpager JSON/JSONL, Azure CSV, "
                                                "Mooncake JSONL, length-only CSV or token-id "
                                                "JSONL (detected by content).")],
-    model: Annotated[str, typer.Option(help="Model preset (e.g. llama-2-7b, llama-3-70b, "
-                                            "opt-13b) or a model spec JSON file.")]
-    = "llama-2-7b",
-    gpu: Annotated[str, typer.Option(help="GPU preset (a100-40gb, a100-80gb, h100-80gb, "
-                                          "h200) or a GPU spec JSON file.")] = "a100-80gb",
-    tp: Annotated[int, typer.Option(help="Tensor-parallel degree.")] = 1,
-    cache: Annotated[list[str] | None, typer.Option(
-        "--cache", help=STRATEGY_HELP + " Default: paged and the three Orca baselines.")]
-    = None,
-    block_size: Annotated[int, typer.Option(help="Tokens per KV block (paged).")] = 16,
-    swap_space: Annotated[float, typer.Option(help="CPU swap space per GPU, GiB.")] = 4.0,
-    preemption: Annotated[str, typer.Option(help="auto, swap or recompute.")] = "auto",
-    prefix_caching: Annotated[bool, typer.Option(help="Share prompt blocks by content "
-                                                      "(paged only).")] = False,
-    chunked_prefill: Annotated[bool, typer.Option(help="Split prompts into chunks that share "
-                                                       "steps with decodes.")] = False,
-    max_num_seqs: Annotated[int, typer.Option(help="Sequences running at once.")] = 256,
-    max_num_batched_tokens: Annotated[int | None, typer.Option(
-        help="Tokens per step; default vLLM's (8192, or max-model-len without chunked "
-             "prefill).")] = None,
-    max_model_len: Annotated[int | None, typer.Option(
-        help="Longest prompt + output; default the trace's longest.")] = None,
-    kv_cache_dtype: Annotated[str, typer.Option(help="auto, fp8 or fp8_e5m2.")] = "auto",
-    gpu_memory_utilization: Annotated[float, typer.Option(help="Fraction of GPU memory "
-                                                               "used.")] = 0.9,
-    calibration: Annotated[Path | None, typer.Option(help="Measured kernel times "
-                                                          "(kvpager bench) for the cost "
-                                                          "model.")] = None,
+    model: opts.Model = "llama-2-7b",
+    gpu: opts.Gpu = "a100-80gb",
+    tp: opts.Tp = 1,
+    cache: opts.Cache = None,
+    block_size: opts.BlockSize = 16,
+    swap_space: opts.SwapSpace = 4.0,
+    preemption: opts.Preemption = "auto",
+    prefix_caching: opts.PrefixCaching = False,
+    chunked_prefill: opts.ChunkedPrefill = False,
+    max_num_seqs: opts.MaxNumSeqs = 256,
+    max_num_batched_tokens: opts.MaxNumBatchedTokens = None,
+    max_model_len: opts.MaxModelLen = None,
+    kv_cache_dtype: opts.KvCacheDtype = "auto",
+    gpu_memory_utilization: opts.GpuMemoryUtilization = 0.9,
+    calibration: opts.Calibration = None,
     rate_scale: Annotated[float, typer.Option(help="Multiply the request rate (compress "
                                                    "arrival times by this factor).")] = 1.0,
     limit: Annotated[int | None, typer.Option(help="Replay only the first N requests.")]
@@ -78,13 +64,13 @@ def simulate(
 
             check_output(report)
         strategies = tuple(cache) if cache else DEFAULT_STRATEGIES
-        config = SimConfig(
-            model=model, gpu=gpu, tp=tp, kv_cache_dtype=kv_cache_dtype,
-            gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
-            swap_space_gib=swap_space, preemption=preemption, prefix_caching=prefix_caching,
-            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-            max_model_len=max_model_len, chunked_prefill=chunked_prefill, seed=seed,
-            calibration=None if calibration is None else str(calibration))
+        config = opts.sim_config(
+            model=model, gpu=gpu, tp=tp, block_size=block_size, swap_space=swap_space,
+            preemption=preemption, prefix_caching=prefix_caching,
+            chunked_prefill=chunked_prefill, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
+            kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=gpu_memory_utilization,
+            calibration=calibration, seed=seed)
         data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed), limit=limit,
                     rate_scale=rate_scale)
         run_dir = out if out is not None else Path("runs") / trace.stem

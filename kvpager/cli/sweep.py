@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
+from kvpager.cli import options as opts
 from kvpager.cli.errors import INTERNAL, cli_errors, fail
 from kvpager.cli.progress import progress_bar, spinner
-from kvpager.sim.config import DEFAULT_STRATEGIES, STRATEGIES, SimConfig
+from kvpager.sim.config import DEFAULT_STRATEGIES
 from kvpager.sweep.spec import DEFAULT_NORMALIZED_BOUND, METRICS
 
 
@@ -24,9 +25,6 @@ def sweep(
     rate_scale: Annotated[str | None, typer.Option(
         help="Comma-separated factors on the trace's own arrival rate, e.g. 0.5,1,2 (keeps "
              "its burstiness). Give this or --rates.")] = None,
-    cache: Annotated[list[str] | None, typer.Option(
-        "--cache", help=f"Cache strategy; repeat for several ({', '.join(STRATEGIES)}). "
-                        "Default: paged and the three Orca baselines.")] = None,
     metric: Annotated[str, typer.Option(
         help=f"Latency compared with the bound: {', '.join(METRICS)}.")] = "normalized-mean",
     latency_bound: Annotated[float | None, typer.Option(
@@ -40,27 +38,21 @@ def sweep(
         "--ray", help="Run the points on Ray: 'local' starts a private instance; otherwise "
                       "a cluster address ('auto', 'host:6379', 'ray://host:10001'). Needs "
                       "the 'ray' extra.")] = None,
-    model: Annotated[str, typer.Option(help="Model preset or model spec JSON file.")]
-    = "llama-2-7b",
-    gpu: Annotated[str, typer.Option(help="GPU preset or GPU spec JSON file.")] = "a100-80gb",
-    tp: Annotated[int, typer.Option(help="Tensor-parallel degree.")] = 1,
-    block_size: Annotated[int, typer.Option(help="Tokens per KV block (paged).")] = 16,
-    swap_space: Annotated[float, typer.Option(help="CPU swap space per GPU, GiB.")] = 4.0,
-    preemption: Annotated[str, typer.Option(help="auto, swap or recompute.")] = "auto",
-    prefix_caching: Annotated[bool, typer.Option(help="Share prompt blocks by content "
-                                                      "(paged only).")] = False,
-    chunked_prefill: Annotated[bool, typer.Option(help="Split prompts into chunks that share "
-                                                       "steps with decodes.")] = False,
-    max_num_seqs: Annotated[int, typer.Option(help="Sequences running at once.")] = 256,
-    max_num_batched_tokens: Annotated[int | None, typer.Option(
-        help="Tokens per step; default vLLM's.")] = None,
-    max_model_len: Annotated[int | None, typer.Option(
-        help="Longest prompt + output; default the trace's longest.")] = None,
-    kv_cache_dtype: Annotated[str, typer.Option(help="auto, fp8 or fp8_e5m2.")] = "auto",
-    gpu_memory_utilization: Annotated[float, typer.Option(
-        help="Fraction of GPU memory used.")] = 0.9,
-    calibration: Annotated[Path | None, typer.Option(
-        help="Measured kernel times for the cost model.")] = None,
+    model: opts.Model = "llama-2-7b",
+    gpu: opts.Gpu = "a100-80gb",
+    tp: opts.Tp = 1,
+    cache: opts.Cache = None,
+    block_size: opts.BlockSize = 16,
+    swap_space: opts.SwapSpace = 4.0,
+    preemption: opts.Preemption = "auto",
+    prefix_caching: opts.PrefixCaching = False,
+    chunked_prefill: opts.ChunkedPrefill = False,
+    max_num_seqs: opts.MaxNumSeqs = 256,
+    max_num_batched_tokens: opts.MaxNumBatchedTokens = None,
+    max_model_len: opts.MaxModelLen = None,
+    kv_cache_dtype: opts.KvCacheDtype = "auto",
+    gpu_memory_utilization: opts.GpuMemoryUtilization = 0.9,
+    calibration: opts.Calibration = None,
     limit: Annotated[int | None, typer.Option(help="Replay only the first N requests at "
                                                    "each point.")] = None,
     arrival_cv: Annotated[float | None, typer.Option(
@@ -92,13 +84,13 @@ def sweep(
             from kvpager.report.run_report import check_output
 
             check_output(report)
-        config = SimConfig(
-            model=model, gpu=gpu, tp=tp, kv_cache_dtype=kv_cache_dtype,
-            gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
-            swap_space_gib=swap_space, preemption=preemption, prefix_caching=prefix_caching,
-            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-            max_model_len=max_model_len, chunked_prefill=chunked_prefill, seed=seed,
-            calibration=None if calibration is None else str(calibration))
+        config = opts.sim_config(
+            model=model, gpu=gpu, tp=tp, block_size=block_size, swap_space=swap_space,
+            preemption=preemption, prefix_caching=prefix_caching,
+            chunked_prefill=chunked_prefill, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
+            kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=gpu_memory_utilization,
+            calibration=calibration, seed=seed)
         if not trace.is_file():
             raise FileNotFoundError(2, "no such trace file", str(trace))
         spec = SweepSpec(

@@ -71,6 +71,7 @@ class Simulation:
                          "swapped_in_blocks": 0, "recomputed_tokens": 0, "cow_copies": 0,
                          "fork_copied_slots": 0}
         self._pending_copy_s = 0.0
+        self.events: list[tuple[float, str, int]] = []  # (time, kind, count)
         self._done = 0
         self._next_sample = 0.0
         self.sample_interval = config.sample_interval_s or max(0.25, trace.duration / 2000)
@@ -202,6 +203,8 @@ class Simulation:
             self._reject(group.request_id, group)
         for _group, mode in out.preempted:
             self.counters["preemptions"][mode] += 1
+        if out.preempted or out.swap_out.size or out.swap_in.size:
+            self._events(out, start)
         for group in result.first_token:
             req.first_token[group.request_id] = end
         for group in result.finished:
@@ -211,6 +214,18 @@ class Simulation:
         self.counters["cow_copies"] += int(out.copies.shape[0])
         batch = int(out.decode_rows.size) + len(out.prefills)
         self.steps.add(batch, out.num_decode_steps, seconds)
+
+    def _events(self, out: SchedulerOutput, start: float) -> None:
+        """Time-stamped preemptions (groups) and swaps (blocks) for reports."""
+        modes: dict[str, int] = {}
+        for _group, mode in out.preempted:
+            modes[mode] = modes.get(mode, 0) + 1
+        for mode, count in modes.items():
+            self.events.append((start, f"preempt-{mode}", count))
+        if out.swap_out.size:
+            self.events.append((start, "swap-out", int(out.swap_out.shape[0])))
+        if out.swap_in.size:
+            self.events.append((start, "swap-in", int(out.swap_in.shape[0])))
 
     def _finish(self, group: SequenceGroup, end: float) -> None:
         i = group.request_id

@@ -5,8 +5,9 @@
                        strategies=["paged", "orca-oracle"], out_dir="runs/demo")
 
 The run directory holds everything reports need: `metrics.json` (configuration, trace
-summary, per-strategy metrics), `requests_<strategy>.csv` (one row per request) and
-`memory_<strategy>.csv` (the memory and queue time series).
+summary, per-strategy metrics), `requests_<strategy>.csv` (one row per request),
+`memory_<strategy>.csv` (the memory and queue time series) and `events_<strategy>.csv`
+(time-stamped preemptions, in groups, and swaps, in blocks).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def write_run(out: Path, metrics: dict, sims: dict[str, Simulation]) -> None:
     for name, sim in sims.items():
         _write_requests(out / f"requests_{name}.csv", sim)
         _write_memory(out / f"memory_{name}.csv", sim)
+        _write_events(out / f"events_{name}.csv", sim)
 
 
 def _write_requests(path: Path, sim: Simulation) -> None:
@@ -126,6 +128,14 @@ def _write_memory(path: Path, sim: Simulation) -> None:
         for j, t in enumerate(m.time):
             w.writerow([_num(t), *(f"{x:.6f}" for x in frac[j]), m.running[j], m.waiting[j],
                         m.swapped[j], f"{m.prefix_hit_rate[j]:.6f}"])
+
+
+def _write_events(path: Path, sim: Simulation) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["time_s", "kind", "count"])
+        for t, kind, count in sim.events:
+            w.writerow([_num(t), kind, count])
 
 
 def _num(x: float) -> str:

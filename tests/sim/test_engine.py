@@ -105,6 +105,8 @@ def test_conservation_and_one_block_of_slack_per_sequence(tmp_path):
     slack = np.asarray(series.slots)[:, 1:3].sum(axis=1)  # reserved + internal
     assert (slack <= np.asarray(series.running) * config.block_size).all()
     assert m["preemptions"]["recompute"] > 0  # the small cache did force preemptions
+    preempted = sum(c for _t, kind, c in sim.events if kind == "preempt-recompute")
+    assert preempted == m["preemptions"]["recompute"]
 
 
 def test_same_seed_same_metrics(tmp_path):
@@ -125,7 +127,8 @@ def test_run_directory_has_metrics_requests_and_memory(tmp_path):
     trace = load_trace(EXAMPLES / "azure_conv_sample.csv", limit=50)
     simulate(trace, SimConfig(), strategies=["paged"], out_dir=tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["memory_paged.csv", "metrics.json", "requests_paged.csv"]
+    assert names == ["events_paged.csv", "memory_paged.csv", "metrics.json",
+                     "requests_paged.csv"]
     lines = (tmp_path / "requests_paged.csv").read_text().splitlines()
     assert len(lines) == 51 and lines[0].startswith("index,id,arrival_s")
 

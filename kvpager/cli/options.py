@@ -1,0 +1,58 @@
+"""Options shared by the commands that simulate (`simulate`, `sweep`): one declaration of
+each deployment option, its help and its default, and one place that turns them into a
+`SimConfig`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kvpager.sim.config import STRATEGIES, SimConfig
+
+Model = Annotated[str, typer.Option(
+    help="Model preset (llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b, "
+         "mistral-7b, opt-13b) or a model spec JSON file.")]
+Gpu = Annotated[str, typer.Option(
+    help="GPU preset (a100-40gb, a100-80gb, h100-80gb, h200) or a GPU spec JSON file.")]
+Tp = Annotated[int, typer.Option(help="Tensor-parallel degree.")]
+Cache = Annotated[list[str] | None, typer.Option(
+    "--cache", help=f"Cache strategy; repeat for several ({', '.join(STRATEGIES)}). "
+                    "Default: paged and the three Orca baselines.")]
+BlockSize = Annotated[int, typer.Option(help="Tokens per KV block (paged).")]
+SwapSpace = Annotated[float, typer.Option(help="CPU swap space per GPU, GiB.")]
+Preemption = Annotated[str, typer.Option(help="auto, swap or recompute.")]
+PrefixCaching = Annotated[bool, typer.Option(help="Share prompt blocks by content (paged "
+                                                  "only).")]
+ChunkedPrefill = Annotated[bool, typer.Option(help="Split prompts into chunks that share "
+                                                   "steps with decodes.")]
+MaxNumSeqs = Annotated[int, typer.Option(help="Sequences running at once.")]
+MaxNumBatchedTokens = Annotated[int | None, typer.Option(
+    help="Tokens per step; default vLLM's (8192, or max-model-len without chunked "
+         "prefill).")]
+MaxModelLen = Annotated[int | None, typer.Option(
+    help="Longest prompt + output; default the trace's longest.")]
+KvCacheDtype = Annotated[str, typer.Option(help="auto, fp8 or fp8_e5m2.")]
+GpuMemoryUtilization = Annotated[float, typer.Option(help="Fraction of GPU memory used.")]
+Calibration = Annotated[Path | None, typer.Option(
+    help="Measured kernel times (kvpager bench attention --calibration) for the cost "
+         "model.")]
+ArrivalCv = Annotated[float | None, typer.Option(
+    help="Coefficient of variation of generated gaps (Gamma; default 1 = Poisson).")]
+
+
+def sim_config(
+    *, model: str, gpu: str, tp: int, block_size: int, swap_space: float, preemption: str,
+    prefix_caching: bool, chunked_prefill: bool, max_num_seqs: int,
+    max_num_batched_tokens: int | None, max_model_len: int | None, kv_cache_dtype: str,
+    gpu_memory_utilization: float, calibration: Path | None, seed: int,
+) -> SimConfig:
+    """The `SimConfig` the shared options describe (raises ValueError naming a bad one)."""
+    return SimConfig(
+        model=model, gpu=gpu, tp=tp, kv_cache_dtype=kv_cache_dtype,
+        gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
+        swap_space_gib=swap_space, preemption=preemption, prefix_caching=prefix_caching,
+        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+        max_model_len=max_model_len, chunked_prefill=chunked_prefill, seed=seed,
+        calibration=None if calibration is None else str(calibration))
