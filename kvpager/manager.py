@@ -18,7 +18,7 @@ caller (the scheduler) can catch `OutOfBlocksError`, preempt someone and try aga
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +29,7 @@ from kvpager.blocks import BlockPool
 from kvpager.config import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult, CacheConfig
 from kvpager.errors import OutOfBlocksError, WrongDeviceError
 from kvpager.prefix import PrefixCache, hash_block_tokens
-from kvpager.seq_store import DEVICE_NAMES, ON_GPU, SequenceStore
+from kvpager.seq_store import DEVICE_NAMES, ON_GPU, SequenceQueries, SequenceStore
 from kvpager.swap import SwapMixin
 from kvpager.usage import paged_breakdown
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import torch
 
 
-class KVCacheManager(BatchMixin, SwapMixin):
+class KVCacheManager(BatchMixin, SwapMixin, SequenceQueries):
     """Allocates, shares, copies on write, swaps and frees the KV blocks of sequences.
 
     Construct with a `CacheConfig` or its fields as keywords:
@@ -64,18 +64,6 @@ class KVCacheManager(BatchMixin, SwapMixin):
         self.num_blocks_swapped_in = 0
 
     # ---- queries ------------------------------------------------------------------------
-    def __contains__(self, seq_id: object) -> bool:
-        try:
-            return seq_id in self._seqs.row_of
-        except TypeError:
-            return False
-
-    def __len__(self) -> int:
-        return len(self._seqs)
-
-    def seq_ids(self) -> list[Hashable]:
-        return list(self._seqs.row_of)
-
     def num_free_blocks(self, device: str = "gpu") -> int:
         return self._pool(device).num_free
 
@@ -87,21 +75,11 @@ class KVCacheManager(BatchMixin, SwapMixin):
         """Fraction of GPU blocks in use (evictable cached blocks count as free)."""
         return self.gpu.num_used / self.gpu.num_blocks
 
-    def num_tokens(self, seq_id: Hashable) -> int:
-        return int(self._seqs.ntokens[self._seqs.row(seq_id)])
-
-    def device_of(self, seq_id: Hashable) -> str:
-        return DEVICE_NAMES[int(self._seqs.where[self._seqs.row(seq_id)])]
-
     def block_table(self, seq_id: Hashable) -> BlockTable:
         """A snapshot of the sequence's table (ids of the pool it lives in)."""
         row = self._seqs.row(seq_id)
         return BlockTable(self.block_size, self._seqs.blocks(row),
                           int(self._seqs.ntokens[row]), DEVICE_NAMES[int(self._seqs.where[row])])
-
-    def rows_of(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
-        """Row handles (int64) of sequences, for the batched calls; valid until freed."""
-        return self._seqs.rows(seq_ids)
 
     def slot_mapping(self, seq_id: Hashable, start: int, end: int) -> np.ndarray:
         """int64 slots of positions `start..end-1`, inside the allocated blocks."""
@@ -137,10 +115,6 @@ class KVCacheManager(BatchMixin, SwapMixin):
         and current length, which contiguous managers need) are unused: paging has no
         external fragmentation."""
         return paged_breakdown(self, rows, final_slots)
-
-    def seq_lens(self, rows: np.ndarray) -> np.ndarray:
-        """Token counts of rows, int64 (cast to int32 for kernels)."""
-        return self._seqs.ntokens[np.asarray(rows, dtype=np.int64)].copy()
 
     # ---- admission ----------------------------------------------------------------------
     @property

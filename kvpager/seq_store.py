@@ -124,3 +124,36 @@ class SequenceStore:
         self.where = np.concatenate([self.where, np.full(old, UNUSED, dtype=np.int8)])
         self.seq_of.extend([None] * old)
         self._spare.extend(range(new - 1, old - 1, -1))
+
+
+class SequenceQueries:
+    """Read-only sequence queries shared by every manager that keeps a `SequenceStore` in
+    `self._seqs` (the paged `KVCacheManager`, the simulator's contiguous managers)."""
+
+    _seqs: SequenceStore
+
+    def __contains__(self, seq_id: object) -> bool:
+        try:
+            return seq_id in self._seqs.row_of
+        except TypeError:
+            return False
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    def seq_ids(self) -> list[Hashable]:
+        return list(self._seqs.row_of)
+
+    def num_tokens(self, seq_id: Hashable) -> int:
+        return int(self._seqs.ntokens[self._seqs.row(seq_id)])
+
+    def device_of(self, seq_id: Hashable) -> str:
+        return DEVICE_NAMES[int(self._seqs.where[self._seqs.row(seq_id)])]
+
+    def rows_of(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
+        """Row handles (int64) of sequences, for the batched calls; valid until freed."""
+        return self._seqs.rows(seq_ids)
+
+    def seq_lens(self, rows: np.ndarray) -> np.ndarray:
+        """Token counts of rows, int64 (cast to int32 for kernels)."""
+        return self._seqs.ntokens[np.asarray(rows, dtype=np.int64)].copy()

@@ -27,27 +27,35 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def environment() -> dict:
+def environment(gpu: bool = False) -> dict:
     """Machine and library versions, so that a figure can be traced to where it was
-    measured. Never imports torch (a manager benchmark must not pay for it)."""
-    return {
+    measured. Versions come from package metadata, so nothing heavy is imported; `gpu=True`
+    imports torch to name the GPU and its CUDA version (kernel benchmarks)."""
+    env = {
         "machine": platform.machine(),
         "processor": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "system": platform.platform(),
         "python": sys.version.split()[0],
-        "numpy": _version("numpy"),
-        "kvpager": _version("kvpager"),
+        **{name: _version(name) for name in ("numpy", "torch", "triton", "simpy", "kvpager")},
     }
+    if gpu:
+        import torch
+
+        if torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
+            env["cuda"] = torch.version.cuda
+    return env
 
 
-def record(name: str, results: dict, command: list[str] | None = None) -> dict:
+def record(name: str, results: dict, command: list[str] | None = None,
+           gpu: bool = False) -> dict:
     """`{benchmark, date, command, environment, results}`, the shape of
     `benchmarks/results/*.json`."""
     return {
         "benchmark": name,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(command if command is not None else sys.argv),
-        "environment": environment(),
+        "command": " ".join(command if command is not None else ["python", *sys.argv]),
+        "environment": environment(gpu),
         "results": results,
     }

@@ -6,69 +6,11 @@ escapes every cell, so ids and reasons from traces are shown as text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from kvpager.report.page import table_html
 from kvpager.report.rundata import RunData
-
-
-def _num(fmt: str) -> Callable[[object], str]:
-    def f(v: object) -> str:
-        if v is None or isinstance(v, (dict, list, str, bool)):
-            return "-"
-        try:
-            return format(v, fmt)
-        except (TypeError, ValueError):  # e.g. 3.0 under "d"
-            return format(float(v), ".4g") if isinstance(v, (int, float)) else "-"
-    return f
-
-
-def _pct(v: object) -> str:
-    return "-" if v is None or isinstance(v, (dict, list, str)) else f"{100 * float(v):.1f}%"
-
-
-# (label, path into one strategy's metrics, formatter)
-SUMMARY_ROWS: list[tuple[str, tuple[str, ...], Callable[[object], str]]] = [
-    ("requests arrived", ("requests", "arrived"), _num("d")),
-    ("finished", ("requests", "finished"), _num("d")),
-    ("rejected", ("requests", "rejected"), _num("d")),
-    ("throughput (req/s)", ("throughput", "requests_per_s"), _num(".3f")),
-    ("output tokens/s", ("throughput", "output_tokens_per_s"), _num(".0f")),
-    ("normalized latency mean (s/token)", ("latency_s", "normalized", "mean"), _num(".4f")),
-    ("normalized latency p99 (s/token)", ("latency_s", "normalized", "p99"), _num(".4f")),
-    ("TTFT p50 (s)", ("latency_s", "ttft", "p50"), _num(".3f")),
-    ("TTFT p99 (s)", ("latency_s", "ttft", "p99"), _num(".3f")),
-    ("TPOT p50 (s)", ("latency_s", "tpot", "p50"), _num(".4f")),
-    ("TPOT p99 (s)", ("latency_s", "tpot", "p99"), _num(".4f")),
-    ("end-to-end p50 (s)", ("latency_s", "e2e", "p50"), _num(".2f")),
-    ("mean batch (seqs)", ("batch", "mean_running"), _num(".1f")),
-    ("max batch (seqs)", ("batch", "max_running"), _num("d")),
-    ("KV: token states", ("memory", "token"), _pct),
-    ("KV: reserved", ("memory", "reserved"), _pct),
-    ("KV: internal fragmentation", ("memory", "internal"), _pct),
-    ("KV: external fragmentation", ("memory", "external"), _pct),
-    ("KV: free", ("memory", "free"), _pct),
-    ("preemptions (swap)", ("preemptions", "swap"), _num("d")),
-    ("preemptions (recompute)", ("preemptions", "recompute"), _num("d")),
-    ("blocks swapped out", ("swapped_out_blocks",), _num("d")),
-    ("blocks swapped in", ("swapped_in_blocks",), _num("d")),
-    ("recomputed tokens", ("recomputed_tokens",), _num("d")),
-    ("copy-on-write copies", ("cow_copies",), _num("d")),
-    ("prefix-cache hit rate", ("prefix_cache", "hit_rate"), _pct),
-    ("simulated time (s)", ("time", "simulated_s"), _num(".1f")),
-    ("simulation wall time (s)", ("time", "wall_s"), _num(".2f")),
-]
-
-
-def get_path(metrics: object, path: tuple[str, ...]) -> object:
-    """metrics[path[0]][path[1]]...; None where a key is missing."""
-    for key in path:
-        if not isinstance(metrics, dict) or key not in metrics:
-            return None
-        metrics = metrics[key]
-    return metrics
+from kvpager.sim.summary import SUMMARY_ROWS, get_path
 
 
 def summary_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:

@@ -6,7 +6,7 @@ in `policy.py`, swapping in `swap.py`, the memory breakdown in `usage.py`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -15,7 +15,7 @@ import numpy as np
 from kvpager.batch_ops import check_rows
 from kvpager.config import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 from kvpager.errors import KVPagerError, WrongDeviceError
-from kvpager.seq_store import DEVICE_NAMES, ON_GPU, SequenceStore
+from kvpager.seq_store import DEVICE_NAMES, ON_GPU, SequenceQueries, SequenceStore
 from kvpager.sim.buddy import BuddyAllocator, NoFreeBlockError
 from kvpager.sim.contiguous.policy import POLICIES, check_int, reserve
 from kvpager.sim.contiguous.swap import ContiguousSwapMixin
@@ -45,7 +45,7 @@ class _Group:
     dropped: int = 0  # spares released while the whole group was swapped out
 
 
-class ContiguousManager(ContiguousSwapMixin):
+class ContiguousManager(ContiguousSwapMixin, SequenceQueries):
     """A `kvpager.protocol.KVManager` that reserves one contiguous region per sequence.
 
     Args:
@@ -118,27 +118,9 @@ class ContiguousManager(ContiguousSwapMixin):
     def has_swap_space(self) -> bool:
         return self.cpu is not None
 
-    def __contains__(self, seq_id: object) -> bool:
-        try:
-            return seq_id in self._seqs.row_of
-        except TypeError:
-            return False
-
-    def __len__(self) -> int:
-        return len(self._seqs)
-
-    def seq_ids(self) -> list[Hashable]:
-        return list(self._seqs.row_of)
-
     def num_free_blocks(self, device: str = "gpu") -> int:
         """Free slots (block_size is 1) of "gpu" or "cpu"."""
         return self._alloc(device).free_slots
-
-    def num_tokens(self, seq_id: Hashable) -> int:
-        return int(self._seqs.ntokens[self._seqs.row(seq_id)])
-
-    def device_of(self, seq_id: Hashable) -> str:
-        return DEVICE_NAMES[int(self._seqs.where[self._seqs.row(seq_id)])]
 
     def region(self, seq_id: Hashable) -> Region:
         """Where the sequence's KV lives: its device, the block's offset and size in slots."""
@@ -149,12 +131,6 @@ class ContiguousManager(ContiguousSwapMixin):
     def spare_regions(self) -> list[tuple[int, int]]:
         """(offset, size) of GPU regions reserved for samples / beams not forked yet."""
         return sorted((o, g.size) for g in self._groups.values() for o in g.spares)
-
-    def rows_of(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
-        return self._seqs.rows(seq_ids)
-
-    def seq_lens(self, rows: np.ndarray) -> np.ndarray:
-        return self._seqs.ntokens[np.asarray(rows, dtype=np.int64)].copy()
 
     def slot_mapping(self, seq_id: Hashable, start: int, end: int) -> np.ndarray:
         """int64 slots of positions `start..end-1` in the sequence's region."""
