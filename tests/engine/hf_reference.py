@@ -1,0 +1,92 @@
+"""The independent side of the engine tests: a tiny random Llama and `transformers`' own
+generation on it (contiguous cache, its own attention), plus helpers to read the results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 128
+EOS = 2  # LlamaConfig's default eos id, which generate() stops on unless told otherwise
+
+
+def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               **overrides: object):
+    """2 layers, hidden 64, 4 query heads and 2 KV heads of size 32 (GQA), vocab 128, random
+    weights. initializer_range 0.2 (ten times the default) spreads the logits so that the
+    top two tokens rarely lie within rounding of each other: greedy comparisons stay
+    meaningful."""
+    fields = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=32, max_position_embeddings=512, initializer_range=0.2,
+                  tie_word_embeddings=False, eos_token_id=EOS, bos_token_id=1)
+    fields.update(overrides)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields))
+    return model.to(dtype=dtype, device=device).eval()
+
+
+def make_prompts(lengths: tuple[int, ...], seed: int = 1) -> list[list[int]]:
+    """Random prompts of token ids 3..127 (never the eos id)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (n,), generator=gen).tolist() for n in lengths]
+
+
+def _cut_at_eos(tokens: list[int], eos: tuple[int, ...]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
+@torch.inference_mode()
+def hf_greedy(model, prompt: list[int], max_new_tokens: int,
+              eos: tuple[int, ...] = (EOS,)) -> tuple[list[int], list[float]]:
+    """transformers' greedy generate() on one unpadded prompt: (new tokens up to and
+    including eos, top-1 minus top-2 logit margin at each step)."""
+    device = next(model.parameters()).device
+    out = model.generate(torch.tensor([prompt], device=device), max_new_tokens=max_new_tokens,
+                         do_sample=False, eos_token_id=list(eos) or None,
+                         pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    new = out.sequences[0, len(prompt):].tolist()
+    top2 = torch.stack(out.logits)[:, 0].float().topk(2, dim=-1).values
+    return _cut_at_eos(new, eos), (top2[:, 0] - top2[:, 1]).tolist()
+
+
+@torch.inference_mode()
+def hf_greedy_batch(model, prompts: list[list[int]], max_new_tokens: int,
+                    eos: tuple[int, ...] = (EOS,)) -> list[list[int]]:
+    """generate() on the whole batch at once, left-padded as transformers requires."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                         do_sample=False, eos_token_id=list(eos), pad_token_id=0)
+    return [_cut_at_eos(row[width:].tolist(), eos) for row in out]
+
+
+@torch.inference_mode()
+def hf_beams(model, prompt: list[int], max_new_tokens: int, num_beams: int,
+             num_return: int = 1, length_penalty: float = 1.0,
+             early_stopping: bool | str = False, eos: tuple[int, ...] = (EOS,)
+             ) -> list[tuple[list[int], float]]:
+    """transformers' beam search: the best `num_return` (new tokens, score), best first."""
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens,
+                         do_sample=False, num_beams=num_beams,
+                         num_return_sequences=num_return, length_penalty=length_penalty,
+                         early_stopping=early_stopping, eos_token_id=list(eos),
+                         pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    lengths = (out.beam_indices >= 0).sum(dim=1).tolist()
+    return [(out.sequences[i, len(prompt): len(prompt) + lengths[i]].tolist(),
+             float(out.sequences_scores[i])) for i in range(num_return)]
+
+
+@torch.inference_mode()
+def hf_logprobs(model, prompt: list[int], generated: list[int]) -> list[float]:
+    """log p(generated[i] | prompt + generated[:i]) by one full forward pass (no cache)."""
+    ids = torch.tensor([prompt + generated])
+    logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    rows = torch.arange(len(prompt) - 1, len(prompt) + len(generated) - 1)
+    return logp[rows, torch.tensor(generated)].tolist()
