@@ -3,6 +3,8 @@ generation on it (contiguous cache, its own attention), plus helpers to read the
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -34,6 +36,18 @@ def make_prompts(lengths: tuple[int, ...], seed: int = 1) -> list[list[int]]:
     return [torch.randint(3, VOCAB, (n,), generator=gen).tolist() for n in lengths]
 
 
+def _config(model, eos: tuple[int, ...], **settings: object):
+    """The model's generation config with these stop ids and settings; eos () disables
+    stopping (eos_token_id=None would fall back to the model's default instead)."""
+    config = copy.deepcopy(model.generation_config)
+    config.eos_token_id = list(eos) or None
+    config.pad_token_id = 0
+    config.do_sample = False
+    for name, value in settings.items():
+        setattr(config, name, value)
+    return config
+
+
 def _cut_at_eos(tokens: list[int], eos: tuple[int, ...]) -> list[int]:
     for i, t in enumerate(tokens):
         if t in eos:
@@ -47,9 +61,9 @@ def hf_greedy(model, prompt: list[int], max_new_tokens: int,
     """transformers' greedy generate() on one unpadded prompt: (new tokens up to and
     including eos, top-1 minus top-2 logit margin at each step)."""
     device = next(model.parameters()).device
-    out = model.generate(torch.tensor([prompt], device=device), max_new_tokens=max_new_tokens,
-                         do_sample=False, eos_token_id=list(eos) or None,
-                         pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    config = _config(model, eos, max_new_tokens=max_new_tokens, output_logits=True,
+                     return_dict_in_generate=True)
+    out = model.generate(torch.tensor([prompt], device=device), generation_config=config)
     new = out.sequences[0, len(prompt):].tolist()
     top2 = torch.stack(out.logits)[:, 0].float().topk(2, dim=-1).values
     return _cut_at_eos(new, eos), (top2[:, 0] - top2[:, 1]).tolist()
@@ -62,8 +76,8 @@ def hf_greedy_batch(model, prompts: list[list[int]], max_new_tokens: int,
     width = max(map(len, prompts))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                         do_sample=False, eos_token_id=list(eos), pad_token_id=0)
+    out = model.generate(ids, attention_mask=mask,
+                         generation_config=_config(model, eos, max_new_tokens=max_new_tokens))
     return [_cut_at_eos(row[width:].tolist(), eos) for row in out]
 
 
@@ -73,11 +87,11 @@ def hf_beams(model, prompt: list[int], max_new_tokens: int, num_beams: int,
              early_stopping: bool | str = False, eos: tuple[int, ...] = (EOS,)
              ) -> list[tuple[list[int], float]]:
     """transformers' beam search: the best `num_return` (new tokens, score), best first."""
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens,
-                         do_sample=False, num_beams=num_beams,
-                         num_return_sequences=num_return, length_penalty=length_penalty,
-                         early_stopping=early_stopping, eos_token_id=list(eos),
-                         pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    config = _config(model, eos, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                     num_return_sequences=num_return, length_penalty=length_penalty,
+                     early_stopping=early_stopping, output_scores=True,
+                     return_dict_in_generate=True)
+    out = model.generate(torch.tensor([prompt]), generation_config=config)
     lengths = (out.beam_indices >= 0).sum(dim=1).tolist()
     return [(out.sequences[i, len(prompt): len(prompt) + lengths[i]].tolist(),
              float(out.sequences_scores[i])) for i in range(num_return)]
