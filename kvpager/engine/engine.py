@@ -159,6 +159,19 @@ class LLMEngine:
         return bool(self._requests or self._done)
 
 
+    def memory_usage(self) -> dict[str, int]:
+        """Blocks in use now (GPU and CPU swap area), capacities, and bytes per block."""
+        m, c = self.manager, self.cache
+        return {
+            "gpu_blocks_used": m.num_used_blocks(),
+            "gpu_blocks": m.config.num_gpu_blocks,
+            "cpu_blocks_used": m.num_used_blocks("cpu") if m.has_swap_space else 0,
+            "cpu_blocks": m.config.num_cpu_blocks,
+            "bytes_per_block": KVCache.bytes_per_block(
+                c.num_layers, c.num_kv_heads, c.head_size, c.block_size, c.dtype,
+                c.kv_cache_dtype),
+        }
+
     # ---- the loop -----------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one scheduler step; return the requests that finished in it."""
@@ -166,6 +179,9 @@ class LLMEngine:
         if not self._requests:
             return finished
         out = self.scheduler.schedule()
+        if out.is_empty:  # the scheduler guarantees progress; never spin silently
+            raise RuntimeError(f"the scheduler made no progress with {len(self._requests)} "
+                               "requests unfinished")
         self.cache.execute(out)
         self._count_memory(out)
         batch, logit_seqs = build_step_inputs(out, self.manager, self.model.device)
@@ -203,8 +219,11 @@ class LLMEngine:
     def generate(self, prompts: Sequence[Sequence[int]],
                  params: SamplingParams | Sequence[SamplingParams] | None = None
                  ) -> list[RequestOutput]:
-        """Run `prompts` to completion together (request ids 0..len-1, which must not be
-        running); outputs in prompt order."""
+        """Run `prompts` to completion together, as requests 0..len-1 of an idle engine
+        (use `add_request` / `step` to mix in other traffic); outputs in prompt order."""
+        if self.has_unfinished():
+            raise ValueError("generate() needs an idle engine: requests added with "
+                             "add_request() are still unfinished; drive them with step()")
         if params is None or isinstance(params, SamplingParams):
             params = [params or SamplingParams()] * len(prompts)
         if len(params) != len(prompts):

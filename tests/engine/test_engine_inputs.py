@@ -53,6 +53,8 @@ def test_bad_requests(hf_model):
     engine.add_request("r", [5, 6])
     with pytest.raises(ValueError, match="request_id 'r' is already running"):
         engine.add_request("r", [7])
+    with pytest.raises(ValueError, match="generate\\(\\) needs an idle engine"):
+        engine.generate([[7]])
     chunked = make_engine(hf_model, chunked_prefill=True, preemption="recompute")
     with pytest.raises(ValueError, match="beam search with chunked prefill"):
         chunked.add_request("b", [5, 6], SamplingParams(beam_width=2))

@@ -5,8 +5,16 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from engine_helpers import make_engine, require_backend, tokens_of
-from hf_reference import hf_greedy, hf_greedy_batch, hf_logprobs, make_prompts
+from hf_reference import (
+    assert_greedy_within_tolerance,
+    hf_greedy,
+    hf_greedy_batch,
+    hf_logprobs,
+    make_prompts,
+    tiny_llama,
+)
 
 from kvpager.engine import SamplingParams
 
@@ -82,3 +90,18 @@ def test_stops_on_eos_like_transformers(hf_model):
     assert list(out.outputs[0].token_ids) == free_run
     assert out.outputs[0].finish_reason == "length"
     assert engine.manager.num_used_blocks() == 0  # everything freed at the end
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16],
+                         ids=lambda d: str(d).removeprefix("torch."))
+def test_half_precision_greedy_is_transformers_up_to_rounding(dtype):
+    """fp16 / bf16 weights, activations and cache on the CPU, compared tolerance-aware
+    against transformers in the same dtype (see `assert_greedy_within_tolerance`)."""
+    hf = tiny_llama(dtype=dtype)
+    prompts = make_prompts(LENGTHS)
+    engine = make_engine(hf)
+    assert engine.cache.key_caches[0].dtype == dtype
+    outputs = engine.generate(prompts, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
+    for prompt, out in zip(prompts, outputs, strict=True):
+        assert_greedy_within_tolerance(hf, prompt, list(out.outputs[0].token_ids), MAX_NEW,
+                                       dtype)
