@@ -21,6 +21,7 @@ scheduler and manager; here the plans move real K/V tensors. One step:
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -125,8 +126,8 @@ class LLMEngine:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
         try:
-            prompt = tuple(int(t) for t in prompt_token_ids)
-        except (TypeError, ValueError):
+            prompt = tuple(operator.index(t) for t in prompt_token_ids)
+        except TypeError:
             raise ValueError(f"prompt_token_ids must be a sequence of ints, got "
                              f"{prompt_token_ids!r}") from None
         vocab = self.model.shape.vocab_size
@@ -141,7 +142,8 @@ class LLMEngine:
             raise ValueError("beam search with chunked prefill needs preemption by swap: a "
                              "recomputed group's beams may finish their prefills in different "
                              "steps, and a beam step needs all of them")
-        eos = frozenset(() if params.ignore_eos else (params.eos_ids() or self.eos_token_ids))
+        own = params.eos_ids()
+        eos = frozenset(() if params.ignore_eos else self.eos_token_ids if own is None else own)
         max_new = params.max_tokens
         if cfg.max_model_len is not None:
             max_new = max(1, min(max_new, cfg.max_model_len - len(prompt)))
@@ -157,7 +159,6 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return bool(self._requests or self._done)
-
 
     def memory_usage(self) -> dict[str, int]:
         """Blocks in use now (GPU and CPU swap area), capacities, and bytes per block."""

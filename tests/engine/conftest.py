@@ -1,9 +1,17 @@
-"""Fixtures of the engine tests: single-threaded torch and one tiny random Llama."""
+"""Fixtures of the engine tests: Triton's interpreter on CPU-only machines, single-threaded
+torch, no backend override from the environment, and one tiny random Llama."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton reads TRITON_INTERPRET when a kernel module is imported: set it before any test
+# imports one, and only where no GPU could run compiled kernels anyway (as tests/sparse does).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -14,6 +22,12 @@ def _one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's $KVPAGER_BACKEND must not change which backend a test exercises."""
+    monkeypatch.delenv("KVPAGER_BACKEND", raising=False)
 
 
 @pytest.fixture(scope="session")

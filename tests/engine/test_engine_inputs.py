@@ -45,7 +45,7 @@ def test_bad_engine_configuration(hf_model):
 
 def test_bad_requests(hf_model):
     engine = make_engine(hf_model)
-    for prompt in ([], [1, 128], [-1], ["a"]):
+    for prompt in ([], [1, 128], [-1], ["a"], [3.0], None):
         with pytest.raises(ValueError, match="prompt_token_ids"):
             engine.add_request("r", prompt)
     with pytest.raises(ValueError, match="params must be a SamplingParams"):

@@ -105,3 +105,18 @@ def test_half_precision_greedy_is_transformers_up_to_rounding(dtype):
     for prompt, out in zip(prompts, outputs, strict=True):
         assert_greedy_within_tolerance(hf, prompt, list(out.outputs[0].token_ids), MAX_NEW,
                                        dtype)
+
+
+def test_model_eos_is_the_default_and_an_empty_tuple_disables_it(hf_model):
+    prompt = make_prompts(LENGTHS)[0]
+    stopped, _ = hf_greedy(hf_model, prompt, MAX_NEW)  # the model's eos id 2
+    unstopped, _ = hf_greedy(hf_model, prompt, MAX_NEW, eos=())
+    assert stopped[-1] == 2 and len(stopped) < MAX_NEW == len(unstopped)  # fixture check
+    engine = make_engine(hf_model)
+    default, disabled = engine.generate(
+        [prompt, prompt], [SamplingParams(max_tokens=MAX_NEW),
+                           SamplingParams(max_tokens=MAX_NEW, eos_token_id=())])
+    assert (list(default.outputs[0].token_ids), default.outputs[0].finish_reason) == (
+        stopped, "stop")
+    assert (list(disabled.outputs[0].token_ids), disabled.outputs[0].finish_reason) == (
+        unstopped, "length")
