@@ -23,11 +23,13 @@ def assert_same_beams(got, want) -> None:
 @pytest.mark.parametrize("length", [13, 20, 6])
 def test_width_4_returns_transformers_beams(hf_model, length):
     prompt = make_prompts((length,), seed=3)[0]
-    want = hf_beams(hf_model, prompt, MAX_NEW, WIDTH, num_return=WIDTH)
+    (best,) = hf_beams(hf_model, prompt, MAX_NEW, WIDTH, num_return=1)
     engine = make_engine(hf_model)
     got = engine.generate([prompt], SamplingParams(max_tokens=MAX_NEW, beam_width=WIDTH))[0]
-    assert list(got.outputs[0].token_ids) == want[0][0]  # the best sequence
-    assert_same_beams(got, want)  # and every other returned beam, in order
+    assert list(got.outputs[0].token_ids) == best[0]  # the best sequence
+    assert got.outputs[0].score == pytest.approx(best[1], rel=1e-5, abs=1e-5)
+    # ... and every other finished beam, in order (num_return_sequences=4).
+    assert_same_beams(got, hf_beams(hf_model, prompt, MAX_NEW, WIDTH, num_return=WIDTH))
     assert engine.manager.num_used_blocks() == 0
 
 
