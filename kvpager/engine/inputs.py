@@ -1,0 +1,95 @@
+"""Turning a `SchedulerOutput` into the model's `StepInputs`.
+
+The scheduler says which tokens of which sequences to compute and the manager where their
+K/V goes; this module only reads both. Token accounting (see `kvpager.request`): a prefill
+chunk computes known tokens `start .. start + count - 1` and yields logits only when it
+reaches the sequence's last known token; a decode computes the token sampled last, whose
+slot the scheduler has just appended, so the manager's token count equals the number of
+known tokens and the token sits at position `len(token_ids) - 1`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kvpager.block_table import num_blocks_for
+from kvpager.engine.attention import PrefillSegment, StepInputs
+from kvpager.manager import KVCacheManager
+from kvpager.request import SequenceState
+from kvpager.step import SchedulerOutput
+
+
+def build_step_inputs(
+    out: SchedulerOutput, manager: KVCacheManager, device: torch.device
+) -> tuple[StepInputs, list[SequenceState]]:
+    """The flat batch of one step, and the sequences its logits rows belong to (in order).
+
+    Raises RuntimeError when a sequence's `token_ids` disagree with the scheduler's counts:
+    the engine keeps them in step, so a mismatch is a bug, not bad input.
+    """
+    if out.num_decode_steps != 1:
+        raise RuntimeError(f"the engine decodes one token per step, got a plan for "
+                           f"{out.num_decode_steps}")
+    ids: list[int] = []
+    positions: list[np.ndarray] = []
+    slots: list[np.ndarray] = []
+    segments: list[PrefillSegment] = []
+    logits_at: list[int] = []
+    logit_seqs: list[SequenceState] = []
+    bs = manager.block_size
+    for chunk in out.prefills:
+        seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.count
+        tokens = seq.token_ids
+        if tokens is None or len(tokens) != seq.num_tokens:
+            raise RuntimeError(f"sequence {seq.seq_id!r} knows {seq.num_tokens} tokens but "
+                               f"the engine holds {None if tokens is None else len(tokens)}")
+        offset = len(ids)
+        ids += tokens[start:end]
+        positions.append(np.arange(start, end, dtype=np.int64))
+        slots.append(manager.slot_mapping(seq.seq_id, start, end))
+        history = manager.block_table(seq.seq_id).blocks[: num_blocks_for(start, bs)]
+        segments.append(PrefillSegment(offset, chunk.count, start, torch.as_tensor(
+            history.astype(np.int64), device=device)))
+        if chunk.completes:
+            logits_at.append(offset + chunk.count - 1)
+            logit_seqs.append(seq)
+    for i, seq in enumerate(out.decode_seqs):
+        known = len(seq.token_ids or ())
+        held = manager.num_tokens(seq.seq_id)
+        if held != known:
+            raise RuntimeError(f"decoding sequence {seq.seq_id!r} holds {held} slots but the "
+                               f"engine knows {known} tokens")
+        logits_at.append(len(ids))
+        ids.append(seq.token_ids[-1])
+        positions.append(np.asarray([known - 1], dtype=np.int64))
+        slots.append(out.decode_slots[i : i + 1].astype(np.int64))
+        logit_seqs.append(seq)
+
+    def tensor(values: list[int] | np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values, dtype=np.int64), device=device)
+
+    rows = out.decode_rows
+    if rows.size:
+        tables = manager.block_tables_tensor(rows).to(device)
+        lens = manager.seq_lens(rows)
+        seq_lens = torch.as_tensor(lens.astype(np.int32), device=device)
+        longest = int(lens.max())
+    else:
+        tables = torch.zeros((0, 1), dtype=torch.int32, device=device)
+        seq_lens = torch.zeros(0, dtype=torch.int32, device=device)
+        longest = 1
+    batch = StepInputs(
+        input_ids=tensor(ids),
+        positions=tensor(np.concatenate(positions) if positions else []),
+        slot_mapping=tensor(np.concatenate(slots) if slots else []),
+        prefills=segments,
+        decode_block_tables=tables,
+        decode_seq_lens=seq_lens,
+        decode_max_seq_len=longest,
+        logits_indices=tensor(logits_at),
+    )
+    return batch, logit_seqs
+
+
+__all__ = ["build_step_inputs"]

@@ -1,0 +1,65 @@
+"""Prefix caching: a request whose prompt starts like an earlier one's reuses the cached
+full blocks (counted), computes only the rest, and still produces the same tokens."""
+
+from __future__ import annotations
+
+from engine_helpers import BLOCK_SIZE, make_engine
+from hf_reference import hf_greedy, make_prompts
+
+from kvpager.engine import SamplingParams
+
+MAX_NEW = 10
+PARAMS = SamplingParams(max_tokens=MAX_NEW)
+
+
+def run_one_then_other(engine, first, second):
+    """Prefill `first` (one step registers its computed full blocks), then add `second`."""
+    engine.add_request("first", first, PARAMS)
+    outputs = engine.step()
+    engine.add_request("second", second, PARAMS)
+    outputs += engine.run()
+    return {o.request_id: list(o.outputs[0].token_ids) for o in outputs}
+
+
+def test_shared_prefix_blocks_are_reused_and_tokens_unchanged(hf_model):
+    shared, tail_a, tail_b = make_prompts((19, 6, 9), seed=21)
+    first, second = shared + tail_a, shared + tail_b  # 25 and 28 tokens
+    want = {"first": hf_greedy(hf_model, first, MAX_NEW)[0],
+            "second": hf_greedy(hf_model, second, MAX_NEW)[0]}
+    engine = make_engine(hf_model, prefix=True)
+    assert run_one_then_other(engine, first, second) == want
+    # 19 shared tokens = 2 full blocks of 8; the third block mixes in tail_a and differs.
+    hits = len(shared) // BLOCK_SIZE
+    assert engine.stats.prefix_hit_blocks == hits == 2
+    # The second prompt's prefill started after the hits: 28 - 16 = 12 tokens computed.
+    assert engine.stats.prefill_tokens == len(first) + len(second) - hits * BLOCK_SIZE
+    # Without prefix caching: the same tokens, every prompt token computed.
+    plain = make_engine(hf_model)
+    assert run_one_then_other(plain, first, second) == want
+    assert plain.stats.prefill_tokens == len(first) + len(second)
+
+
+def test_an_identical_prompt_recomputes_only_its_last_token_block(hf_model):
+    """A prompt of exactly 3 blocks seen before: 2 blocks hit and the third is computed,
+    because the last prompt token's logits are needed to sample."""
+    (prompt,) = make_prompts((24,), seed=22)
+    want = hf_greedy(hf_model, prompt, MAX_NEW)[0]
+    engine = make_engine(hf_model, prefix=True)
+    assert run_one_then_other(engine, prompt, prompt) == {"first": want, "second": want}
+    assert engine.stats.prefix_hit_blocks == 2
+    assert engine.stats.prefill_tokens == 24 + 8
+
+
+def test_samples_of_a_cached_prompt_share_it_too(hf_model):
+    """Parallel samples of a prompt that hit the prefix cache: greedy samples still equal
+    transformers' greedy continuation."""
+    shared, tail = make_prompts((16, 5), seed=23)
+    want = hf_greedy(hf_model, shared + tail, MAX_NEW, eos=())[0]
+    engine = make_engine(hf_model, prefix=True)
+    engine.add_request("warm", shared + [7, 7, 7], PARAMS)
+    engine.step()
+    engine.add_request("n", shared + tail, SamplingParams(max_tokens=MAX_NEW, n=3, top_k=1,
+                                                          temperature=1.0, ignore_eos=True))
+    outs = {o.request_id: o for o in engine.run()}
+    assert [list(c.token_ids) for c in outs["n"].outputs] == [want] * 3
+    assert engine.stats.prefix_hit_blocks == 2
