@@ -16,7 +16,7 @@ from kvpager.step import SchedulerOutput, StepResult
 
 
 class CompletionMixin:
-    """`complete_step`, `fork_seq`, `free_seq` and `abort` of `Scheduler`."""
+    """`complete_step`, `finish_seqs`, `fork_seq`, `free_seq` and `abort` of `Scheduler`."""
 
     def complete_step(
         self, out: SchedulerOutput, finished_seq_ids: Iterable[Hashable] = ()
@@ -94,6 +94,22 @@ class CompletionMixin:
                 finished.append(group)
         self._batch = None
         return finished
+
+    def finish_seqs(self, seq_ids: Iterable[Hashable]) -> list[SequenceGroup]:
+        """End running sequences between steps, for stop conditions `complete_step` could not
+        be told: a sample or beam forked inside that very step (after the prompt) that drew
+        an end-of-sequence token first. Returns the groups this finished.
+
+        Raises ValueError, changing nothing, for an unknown sequence or one whose group is not
+        running on the GPU."""
+        seqs = [self._seq(seq_id) for seq_id in seq_ids]
+        for seq in seqs:
+            if seq.group.status is not GroupStatus.RUNNING:
+                raise ValueError(f"sequence {seq.seq_id!r} is not running "
+                                 f"(its request is {seq.group.status.value})")
+        if len({id(s) for s in seqs}) != len(seqs):
+            raise ValueError("seq_ids lists a sequence twice")
+        return self._finish(seqs) if seqs else []
 
     def _seq(self, seq_id: Hashable) -> SequenceState:
         request_id = seq_id[0] if isinstance(seq_id, tuple) and seq_id else None

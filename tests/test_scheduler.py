@@ -281,3 +281,16 @@ def test_a_window_that_does_not_fit_shrinks_to_one_step_without_preemption():
     assert out.decode_slots.size == 2
     ex.run(out)
     ex.check_data()
+
+
+def test_finish_seqs_ends_samples_between_steps():
+    m, s, ex = setup(16)
+    g = s.add_request(Request("a", 5, 10, n=3))
+    ex.run(s.schedule())  # the prompt is computed and forked into 3 samples
+    assert len(g.seqs) == 3
+    assert s.finish_seqs([("a", 1)]) == []  # one sample drew end-of-sequence first
+    assert [q.seq_id for q in g.seqs] == [("a", 0), ("a", 2)] and ("a", 1) not in m
+    assert s.finish_seqs([("a", 0), ("a", 2)]) == [g]
+    assert g.finish_reason == "finished" and len(m) == 0 and not s.has_unfinished()
+    with pytest.raises(ValueError, match="unknown"):
+        s.finish_seqs([("a", 0)])

@@ -57,7 +57,7 @@ def apply_beam_step(scheduler: Scheduler, manager: KVCacheManager, stats: Engine
         return
     if step.done:
         if not state.finished:  # beams forked from the prompt in this very step
-            scheduler.abort(state.request_id)
+            scheduler.finish_seqs([seq.seq_id for seq in state.group.seqs])
         return
     current = state.beam_seqs
     if state.beam.generated == 1:  # the scheduler forked the prompt into width sequences
@@ -113,11 +113,7 @@ def apply_samples(scheduler: Scheduler, state: RequestState) -> None:
         elif not alive:  # the scheduler ended it at its length limit
             sample.finish_reason = "length"
     if to_end:
-        if len(to_end) == len(group.seqs):
-            scheduler.abort(state.request_id)
-        else:
-            for seq in to_end:
-                scheduler.free_seq(seq.seq_id)
+        scheduler.finish_seqs([seq.seq_id for seq in to_end])
 
 
 __all__ = ["apply_beam_step", "apply_samples", "decide_beam_step"]
