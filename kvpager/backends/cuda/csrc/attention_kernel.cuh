@@ -33,7 +33,7 @@ __host__ __device__ constexpr size_t attention_smem_bytes(int head_size, int par
 }
 
 template <typename scalar_t, KvKind KV, int HEAD, int BS>
-__global__ void __launch_bounds__(kAttnThreads)
+__global__ void __launch_bounds__(kAttnThreads, 4)
     paged_attention_kernel(const PagedAttentionArgs a) {
   using cache_t = typename CacheOf<scalar_t, KV>::type;
   using KUnpack = Unpack16<cache_t, KV>;
@@ -43,7 +43,11 @@ __global__ void __launch_bounds__(kAttnThreads)
   constexpr int kGroup = kWarpSize / BS;  // lanes per key token (BS <= 32)
   constexpr int kChunks = HEAD / X;       // 16-byte chunks per key token
   constexpr int kChunksPerLane = (kChunks + kGroup - 1) / kGroup;
-  constexpr int kQkUnroll = kChunksPerLane < 16 ? kChunksPerLane : 16;
+  // 16-byte loads in flight per lane are bounded (8 chunks, 4 for fp8 whose chunks widen to 16
+  // floats) so that no configuration spills under the 128-register budget of
+  // __launch_bounds__(kAttnThreads, 4); the compile test checks it with -warn-spills.
+  constexpr int kMaxChunksInFlight = X >= 16 ? 4 : 8;
+  constexpr int kQkUnroll = kChunksPerLane < kMaxChunksInFlight ? kChunksPerLane : kMaxChunksInFlight;
   // Value tile [HEAD, BS] as 16-byte packs of X elements.
   constexpr int kVPacks = HEAD * BS / X;
   constexpr int kVPacksPerLane = (kVPacks + kWarpSize - 1) / kWarpSize;
@@ -147,8 +151,8 @@ __global__ void __launch_bounds__(kAttnThreads)
     }
     const cache_t* k_ptr = k_head_base + static_cast<int64_t>(block_table[b]) * a.k_block_stride;
     float dot = 0.f;
-    // Unrolled at most 16 deep: fully unrolled, fp32 x head 256 x block 32 (64 chunks of 4
-    // floats per lane) would keep all 256 loaded values live and spill.
+    // Partially unrolled: fully unrolled, fp32 x head 256 x block 32 (64 chunks of 4 floats
+    // per lane) would keep all 256 loaded values live and spill.
 #pragma unroll(kQkUnroll)
     for (int i = 0; i < kChunksPerLane; ++i) {
       const int c = group_lane + i * kGroup;
@@ -188,8 +192,9 @@ __global__ void __launch_bounds__(kAttnThreads)
   // ---- PV ----
   // The lane's packs are processed in passes of at most kPassPacks so that the accumulators
   // plus the in-flight loads fit in registers even for fp32 x head 256 x block 32 (64 packs
-  // per lane); a pass re-reads only the block table entries and the probabilities.
-  constexpr int kPassPacks = kVPacksPerLane < 16 ? kVPacksPerLane : 16;
+  // per lane); a pass re-reads only the block table entries and the probabilities, and each
+  // V byte is still loaded exactly once.
+  constexpr int kPassPacks = kVPacksPerLane < kMaxChunksInFlight ? kVPacksPerLane : kMaxChunksInFlight;
   constexpr int kPasses = (kVPacksPerLane + kPassPacks - 1) / kPassPacks;
   const int tok0 = X < BS ? (lane * X) % BS : 0;  // this lane's token columns, same every pack
   const cache_t* v_head_base =
