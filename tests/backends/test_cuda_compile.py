@@ -23,11 +23,8 @@ from pathlib import Path
 import pytest
 
 CSRC = Path(__file__).resolve().parents[2] / "kvpager" / "backends" / "cuda" / "csrc"
-NVCC = shutil.which("nvcc") or (
-    os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
-    if os.environ.get("CUDA_HOME") and os.path.isfile(os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
-    else None
-)
+_HOME_NVCC = os.path.join(os.environ.get("CUDA_HOME", "/nonexistent"), "bin", "nvcc")
+NVCC = shutil.which("nvcc") or (_HOME_NVCC if os.path.isfile(_HOME_NVCC) else None)
 
 pytestmark = [
     pytest.mark.slow,
@@ -108,7 +105,8 @@ def test_head_size_list_matches_the_cuda_dispatch() -> None:
     text = (CSRC / "attention.cu").read_text()
     supported = re.search(r"attention_head_size_supported.*?\{(.*?)return true", text, re.S)
     assert supported is not None
-    assert sorted(int(n) for n in re.findall(r"case (\d+):", supported.group(1))) == list(HEAD_SIZES)
+    cases = sorted(int(n) for n in re.findall(r"case (\d+):", supported.group(1)))
+    assert cases == list(HEAD_SIZES)
 
 
 def _torch_include_flags(tmp: Path) -> list[str] | None:
@@ -123,7 +121,9 @@ def _torch_include_flags(tmp: Path) -> list[str] | None:
     if not any((Path(p) / "c10/cuda/impl/cuda_cmake_macros.h").exists() for p in paths):
         shim = tmp / "shim" / "c10" / "cuda" / "impl"
         shim.mkdir(parents=True)
-        (shim / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+        (shim / "cuda_cmake_macros.h").write_text(
+            "#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n"
+        )
         flags += ["-isystem", str(tmp / "shim")]
     return flags
 
@@ -153,7 +153,9 @@ def _symbols(obj: Path, undefined: bool) -> set[str]:
 
 @pytest.mark.skipif(shutil.which("g++") is None or shutil.which("nm") is None,
                     reason="g++ and nm are needed to compile the binding")
-def test_binding_compiles_and_links_against_the_kernels(cu_objects: list[Path], tmp_path: Path) -> None:
+def test_binding_compiles_and_links_against_the_kernels(
+    cu_objects: list[Path], tmp_path: Path
+) -> None:
     torch_flags = _torch_include_flags(tmp_path)
     if torch_flags is None:
         pytest.skip("torch is not installed: cannot compile the binding")

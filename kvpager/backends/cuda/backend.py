@@ -83,11 +83,11 @@ class CudaBackend(Backend):
             )
         if not torch.cuda.is_available():
             return "no CUDA device (torch.cuda is not available)"
-        problem = build.toolchain_problem()
+        problem = build.nvcc_problem()
         if problem is not None:
             try:
-                flags = build.parse_arch_list(build.arch_string())
-            except ValueError as exc:
+                flags = build.resolve_arch_flags()
+            except build.CudaBuildError as exc:
                 return str(exc)
             if build.prebuilt_library(flags) is None:
                 return problem

@@ -198,21 +198,41 @@ _module: ModuleType | None = None
 _module_lock = threading.Lock()
 
 
-def toolchain_problem() -> str | None:
-    """Why the extension cannot be built here, without building: cheap checks only."""
+def torch_problem() -> str | None:
+    """Why torch cannot run CUDA extensions at all here, or None."""
     try:
         import torch
     except ImportError as exc:
         return f"torch is not installed ({exc})"
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is built without CUDA"
-    if find_nvcc() is None:
-        return (
-            "nvcc not found: the cuda backend compiles its kernels on first use; install the "
-            f"CUDA toolkit (torch was built with CUDA {torch.version.cuda}) and set CUDA_HOME "
-            f"or put nvcc on PATH, or set {ENV_DISABLE}=1 to use the triton/reference backends"
-        )
     return None
+
+
+def nvcc_problem() -> str | None:
+    """Why the kernels cannot be compiled here (no nvcc), or None."""
+    if find_nvcc() is not None:
+        return None
+    import torch
+
+    return (
+        "nvcc not found: the cuda backend compiles its kernels on first use; install the CUDA "
+        f"toolkit (torch was built with CUDA {torch.version.cuda}) and set CUDA_HOME or put "
+        f"nvcc on PATH, or set {ENV_DISABLE}=1 to use the triton/reference backends"
+    )
+
+
+def resolve_arch_flags() -> list[str]:
+    """-gencode flags for `$KVPAGER_CUDA_ARCH` or the current device; CudaBuildError if
+    neither says which GPU to build for."""
+    try:
+        return parse_arch_list(arch_string())
+    except ValueError as exc:
+        raise CudaBuildError(str(exc)) from None
+    except (RuntimeError, AssertionError) as exc:  # torch.cuda without a usable device
+        raise CudaBuildError(
+            f"cannot tell which GPU to compile for ({exc}); set {ENV_ARCH}, e.g. '9.0a'"
+        ) from None
 
 
 def load_extension() -> ModuleType:
@@ -227,19 +247,19 @@ def load_extension() -> ModuleType:
             return _module
         if disabled():
             raise CudaBuildError(f"the cuda backend is disabled by {ENV_DISABLE}=1")
-        try:
-            arch_flags = parse_arch_list(arch_string())
-        except ValueError as exc:
-            raise CudaBuildError(str(exc)) from None
-        problem = toolchain_problem()
+        problem = torch_problem()
         if problem is not None:
-            prebuilt = prebuilt_library(arch_flags)
-            if prebuilt is None or "nvcc" not in problem:
-                raise CudaBuildError(problem)
-            # A machine without nvcc (a serving image) can still use a build from the cache.
-            _module = _import_library(extension_name(arch_flags), prebuilt)
-        else:
+            raise CudaBuildError(f"cannot use the cuda backend: {problem}")
+        arch_flags = resolve_arch_flags()
+        problem = nvcc_problem()
+        if problem is None:
             _module = _build_and_load(arch_flags)
+            return _module
+        prebuilt = prebuilt_library(arch_flags)
+        if prebuilt is None:
+            raise CudaBuildError(problem)
+        # A machine without nvcc (a serving image) can still use a build from the cache.
+        _module = _import_library(extension_name(arch_flags), prebuilt)
         return _module
 
 
@@ -306,7 +326,9 @@ __all__ = [
     "file_lock",
     "find_nvcc",
     "load_extension",
+    "nvcc_problem",
     "parse_arch_list",
+    "resolve_arch_flags",
     "source_files",
-    "toolchain_problem",
+    "torch_problem",
 ]
