@@ -38,9 +38,11 @@ ENV_DISABLE = "KVPAGER_DISABLE_CUDA"
 ENV_VERBOSE = "KVPAGER_CUDA_VERBOSE"
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-#: Host-side flags of the binding (.cpp).
-CXX_FLAGS = ["-O3", "-std=c++17"]
-#: nvcc flags besides the -gencode ones. No --use_fast_math: FP8 quantization divides by the
+#: Host-side flags of the binding (.cpp). The C++ standard is left to torch (C++17 up to
+#: torch 2.11, C++20 later): its headers decide what they need; binding.cpp compiles with both.
+CXX_FLAGS = ["-O3"]
+#: nvcc flags besides the -gencode ones (the .cu files include no torch header, so they pick
+#: their own standard). No --use_fast_math: FP8 quantization divides by the
 #: scale with IEEE division so the cache bytes match torch's `(x / scale).to(fp8)` exactly.
 #: -lineinfo lets compute-sanitizer and Nsight point at source lines, at no runtime cost.
 NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo"]
