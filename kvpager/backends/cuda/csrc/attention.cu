@@ -17,11 +17,6 @@ bool attention_block_size_supported(int block_size) {
   return block_size == 8 || block_size == 16 || block_size == 32;
 }
 
-size_t paged_attention_smem_bytes(int head_size, int block_size, int partition_tokens) {
-  const int tokens = (partition_tokens + block_size - 1) / block_size * block_size;
-  return attention_smem_bytes(head_size, tokens);
-}
-
 Status paged_attention(const PagedAttentionArgs& a, cudaStream_t stream) {
   if (a.num_seqs == 0 || a.num_heads == 0) return ok_status();
   if (a.num_kv_heads <= 0 || a.num_heads % a.num_kv_heads != 0) {

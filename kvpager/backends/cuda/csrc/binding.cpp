@@ -467,11 +467,6 @@ void merge_attn_states(at::Tensor& output, const at::Tensor& prefix_output,
   raise_if_failed(kvp::merge_attn_states(a, stream_of(device)));
 }
 
-int64_t paged_attention_smem_bytes(int64_t head_size, int64_t block_size, int64_t tokens) {
-  return static_cast<int64_t>(kvp::paged_attention_smem_bytes(
-      static_cast<int>(head_size), static_cast<int>(block_size), static_cast<int>(tokens)));
-}
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -504,7 +499,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("merge_attn_states", &merge_attn_states, py::arg("output"), py::arg("prefix_output"),
         py::arg("prefix_lse"), py::arg("suffix_output"), py::arg("suffix_lse"),
         py::arg("output_lse"));
-  m.def("paged_attention_smem_bytes", &paged_attention_smem_bytes, py::arg("head_size"),
-        py::arg("block_size"), py::arg("tokens"));
   m.attr("partition_size") = kPartitionSize;
 }

@@ -101,8 +101,6 @@ bool attention_block_size_supported(int block_size);
 Status paged_attention(const PagedAttentionArgs& args, cudaStream_t stream);
 // v2 reduce: combines tmp_out / exp_sums / max_logits into out.
 Status paged_attention_reduce(const PagedAttentionArgs& args, cudaStream_t stream);
-// Dynamic shared memory one attention CTA needs, so callers can explain a v1 refusal.
-size_t paged_attention_smem_bytes(int head_size, int block_size, int partition_tokens);
 
 struct ReshapeAndCacheArgs {
   // key/value [num_tokens, num_kv_heads, head_size], dtype `dtype`, last dim contiguous.
