@@ -114,6 +114,30 @@ def test_head_size_list_matches_the_cuda_dispatch() -> None:
     assert cases == list(HEAD_SIZES)
 
 
+def test_attention_reads_q_k_v_only_in_16_byte_loads(tmp_path: Path) -> None:
+    """In the PTX of every head-128 attention kernel, activations and cache elements are read
+    with 16-byte vector loads only: a 1- or 2-byte global load would mean an fp8/fp16/bf16
+    element fell back to scalar reads (the only scalar loads left are 4-byte indices, ALiBi
+    slopes and scales)."""
+    from kvpager.backends.cuda.build import NVCC_FLAGS
+
+    ptx = tmp_path / "hs128.ptx"
+    proc = subprocess.run(
+        [NVCC, "-ptx", str(CSRC / "attention_hs128.cu"), "-o", str(ptx), "-I", str(CSRC),
+         "-arch=compute_90a", *NVCC_FLAGS, *TORCH_NVCC_FLAGS],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    kernels = re.split(r"\.visible \.entry ", ptx.read_text())[1:]
+    kernels = [k for k in kernels if "paged_attention_kernel" in k.split("(")[0]]
+    assert len(kernels) == 27  # 3 dtypes x 3 kv kinds x 3 block sizes
+    for body in kernels:
+        name = body.split("(")[0]
+        assert re.search(r"ld\.global(\.nc)?\.v4\.", body), f"{name}: no 16-byte loads"
+        narrow = re.findall(r"ld\.global(?:\.nc)?\.(?:u8|s8|b8|u16|s16|b16|f16|bf16)\s", body)
+        assert not narrow, f"{name}: {len(narrow)} scalar 1-/2-byte global loads"
+
+
 def _torch_include_flags(tmp: Path) -> list[str] | None:
     try:
         from torch.utils.cpp_extension import include_paths

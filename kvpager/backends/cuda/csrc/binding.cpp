@@ -146,6 +146,12 @@ void paged_attention_impl(at::Tensor& out, const std::optional<at::Tensor>& exp_
   const int64_t num_seqs = query.size(0);
   const int64_t num_heads = query.size(1);
   const int64_t head_size = query.size(2);
+  TORCH_CHECK_VALUE(kvp::attention_head_size_supported(static_cast<int>(head_size)),
+                    "head_size ", head_size, " has no CUDA attention kernel (compiled: 32, 64, "
+                    "80, 96, 112, 120, 128, 192, 256)");
+  TORCH_CHECK_VALUE(kvp::attention_block_size_supported(static_cast<int>(block_size)),
+                    "block_size ", block_size, " has no CUDA attention kernel (compiled: 8, 16, "
+                    "32)");
   check_caches(key_cache, value_cache, head_size, block_size, kv, query, device);
   check_on(block_tables, "block_tables", device);
   check_on(seq_lens, "seq_lens", device);
