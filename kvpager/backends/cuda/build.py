@@ -110,8 +110,9 @@ def cache_root() -> Path:
 
 
 def source_files() -> list[Path]:
-    """Translation units of the extension: every .cu under csrc/ plus the torch binding."""
-    return [*sorted(CSRC.glob("*.cu")), CSRC / "binding.cpp"]
+    """Translation units of the extension: every .cu under csrc/ plus the torch binding's .cpp
+    files (binding.cpp holds the module definition)."""
+    return [*sorted(CSRC.glob("*.cu")), *sorted(CSRC.glob("*.cpp"))]
 
 
 def _digest(arch_flags: list[str]) -> str:

@@ -35,6 +35,9 @@ struct Status {
 
 Status ok_status();
 
+// Tokens per v2 partition (DESIGN.md): sizes exp_sums / max_logits / tmp_out.
+constexpr int kPartitionSize = 512;
+
 // One decode step of paged attention (v1 when partition_size == 0, else the partitioned pass of
 // v2; the v2 reduce is a separate launch, paged_attention_reduce).
 struct PagedAttentionArgs {
