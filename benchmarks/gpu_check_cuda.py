@@ -1,10 +1,13 @@
 """Build and verify the CUDA backend on a GPU machine; every step logs to a directory.
 
-    python benchmarks/gpu_check_cuda.py LOGDIR [--arch 9.0a] [--skip-tests] [--skip-sanitizer]
+    python benchmarks/gpu_check_cuda.py LOGDIR [--arch 9.0a] [--steps build,gpu-tests,...]
+                                               [--fresh-build]
 
 Steps (each writes LOGDIR/<step>.log; LOGDIR/summary.json collects the outcomes):
   env        nvidia-smi, nvcc, torch and CUDA versions
-  build      a from-scratch JIT build into LOGDIR/build-cache, timed
+  build      the JIT build into LOGDIR/build-cache, timed (from scratch with --fresh-build;
+             later runs with the same LOGDIR reuse it, so steps can run as separate commands
+             that each fit a 10-minute limit)
   compile    tests/backends/test_cuda_compile.py (nvcc -c of every .cu for sm_80 + sm_90a)
   gpu-tests  pytest -m gpu on tests/backends/test_cuda_*.py (junit XML beside the log)
   sanitizer  compute-sanitizer memcheck, racecheck, synccheck and initcheck on a small case
@@ -13,8 +16,15 @@ Steps (each writes LOGDIR/<step>.log; LOGDIR/summary.json collects the outcomes)
   timing     decode latency of v1 / v2 (cuda and reference) on two batch shapes, recorded in
              summary.json as measurements only
 
-Exit status 0 when every step that ran passed. The small case is this same file run with
-`--case`; it uses the extension already built in LOGDIR/build-cache.
+Exit status 0 when every step that ran passed; summary.json is merged across runs that share
+LOGDIR, so running the steps one command at a time still leaves one summary. The small case
+is this same file run with `--case`; it uses the extension already built in
+LOGDIR/build-cache.
+
+On a machine with a 10-minute limit per command, for example:
+    python benchmarks/gpu_check_cuda.py /tmp/cuda-logs --fresh-build --steps env,build,compile
+    python benchmarks/gpu_check_cuda.py /tmp/cuda-logs --steps gpu-tests
+    python benchmarks/gpu_check_cuda.py /tmp/cuda-logs --steps sanitizer,timing
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+STEPS = ("env", "build", "compile", "gpu-tests", "sanitizer", "timing")
 
 
 def _run(cmd: list[str], log: Path, env: dict[str, str], timeout: float | None = None
@@ -71,8 +82,12 @@ def main() -> int:
     parser.add_argument("logdir", type=Path)
     parser.add_argument("--arch", default=os.environ.get("KVPAGER_CUDA_ARCH", ""),
                         help="KVPAGER_CUDA_ARCH for the build (default: the device's)")
-    parser.add_argument("--skip-tests", action="store_true")
-    parser.add_argument("--skip-sanitizer", action="store_true")
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help=f"comma-separated subset of {','.join(STEPS)} (build always runs)")
+    parser.add_argument("--fresh-build", action="store_true",
+                        help="delete LOGDIR/build-cache first so the build time is from scratch")
+    parser.add_argument("--sanitizer-timeout", type=float, default=240.0,
+                        help="seconds per compute-sanitizer tool")
     parser.add_argument("--case", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--timing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -82,45 +97,73 @@ def main() -> int:
         print(json.dumps(timing()))
         return 0
 
+    steps = {x.strip() for x in args.steps.split(",") if x.strip()}
+    unknown = steps - set(STEPS)
+    if unknown:
+        parser.error(f"--steps: unknown {sorted(unknown)}; choose from {','.join(STEPS)}")
     logdir: Path = args.logdir.resolve()
     logdir.mkdir(parents=True, exist_ok=True)
     cache = logdir / "build-cache"
-    shutil.rmtree(cache, ignore_errors=True)
+    if args.fresh_build:
+        shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "KVPAGER_CUDA_CACHE": str(cache), "PYTHONPATH": str(REPO),
            "MAX_JOBS": os.environ.get("MAX_JOBS", str(os.cpu_count() or 4))}
     env.pop("KVPAGER_DISABLE_CUDA", None)
     if args.arch:
         env["KVPAGER_CUDA_ARCH"] = args.arch
-    summary: dict[str, object] = {"logdir": str(logdir)}
+    summary_path = logdir / "summary.json"
+    summary: dict[str, object] = (
+        json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    )
+    summary["logdir"] = str(logdir)
     ok = True
 
-    # env
-    with (logdir / "env.log").open("w") as fh:
+    if "env" in steps:
+        _env_report(logdir / "env.log", env)
+    ok &= _steps(steps, args, logdir, env, summary)
+    summary["ok"] = bool(ok) and all(
+        not isinstance(v, dict) or v.get("rc", 0) == 0 for v in summary.values()
+    )
+    summary_path.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0 if ok else 1
+
+
+def _env_report(log: Path, env: dict[str, str]) -> None:
+    with log.open("w") as fh:
         for cmd in (["nvidia-smi"], ["nvcc", "--version"],
                     [sys.executable, "-c", "import torch, triton; print('torch', torch.__version__,"
                      " 'cuda', torch.version.cuda, 'triton', triton.__version__,"
                      " torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"]):
             fh.write("$ " + " ".join(cmd) + "\n")
             fh.flush()
-            subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+            try:
+                subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+            except OSError as exc:  # a missing tool is information, not a reason to stop
+                fh.write(f"!! {exc}\n")
 
-    # build
+
+def _steps(steps: set[str], args: argparse.Namespace, logdir: Path, env: dict[str, str],
+           summary: dict[str, object]) -> bool:
+    ok = True
     build_cmd = [sys.executable, "-c",
                  "from kvpager.backends.cuda import build; m = build.load_extension(); "
                  "print('built', m.__name__, m.__file__)"]
-    rc, seconds = _run(build_cmd, logdir / "build.log", {**env, "KVPAGER_CUDA_VERBOSE": "1"})
-    summary["build"] = {"rc": rc, "seconds": round(seconds, 1), "max_jobs": env["MAX_JOBS"]}
-    ok &= rc == 0
+    # Later steps need the extension: without "build" in --steps it is loaded (normally from
+    # the cache) under another name, so the recorded build time stays the real one.
+    name = "build" if "build" in steps else "build_reuse"
+    rc, seconds = _run(build_cmd, logdir / f"{name}.log", {**env, "KVPAGER_CUDA_VERBOSE": "1"})
+    summary[name] = {"rc": rc, "seconds": round(seconds, 1), "max_jobs": env["MAX_JOBS"]}
     if rc != 0:
-        (logdir / "summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"build failed: see {logdir / 'build.log'}")
-        return 1
+        print(f"build failed: see {logdir / (name + '.log')}")
+        return False
 
-    if not args.skip_tests:
+    if "compile" in steps:
         rc, seconds = _run([sys.executable, "-m", "pytest", "tests/backends/test_cuda_compile.py",
                             "-q", "-rs", "-p", "no:cacheprovider"], logdir / "compile.log", env)
         summary["compile"] = {"rc": rc, "seconds": round(seconds, 1)}
         ok &= rc == 0
+    if "gpu-tests" in steps:
         xml = logdir / "gpu_tests.xml"
         tests = sorted(str(p.relative_to(REPO))
                        for p in (REPO / "tests" / "backends").glob("test_cuda_*.py"))
@@ -130,7 +173,7 @@ def main() -> int:
         summary["gpu_tests"] = {"rc": rc, "seconds": round(seconds, 1), **_junit_counts(xml)}
         ok &= rc == 0
 
-    if not args.skip_sanitizer:
+    if "sanitizer" in steps:
         sanitizer = _sanitizer()
         results: dict[str, object] = {}
         if sanitizer is None:
@@ -143,7 +186,7 @@ def main() -> int:
                 extra = ["--track-unused-memory", "no"] if tool == "initcheck" else []
                 rc, seconds = _run([sanitizer, "--tool", tool, "--error-exitcode", "99", *extra,
                                     sys.executable, __file__, str(logdir), "--case"],
-                                   log, case_env, timeout=900)
+                                   log, case_env, timeout=args.sanitizer_timeout)
                 text = log.read_text(errors="replace")
                 m = re.search(r"ERROR SUMMARY: (\d+) error", text)
                 results[tool] = {"rc": rc, "seconds": round(seconds, 1),
@@ -152,18 +195,16 @@ def main() -> int:
                 ok &= rc == 0
         summary["sanitizer"] = results
 
-    rc, _ = _run([sys.executable, __file__, str(logdir), "--timing"], logdir / "timing.log", env)
-    if rc == 0:
-        lines = (logdir / "timing.log").read_text().strip().splitlines()
-        summary["timing"] = json.loads(lines[-1])
-    else:
-        summary["timing"] = {"rc": rc}
-        ok = False
-
-    summary["ok"] = bool(ok)
-    (logdir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
-    return 0 if ok else 1
+    if "timing" in steps:
+        rc, _ = _run([sys.executable, __file__, str(logdir), "--timing"], logdir / "timing.log",
+                     env)
+        if rc == 0:
+            lines = (logdir / "timing.log").read_text().strip().splitlines()
+            summary["timing"] = json.loads(lines[-1])
+        else:
+            summary["timing"] = {"rc": rc}
+            ok = False
+    return ok
 
 
 # ---- the sanitizer case ----------------------------------------------------------------------
