@@ -276,8 +276,9 @@ def _decode_step(ops: object, backend: str, version: int, buffers: dict, common:
 
 def timing() -> dict[str, object]:
     """Median latency (CUDA events) of one decode step; numbers to record, not claims."""
-    import kvpager.ops as ops
     import torch
+
+    import kvpager.ops as ops
 
     results: dict[str, object] = {"device": torch.cuda.get_device_name(0)}
     dev = torch.device("cuda")
