@@ -22,8 +22,8 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
-from dense_attention import dense_attention  # noqa: E402
-from kernel_matrix import (  # noqa: E402
+from dense_attention import dense_attention
+from kernel_matrix import (
     HEADS,
     SPARSE_CONFIGS,
     AttentionCase,
@@ -39,8 +39,8 @@ from kernel_matrix import (  # noqa: E402
     used_partitions,
 )
 
-import kvpager.ops as ops  # noqa: E402
-from kvpager.backends.triton import BACKEND  # noqa: E402
+import kvpager.ops as ops
+from kvpager.backends.triton import BACKEND
 
 CPU = torch.device("cpu")
 _reason = BACKEND.unavailable_reason() or BACKEND.device_reason(CPU)
@@ -170,7 +170,7 @@ def test_empty_sequence_outputs_zero_and_writes_no_partition() -> None:
     inputs = make_inputs(_dense_case(), lengths=[0, 600, 0, 9])
     out = run_v1(inputs, "triton")
     assert out[[0, 2]].eq(0).all()
-    out_v2, sums, maxes, tmp = run_v2(inputs, "triton")  # buffers start as NaN
+    out_v2, sums, _, tmp = run_v2(inputs, "triton")  # buffers start as NaN
     assert out_v2[[0, 2]].eq(0).all()
     assert sums[[0, 2]].isnan().all() and tmp[[0, 2]].isnan().all()
     assert sums[1, :, :2].isfinite().all() and sums[3, :, 1].isnan().all()
@@ -220,7 +220,7 @@ def test_v2_partition_buffers_agree_with_dense_partitions() -> None:
     case = AttentionCase((16, 4), 96, 32, "float32", True, "fp8_e5m2", None, seed=21)
     inputs = make_inputs(case, long_len=CPU_LONG)
     want = dense_attention(inputs)
-    out, sums, maxes, tmp = run_v2(inputs, "triton")
+    _, sums, maxes, tmp = run_v2(inputs, "triton")
     assert_partitions_close(inputs, sums, maxes, tmp, want.part_sum, want.part_max,
                             want.part_out)
     unused = ~used_partitions(inputs.seq_lens, inputs.num_partitions()).expand_as(sums)

@@ -126,8 +126,8 @@ def _launch_attention(
         HEAD_SIZE=head_size, HEAD_PAD=cfg.head_pad, BLOCK_SIZE=block_size,
         X=key_cache.shape[4], GROUP=cfg.group, GROUP_PAD=cfg.group_pad, TILE=cfg.tile,
         PARTITION_SIZE=PARTITION_SIZE, PARTITIONED=partitioned, KV_FP8=fmt,
-        K_SCALE_PTR=k_is_ptr, V_SCALE_PTR=v_is_ptr, HAS_ALIBI=alibi_slopes is not None, SPARSE=sparse,
-        USE_DOT=cfg.use_dot, DOT_F32=cfg.dot_f32,
+        K_SCALE_PTR=k_is_ptr, V_SCALE_PTR=v_is_ptr, HAS_ALIBI=alibi_slopes is not None,
+        SPARSE=sparse, USE_DOT=cfg.use_dot, DOT_F32=cfg.dot_f32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if partitioned:

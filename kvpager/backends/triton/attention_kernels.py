@@ -47,7 +47,6 @@ import triton
 import triton.language as tl
 
 
-
 @triton.jit
 def paged_attention_kernel(
     out_ptr, exp_sums_ptr, max_logits_ptr, tmp_out_ptr,
@@ -58,8 +57,8 @@ def paged_attention_kernel(
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     X: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, TILE: tl.constexpr,
     PARTITION_SIZE: tl.constexpr, PARTITIONED: tl.constexpr, KV_FP8: tl.constexpr,
-    K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr, HAS_ALIBI: tl.constexpr, SPARSE: tl.constexpr,
-    USE_DOT: tl.constexpr, DOT_F32: tl.constexpr,
+    K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    SPARSE: tl.constexpr, USE_DOT: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     """Grid (num_seqs, num_kv_heads, P): P = 1 for v1, max_num_partitions for v2.
 
@@ -95,14 +94,8 @@ def paged_attention_kernel(
     compute_dtype = q.dtype
 
     if KV_FP8 != 0:
-        if K_SCALE_PTR:
-            qk_factor = qk_factor * tl.load(k_scale)
-        else:
-            qk_factor = qk_factor * k_scale
-        if V_SCALE_PTR:
-            v_factor = v_factor * tl.load(v_scale)
-        else:
-            v_factor = v_factor * v_scale
+        qk_factor = qk_factor * (tl.load(k_scale) if K_SCALE_PTR else k_scale)
+        v_factor = v_factor * (tl.load(v_scale) if V_SCALE_PTR else v_scale)
     if HAS_ALIBI:
         slopes = tl.load(alibi_ptr + heads, mask=row_ok, other=0.0)
     if SPARSE:

@@ -54,14 +54,8 @@ def reshape_and_cache_kernel(
                + (dims // X) * (BLOCK_SIZE * X) + dims % X)
     value_dst = block * v_block_stride + head_base + dims * BLOCK_SIZE + offset
     if KV_FP8 != 0:
-        if K_SCALE_PTR:
-            ks = tl.load(k_scale)
-        else:
-            ks = k_scale
-        if V_SCALE_PTR:
-            vs = tl.load(v_scale)
-        else:
-            vs = v_scale
+        ks = tl.load(k_scale) if K_SCALE_PTR else k_scale
+        vs = tl.load(v_scale) if V_SCALE_PTR else v_scale
         key_out = encode_fp8(tl.math.div_rn(key.to(tl.float32), ks), KV_FP8)
         value_out = encode_fp8(tl.math.div_rn(value.to(tl.float32), vs), KV_FP8)
     else:
