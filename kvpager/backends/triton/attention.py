@@ -16,6 +16,8 @@ Work split (why two variants exist at all):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,14 +36,20 @@ if TYPE_CHECKING:
 
 #: Query-head rows of a `tl.dot`: the smallest MMA tile has 16 rows.
 MIN_DOT_ROWS = 16
-#: Tile elements (HEAD_PAD x TILE) per K or V tile: about 64 registers a thread at 4 warps.
-TILE_ELEMENTS = 8192
+#: Elements of one K or V tile (HEAD_PAD x TILE). Chosen from ptxas register counts for
+#: sm_90 at 4 warps (no GPU was at hand to time them): 4096 two-byte elements keep the dot
+#: path at 115-190 registers without spills (two to four programs per SM); the
+#: broadcast-and-sum path (MHA) and float32 tiles spill beyond 2048. `tuned()` overrides.
+DOT_TILE_ELEMENTS = 4096
+SMALL_TILE_ELEMENTS = 2048
 MAX_TILE_TOKENS = 128
 #: Tokens per tile in the interpreter, where every tile costs ~60 Python-level tensor ops
 #: whatever its size: larger tiles keep the CPU tests fast. None: the GPU's choice.
 INTERPRETER_TILE_TOKENS: int | None = 256
 #: Partitions the reduce reads per step.
 REDUCE_CHUNK = 32
+
+_overrides: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,31 @@ class AttentionConfig:
     dot_f32: bool
     num_warps: int
     num_stages: int
+
+
+@contextmanager
+def tuned(
+    *, tile: int | None = None, num_warps: int | None = None, num_stages: int | None = None
+) -> Iterator[None]:
+    """Override the tile size (tokens), warps and pipeline stages of attention launches made
+    inside the block: the benchmark's `--sweep` uses it to time the alternatives on a GPU.
+
+    A tile must be a power of two between 8 and 512; calls whose block size does not divide
+    it raise ValueError. Not thread-safe (module state), like any launch configuration knob.
+    """
+    for name, value, allowed in (("tile", tile, (8, 16, 32, 64, 128, 256, 512)),
+                                 ("num_warps", num_warps, (1, 2, 4, 8, 16)),
+                                 ("num_stages", num_stages, (1, 2, 3, 4, 5))):
+        if value is not None and value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    before = dict(_overrides)
+    _overrides.update({k: v for k, v in (("tile", tile), ("num_warps", num_warps),
+                                         ("num_stages", num_stages)) if v is not None})
+    try:
+        yield
+    finally:
+        _overrides.clear()
+        _overrides.update(before)
 
 
 def attention_config(
@@ -77,13 +110,18 @@ def attention_config(
     group = num_heads // num_kv_heads
     use_dot = group > 1
     group_pad = max(MIN_DOT_ROWS, runtime.next_power_of_2(group)) if use_dot else 1
-    tile = max(block_size, min(MAX_TILE_TOKENS, TILE_ELEMENTS // head_pad))
+    budget = DOT_TILE_ELEMENTS if use_dot and dtype != torch.float32 else SMALL_TILE_ELEMENTS
+    tile = max(block_size, min(MAX_TILE_TOKENS, budget // head_pad))
     if interpreted and INTERPRETER_TILE_TOKENS is not None:
         tile = max(block_size, INTERPRETER_TILE_TOKENS)
+    tile = _overrides.get("tile", tile)
+    if tile % block_size:
+        raise ValueError(f"tile must be a multiple of block_size {block_size}, got {tile}")
     return AttentionConfig(
         head_pad=head_pad, group=group, group_pad=group_pad, tile=tile, use_dot=use_dot,
         dot_f32=use_dot and interpreted and dtype == torch.bfloat16,
-        num_warps=4, num_stages=2,
+        num_warps=_overrides.get("num_warps", 8 if group_pad >= 64 else 4),
+        num_stages=_overrides.get("num_stages", 2),
     )
 
 
@@ -127,7 +165,7 @@ def _launch_attention(
         X=key_cache.shape[4], GROUP=cfg.group, GROUP_PAD=cfg.group_pad, TILE=cfg.tile,
         PARTITION_SIZE=PARTITION_SIZE, PARTITIONED=partitioned, KV_FP8=fmt,
         K_SCALE_PTR=k_is_ptr, V_SCALE_PTR=v_is_ptr, HAS_ALIBI=alibi_slopes is not None,
-        SPARSE=sparse, USE_DOT=cfg.use_dot, DOT_F32=cfg.dot_f32,
+        SPARSE=sparse, USE_DOT=cfg.use_dot, DOT_F32=cfg.dot_f32, NUM_STAGES=cfg.num_stages,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if partitioned:
@@ -172,4 +210,10 @@ def paged_attention_v2(
                       blocksparse_block_size, blocksparse_head_sliding_step)
 
 
-__all__ = ["AttentionConfig", "attention_config", "paged_attention_v1", "paged_attention_v2"]
+__all__ = [
+    "AttentionConfig",
+    "attention_config",
+    "paged_attention_v1",
+    "paged_attention_v2",
+    "tuned",
+]

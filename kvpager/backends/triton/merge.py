@@ -50,10 +50,11 @@ def merge_attn_states_kernel(
     dim_ok = dims < HEAD_SIZE
     row = head * HEAD_SIZE + dims
     tok = token.to(tl.int64)
-    prefix = tl.load(prefix_ptr + tok * prefix_stride + row, mask=dim_ok & (p_share > 0),
-                     other=0.0).to(tl.float32)
-    suffix = tl.load(suffix_ptr + tok * suffix_stride + row, mask=dim_ok & (s_share > 0),
-                     other=0.0).to(tl.float32)
+    zeros = tl.zeros([HEAD_PAD], tl.float32)  # broadcasts the scalar shares to the row
+    prefix = tl.load(prefix_ptr + tok * prefix_stride + row,
+                     mask=dim_ok & (zeros + p_share > 0), other=0.0).to(tl.float32)
+    suffix = tl.load(suffix_ptr + tok * suffix_stride + row,
+                     mask=dim_ok & (zeros + s_share > 0), other=0.0).to(tl.float32)
     merged = prefix * p_share + suffix * s_share
     if WRITE_LSE:
         tl.store(output_lse_ptr + lse_at, tl.log(total) + top)
