@@ -225,3 +225,15 @@ def test_v2_partition_buffers_agree_with_dense_partitions() -> None:
                             want.part_out)
     unused = ~used_partitions(inputs.seq_lens, inputs.num_partitions()).expand_as(sums)
     assert unused.any() and sums[unused].isnan().all() and tmp[unused].isnan().all()
+
+
+def test_more_partitions_than_the_reduce_reads_at_once() -> None:
+    """33 partitions (16,389 tokens): the reduce walks its 32-partition chunks twice."""
+    case = AttentionCase((2, 1), 32, 32, "float32", True, "auto", None, seed=8)
+    inputs = make_inputs(case, lengths=[32 * 512 + 5, 700])
+    assert inputs.num_partitions() == 33
+    want = dense_attention(inputs)
+    out, sums, maxes, tmp = run_v2(inputs, "triton")
+    torch.testing.assert_close(out.double(), want.out, atol=1e-4, rtol=1e-4, check_dtype=False)
+    assert_partitions_close(inputs, sums, maxes, tmp, want.part_sum, want.part_max,
+                            want.part_out)

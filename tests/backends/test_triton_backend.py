@@ -126,7 +126,7 @@ def test_tile_configuration(head_size, block_size, ok) -> None:
     from kvpager.backends.triton.attention import attention_config
 
     if not ok:
-        with pytest.raises(ValueError, match="^block_size must be a power of two"):
+        with pytest.raises(ValueError, match=r"^block_size must be a power of two"):
             attention_config(head_size, block_size, 8, 2, torch.float16, interpreted=False)
         return
     cfg = attention_config(head_size, block_size, 8, 2, torch.float16, interpreted=False)

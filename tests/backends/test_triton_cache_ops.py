@@ -168,7 +168,7 @@ def test_copy_and_swap_blocks_move_whole_blocks() -> None:
     values = [torch.randn(6, 2, 32, 8, generator=gen).half() for _ in range(2)]
     before = [t.clone() for t in keys + values]
     ops.copy_blocks(keys, values, torch.tensor([[0, 3], [5, 1]]), backend="triton")
-    for old, new in zip(before, keys + values):
+    for old, new in zip(before, keys + values, strict=True):
         assert torch.equal(new[3], old[0]) and torch.equal(new[1], old[5])
         assert torch.equal(new[[0, 2, 4, 5]], old[[0, 2, 4, 5]])
     swap_space = torch.zeros(3, 2, 32, 8, dtype=torch.float16)
