@@ -28,6 +28,8 @@ DTYPES: dict[str, tuple[str, str]] = {
     "float32": ("float32", "auto"),  # for CPU smoke runs; no GPU serves fp32 caches
 }
 _ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+#: Random values are generated this many float32 elements at a time (256 MiB).
+FILL_CHUNK_ELEMENTS = 2**26
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,10 @@ def make_inputs(shape: DecodeShape, device: torch.device | str, *, seed: int = 0
         num_blocks, shape.num_kv_heads, shape.head_size, shape.block_size, dtype=dtype,
         kv_cache_dtype=shape.kv_cache_dtype, device=device)
     k_scale, v_scale = (0.5, 0.25) if shape.kv_cache_dtype != "auto" else (1.0, 1.0)
+    chunk = max(1, FILL_CHUNK_ELEMENTS // key_cache[0].numel())  # blocks per fill step
     for cache, scale in ((key_cache, k_scale), (value_cache, v_scale)):
-        for first in range(0, num_blocks, 4096):  # bounded float32 temporaries
-            part = cache[first:first + 4096]
+        for first in range(0, num_blocks, chunk):  # float32 temporaries of <= 256 MiB
+            part = cache[first:first + chunk]
             values = torch.randn(part.shape, generator=gen, device=device)
             part.copy_(quantize(values, scale, shape.kv_cache_dtype)
                        if shape.kv_cache_dtype != "auto" else values.to(dtype))

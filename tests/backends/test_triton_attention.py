@@ -101,7 +101,7 @@ def gpu_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("case", case_params([
     AttentionCase((32, 8), 128, 16, "float16", True, "auto", None, seed=5),
-    AttentionCase((8, 8), 80, 8, "bfloat16", False, "fp8_e4m3", (2, 4, 32, 1), seed=6,
+    AttentionCase((4, 4), 80, 8, "bfloat16", False, "fp8_e4m3", (2, 4, 32, 1), seed=6,
                   scale_as_tensor=True),
 ]))
 def test_gpu_tile_sizes_match_dense_attention(case: AttentionCase, gpu_tiles) -> None:
