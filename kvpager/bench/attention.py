@@ -220,10 +220,10 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
     Exit status 0 on success, 2 on bad arguments (argparse's convention, with a message
     naming the option).
     """
+    import shlex
+
     from kvpager.bench.calibration import calibration_document, gpu_preset, write_calibration
     from kvpager.bench.record import environment, write_record
-
-    import shlex
 
     parser = build_parser()
     args = parser.parse_args(argv)
