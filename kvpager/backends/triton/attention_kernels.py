@@ -133,14 +133,18 @@ def paged_attention_kernel(
         else:
             load_ok = token_ok
 
+        # Both tiles are requested before either is used, so their memory latencies overlap.
         k_t = tl.load(k_cache_ptr + (physical * k_block_stride + head_base + in_block * X)[None, :]
                       + key_dim_offsets[:, None], mask=dim_ok[:, None] & load_ok[None, :],
                       other=0)  # [D, T]
+        v = tl.load(v_cache_ptr + (physical * v_block_stride + head_base + in_block)[:, None]
+                    + value_dim_offsets[None, :], mask=load_ok[:, None] & dim_ok[None, :],
+                    other=0)  # [T, D]
         if KV_FP8 == 1:  # e4m3 (inlined: see fp8_codec.decode_fp8)
             bits = k_t.to(tl.uint16)
             k_t = tl.where((bits & 0x7F) == 0x7F, float("nan"),
-                         (((bits & 0x7F) << 7) | ((bits & 0x80) << 8)).to(tl.float16,
-                                                                         bitcast=True))
+                           (((bits & 0x7F) << 7) | ((bits & 0x80) << 8)).to(tl.float16,
+                                                                           bitcast=True))
         elif KV_FP8 == 2:  # e5m2
             k_t = (k_t.to(tl.uint16) << 8).to(tl.float16, bitcast=True)
         k_t = k_t.to(compute_dtype)
@@ -160,15 +164,12 @@ def paged_attention_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
 
-        v = tl.load(v_cache_ptr + (physical * v_block_stride + head_base + in_block)[:, None]
-                    + value_dim_offsets[None, :], mask=load_ok[:, None] & dim_ok[None, :],
-                    other=0)  # [T, D]
-        if KV_FP8 == 1:  # e4m3 (inlined: see fp8_codec.decode_fp8)
+        if KV_FP8 == 1:
             bits = v.to(tl.uint16)
             v = tl.where((bits & 0x7F) == 0x7F, float("nan"),
                          (((bits & 0x7F) << 7) | ((bits & 0x80) << 8)).to(tl.float16,
                                                                          bitcast=True))
-        elif KV_FP8 == 2:  # e5m2
+        elif KV_FP8 == 2:
             v = (v.to(tl.uint16) << 8).to(tl.float16, bitcast=True)
         v = v.to(compute_dtype)
         if USE_DOT:
