@@ -13,8 +13,12 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
+import triton
+import triton.language as tl
+
 import kvpager.ops as ops
 from kvpager.backends.triton import BACKEND
+from kvpager.backends.triton.fp8_codec import FORMAT_CODES, decode_factor, decode_fp8, encode_fp8
 
 CPU = torch.device("cpu")
 _reason = BACKEND.unavailable_reason() or BACKEND.device_reason(CPU)
@@ -175,3 +179,44 @@ def test_copy_and_swap_blocks_move_whole_blocks() -> None:
     ops.swap_blocks(values[0], swap_space, torch.tensor([[2, 0], [4, 2]]), backend="triton")
     assert torch.equal(swap_space[0], values[0][2]) and torch.equal(swap_space[2], values[0][4])
     assert swap_space[1].eq(0).all()
+
+
+@triton.jit
+def _codec_kernel(codes_ptr, decoded_ptr, x_ptr, encoded_ptr, n, FMT: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    tl.store(decoded_ptr + i, decode_fp8(tl.load(codes_ptr + i), FMT).to(tl.float32))
+    for first in range(0, n, BLOCK):
+        j = first + i
+        x = tl.load(x_ptr + j, mask=j < n)
+        tl.store(encoded_ptr + j, encode_fp8(x, FMT), mask=j < n)
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["fp8_e4m3", "fp8_e5m2"])
+def test_fp8_codec_against_torch_float8(kv_cache_dtype) -> None:
+    """Every byte decodes to torch's value (e4m3 as value * 2^-8, NaN as NaN), and encoding
+    every finite value, every midpoint between neighbours, the floats just beside each
+    midpoint, out-of-range values and random floats gives torch's round-to-nearest-even
+    byte after clamping to the format's range."""
+    fmt = FORMAT_CODES[kv_cache_dtype]
+    torch_dtype = FP8[kv_cache_dtype]
+    bound = torch.finfo(torch_dtype).max
+    codes = torch.arange(256, dtype=torch.uint8)
+    exact = codes.view(torch_dtype).float()
+    finite = exact[exact.isfinite()].unique()
+    mids = (finite[1:] + finite[:-1]) / 2
+    gen = torch.Generator().manual_seed(9)
+    x = torch.cat([
+        finite, mids, torch.nextafter(mids, torch.tensor(float("inf"))),
+        torch.nextafter(mids, torch.tensor(float("-inf"))),
+        torch.tensor([bound * 1.01, -bound * 4, float("inf"), float("-inf"), 1e-30, -0.0]),
+        torch.randn(4000, generator=gen) * 10.0 ** torch.randint(-6, 5, (4000,), generator=gen),
+    ])
+    decoded = torch.empty(256)
+    encoded = torch.empty(x.numel(), dtype=torch.uint8)
+    _codec_kernel[(1,)](codes, decoded, x, encoded, x.numel(), FMT=fmt, BLOCK=256)
+    decoded = decoded * decode_factor(fmt)
+    assert torch.equal(decoded.isnan(), exact.isnan())
+    assert torch.equal(decoded[~exact.isnan()], exact[~exact.isnan()])
+    want = x.clamp(-bound, bound).to(torch_dtype).view(torch.uint8)
+    assert torch.equal(encoded, want), x[encoded != want][:8]
