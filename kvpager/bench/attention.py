@@ -230,10 +230,12 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
     command = None if argv is None else shlex.join(["kvpager", "bench", "attention", *argv])
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+        if args.calibration is not None:
+            _check_calibration_args(args, config)
+        results = run_attention_benchmark(config, lambda line: print(line, file=sys.stderr,
+                                                                      flush=True))
+    except ValueError as exc:  # bad options, or a backend that cannot run here
         parser.error(str(exc))
-    results = run_attention_benchmark(config, lambda line: print(line, file=sys.stderr,
-                                                                  flush=True))
     env = environment()
     if not args.no_record:
         out = args.out or (results_dir / default_out(results, env).name if results_dir
@@ -247,11 +249,32 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
             num_kv_heads=args.calibration_kv_heads or config.kv_heads[0],
             version=args.calibration_version,
             gpu=args.calibration_gpu or gpu_preset(env.get("gpu"), env.get("gpu_memory_bytes")),
-            model=args.calibration_model)
+            model=args.calibration_model, tp=1 if args.calibration_model else None)
         print(f"wrote {write_calibration(args.calibration, doc)}", file=sys.stderr)
     for line in _summary_lines(results):
         print(line)
     return 0
+
+
+def _check_calibration_args(args: argparse.Namespace, config: AttentionBenchConfig) -> None:
+    """Fail before measuring when the calibration asks for something not measured."""
+    if args.calibration_dtype is not None and args.calibration_dtype not in config.dtypes:
+        raise ValueError(f"--calibration-dtype {args.calibration_dtype!r} is not among the "
+                         f"measured --dtypes {', '.join(config.dtypes)}")
+    kv = args.calibration_kv_heads
+    if kv is not None and kv not in config.kv_heads:
+        raise ValueError(f"--calibration-kv-heads {kv} is not among the measured --kv-heads "
+                         f"{', '.join(map(str, config.kv_heads))}")
+    if args.calibration_model is not None:
+        from kvpager.sim.presets import get_model
+
+        model = get_model(args.calibration_model)
+        heads = (config.num_heads, kv or config.kv_heads[0], config.head_size)
+        if (model.num_heads, model.num_kv_heads, model.head_size) != heads:
+            raise ValueError(
+                f"--calibration-model {model.name} has heads/kv heads/head size "
+                f"{model.num_heads}/{model.num_kv_heads}/{model.head_size}, but the "
+                f"calibration would measure {heads[0]}/{heads[1]}/{heads[2]} (tp 1)")
 
 
 def _summary_lines(results: dict) -> list[str]:

@@ -133,6 +133,21 @@ def test_bad_command_line_exits_2_naming_the_option(capsys) -> None:
     assert info.value.code == 2 and "--batches" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("extra", "fragment"), [
+    (["--calibration-dtype", "bfloat16"], "--calibration-dtype 'bfloat16' is not among"),
+    (["--calibration-kv-heads", "8"], "--calibration-kv-heads 8 is not among"),
+    (["--calibration-model", "Llama-3-8B"], "--calibration-model Llama-3-8B has heads"),
+    (["--backends", "nope"], "unknown backend 'nope'"),
+])
+def test_calibration_and_backend_options_are_checked_before_measuring(
+    extra, fragment, tmp_path, capsys
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*TINY, "--no-record", "--calibration", str(tmp_path / "c.json"), *extra])
+    assert info.value.code == 2 and fragment in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
+
+
 def test_shapes_over_the_memory_budget_are_skipped_with_a_reason() -> None:
     config = AttentionBenchConfig(batches=(1,), contexts=(16,), num_heads=4, kv_heads=(2,),
                                   head_size=32, dtypes=("float32",), device="cpu", warmup=0,
