@@ -49,23 +49,22 @@ def build(fn, signature, constexprs, arch, num_warps):
     assert "ptx" in compiled.asm and compiled.asm.get("cubin"), fn
     return compiled
 
-def attention(arch, dtype, kv, heads, kv_heads, head, bs, partitioned, alibi, sparse, ptrs):
+def attention(arch, dtype, kv, heads, kv_heads, head, bs, partitioned, ptrs):
     t, cfg = PTR[dtype], attention_config(head, bs, heads, kv_heads, getattr(torch, dtype),
                                           interpreted=False)
     cache = "*u8" if kv else t
     sig = dict(out_ptr=t, exp_sums_ptr="*fp32", max_logits_ptr="*fp32", tmp_out_ptr=t,
                q_ptr=t, k_cache_ptr=cache, v_cache_ptr=cache, block_tables_ptr="*i32",
-               seq_lens_ptr="*i32", alibi_ptr="*fp32" if alibi else "*i32",
+               seq_lens_ptr="*i32", alibi_ptr="*fp32",
                k_scale="*fp32" if ptrs else "fp32", v_scale="*fp32" if ptrs else "fp32",
                qk_factor="fp32", v_factor="fp32", q_seq_stride="i32", k_block_stride="i32",
                v_block_stride="i32", table_stride="i32", max_partitions="i32",
-               num_kv_heads="i32", tp_rank="i32", sparse_local="i32", sparse_vert="i32",
-               sparse_block="i32", sparse_step="i32")
+               num_kv_heads="i32", group="i32", has_alibi="i32", tp_rank="i32",
+               sparse_local="i32", sparse_vert="i32", sparse_block="i32", sparse_step="i32")
     const = dict(HEAD_SIZE=head, HEAD_PAD=cfg.head_pad, BLOCK_SIZE=bs, X=16 if kv else X[dtype],
-                 GROUP=cfg.group, GROUP_PAD=cfg.group_pad, TILE=cfg.tile, PARTITION_SIZE=512,
+                 GROUP_PAD=cfg.group_pad, TILE=cfg.tile, PARTITION_SIZE=512,
                  PARTITIONED=partitioned, KV_FP8=kv, K_SCALE_PTR=ptrs, V_SCALE_PTR=ptrs,
-                 HAS_ALIBI=alibi, SPARSE=sparse, USE_DOT=cfg.use_dot, DOT_F32=False,
-                 NUM_STAGES=cfg.num_stages)
+                 USE_DOT=cfg.use_dot, DOT_F32=False, NUM_STAGES=cfg.num_stages)
     return build(ak.paged_attention_kernel, sig, const, arch, cfg.num_warps)
 
 def spills(compiled):
@@ -81,19 +80,20 @@ def spills(compiled):
     line = next(row for row in out.splitlines() if "STACK:" in row)
     return int(line.split("STACK:")[1].split()[0])
 
-# (dtype, kv format, heads, kv heads, head size, block, v2, alibi, sparse, tensor scales)
+# (dtype, kv format, heads, kv heads, head size, block, v2, tensor scales); ALiBi, sparsity
+# and the group size are run-time arguments, compiled once with the rest.
 SWITCHES = [
-    ("float16", 0, 32, 8, 128, 16, False, False, False, False),
-    ("bfloat16", 1, 32, 8, 80, 16, True, True, True, True),
-    ("float32", 2, 8, 8, 256, 32, True, False, True, False),
-    ("float16", 1, 40, 40, 112, 8, False, True, False, False),
-    ("bfloat16", 2, 64, 1, 192, 32, False, False, True, True),
-    ("float32", 0, 16, 2, 32, 8, True, True, False, True),
-    ("float16", 2, 32, 4, 120, 16, True, False, False, False),
-    ("bfloat16", 0, 8, 1, 96, 8, True, False, True, False),
+    ("float16", 0, 32, 8, 128, 16, False, False),
+    ("bfloat16", 1, 32, 8, 80, 16, True, True),
+    ("float32", 2, 8, 8, 256, 32, True, False),
+    ("float16", 1, 40, 40, 112, 8, False, False),
+    ("bfloat16", 2, 64, 1, 192, 32, False, True),
+    ("float32", 0, 16, 2, 32, 8, True, True),
+    ("float16", 2, 32, 4, 120, 16, True, False),
+    ("bfloat16", 0, 8, 1, 96, 8, True, False),
 ]
 # The benchmark's shapes: 32 query heads, 8 or 32 kv heads, head 128, block 16.
-BENCH = [(dtype, kv, 32, kv_heads, 128, 16, v2, False, False, False)
+BENCH = [(dtype, kv, 32, kv_heads, 128, 16, v2, False)
          for dtype, kv in (("float16", 0), ("bfloat16", 0), ("float16", 1))
          for kv_heads in (8, 32) for v2 in (False, True)]
 arch_list = [int(a) for a in sys.argv[1:]]

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+
 from kvpager.backends.layout import PARTITION_SIZE, max_num_partitions
 from kvpager.backends.triton import runtime
 from kvpager.backends.triton.attention_kernels import (
@@ -30,8 +32,6 @@ from kvpager.backends.triton.attention_kernels import (
 from kvpager.backends.triton.fp8_codec import FORMAT_CODES, decode_factor
 
 if TYPE_CHECKING:
-    import torch
-
     Scale = float | torch.Tensor
 
 #: Query-head rows of a `tl.dot`: the smallest MMA tile has 16 rows.
@@ -101,8 +101,6 @@ def attention_config(
     read with contiguous loads) and a divisor of PARTITION_SIZE (a v2 partition is a whole
     number of tiles).
     """
-    import torch
-
     if PARTITION_SIZE % block_size or block_size & (block_size - 1):
         raise ValueError(f"block_size must be a power of two dividing {PARTITION_SIZE} for the "
                          f"Triton attention kernels, got {block_size}")
@@ -152,20 +150,21 @@ def _launch_attention(
     exp_sums = out if exp_sums is None else exp_sums
     max_logits = out if max_logits is None else max_logits
     tmp_out = out if tmp_out is None else tmp_out
-    alibi = seq_lens if alibi_slopes is None else alibi_slopes
+    # A float32 placeholder (never read) keeps one pointer type with and without ALiBi.
+    alibi = seq_lens.view(torch.float32) if alibi_slopes is None else alibi_slopes
     sparse = vert_stride > 1
     paged_attention_kernel[(num_seqs, num_kv_heads, parts)](
         out, exp_sums, max_logits, tmp_out,
         query, key_cache, value_cache, block_tables, seq_lens, alibi,
         k_arg, v_arg, float(scale) * factor, factor,
         query.stride(0), key_cache.stride(0), value_cache.stride(0), block_tables.stride(0),
-        parts, num_kv_heads, tp_rank, local_blocks, vert_stride if sparse else 1,
-        sparse_block_size, sliding_step,
+        parts, num_kv_heads, cfg.group, int(alibi_slopes is not None), tp_rank, local_blocks,
+        vert_stride if sparse else 1, sparse_block_size, sliding_step,
         HEAD_SIZE=head_size, HEAD_PAD=cfg.head_pad, BLOCK_SIZE=block_size,
-        X=key_cache.shape[4], GROUP=cfg.group, GROUP_PAD=cfg.group_pad, TILE=cfg.tile,
+        X=key_cache.shape[4], GROUP_PAD=cfg.group_pad, TILE=cfg.tile,
         PARTITION_SIZE=PARTITION_SIZE, PARTITIONED=partitioned, KV_FP8=fmt,
-        K_SCALE_PTR=k_is_ptr, V_SCALE_PTR=v_is_ptr, HAS_ALIBI=alibi_slopes is not None,
-        SPARSE=sparse, USE_DOT=cfg.use_dot, DOT_F32=cfg.dot_f32, NUM_STAGES=cfg.num_stages,
+        K_SCALE_PTR=k_is_ptr, V_SCALE_PTR=v_is_ptr, USE_DOT=cfg.use_dot, DOT_F32=cfg.dot_f32,
+        NUM_STAGES=cfg.num_stages,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if partitioned:

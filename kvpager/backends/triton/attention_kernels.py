@@ -50,19 +50,20 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["group", "has_alibi", "num_kv_heads", "tp_rank", "sparse_local",
+                                "sparse_vert", "sparse_block", "sparse_step"])
 def paged_attention_kernel(
     out_ptr, exp_sums_ptr, max_logits_ptr, tmp_out_ptr,
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, alibi_ptr,
     k_scale, v_scale, qk_factor, v_factor,
     q_seq_stride, k_block_stride, v_block_stride, table_stride, max_partitions,
-    num_kv_heads, tp_rank, sparse_local, sparse_vert, sparse_block, sparse_step,
+    num_kv_heads, group, has_alibi, tp_rank, sparse_local, sparse_vert, sparse_block,
+    sparse_step,
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    X: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, TILE: tl.constexpr,
+    X: tl.constexpr, GROUP_PAD: tl.constexpr, TILE: tl.constexpr,
     PARTITION_SIZE: tl.constexpr, PARTITIONED: tl.constexpr, KV_FP8: tl.constexpr,
-    K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    SPARSE: tl.constexpr, USE_DOT: tl.constexpr, DOT_F32: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr, USE_DOT: tl.constexpr,
+    DOT_F32: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """Grid (num_seqs, num_kv_heads, P): P = 1 for v1, max_num_partitions for v2.
 
@@ -72,6 +73,11 @@ def paged_attention_kernel(
     scale (times 2^8 for e4m3); v_factor = 1 (2^8 for e4m3); with an FP8 cache the logits
     are also multiplied by k_scale and the output by v_scale (each a float, or a pointer to
     one float32 when K_SCALE_PTR / V_SCALE_PTR).
+
+    The group size (query heads per kv head), ALiBi (has_alibi != 0; alibi_ptr is then
+    float32 [num_heads]) and block sparsity (sparse_vert > 1) are run-time values, not
+    compile-time ones: they change no tile shape, and compiling a variant for each would
+    multiply the kernels a deployment (or the GPU test matrix) compiles by twelve.
     """
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -87,8 +93,8 @@ def paged_attention_kernel(
         end = seq_len
 
     rows = tl.arange(0, GROUP_PAD)
-    row_ok = rows < GROUP
-    heads = kv_head * GROUP + rows  # [G] query heads of this kv head
+    row_ok = rows < group
+    heads = kv_head * group + rows  # [G] query heads of this kv head
     dims = tl.arange(0, HEAD_PAD)
     dim_ok = dims < HEAD_SIZE
     q = tl.load(q_ptr + seq.to(tl.int64) * q_seq_stride + heads[:, None] * HEAD_SIZE
@@ -100,14 +106,14 @@ def paged_attention_kernel(
     if KV_FP8 != 0:
         qk_factor = qk_factor * (tl.load(k_scale) if K_SCALE_PTR else k_scale)
         v_factor = v_factor * (tl.load(v_scale) if V_SCALE_PTR else v_scale)
-    if HAS_ALIBI:
-        slopes = tl.load(alibi_ptr + heads, mask=row_ok, other=0.0)
-    if SPARSE:
-        q_sparse_block = (seq_len - 1) // sparse_block
-        if sparse_step >= 0:  # the pattern slides with the query head
-            offset = (tp_rank * num_kv_heads * GROUP + heads) * sparse_step + 1
-        else:  # ... or with the kv head: one pattern for the whole group
-            offset = (tp_rank * num_kv_heads + kv_head) * -sparse_step + 1 + rows * 0
+    # Without ALiBi the load is masked off entirely (alibi_ptr is a placeholder) and the
+    # slopes are 0, so the bias below adds nothing.
+    slopes = tl.load(alibi_ptr + heads, mask=rows < group * has_alibi, other=0.0)
+    q_sparse_block = (seq_len - 1) // sparse_block
+    if sparse_step >= 0:  # the pattern slides with the query head
+        offset = (tp_rank * num_kv_heads * group + heads) * sparse_step + 1
+    else:  # ... or with the kv head: one pattern for the whole group
+        offset = (tp_rank * num_kv_heads + kv_head) * -sparse_step + 1 + rows * 0
 
     head_base = kv_head.to(tl.int64) * (HEAD_SIZE * BLOCK_SIZE)
     key_dim_offsets = (dims // X) * (BLOCK_SIZE * X) + dims % X  # [D]
@@ -124,7 +130,7 @@ def paged_attention_kernel(
         in_block = tokens % BLOCK_SIZE
         physical = tl.load(table_row + block_idx, mask=token_ok, other=0).to(tl.int64)
         attend = row_ok[:, None] & token_ok[None, :]  # [G, T]
-        if SPARSE:
+        if sparse_vert > 1:
             k_sparse_block = block_idx * BLOCK_SIZE // sparse_block
             remote = (k_sparse_block[None, :] + offset[:, None]) % sparse_vert == 0
             local = k_sparse_block > q_sparse_block - sparse_local
@@ -153,8 +159,7 @@ def paged_attention_kernel(
         else:
             logits = tl.sum(q[:, :, None] * k_t[None, :, :], axis=1)
         logits = logits * qk_factor
-        if HAS_ALIBI:
-            logits += slopes[:, None] * (tokens - seq_len + 1).to(tl.float32)[None, :]
+        logits += slopes[:, None] * (tokens - seq_len + 1).to(tl.float32)[None, :]
         logits = tl.where(attend, logits, float("-inf"))
 
         m_new = tl.maximum(m_i, tl.max(logits, axis=1))
@@ -182,7 +187,7 @@ def paged_attention_kernel(
     result = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)
     result = result * v_factor
     store_ok = row_ok[:, None] & dim_ok[None, :]
-    row_ids = seq.to(tl.int64) * num_kv_heads * GROUP + heads  # [G] rows of [S * H]
+    row_ids = seq.to(tl.int64) * num_kv_heads * group + heads  # [G] rows of [S * H]
     if PARTITIONED:
         slots = row_ids * max_partitions + part
         tl.store(max_logits_ptr + slots, m_i, mask=row_ok)
