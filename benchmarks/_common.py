@@ -1,19 +1,21 @@
-"""Recording benchmark results: `benchmarks/results/<name>.json` with the machine, versions
-and command beside the figures (the record itself is `kvpager.bench.environment.record`)."""
+"""What every benchmark records beside its figures: machine, versions, command, date.
+
+The format lives in `kvpager.bench.record`, shared with `kvpager bench`; this module keeps
+the scripts' short names and their default folder, `benchmarks/results/`.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from kvpager.bench.environment import record as make_record
+from kvpager.bench.record import environment, write_record
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def record(name: str, results: dict, out: Path | None = None, gpu: bool = False) -> Path:
-    """Write the record of `results` to `benchmarks/results/<name>.json` (or `out`)."""
-    path = out or RESULTS / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(make_record(name, results, gpu=gpu), indent=2) + "\n")
-    return path
+def record(name: str, results: dict, out: Path | None = None) -> Path:
+    """Write `{environment, command, date, results}` to `benchmarks/results/<name>.json`."""
+    return write_record(out or RESULTS / f"{name}.json", name, results)
+
+
+__all__ = ["RESULTS", "environment", "record"]

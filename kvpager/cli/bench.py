@@ -44,8 +44,8 @@ def manager(
     Scenarios: plain decode, beam search with copy-on-write, prefix-cache hits, the
     per-sequence API, and a pool of a million blocks.
     """
-    from kvpager.bench.environment import record
     from kvpager.bench.manager import run
+    from kvpager.bench.record import record
 
     with cli_errors():
         if out is not None and out.suffix != ".json":
@@ -56,7 +56,8 @@ def manager(
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(record("manager", results,
-                                             ["kvpager", *sys.argv[1:]]), indent=2) + "\n")
+                                             " ".join(["kvpager", *sys.argv[1:]])),
+                                      indent=2) + "\n")
     if json_output:
         print(json.dumps(results, indent=2))
         return

@@ -11,7 +11,7 @@ def test_report_sweep_and_bench_packages_import_nothing_heavy():
         "import sys\n"
         "import kvpager.report, kvpager.report.rundata, kvpager.report.downsample\n"
         "import kvpager.report.run_report, kvpager.report.sweep_report, kvpager.report.page\n"
-        "import kvpager.sweep, kvpager.bench.manager, kvpager.bench.environment\n"
+        "import kvpager.sweep, kvpager.bench.manager, kvpager.bench.record\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
