@@ -21,6 +21,23 @@ if TYPE_CHECKING:  # torch stays optional for the memory manager
     Scale = float | torch.Tensor
 
 
+def common_capability_reason(
+    *, head_size: int, block_size: int, dtype: torch.dtype, kv_cache_dtype: str
+) -> str | None:
+    """The capability checks every backend shares (model dtype, KV format, positive sizes),
+    for `Backend.capability_reason` implementations to start from. Imports no torch."""
+    from kvpager.backends.fp8 import KV_CACHE_DTYPES
+    from kvpager.backends.layout import DTYPE_NAMES
+
+    if str(dtype).removeprefix("torch.") not in DTYPE_NAMES:
+        return f"dtype {dtype} is not float32, float16 or bfloat16"
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        return f"kv_cache_dtype {kv_cache_dtype!r} is not one of {KV_CACHE_DTYPES}"
+    if head_size <= 0 or block_size <= 0:
+        return f"head_size {head_size} and block_size {block_size} must be positive"
+    return None
+
+
 class Backend(abc.ABC):
     """One implementation of the attention and cache kernels.
 

@@ -12,9 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kvpager.backends.base import Backend
-from kvpager.backends.fp8 import KV_CACHE_DTYPES
-from kvpager.backends.layout import attention_dtypes
+from kvpager.backends.base import Backend, common_capability_reason
 from kvpager.backends.reference import attention, cache_ops, merge
 
 if TYPE_CHECKING:
@@ -34,13 +32,8 @@ class ReferenceBackend(Backend):
     def capability_reason(
         self, *, head_size: int, block_size: int, dtype: torch.dtype, kv_cache_dtype: str
     ) -> str | None:
-        if dtype not in attention_dtypes():
-            return f"dtype {dtype} is not float32, float16 or bfloat16"
-        if kv_cache_dtype not in KV_CACHE_DTYPES:
-            return f"kv_cache_dtype {kv_cache_dtype!r} is not one of {KV_CACHE_DTYPES}"
-        if head_size <= 0 or block_size <= 0:
-            return f"head_size {head_size} and block_size {block_size} must be positive"
-        return None
+        return common_capability_reason(head_size=head_size, block_size=block_size,
+                                        dtype=dtype, kv_cache_dtype=kv_cache_dtype)
 
     def paged_attention_v1(
         self, out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,

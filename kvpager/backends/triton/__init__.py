@@ -17,9 +17,7 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from kvpager.backends.base import Backend
-from kvpager.backends.fp8 import KV_CACHE_DTYPES
-from kvpager.backends.layout import DTYPE_NAMES
+from kvpager.backends.base import Backend, common_capability_reason
 from kvpager.backends.triton import runtime
 
 if TYPE_CHECKING:
@@ -64,13 +62,8 @@ class TritonBackend(Backend):
         that divides the 512-token partition (the attention ops accept 8, 16, 32; the cache
         writes any size); other sizes are refused by the ops' own checks first.
         """
-        if str(dtype).removeprefix("torch.") not in DTYPE_NAMES:
-            return f"dtype {dtype} is not float32, float16 or bfloat16"
-        if kv_cache_dtype not in KV_CACHE_DTYPES:
-            return f"kv_cache_dtype {kv_cache_dtype!r} is not one of {KV_CACHE_DTYPES}"
-        if head_size <= 0 or block_size <= 0:
-            return f"head_size {head_size} and block_size {block_size} must be positive"
-        return None
+        return common_capability_reason(head_size=head_size, block_size=block_size,
+                                        dtype=dtype, kv_cache_dtype=kv_cache_dtype)
 
     # ---- attention ----------------------------------------------------------------------
     def paged_attention_v1(
