@@ -103,6 +103,14 @@ class BlockPool:
         self._check_ids(np.asarray([block]))
         return bool(self._cached[block])
 
+    def count_free(self, ids: BlockIds) -> int:
+        """How many of distinct in-use-or-cached `ids` are free now (a prefix hit on them
+        revives them, which takes a free block)."""
+        ids = np.asarray(ids)
+        if not ids.size:
+            return 0
+        return int(np.count_nonzero(self._ref.take(ids) == 0))
+
     def free_blocks(self) -> tuple[np.ndarray, list[int]]:
         """(clean stack bottom to top, evictable blocks oldest first): for tests and tools."""
         return self._clean[: self._num_clean].copy(), list(self._evictable)
@@ -207,21 +215,54 @@ class BlockPool:
         self._clean[top : top + released.size] = released
         self._num_clean = top + released.size
 
-    # ---- trusted fast paths --------------------------------------------------------------
+    # ---- operations for the manager's own tables ---------------------------------------
     # The manager passes ids read from its own tables: valid, distinct within one table and
     # in use. Skipping the checks there halves the cost of fork / free / prefix hits, which
     # a serving loop calls for many sequences per step. The stateful tests check that the
     # manager's calls keep every invariant the checks would.
 
-    def _share_unique(self, ids: np.ndarray) -> None:
-        """Add a reference to each of distinct in-use `ids` (no checks)."""
+    def share_distinct(self, ids: np.ndarray) -> None:
+        """Add a reference to each of distinct in-use `ids` (int32 `[n]`; not checked)."""
         self._ref[ids] += 1
 
-    def _free_unique(self, ids: np.ndarray) -> None:
-        """Drop a reference from each of distinct in-use `ids` (no checks)."""
+    def share_counted(self, ids: np.ndarray) -> None:
+        """Add one reference per occurrence in `ids` (in-use ids, repeats allowed; not
+        checked): a fork of many sequences that hold some blocks in common."""
+        uniq, counts = np.unique(ids, return_counts=True)
+        self._ref[uniq] += counts.astype(np.int32)
+
+    def free_distinct(self, ids: np.ndarray) -> None:
+        """Drop a reference from each of distinct in-use `ids` (not checked); cached blocks
+        that reach zero join the eviction order in the order listed."""
         counts = self._ref[ids]
         self._ref[ids] = counts - 1
         self._release(ids[counts == 1])
+
+    def writable(self, ids: np.ndarray) -> np.ndarray:
+        """bool `[n]`: which blocks a holder may write in place (its only holder, and not
+        prefix-cached content, which is immutable)."""
+        return (self._ref.take(ids) == 1) & ~self._cached.take(ids)
+
+    def writes_that_copy(self, ids: np.ndarray) -> np.ndarray:
+        """bool `[n]` over writes into blocks `ids`, listed in the order they happen (one entry
+        per writing sequence): which writes must first copy their block.
+
+        A write copies when its block is shared or cached. When all `r` holders of a shared,
+        uncached block write into it in the same step (every beam of a group), the first
+        `r - 1` copy and the last keeps the original, as writes one by one would: no block is
+        copied needlessly.
+        """
+        ref, cached = self._ref.take(ids), self._cached.take(ids)
+        must = (ref > 1) | cached
+        if not must.any():
+            return must
+        idx = np.flatnonzero(must)
+        src = ids[idx]
+        uniq, first_rev, writers = np.unique(src[::-1], return_index=True, return_counts=True)
+        keeps = (self._ref[uniq] == writers) & ~self._cached[uniq]
+        if keeps.any():
+            must[idx[src.size - 1 - first_rev[keeps]]] = False
+        return must
 
     # ---- prefix-cache support ---------------------------------------------------------------
     def set_evict_callback(self, callback: Callable[[int], None] | None) -> None:
@@ -233,6 +274,13 @@ class BlockPool:
         if self._ref[block] <= 0:
             raise ValueError(f"mark_cached: {self.device} block {block} is free")
         self._cached[block] = True
+
+    def mark_cached_many(self, ids: np.ndarray) -> None:
+        """`mark_cached` for distinct in-use blocks at once."""
+        if (self._ref.take(ids) <= 0).any():
+            bad = int(ids[self._ref.take(ids) <= 0][0])
+            raise ValueError(f"mark_cached: {self.device} block {bad} is free")
+        self._cached[ids] = True
 
     def touch(self, blocks: BlockIds) -> None:
         """Take a reference on each of distinct cached blocks for a prefix hit, reviving the

@@ -27,7 +27,7 @@ from kvpager.backends.validation import OpArgumentError
 
 if TYPE_CHECKING:
     from kvpager.manager import KVCacheManager
-    from kvpager.step import SchedulerOutput
+    from kvpager.scheduler_output import SchedulerOutput
 
 Scale = float | torch.Tensor
 

@@ -1,23 +1,12 @@
-"""Configuration and small result types of the memory manager."""
+"""Configuration of the memory manager (`CacheConfig`) and the scheduler (`SchedulerConfig`).
+
+The manager's result types live in `kvpager.plans`."""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import numpy as np
-
-
-class AllocStatus(enum.Enum):
-    """Whether a request's blocks can be allocated.
-
-    OK: now. LATER: not now, but once running sequences free their blocks. NEVER: the request
-    cannot fit even in an empty cache (reject it instead of waiting forever).
-    """
-
-    OK = "ok"
-    LATER = "later"
-    NEVER = "never"
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -38,7 +27,10 @@ class CacheConfig:
         watermark: fraction of GPU blocks that admitting a *new* prompt must leave free, in
             [0, 1). Running sequences may still use them: the margin keeps a burst of
             admissions from forcing immediate preemptions of running decodes.
-        enable_prefix_caching: keep full blocks of computed prompts for reuse by content.
+        enable_prefix_caching: keep full computed blocks (prompt blocks, and generated blocks
+            when their token ids are known) for reuse by content.
+        max_model_len: tokens a sequence may hold at most (None: no limit). An append past
+            it raises `SequenceTooLongError` instead of growing the table.
     """
 
     num_gpu_blocks: int
@@ -46,6 +38,7 @@ class CacheConfig:
     num_cpu_blocks: int = 0
     watermark: float = 0.01
     enable_prefix_caching: bool = False
+    max_model_len: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("num_gpu_blocks", self.num_gpu_blocks, 1)
@@ -57,40 +50,12 @@ class CacheConfig:
             raise ValueError(
                 f"enable_prefix_caching must be a bool, got {self.enable_prefix_caching!r}"
             )
+        if self.max_model_len is not None:
+            _check_int("max_model_len", self.max_model_len, 1)
 
     @property
     def watermark_blocks(self) -> int:
         return int(self.watermark * self.num_gpu_blocks)
-
-
-@dataclass(frozen=True)
-class Allocation:
-    """What `KVCacheManager.allocate` did for a prompt.
-
-    blocks: int32 `[num_blocks]` GPU block table. num_cached_tokens: leading prompt tokens
-    whose KV is already in the cache (prefix hits); the caller computes only the rest.
-    """
-
-    seq_id: object
-    blocks: np.ndarray
-    num_cached_tokens: int
-
-
-@dataclass(frozen=True)
-class AppendResult:
-    """What appending tokens did.
-
-    slots: int64 `[num_new_tokens]` (per sequence, concatenated in batch order for batches),
-    where `reshape_and_cache` writes the new tokens' K/V. copies: int64 `[num_copies, 2]` of
-    (src, dst) GPU blocks to copy *before* that write (copy-on-write of shared blocks).
-    """
-
-    slots: np.ndarray
-    copies: np.ndarray
-
-    @property
-    def num_copies(self) -> int:
-        return int(self.copies.shape[0])
 
 
 PREEMPTION_MODES = ("auto", "swap", "recompute")
@@ -143,7 +108,3 @@ class SchedulerConfig:
         if not isinstance(self.num_lookahead_slots, int) or self.num_lookahead_slots < 0:
             raise ValueError(f"num_lookahead_slots must be an int >= 0, got "
                              f"{self.num_lookahead_slots!r}")
-
-
-EMPTY_PAIRS = np.zeros((0, 2), dtype=np.int64)
-EMPTY_PAIRS.flags.writeable = False

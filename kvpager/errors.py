@@ -43,3 +43,7 @@ class DuplicateSequenceError(KVPagerError, ValueError):
 
 class WrongDeviceError(KVPagerError, ValueError):
     """An operation on a sequence that is not on the device it needs (swap what is not there)."""
+
+
+class SequenceTooLongError(KVPagerError, ValueError):
+    """An append would take a sequence past the cache's `max_model_len`."""

@@ -1,43 +1,47 @@
-"""KVCacheManager: the policy layer over the block pools.
+"""KVCacheManager: the policy layer over the block pools and the prefix cache.
 
 The manager decides which physical blocks each sequence uses and answers with *plans*, plain
-data that an executor carries out: slot mappings for new tokens, copy-on-write pairs, swap
-pairs. It never touches K/V memory, so the same object drives a real engine (through
-`KVCache` and the kernels) and the simulator.
+data that an executor carries out (`kvpager.plans`): slots for new tokens, copy-on-write
+pairs, swap pairs. It never touches K/V memory, so the same object drives a real engine
+(through `KVCache` and the kernels) and the simulator.
 
-Sequences are identified by any hashable id. A sequence lives wholly on one device: on the
+Who owns what (`docs/architecture.md`): the `BlockPool`s own reference counts and free /
+cached state, and are the only code that changes them; the `PrefixCache` owns keys, their
+blocks and each sequence's chain; the `SequenceStore` holds each sequence's row (table,
+counts, location); this class owns the policy that ties them together. Every check comes
+first: a call that raises leaves everything as it was, so a caller (the scheduler) can
+catch `OutOfBlocksError`, preempt someone and try again.
+
+Sequences are identified by any hashable id; the batched calls take the manager's *rows*
+(`rows_of`), valid while the sequence lives. A sequence lives wholly on one device: on the
 GPU while it runs, in the CPU swap area while it is swapped out.
-
-Sharing: `fork` gives a child the parent's blocks by reference count (beam search, parallel
-sampling); a write into a block that is shared first copies it (`AppendResult.copies`).
-Prefix caching shares full prompt blocks between sequences by content (see `prefix.py`).
-
-Every mutating call checks everything first and raises before changing any state, so a
-caller (the scheduler) can catch `OutOfBlocksError`, preempt someone and try again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kvpager.batch_ops import BatchMixin
+from kvpager.append import AppendPlan, apply_append, plan_append, refresh_room
 from kvpager.block_table import BlockTable, num_blocks_for
 from kvpager.blocks import BlockPool
-from kvpager.config import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult, CacheConfig
-from kvpager.errors import OutOfBlocksError, WrongDeviceError
+from kvpager.config import CacheConfig
+from kvpager.errors import OutOfBlocksError, UnknownSequenceError, WrongDeviceError
+from kvpager.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 from kvpager.prefix import PrefixCache, hash_block_tokens
-from kvpager.seq_store import DEVICE_NAMES, ON_GPU, SequenceQueries, SequenceStore
-from kvpager.swap import SwapMixin
+from kvpager.seq_store import DEVICE_NAMES, ON_CPU, ON_GPU, SequenceStore
+from kvpager.swap import distinct_blocks, group_rows, move_rows
 from kvpager.usage import paged_breakdown
 
 if TYPE_CHECKING:
     import torch
 
+TokenIds = Sequence[int] | np.ndarray
 
-class KVCacheManager(BatchMixin, SwapMixin, SequenceQueries):
+
+class KVCacheManager:
     """Allocates, shares, copies on write, swaps and frees the KV blocks of sequences.
 
     Construct with a `CacheConfig` or its fields as keywords:
@@ -51,19 +55,45 @@ class KVCacheManager(BatchMixin, SwapMixin, SequenceQueries):
             raise ValueError("pass either a CacheConfig or its fields, not both")
         self.config = config
         self.block_size = config.block_size
+        self.max_model_len = config.max_model_len
         self.gpu = BlockPool(config.num_gpu_blocks, "gpu")
         self.cpu = BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
-        self.prefix_cache = PrefixCache(self.gpu) if config.enable_prefix_caching else None
+        self.prefix_cache = (PrefixCache(self.gpu, self.block_size)
+                             if config.enable_prefix_caching else None)
         self._seqs = SequenceStore()
-        # Prefix keys of each row's prompt blocks, and how many of them are registered.
-        self._keys: dict[int, list[Hashable]] = {}
-        self._registered: dict[int, int] = {}
-        self._scratch = np.zeros(0, dtype=np.int64)
         self.num_cow_copies = 0
         self.num_blocks_swapped_out = 0
         self.num_blocks_swapped_in = 0
 
     # ---- queries ------------------------------------------------------------------------
+    def __contains__(self, seq_id: object) -> bool:
+        return seq_id in self._seqs
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    def seq_ids(self) -> list[Hashable]:
+        return self._seqs.seq_ids()
+
+    def num_tokens(self, seq_id: Hashable) -> int:
+        """Tokens the sequence holds (slots written or being written this step)."""
+        return self._seqs.num_tokens(seq_id)
+
+    def device_of(self, seq_id: Hashable) -> str:
+        return self._seqs.device_of(seq_id)
+
+    def rows_of(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
+        """Row handles (int64) of sequences, for the batched calls; valid until freed."""
+        return self._seqs.rows(seq_ids)
+
+    def seq_lens(self, rows: np.ndarray) -> np.ndarray:
+        """Token counts of rows, int64 (cast to int32 for kernels)."""
+        return self._seqs.seq_lens(rows)
+
+    @property
+    def has_swap_space(self) -> bool:
+        return self.cpu is not None
+
     def num_free_blocks(self, device: str = "gpu") -> int:
         return self._pool(device).num_free
 
@@ -81,30 +111,43 @@ class KVCacheManager(BatchMixin, SwapMixin, SequenceQueries):
         return BlockTable(self.block_size, self._seqs.blocks(row),
                           int(self._seqs.ntokens[row]), DEVICE_NAMES[int(self._seqs.where[row])])
 
+    def block_ids(self, seq_id: Hashable) -> np.ndarray:
+        """int32 copy of the sequence's block ids (of the pool it lives in)."""
+        return self._seqs.blocks(self._seqs.row(seq_id)).copy()
+
     def slot_mapping(self, seq_id: Hashable, start: int, end: int) -> np.ndarray:
         """int64 slots of positions `start..end-1`, inside the allocated blocks."""
-        return self.block_table(seq_id).slot_mapping(start, end) if end > start else (
-            np.zeros(0, dtype=np.int64))
+        if end <= start:
+            return np.zeros(0, dtype=np.int64)
+        return self.block_table(seq_id).slot_mapping(start, end)
 
-    def block_tables_tensor(
+    def block_tables_array(
         self, rows: np.ndarray, width: int | None = None, pad: int = 0
-    ) -> torch.Tensor:
-        """The kernels' int32 `[len(rows), width]` block tables of a batch, padded with `pad`.
+    ) -> np.ndarray:
+        """int32 `[len(rows), width]` GPU block tables of a batch, padded with `pad`: one
+        gather from the table array, no per-sequence work.
 
-        Built straight from the manager's table array (one gather, no per-sequence work).
+        Raises WrongDeviceError for a row swapped out to the CPU (its ids name CPU blocks,
+        which a GPU kernel must never read), UnknownSequenceError for a dead row.
         """
-        import torch
-
         rows = np.asarray(rows, dtype=np.int64)
+        self._seqs.check_rows(rows, ON_GPU)
         longest = int(self._seqs.nblocks[rows].max()) if rows.size else 0
         width = longest if width is None else width
         if width < longest:
             raise ValueError(f"width must be >= the longest table ({longest}), got {width}")
         self._seqs.ensure_width(width)
-        out = self._seqs.table[rows, :width].copy()
-        cols = np.arange(width)
-        out[cols[None, :] >= self._seqs.nblocks[rows][:, None]] = pad
-        return torch.from_numpy(out)
+        out = self._seqs.table[rows, :width]  # fancy indexing: a copy
+        out[np.arange(width)[None, :] >= self._seqs.nblocks[rows][:, None]] = pad
+        return out
+
+    def block_tables_tensor(
+        self, rows: np.ndarray, width: int | None = None, pad: int = 0
+    ) -> torch.Tensor:
+        """`block_tables_array` as the kernels' int32 torch tensor (CPU; move it yourself)."""
+        import torch
+
+        return torch.from_numpy(self.block_tables_array(rows, width, pad))
 
     def memory_breakdown(
         self, rows: np.ndarray, final_slots: np.ndarray, next_reservation: int | None = None,
@@ -114,20 +157,12 @@ class KVCacheManager(BatchMixin, SwapMixin, SequenceQueries):
         see `kvpager.usage`. `next_reservation` / `next_num_tokens` (the waiting head's final
         and current length, which contiguous managers need) are unused: paging has no
         external fragmentation."""
-        return paged_breakdown(self, rows, final_slots)
+        return paged_breakdown(self._seqs, self.gpu, self.block_size, rows, final_slots)
 
     # ---- admission ----------------------------------------------------------------------
-    @property
-    def has_swap_space(self) -> bool:
-        return self.cpu is not None
-
     def can_allocate(
-        self,
-        num_tokens: int,
-        *,
-        token_ids: Sequence[int] | np.ndarray | None = None,
-        block_hashes: Sequence[Hashable] | None = None,
-        max_tokens: int | None = None,
+        self, num_tokens: int, *, token_ids: TokenIds | None = None,
+        block_hashes: Sequence[Hashable] | None = None, max_tokens: int | None = None,
         num_seqs: int = 1,
     ) -> AllocStatus:
         """Whether a prompt of `num_tokens` can get its blocks, keeping the watermark free.
@@ -140,8 +175,8 @@ class KVCacheManager(BatchMixin, SwapMixin, SequenceQueries):
         _check_positive("num_tokens", num_tokens)
         total = num_blocks_for(num_tokens, self.block_size)
         hits = self._match(self._prompt_keys(num_tokens, token_ids, block_hashes), num_tokens)
-        in_use = int((self.gpu.ref_counts[hits] > 0).sum()) if hits else 0
-        return self._status(total, total - in_use)
+        hit_ids = np.asarray(hits, dtype=np.int32)
+        return self._status(total, total - hit_ids.size + self.gpu.count_free(hit_ids))
 
     def can_allocate_many(
         self, token_counts: Sequence[int], *, max_tokens: int | None = None
@@ -161,22 +196,20 @@ class KVCacheManager(BatchMixin, SwapMixin, SequenceQueries):
         return AllocStatus.LATER
 
     def allocate(
-        self,
-        seq_id: Hashable,
-        num_tokens: int | None = None,
-        *,
-        token_ids: Sequence[int] | np.ndarray | None = None,
-        block_hashes: Sequence[Hashable] | None = None,
-        max_tokens: int | None = None,
-        num_seqs: int = 1,
+        self, seq_id: Hashable, num_tokens: int | None = None, *,
+        token_ids: TokenIds | None = None, block_hashes: Sequence[Hashable] | None = None,
+        max_tokens: int | None = None, num_seqs: int = 1,
     ) -> Allocation:
         """Give a new sequence GPU blocks for its `num_tokens` prompt tokens.
 
-        With prefix caching, the longest cached prefix (by `token_ids`, or the caller's chained
-        `block_hashes` of full blocks) is shared instead of allocated; at least the last prompt
-        token is always left to compute, since its logits are needed. Full blocks computed
-        later are registered for others by `mark_computed`. `max_tokens` / `num_seqs` are
-        reservation hints that a paged manager ignores.
+        With prefix caching, the longest cached prefix is shared instead of allocated; at
+        least the last prompt token is always left to compute, since its logits are needed.
+        Keys come from `block_hashes` (chained keys of the full blocks: kvpager's own digests
+        made at arrival by `hash_block_tokens`, or a caller's) or else from hashing
+        `token_ids`; both may be given (precomputed keys of those tokens), and the token ids
+        let the chain go on into generated blocks. Full blocks are registered for others by
+        `mark_computed`, once computed. `max_tokens` / `num_seqs` are reservation hints that
+        a paged manager ignores.
 
         Raises:
             DuplicateSequenceError, ValueError, OutOfBlocksError (nothing changed).
@@ -189,61 +222,86 @@ class KVCacheManager(BatchMixin, SwapMixin, SequenceQueries):
         _check_positive("num_tokens", num_tokens)
         if token_ids is not None and len(token_ids) < num_tokens:
             raise ValueError(
-                f"token_ids has {len(token_ids)} ids, fewer than num_tokens={num_tokens}"
-            )
-        if token_ids is not None and block_hashes is not None:
-            raise ValueError("pass token_ids or block_hashes, not both")
+                f"token_ids has {len(token_ids)} ids, fewer than num_tokens={num_tokens}")
+        if self.max_model_len is not None and num_tokens > self.max_model_len:
+            raise ValueError(f"num_tokens={num_tokens} exceeds max_model_len="
+                             f"{self.max_model_len}")
         keys = self._prompt_keys(num_tokens, token_ids, block_hashes)
         hits = self._match(keys, num_tokens)
         total = num_blocks_for(num_tokens, self.block_size)
-        revived = int((self.gpu.ref_counts[hits] == 0).sum()) if hits else 0
-        if total - len(hits) + revived > self.gpu.num_free:
-            raise OutOfBlocksError("gpu", total - len(hits) + revived, self.gpu.num_free)
+        hit_ids = np.asarray(hits, dtype=np.int32)
+        need = total - hit_ids.size + self.gpu.count_free(hit_ids)
+        if need > self.gpu.num_free:
+            raise OutOfBlocksError("gpu", need, self.gpu.num_free)
 
         if hits:
-            self.gpu.touch(hits)
-        fresh = self.gpu.allocate(total - len(hits))
+            self.gpu.touch(hit_ids)
+        fresh = self.gpu.allocate(total - hit_ids.size)
+        seqs = self._seqs
+        row = seqs.add(seq_id, ON_GPU)
+        seqs.ensure_width(total)
+        blocks = np.concatenate([hit_ids, fresh]) if hits else fresh
+        seqs.table[row, :total] = blocks
+        seqs.nblocks[row] = total
+        seqs.ntokens[row] = num_tokens
+        # The last block is always fresh (hits stop before the last token): its free slots
+        # are this sequence's to write.
+        seqs.room[row] = self._room_after(num_tokens)
         if self.prefix_cache is not None:
-            self.prefix_cache.record_query(min(len(keys), (num_tokens - 1) // self.block_size),
-                                           len(hits))
-        row = self._seqs.add(seq_id, ON_GPU)
-        self._seqs.ensure_width(total)
-        blocks = np.concatenate([np.asarray(hits, dtype=np.int32), fresh])
-        self._seqs.table[row, :total] = blocks
-        self._seqs.nblocks[row] = total
-        self._seqs.ntokens[row] = num_tokens
-        if keys:
-            self._keys[row] = keys
-            self._registered[row] = len(hits)
+            queried = min(len(keys), (num_tokens - 1) // self.block_size)
+            self.prefix_cache.record_query(queried, len(hits))
+            tail = None
+            if token_ids is not None:
+                full = num_tokens // self.block_size * self.block_size
+                tail = np.asarray(token_ids[full:num_tokens], dtype=np.int64)
+            self.prefix_cache.start(row, keys, len(hits), tail)
         return Allocation(seq_id, blocks, len(hits) * self.block_size)
 
     def mark_computed(self, seq_id: Hashable, num_computed_tokens: int) -> int:
-        """Register the sequence's full prompt blocks whose KV is now computed; return how many.
+        """Register the sequence's full blocks whose KV is now computed (prompt blocks, and
+        generated blocks whose tokens were given to the appends); return how many.
 
         Registering only computed blocks keeps a sequence scheduled in the same step from
-        hitting a block whose KV is still being written. No-op without prefix caching.
+        hitting a block whose KV is still being written. No-op without prefix caching or
+        for a swapped-out sequence.
         """
         row = self._seqs.row(seq_id)
-        keys = self._keys.get(row)
-        if self.prefix_cache is None or not keys or self._seqs.where[row] != ON_GPU:
+        if self.prefix_cache is None or self._seqs.where.item(row) != ON_GPU:
             return 0
-        done = min(len(keys), num_computed_tokens // self.block_size,
-                   int(self._seqs.nblocks[row]))
-        start = self._registered[row]
-        table = self._seqs.table[row]
-        added = sum(self.prefix_cache.register(int(table[i]), keys[i]) for i in range(start, done))
-        self._registered[row] = max(start, done)
-        return added
+        computed = min(int(num_computed_tokens), self._seqs.ntokens.item(row))
+        return self.prefix_cache.commit(row, self._seqs.blocks(row), computed)
+
+    def mark_computed_batch(
+        self, rows: np.ndarray, num_computed: np.ndarray | None = None
+    ) -> int:
+        """`mark_computed` for rows (int64) at once; `num_computed` (int64 `[len(rows)]`)
+        defaults to every token each row holds, as after a decode step. Python work is done
+        only for the rows that filled a block."""
+        prefix = self.prefix_cache
+        rows = np.asarray(rows, dtype=np.int64)
+        if prefix is None or rows.size == 0:
+            return 0
+        seqs = self._seqs
+        held = seqs.ntokens[rows]
+        computed = held if num_computed is None else np.minimum(
+            np.asarray(num_computed, dtype=np.int64), held)
+        todo = prefix.commit_candidates(rows, computed)
+        if todo.size == 0:
+            return 0
+        on_gpu = seqs.where[rows[todo]] == ON_GPU
+        if not on_gpu.all():
+            todo = todo[on_gpu]
+        return prefix.commit_batch(rows[todo], computed[todo], seqs.table)
 
     def _prompt_keys(self, num_tokens: int, token_ids, block_hashes) -> list[Hashable]:
         if self.prefix_cache is None:
             return []
         full = num_tokens // self.block_size
+        if block_hashes is not None:
+            return list(block_hashes[:full])
         if token_ids is not None:
             return hash_block_tokens(np.asarray(token_ids)[: full * self.block_size],
                                      self.block_size)
-        if block_hashes is not None:
-            return list(block_hashes[:full])
         return []
 
     def _match(self, keys: list[Hashable], num_tokens: int) -> list[int]:
@@ -251,67 +309,128 @@ class KVCacheManager(BatchMixin, SwapMixin, SequenceQueries):
             return []
         return self.prefix_cache.match(keys, (num_tokens - 1) // self.block_size)
 
+    def _room_after(self, num_tokens: int) -> int:
+        """Room of a row whose last block is fresh and holds `num_tokens % block_size`."""
+        offset = num_tokens % self.block_size
+        room = self.block_size - offset if offset else 0
+        if self.max_model_len is not None:
+            room = min(room, self.max_model_len - num_tokens)
+        return room
+
     # ---- growth -------------------------------------------------------------------------
+    def append_slots(
+        self, seq_id: Hashable, num_new_tokens: int = 1, num_lookahead_slots: int = 0, *,
+        token_ids: TokenIds | None = None,
+    ) -> AppendResult:
+        """Make room for `num_new_tokens` tokens (+ lookahead slots) and return their slots.
+
+        The same plan as `append_slots_batch` over one row. Lookahead slots (speculative or
+        multi-step decoding) are allocated but not counted as tokens. A block about to be
+        written that is shared, or prefix-cached (cached content is immutable), is first
+        copied (`copies`), unless it holds no token yet, when a fresh block replaces it.
+        `token_ids`: the ids of the tokens written at these slots, so that the blocks they
+        fill can be prefix-cached once computed; without them the sequence's later blocks
+        are not cached.
+
+        Raises (nothing changed): OutOfBlocksError, SequenceTooLongError,
+        UnknownSequenceError, WrongDeviceError, ValueError.
+        """
+        seqs = self._seqs
+        try:
+            row = seqs.row_of[seq_id]
+        except (KeyError, TypeError):
+            raise UnknownSequenceError(f"unknown sequence {seq_id!r}") from None
+        room = seqs.room
+        left = room.item(row)
+        if (left > 0 and num_new_tokens == 1 and num_lookahead_slots == 0
+                and (token_ids is None or len(token_ids) == 1)):
+            # The decode step of most sequences: the next slot of a block that is theirs
+            # (`room`, which only a plan sets); scalar reads and writes, no planning.
+            n = seqs.ntokens.item(row)
+            bs = self.block_size
+            slot = seqs.table.item(row, n // bs) * bs + n % bs
+            seqs.ntokens[row] = n + 1
+            room[row] = left - 1
+            if self.prefix_cache is not None:
+                if token_ids is None:
+                    self.prefix_cache.end_chain(row)
+                else:
+                    self.prefix_cache.record_token(row, n, int(token_ids[0]))
+            return AppendResult(np.array((slot,), dtype=np.int64), EMPTY_PAIRS)
+        tokens = None if token_ids is None else np.asarray(token_ids, dtype=np.int64)
+        if tokens is not None and tokens.shape != (num_new_tokens,):
+            raise ValueError(f"token_ids has shape {tokens.shape}, expected "
+                             f"({num_new_tokens},)")
+        rows = np.asarray([row], dtype=np.int64)
+        return self._append(rows, num_new_tokens, num_lookahead_slots,
+                            None if tokens is None else tokens[None, :], allow_zero=True)
+
+    def append_slots_batch(
+        self, rows: np.ndarray, num_new_tokens: int = 1, num_lookahead_slots: int = 0, *,
+        token_ids: np.ndarray | None = None,
+    ) -> AppendResult:
+        """A decode step for a batch: `num_new_tokens` new slots for every row in `rows`.
+
+        `rows` (int array from `rows_of`) must be distinct sequences on the GPU. Slots come
+        back row-major, in `rows` order. The same semantics as `append_slots` applied to
+        each row in turn (a block all of whose holders write into it in this step is copied
+        by all but the last of them), done with whole-batch array operations.
+        `token_ids`: int64 `[len(rows), num_new_tokens]` (or `[len(rows)]` for one token),
+        -1 where unknown. `num_new_tokens > 1` serves multi-step decoding.
+
+        Raises (nothing changed): OutOfBlocksError, SequenceTooLongError,
+        UnknownSequenceError, WrongDeviceError, ValueError.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        tokens = None
+        if token_ids is not None:
+            tokens = np.asarray(token_ids, dtype=np.int64).reshape(rows.size, -1)
+            if tokens.shape[1] != num_new_tokens:
+                raise ValueError(f"token_ids must be [{rows.size}, {num_new_tokens}], got "
+                                 f"{np.shape(token_ids)}")
+        return self._append(rows, num_new_tokens, num_lookahead_slots, tokens)
+
     def blocks_needed(
         self, seq_id: Hashable, num_new_tokens: int = 1, num_lookahead_slots: int = 0
     ) -> int:
         """GPU blocks `append_slots` would take now (new blocks plus copy-on-write copies)."""
-        row = self._gpu_row(seq_id)
-        new, shared = self._growth(row, num_new_tokens, num_lookahead_slots)
-        return new + len(shared)
+        rows = np.asarray([self._seqs.row(seq_id)], dtype=np.int64)
+        return int(self._plan(rows, num_new_tokens, num_lookahead_slots, True).num_blocks)
 
-    def append_slots(
-        self, seq_id: Hashable, num_new_tokens: int = 1, num_lookahead_slots: int = 0
-    ) -> AppendResult:
-        """Make room for `num_new_tokens` tokens (+ lookahead slots) and return their slots.
+    def blocks_needed_batch(
+        self, rows: np.ndarray, num_new_tokens: int = 1, num_lookahead_slots: int = 0
+    ) -> np.ndarray:
+        """Per-row GPU blocks `append_slots_batch` would take now, int64 `[len(rows)]`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._plan(rows, num_new_tokens, num_lookahead_slots).blocks_per_row()
 
-        Lookahead slots (speculative or multi-step decoding) are allocated but not counted as
-        tokens. A block about to be written that is shared, or registered in the prefix cache
-        (cached content is immutable), is first copied (copy-on-write), unless it holds no
-        token yet, in which case a fresh block simply replaces it.
+    def _plan(self, rows: np.ndarray, k: int, lookahead: int,
+              allow_zero: bool = False) -> AppendPlan:
+        low = 0 if allow_zero else 1
+        for name, value, least in (("num_new_tokens", k, low),
+                                   ("num_lookahead_slots", lookahead, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+                    value < least):
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+        if rows.size == 1:  # one sequence: its row came from `row_of` or is checked here
+            row = rows.item(0)
+            if not 0 <= row < self._seqs.where.size or self._seqs.where.item(row) != ON_GPU:
+                self._seqs.check_rows(rows, ON_GPU)  # raises the right error
+        else:
+            self._seqs.check_rows(rows, ON_GPU)
+        return plan_append(self._seqs, self.gpu, rows, int(k), int(lookahead),
+                           self.block_size, self.max_model_len)
 
-        Raises:
-            OutOfBlocksError (nothing changed), UnknownSequenceError, WrongDeviceError.
-        """
-        row = self._gpu_row(seq_id)
-        if num_new_tokens < 0 or num_lookahead_slots < 0:
-            raise ValueError(f"num_new_tokens and num_lookahead_slots must be >= 0, got "
-                             f"{num_new_tokens} and {num_lookahead_slots}")
-        new, shared = self._growth(row, num_new_tokens, num_lookahead_slots)
-        if new + len(shared) > self.gpu.num_free:
-            raise OutOfBlocksError("gpu", new + len(shared), self.gpu.num_free)
-        seqs, bs = self._seqs, self.block_size
-        n, nb = int(seqs.ntokens[row]), int(seqs.nblocks[row])
-        seqs.ensure_width(nb + new)
-        ids = self.gpu.allocate(new + len(shared))
-        seqs.table[row, nb : nb + new] = ids[:new]
-        copies = []
-        if shared:
-            old = seqs.table[row, shared].copy()
-            for logical, src, dst in zip(shared, old.tolist(), ids[new:].tolist(), strict=True):
-                if n > logical * bs:  # the block already holds tokens: keep them
-                    copies.append((src, dst))
-            seqs.table[row, shared] = ids[new:]
-            self.gpu.free(old)
-        seqs.nblocks[row] = nb + new
-        seqs.ntokens[row] = n + num_new_tokens
-        self.num_cow_copies += len(copies)
-        slots = seqs.table[row, (np.arange(n, n + num_new_tokens)) // bs].astype(np.int64) * bs
-        slots += np.arange(n, n + num_new_tokens) % bs
-        pairs = np.asarray(copies, dtype=np.int64).reshape(-1, 2) if copies else EMPTY_PAIRS
-        return AppendResult(slots, pairs)
-
-    def _growth(self, row: int, k: int, lookahead: int) -> tuple[int, list[int]]:
-        """(new blocks, logical indices of shared blocks the write touches) for an append."""
-        seqs, bs = self._seqs, self.block_size
-        n, nb = int(seqs.ntokens[row]), int(seqs.nblocks[row])
-        new = max(0, num_blocks_for(n + k + lookahead, bs) - nb)
-        if k == 0:
-            return new, []
-        first, last = n // bs, min(nb - 1, (n + k - 1) // bs)
-        blocks = seqs.table[row, first : last + 1]
-        must = (self.gpu.ref_counts[blocks] > 1) | self.gpu.cached_flags[blocks]
-        return new, (np.flatnonzero(must) + first).tolist()
+    def _append(self, rows: np.ndarray, k: int, lookahead: int, tokens: np.ndarray | None,
+                allow_zero: bool = False) -> AppendResult:
+        plan = self._plan(rows, k, lookahead, allow_zero)
+        if rows.size == 0:
+            return AppendResult(np.zeros(0, dtype=np.int64), EMPTY_PAIRS)
+        result = apply_append(self._seqs, self.gpu, plan, self.block_size, self.max_model_len)
+        self.num_cow_copies += result.num_copies
+        if self.prefix_cache is not None and k:
+            self.prefix_cache.record_tokens(rows, plan.ntokens, tokens)
+        return result
 
     # ---- sharing ------------------------------------------------------------------------
     def fork(self, parent_id: Hashable, child_id: Hashable) -> None:
@@ -319,62 +438,143 @@ class KVCacheManager(BatchMixin, SwapMixin, SequenceQueries):
 
         Whichever of the two writes first into the shared partial block copies it then.
         """
-        parent = self._seqs.row(parent_id)
-        self._seqs.check_new(child_id)
-        where = int(self._seqs.where[parent])
-        blocks = self._seqs.blocks(parent)
-        self._pool_at(where)._share_unique(blocks)
-        child = self._seqs.add(child_id, where)
-        self._seqs.table[child, : blocks.size] = self._seqs.table[parent, : blocks.size]
-        self._seqs.nblocks[child] = blocks.size
-        self._seqs.ntokens[child] = self._seqs.ntokens[parent]
-        if parent in self._keys:
-            self._keys[child] = self._keys[parent]
-            self._registered[child] = self._registered[parent]
+        self.fork_many([parent_id], [child_id])
 
+    def fork_many(self, parent_ids: Sequence[Hashable], child_ids: Sequence[Hashable]) -> None:
+        """`fork(p, c)` for each pair, with one array operation for all reference counts.
+
+        Raises before changing anything if any parent is unknown, any child exists or is
+        listed twice, or the lists differ in length.
+        """
+        if len(parent_ids) != len(child_ids):
+            raise ValueError(f"parent_ids has {len(parent_ids)} ids, child_ids "
+                             f"{len(child_ids)}: they must pair up")
+        seqs = self._seqs
+        parents = seqs.rows(parent_ids)
+        for child in child_ids:
+            seqs.check_new(child)
+        if len(set(child_ids)) != len(child_ids):
+            raise ValueError("child_ids lists a sequence twice")
+        if parents.size == 0:
+            return
+        for where in (ON_GPU, ON_CPU):
+            on = parents[seqs.where[parents] == where]
+            if on.size:
+                self._pool_at(where).share_counted(seqs.gather_blocks(on))
+        children = seqs.add_many(list(child_ids), seqs.where[parents])
+        width = int(seqs.nblocks[parents].max())
+        seqs.table[children, :width] = seqs.table[parents, :width]
+        seqs.nblocks[children] = seqs.nblocks[parents]
+        seqs.ntokens[children] = seqs.ntokens[parents]
+        seqs.room[parents] = 0  # their last blocks are shared now
+        if self.prefix_cache is not None:
+            self.prefix_cache.fork(parents, children)
+
+    # ---- release ------------------------------------------------------------------------
     def free(self, seq_id: Hashable) -> int:
         """Drop a sequence and its references; return its token count (to recompute later).
 
         Blocks are released tail first, so under prefix caching a prompt's tail is evicted
         before its head, which more sequences share.
         """
-        row = self._seqs.row(seq_id)
-        num_tokens = int(self._seqs.ntokens[row])
-        self._pool_at(int(self._seqs.where[row]))._free_unique(self._seqs.blocks(row)[::-1])
-        self._keys.pop(row, None)
-        self._registered.pop(row, None)
-        self._seqs.remove(row)
+        seqs = self._seqs
+        row = seqs.row(seq_id)
+        num_tokens = int(seqs.ntokens[row])
+        self._pool_at(int(seqs.where[row])).free_distinct(seqs.blocks(row)[::-1])
+        if self.prefix_cache is not None:
+            self.prefix_cache.drop_row(row)
+        seqs.remove(row)
         return num_tokens
 
     #: Recompute preemption frees everything; the scheduler re-queues the tokens.
     preempt_recompute = free
 
+    def free_many(self, seq_ids: Sequence[Hashable]) -> np.ndarray:
+        """`free` each sequence, with one array operation per pool; returns int64 token counts.
+
+        Raises before changing anything if any id is unknown or listed twice.
+        """
+        seqs = self._seqs
+        rows = seqs.rows(seq_ids)
+        if seqs.has_repeats(rows):
+            raise ValueError("seq_ids lists a sequence twice")
+        counts = seqs.ntokens[rows].copy()
+        for where in (ON_GPU, ON_CPU):
+            on = rows[seqs.where[rows] == where]
+            if on.size:
+                self._pool_at(where).free(seqs.gather_blocks(on, tail_first=True))
+        if self.prefix_cache is not None:
+            self.prefix_cache.drop(rows)
+        seqs.remove_many(rows)
+        return counts
+
     def truncate(self, seq_id: Hashable, num_tokens: int) -> None:
         """Forget tokens past `num_tokens` (rejected speculative tokens), freeing whole blocks
-        past the new end. Blocks kept are not written again unless appended to."""
-        row = self._seqs.row(seq_id)
-        current = int(self._seqs.ntokens[row])
-        if not 0 <= num_tokens <= current:
-            raise ValueError(f"num_tokens must be in [0, {current}], got {num_tokens}")
+        past the new end. Blocks kept are not written again unless appended to (a registered
+        block is unregistered from the sequence's chain and copied before any write)."""
+        seqs = self._seqs
+        row = seqs.row(seq_id)
+        current = int(seqs.ntokens[row])
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)) or (
+                not 0 <= num_tokens <= current):
+            raise ValueError(f"num_tokens must be an int in [0, {current}], got {num_tokens!r}")
         keep = num_blocks_for(num_tokens, self.block_size)
-        nb = int(self._seqs.nblocks[row])
-        pool = self._pool_at(int(self._seqs.where[row]))
+        nb = int(seqs.nblocks[row])
         if keep < nb:
-            pool.free(self._seqs.table[row, keep:nb][::-1])
-            self._seqs.nblocks[row] = keep
-        self._seqs.ntokens[row] = num_tokens
-        if row in self._keys:  # a registered block must never be written again
-            full = num_tokens // self.block_size
-            self._keys[row] = self._keys[row][:full]
-            self._registered[row] = min(self._registered[row], full)
+            self._pool_at(int(seqs.where[row])).free(seqs.table[row, keep:nb][::-1])
+            seqs.nblocks[row] = keep
+        seqs.ntokens[row] = num_tokens
+        seqs.room[row] = 0
+        if self.prefix_cache is not None:
+            self.prefix_cache.truncate(row, num_tokens)
+        if seqs.where[row] == ON_GPU:
+            refresh_room(seqs, self.gpu, np.asarray([row], dtype=np.int64), self.block_size,
+                         self.max_model_len)
+
+    # ---- swapping -----------------------------------------------------------------------
+    def can_swap_out(self, seq_ids: Iterable[Hashable]) -> bool:
+        """Whether the CPU swap area has room for the group's distinct blocks."""
+        rows = group_rows(self._seqs, seq_ids, ON_GPU)
+        return self.cpu is not None and distinct_blocks(self._seqs, rows).size <= self.cpu.num_free
+
+    def can_swap_in(self, seq_ids: Iterable[Hashable]) -> AllocStatus:
+        """Whether the group's distinct blocks fit back on the GPU (keeping the watermark)."""
+        rows = group_rows(self._seqs, seq_ids, ON_CPU)
+        need = distinct_blocks(self._seqs, rows).size
+        if self.gpu.num_blocks < need:
+            return AllocStatus.NEVER
+        if self.gpu.num_free - need >= self.config.watermark_blocks:
+            return AllocStatus.OK
+        return AllocStatus.LATER
+
+    def swap_out(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
+        """Move a group of sequences to the CPU, all or nothing.
+
+        Returns int64 `[num_blocks, 2]` (gpu_block, cpu_block) pairs to copy, one per distinct
+        block: blocks shared inside the group stay shared on the CPU. A GPU block that others
+        outside the group still use stays on the GPU for them.
+        """
+        if self.cpu is None:
+            raise ValueError("swap_out: this manager has no CPU swap space (num_cpu_blocks=0)")
+        rows = group_rows(self._seqs, seq_ids, ON_GPU)
+        pairs = move_rows(self._seqs, rows, self.gpu, self.cpu, ON_CPU)
+        self.num_blocks_swapped_out += pairs.shape[0]
+        return pairs
+
+    def swap_in(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
+        """Move a swapped-out group back to the GPU, all or nothing.
+
+        Returns int64 `[num_blocks, 2]` (cpu_block, gpu_block) pairs to copy.
+        """
+        if self.cpu is None:
+            raise ValueError("swap_in: this manager has no CPU swap space (num_cpu_blocks=0)")
+        rows = group_rows(self._seqs, seq_ids, ON_CPU)
+        pairs = move_rows(self._seqs, rows, self.cpu, self.gpu, ON_GPU)
+        refresh_room(self._seqs, self.gpu, rows, self.block_size, self.max_model_len)
+        self.num_blocks_swapped_in += pairs.shape[0]
+        return pairs
 
     # ---- helpers ------------------------------------------------------------------------
-    def _gpu_row(self, seq_id: Hashable) -> int:
-        row = self._seqs.row(seq_id)
-        if self._seqs.where[row] != ON_GPU:
-            raise WrongDeviceError(f"sequence {seq_id!r} is swapped out to the CPU")
-        return row
-
     def _pool(self, device: str) -> BlockPool:
         if device == "gpu":
             return self.gpu
@@ -385,7 +585,11 @@ class KVCacheManager(BatchMixin, SwapMixin, SequenceQueries):
         raise ValueError(f"device must be 'gpu' or 'cpu', got {device!r}")
 
     def _pool_at(self, where: int) -> BlockPool:
-        return self.gpu if where == ON_GPU else self.cpu  # type: ignore[return-value]
+        if where == ON_GPU:
+            return self.gpu
+        if self.cpu is None:  # a CPU row exists only with swap space
+            raise WrongDeviceError("no CPU swap space")
+        return self.cpu
 
 
 def _check_positive(name: str, value: object) -> None:

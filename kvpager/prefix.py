@@ -14,7 +14,15 @@ block).
 
 Only full blocks are cached; a sequence's last, partially filled block is always private,
 because appends write into it. Cached blocks are never written: a block is registered when
-it is full, and appends only ever write into the partial tail block.
+it is full and computed, and appends only ever write into the partial tail block (a write
+into a cached block copies it first).
+
+Generated blocks: when the tokens a sequence appends are known (a real engine knows what it
+sampled; a simulator may replay a trace's output ids), the chain continues past the prompt,
+and a block filled during decode is registered under the key that continues the prompt's
+chain. The next turn of a conversation, whose prompt is the earlier prompt + the earlier
+answer + new text, then hits the answer's blocks too. The chain continues only from
+kvpager's own digests (bytes): caller keys of another kind end it at the prompt.
 """
 
 from __future__ import annotations
@@ -36,32 +44,54 @@ def hash_block_tokens(
     none). `parent` continues a chain from an earlier block's key."""
     if block_size <= 0:
         raise ValueError(f"block_size must be > 0, got {block_size}")
-    tokens = np.asarray(token_ids, dtype="<i8").reshape(-1)
+    raw = np.asarray(token_ids, dtype="<i8").reshape(-1).tobytes()
+    step = 8 * block_size
     keys: list[bytes] = []
     prev = _ROOT if parent is None else parent
-    for start in range(0, tokens.size - block_size + 1, block_size):
-        digest = hashlib.blake2b(prev, digest_size=16)
-        digest.update(tokens[start : start + block_size].tobytes())
-        prev = digest.digest()
+    for start in range(0, len(raw) - step + 1, step):
+        prev = chain_key(prev, raw[start : start + step])
         keys.append(prev)
     return keys
 
 
+def chain_key(parent: bytes | None, block_tokens: bytes) -> bytes:
+    """The key of a block: BLAKE2b-128 of its parent's key (a root constant for the first
+    block) and its token ids as little-endian int64 bytes."""
+    digest = hashlib.blake2b(_ROOT if parent is None else parent, digest_size=16)
+    digest.update(block_tokens)
+    return digest.digest()
+
+
 class PrefixCache:
-    """Map from chained block keys to cached physical blocks of one `BlockPool`.
+    """Chained block keys -> cached physical blocks of one `BlockPool`, and each sequence's
+    chain.
 
     The pool owns the blocks' lifetimes (reference counts, LRU eviction order); this class
-    owns the key <-> block maps and the hit counters, and forgets a key when the pool evicts
-    its block.
+    owns the key <-> block maps, the hit counters, and per sequence (by the manager's row)
+    the keys of its full blocks, how many of them are registered, and the tokens of its
+    partial block that will make its next key. The manager calls the per-sequence hooks
+    (`start`, `fork`, `drop`, `truncate`, `record_tokens`, `commit`) as sequences change.
+
+    Per-row state lives in arrays so that a decode step of a whole batch records its tokens
+    with one array write; Python work is done only for the rows whose block just filled.
     """
 
-    def __init__(self, pool: BlockPool) -> None:
+    def __init__(self, pool: BlockPool, block_size: int) -> None:
         self._pool = pool
+        self.block_size = block_size
         self._block_of: dict[Hashable, int] = {}
         self._key_of: dict[int, Hashable] = {}
         pool.set_evict_callback(self._forget)
         self.queried_blocks = 0
         self.hit_blocks = 0
+        # Per row: the keys of its full blocks (prompt keys, then keys made from recorded
+        # tokens), how many are registered, whether the chain can go on, and the tokens
+        # recorded past its last key (int64, -1 where unknown).
+        self._keys: dict[int, list[Hashable]] = {}
+        self._num_keys = np.zeros(64, dtype=np.int64)
+        self._registered = np.zeros(64, dtype=np.int64)
+        self._chained = np.zeros(64, dtype=bool)
+        self._pending = np.full((64, 2 * block_size), -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._block_of)
@@ -75,6 +105,11 @@ class PrefixCache:
         """The key a cached block is registered under, or None."""
         return self._key_of.get(block)
 
+    def block_of(self, key: Hashable) -> int | None:
+        """The cached block registered under `key`, or None."""
+        return self._block_of.get(key)
+
+    # ---- lookups ------------------------------------------------------------------------
     def match(self, keys: Sequence[Hashable], max_blocks: int) -> list[int]:
         """Blocks of the longest cached prefix of `keys`, at most `max_blocks`; no side effects.
 
@@ -93,13 +128,192 @@ class PrefixCache:
         self.queried_blocks += queried
         self.hit_blocks += hit
 
-    def register(self, block: int, key: Hashable) -> bool:
-        """Cache an in-use full block under `key`.
+    def reset_counters(self) -> None:
+        self.queried_blocks = self.hit_blocks = 0
 
-        Returns False, and caches nothing, when `key` is already cached under another block
-        (two sequences computed the same prefix at once): the duplicate stays private and is
-        simply freed later.
-        """
+    # ---- per-sequence chains ------------------------------------------------------------
+    def start(self, row: int, keys: list[Hashable], num_hits: int,
+              tail_tokens: np.ndarray | None) -> None:
+        """A new sequence at `row`: `keys` of its full prompt blocks, the first `num_hits`
+        already cached (shared), and the int64 tokens of its partial last block, or None when
+        its tokens are unknown (the chain then ends with the prompt)."""
+        self._ensure_rows(row + 1)
+        self._keys[row] = keys
+        self._num_keys[row] = len(keys)
+        self._registered[row] = num_hits
+        chained = tail_tokens is not None and (not keys or isinstance(keys[-1], bytes))
+        self._chained[row] = chained
+        self._pending[row] = -1
+        if chained and tail_tokens.size:
+            self._pending[row, : tail_tokens.size] = tail_tokens
+
+    def fork(self, parents: np.ndarray, children: np.ndarray) -> None:
+        """Children start with copies of their parents' chains (int64 rows, pairwise)."""
+        self._ensure_rows(int(children.max()) + 1)
+        for parent, child in zip(parents.tolist(), children.tolist(), strict=True):
+            keys = self._keys.get(parent)
+            if keys is None:
+                self._keys.pop(child, None)
+            else:
+                self._keys[child] = list(keys)
+        for name in ("_num_keys", "_registered", "_chained", "_pending"):
+            arr = getattr(self, name)
+            arr[children] = arr[parents]
+
+    def drop(self, rows: np.ndarray | list[int]) -> None:
+        """Forget the chains of freed rows."""
+        for row in np.asarray(rows).tolist():
+            self._keys.pop(row, None)
+        rows = np.asarray(rows, dtype=np.int64)
+        self._num_keys[rows] = 0
+        self._registered[rows] = 0
+        self._chained[rows] = False
+
+    def drop_row(self, row: int) -> None:
+        """`drop` for one row, with scalar writes (a per-request free)."""
+        self._keys.pop(row, None)
+        self._num_keys[row] = 0
+        self._registered[row] = 0
+        self._chained[row] = False
+
+    def truncate(self, row: int, num_tokens: int) -> None:
+        """The row keeps only its first `num_tokens` tokens: keys and registrations past them
+        go (a registered block is never written again). When a key that covered dropped
+        tokens is cut, the tokens it was made of are gone and the chain ends here."""
+        keys = self._keys.get(row)
+        if keys is None:
+            return
+        full = num_tokens // self.block_size
+        if len(keys) > full:
+            del keys[full:]
+            self._num_keys[row] = full
+            self._chained[row] = False
+        self._registered[row] = min(int(self._registered[row]), full)
+
+    def record_tokens(self, rows: np.ndarray, positions: np.ndarray,
+                      tokens: np.ndarray | None) -> None:
+        """Tokens `[B, k]` (int64, -1 = unknown) appended at positions `positions[b] ..
+        positions[b] + k - 1` of rows `[B]`; None ends the rows' chains (tokens unknown)."""
+        if tokens is None:
+            self._chained[rows] = False
+            return
+        chained = self._chained[rows]
+        if not chained.any():
+            return
+        if not chained.all():
+            rows, positions, tokens = rows[chained], positions[chained], tokens[chained]
+        k = tokens.shape[1]
+        offset = positions - self._num_keys[rows] * self.block_size
+        need = int(offset.max()) + k
+        if need > self._pending.shape[1]:
+            self._grow_pending(need)
+        cols = offset[:, None] + np.arange(k)
+        self._pending[rows[:, None], cols] = tokens
+
+    def record_token(self, row: int, position: int, token: int) -> None:
+        """`record_tokens` for one token of one row, with scalar writes (a per-sequence
+        append)."""
+        if self._chained.item(row):
+            offset = position - self._num_keys.item(row) * self.block_size
+            if offset >= self._pending.shape[1]:
+                self._grow_pending(offset + 1)
+            self._pending[row, offset] = token
+
+    def end_chain(self, row: int) -> None:
+        """The row appended tokens it did not name: no more keys for it."""
+        self._chained[row] = False
+
+    def commit_candidates(self, rows: np.ndarray, num_computed: np.ndarray) -> np.ndarray:
+        """Rows (of `rows`) that have blocks to register now that their first `num_computed`
+        tokens are computed: the few a decode step fills, found with array operations."""
+        done = num_computed // self.block_size
+        cap = np.where(self._chained[rows], done, np.minimum(done, self._num_keys[rows]))
+        return np.flatnonzero(cap > self._registered[rows])
+
+    def commit_batch(self, rows: np.ndarray, num_computed: np.ndarray, table: np.ndarray) -> int:
+        """`commit` for candidate rows (from `commit_candidates`); `table` is the int32
+        `[rows, width]` table array the rows index. The decode step's case, one block just
+        filled whose key comes from the tokens recorded for it, is done for all such rows
+        with one gather of their tokens and one write of their cached flags; others go
+        through `commit` one by one. Returns the blocks registered."""
+        bs = self.block_size
+        reg = self._registered[rows]
+        simple = ((num_computed // bs == reg + 1) & (self._num_keys[rows] == reg)
+                  & self._chained[rows])
+        added = 0
+        for i in np.flatnonzero(~simple).tolist():
+            row = int(rows[i])
+            added += self.commit(row, table[row], int(num_computed[i]))
+        if not simple.any():
+            return added
+        rows, reg = rows[simple], reg[simple]
+        tokens = self._pending[rows, :bs]
+        known = (tokens >= 0).all(axis=1)
+        if not known.all():
+            self._chained[rows[~known]] = False
+            rows, reg, tokens = rows[known], reg[known], tokens[known]
+        blocks = table[rows, reg].tolist()
+        raw = tokens.astype("<i8").tobytes()
+        step = 8 * bs
+        fresh: list[int] = []
+        block_of, key_of = self._block_of, self._key_of
+        for i, row in enumerate(rows.tolist()):
+            keys = self._keys[row]
+            key = chain_key(keys[-1] if keys else None, raw[i * step : (i + 1) * step])
+            keys.append(key)
+            if key not in block_of:
+                block = blocks[i]
+                block_of[key] = block
+                key_of[block] = key
+                fresh.append(block)
+        self._num_keys[rows] = reg + 1
+        self._registered[rows] = reg + 1
+        self._pending[rows, :-bs] = self._pending[rows, bs:]
+        self._pending[rows, -bs:] = -1
+        if fresh:
+            self._pool.mark_cached_many(np.asarray(fresh, dtype=np.int64))
+        return added + len(fresh)
+
+    def commit(self, row: int, blocks: np.ndarray, num_computed: int) -> int:
+        """Register the row's full blocks among its first `num_computed` computed tokens;
+        `blocks` is the row's table (int32). Returns how many blocks were registered."""
+        keys = self._keys.get(row)
+        if keys is None:
+            return 0
+        done = min(num_computed // self.block_size, blocks.size)
+        start = self._registered.item(row)
+        if done <= start:
+            return 0
+        if len(keys) < done and self._chained.item(row):
+            while len(keys) < done and self._extend(row, keys):
+                pass
+        done = min(done, len(keys))
+        start = self._registered.item(row)
+        added = 0
+        for i in range(start, done):
+            added += self._register(int(blocks[i]), keys[i])
+        if done > start:
+            self._registered[row] = done
+        return added
+
+    def _extend(self, row: int, keys: list[Hashable]) -> bool:
+        """Make the row's next key from its recorded tokens; False if any is unknown."""
+        bs = self.block_size
+        tokens = self._pending[row, :bs]
+        if (tokens < 0).any():
+            self._chained[row] = False
+            return False
+        keys.append(chain_key(keys[-1] if keys else None, tokens.astype("<i8").tobytes()))
+        self._num_keys[row] = len(keys)
+        pending = self._pending[row]
+        pending[:-bs] = pending[bs:].copy()
+        pending[-bs:] = -1
+        return True
+
+    def _register(self, block: int, key: Hashable) -> bool:
+        """Cache an in-use full block under `key`. Returns False, caching nothing, when `key`
+        is already cached under another block (two sequences computed the same prefix at
+        once): the duplicate stays private and is simply freed later."""
         if key in self._block_of:
             return False
         self._block_of[key] = block
@@ -111,5 +325,20 @@ class PrefixCache:
         key = self._key_of.pop(block)
         del self._block_of[key]
 
-    def reset_counters(self) -> None:
-        self.queried_blocks = self.hit_blocks = 0
+    def _ensure_rows(self, rows: int) -> None:
+        size = self._num_keys.size
+        if rows <= size:
+            return
+        new = max(rows, 2 * size)
+        self._num_keys = np.concatenate([self._num_keys, np.zeros(new - size, np.int64)])
+        self._registered = np.concatenate([self._registered, np.zeros(new - size, np.int64)])
+        self._chained = np.concatenate([self._chained, np.zeros(new - size, bool)])
+        grown = np.full((new, self._pending.shape[1]), -1, dtype=np.int64)
+        grown[:size] = self._pending
+        self._pending = grown
+
+    def _grow_pending(self, width: int) -> None:
+        grown = np.full((self._pending.shape[0], max(width, 2 * self._pending.shape[1])), -1,
+                        dtype=np.int64)
+        grown[:, : self._pending.shape[1]] = self._pending
+        self._pending = grown

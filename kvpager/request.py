@@ -46,7 +46,10 @@ class Request:
         n: parallel samples (shared prompt, independent continuations).
         beam_width: beams of a beam search (n and beam_width > 1 together is an error).
         prompt_token_ids: the prompt's token ids, for content-hashed prefix caching.
-        block_hashes: caller-chained keys of the prompt's full blocks, instead of token ids.
+        block_hashes: chained keys of the prompt's full blocks: a caller's own, instead of
+            token ids, or kvpager's digests of `prompt_token_ids` made once at arrival.
+        output_token_ids: the tokens the request will generate, when a simulator replays them
+            (so that generated blocks are prefix-cached as a real engine's would be).
     """
 
     request_id: Hashable
@@ -57,6 +60,7 @@ class Request:
     beam_width: int = 1
     prompt_token_ids: Sequence[int] | None = None
     block_hashes: Sequence[Hashable] | None = None
+    output_token_ids: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         _check_count("prompt_tokens", self.prompt_tokens, 1)
@@ -70,9 +74,9 @@ class Request:
             raise ValueError(f"request {self.request_id!r}: prompt_token_ids has "
                              f"{len(self.prompt_token_ids)} ids, prompt_tokens is "
                              f"{self.prompt_tokens}")
-        if self.prompt_token_ids is not None and self.block_hashes is not None:
-            raise ValueError(f"request {self.request_id!r}: give prompt_token_ids or "
-                             "block_hashes, not both")
+        if self.output_token_ids is not None and self.prompt_token_ids is None:
+            raise ValueError(f"request {self.request_id!r}: output_token_ids needs "
+                             "prompt_token_ids")
 
     @property
     def width(self) -> int:
@@ -80,23 +84,66 @@ class Request:
         return max(self.n, self.beam_width)
 
 
-@dataclass(eq=False)
 class SequenceState:
     """One sequence of a group.
 
-    `num_tokens` / `num_computed` are kept here while the sequence is waiting or prefilling;
-    while it decodes on the GPU the manager's token count is the truth (`num_computed` =
-    tokens with KV slots, `num_tokens` = that + 1) and these fields are refreshed only when
-    the sequence leaves the decode batch. `token_ids` is for executors that know the tokens
-    (a real engine); the scheduler passes them to the manager for prefix caching.
+    Its token counts live in one place at a time. While the sequence waits or prefills they
+    are here: `num_tokens` known, `num_computed` with KV. While it decodes on the GPU the
+    manager holds them (its count is the tokens with slots; one more token is known, the one
+    sampled last), and here they read None: `Scheduler.num_tokens(seq)` answers for every
+    phase. The scheduler hands them over with `start_decoding()` (prompt computed) and
+    `restart(n)` (preempted for recomputation: n known tokens, none computed).
+
+    `token_ids` is for executors that know the tokens (a real engine appends what it
+    samples; a simulator replaying a trace's outputs knows them in advance); the scheduler
+    passes them to the manager for prefix caching.
     """
 
-    seq_id: Hashable
-    group: SequenceGroup
-    num_tokens: int
-    num_computed: int = 0
-    decoding: bool = False
-    token_ids: list[int] | None = None
+    __slots__ = ("_num_computed", "_num_tokens", "group", "seq_id", "token_ids")
+
+    def __init__(self, seq_id: Hashable, group: SequenceGroup, num_tokens: int | None = None,
+                 num_computed: int = 0, *, decoding: bool = False,
+                 token_ids: list[int] | None = None) -> None:
+        self.seq_id = seq_id
+        self.group = group
+        self.token_ids = token_ids
+        self._num_tokens = None if decoding else num_tokens
+        self._num_computed = None if decoding else num_computed
+        if not decoding and num_tokens is None:
+            raise ValueError(f"sequence {seq_id!r}: num_tokens is needed unless decoding")
+
+    @property
+    def decoding(self) -> bool:
+        """Whether the sequence decodes on the GPU (its counts are the manager's)."""
+        return self._num_tokens is None
+
+    @property
+    def num_tokens(self) -> int | None:
+        """Tokens known, while waiting or prefilling; None while decoding."""
+        return self._num_tokens
+
+    @property
+    def num_computed(self) -> int | None:
+        """Tokens with KV, while waiting or prefilling; None while decoding."""
+        return self._num_computed
+
+    def advance_prefill(self, count: int) -> None:
+        """`count` more known tokens were computed."""
+        if self._num_computed is None:
+            raise RuntimeError(f"sequence {self.seq_id!r} is decoding: no prefill to advance")
+        self._num_computed += count
+
+    def start_decoding(self) -> None:
+        """Every known token is computed: from now on the manager holds the counts."""
+        self._num_tokens = self._num_computed = None
+
+    def restart(self, num_tokens: int) -> None:
+        """Preempted for recomputation: `num_tokens` known tokens, none with KV."""
+        self._num_tokens, self._num_computed = num_tokens, 0
+
+    def __repr__(self) -> str:
+        phase = "decoding" if self.decoding else f"{self._num_computed}/{self._num_tokens}"
+        return f"SequenceState({self.seq_id!r}, {phase})"
 
 
 @dataclass(eq=False)

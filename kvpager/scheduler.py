@@ -1,7 +1,7 @@
 """Continuous (iteration-level) batching with preemption by swap or recompute.
 
 The scheduler decides, step by step, which sequences compute which tokens; it asks the
-`KVCacheManager` for blocks and passes on the manager's plans. It runs no model and reads no
+memory manager for blocks and passes on the manager's plans. It runs no model and reads no
 clock: a real engine and the simulator drive the *same* scheduler, which is what makes the
 simulator's memory figures the library's own.
 
@@ -16,50 +16,56 @@ A step, in priority order (FCFS by admission):
 3. Swapped groups come back (FCFS) when no one was preempted this step; new requests are
    admitted only when nothing waits in swap, so preempted work finishes first.
 
-The executor carries out a `SchedulerOutput` in this order: `swap_out`, `swap_in`, `copies`,
-then the forward pass (writes at `decode_slots` and the prefill slots), then reports back with
-`complete_step`, naming sequences that stopped for their own reasons (end of sequence).
-Length limits (`max_output_tokens`, `max_model_len`) are enforced here.
+The step comes out as a `SchedulerOutput` holding everything the executor needs (see
+`kvpager.scheduler_output`); the executor reports back with `complete_step`, naming
+sequences that stopped for their own reasons (end of sequence). Length limits
+(`max_output_tokens`, `max_model_len`) are enforced here. `docs/architecture.md` draws the
+whole flow.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 import numpy as np
 
-from kvpager.completion import CompletionMixin
-from kvpager.config import PREEMPTION_MODES, AllocStatus, SchedulerConfig
+from kvpager.config import PREEMPTION_MODES, SchedulerConfig
 from kvpager.errors import OutOfBlocksError
-from kvpager.protocol import KVManager
+from kvpager.plans import AllocStatus
+from kvpager.protocol import KVManager, PagedKVManager
 from kvpager.request import GroupStatus, Request, SequenceGroup, SequenceState
-from kvpager.step import PrefillChunk, SchedulerOutput, StepResult
+from kvpager.running import RunningSet
+from kvpager.scheduler_output import PrefillChunk, SchedulerOutput, StepResult
 
 
-class Scheduler(CompletionMixin):
+class Scheduler:
     """FCFS continuous batching over one memory manager (`KVCacheManager` or any
     `kvpager.protocol.KVManager`).
 
-    Construct with a `SchedulerConfig` or its fields as keywords.
+    Construct with a `SchedulerConfig` or its fields as keywords. `kernel_inputs`: whether
+    `SchedulerOutput` carries the prefill slot mappings and the block tables; by default
+    whenever the manager is a `PagedKVManager`. An executor that runs no kernel (the
+    simulator) passes False.
     """
 
-    def __init__(
-        self, manager: KVManager, config: SchedulerConfig | None = None, **fields: object
-    ) -> None:
+    def __init__(self, manager: KVManager, config: SchedulerConfig | None = None, *,
+                 kernel_inputs: bool | None = None, **fields: object) -> None:
         if config is None:
             config = SchedulerConfig(**fields)  # type: ignore[arg-type]
         elif fields:
             raise ValueError("pass either a SchedulerConfig or its fields, not both")
         self.manager = manager
         self.config = config
+        paged = isinstance(manager, PagedKVManager)
+        if kernel_inputs and not paged:
+            raise ValueError(f"kernel_inputs needs a PagedKVManager; "
+                             f"{type(manager).__name__} has no slot mappings or block tables")
+        self.kernel_inputs = paged if kernel_inputs is None else kernel_inputs
         self.waiting: deque[SequenceGroup] = deque()
-        self.running: list[SequenceGroup] = []
+        self.running = RunningSet(manager.rows_of)
         self.swapped: list[SequenceGroup] = []
         self._groups: dict[Hashable, SequenceGroup] = {}
-        self._target = np.zeros(64, dtype=np.int64)  # manager row -> token count to stop at
-        self._batch: tuple[np.ndarray, list[SequenceState]] | None = None
-        self._seq_budget = 0  # sum of request.width over running groups
         self.num_preempted = {"swap": 0, "recompute": 0}
         self.num_rejected = 0
 
@@ -104,13 +110,19 @@ class Scheduler(CompletionMixin):
 
     @property
     def num_running_seqs(self) -> int:
-        return sum(len(g.seqs) for g in self.running)
+        return self.running.num_seqs
 
     def group(self, request_id: Hashable) -> SequenceGroup:
         try:
             return self._groups[request_id]
         except KeyError:
             raise ValueError(f"unknown or finished request {request_id!r}") from None
+
+    def num_tokens(self, seq: SequenceState) -> int:
+        """Tokens the sequence knows, in any phase (see `SequenceState`)."""
+        if seq.decoding:
+            return self.manager.num_tokens(seq.seq_id) + 1
+        return seq.num_tokens  # type: ignore[return-value]
 
     # ---- scheduling ---------------------------------------------------------------------
     def schedule(self, num_decode_steps: int = 1) -> SchedulerOutput:
@@ -145,17 +157,18 @@ class Scheduler(CompletionMixin):
 
     def _schedule_decodes(self, out: SchedulerOutput) -> None:
         m, k, extra = self.manager, out.num_decode_steps, self.config.num_lookahead_slots
-        rows, seqs = self._decode_batch()
+        rows, seqs = self.running.decode_batch()
         while rows.size:
             try:  # plans once in the common case; raises before changing anything
-                got = m.append_slots_batch(rows, k, extra)
+                got = m.append_slots_batch(rows, k, extra,
+                                           token_ids=self._decode_tokens(rows, seqs, k))
                 break
             except OutOfBlocksError as exc:
                 need = exc.needed
             if k > 1:  # a multi-step window that does not fit shrinks to one step first:
                 k = out.num_decode_steps = 1  # preemption happens when single steps need it
                 continue
-            victim = self.running[-1]
+            victim = self.running.last
             if len(self.running) == 1:
                 # Only running groups hold GPU blocks: one that cannot grow in an otherwise
                 # empty cache never will, and preempting it would loop forever.
@@ -163,20 +176,29 @@ class Scheduler(CompletionMixin):
                                         f"{m.num_free_blocks()} are free with nothing else running")
             else:
                 self._preempt(victim, out)
-            rows, seqs = self._decode_batch()
+            rows, seqs = self.running.decode_batch()
         if not rows.size:
             return
         out.decode_rows, out.decode_seqs, out.decode_slots = rows, seqs, got.slots
+        out.decode_seq_lens = m.seq_lens(rows)
+        if self.kernel_inputs:
+            out.decode_block_tables = m.block_tables_array(rows)
         out.copies = got.copies
 
-    def _decode_batch(self) -> tuple[np.ndarray, list[SequenceState]]:
-        """Rows and states of every decoding sequence of running groups, in priority order;
-        rebuilt only after the running set changes."""
-        if self._batch is None:
-            seqs = [s for g in self.running for s in g.seqs if s.decoding]
-            rows = self.manager.rows_of([s.seq_id for s in seqs])
-            self._batch = (rows, seqs)
-        return self._batch
+    def _decode_tokens(self, rows: np.ndarray, seqs: list[SequenceState],
+                       k: int) -> np.ndarray | None:
+        """int64 `[B, k]` ids of the tokens the step computes (-1 where unknown), for prefix
+        caching of generated blocks; None when no running sequence carries token ids."""
+        if not self.running.tracks_tokens:
+            return None
+        held = self.manager.seq_lens(rows).tolist()
+        out = np.full((len(seqs), k), -1, dtype=np.int64)
+        for i, (seq, start) in enumerate(zip(seqs, held, strict=True)):
+            known = _known_tokens(seq, start + k)
+            if known is not None:
+                part = known[start : start + k]
+                out[i, : len(part)] = part
+        return out
 
     def _continue_prefills(self, out: SchedulerOutput) -> None:
         budget = self.config.max_num_batched_tokens - out.num_batched_tokens
@@ -186,15 +208,22 @@ class Scheduler(CompletionMixin):
                     return
                 if not seq.decoding and seq.num_computed < seq.num_tokens:
                     count = min(seq.num_tokens - seq.num_computed, budget)
-                    out.prefills.append(PrefillChunk(seq, seq.num_computed, count))
+                    out.prefills.append(self._chunk(seq, seq.num_computed, count))
                     budget -= count
+
+    def _chunk(self, seq: SequenceState, start: int, count: int) -> PrefillChunk:
+        chunk = PrefillChunk(seq, start, count, start + count == seq.num_tokens)
+        if self.kernel_inputs:
+            chunk.slots = self.manager.slot_mapping(seq.seq_id, start, start + count)
+            chunk.block_table = self.manager.block_ids(seq.seq_id)
+        return chunk
 
     def _admit(self, out: SchedulerOutput) -> None:
         cfg, m = self.config, self.manager
         budget = cfg.max_num_batched_tokens - out.num_batched_tokens
         while self.waiting and budget > 0:
             group = self.waiting[0]
-            if self._seq_budget + group.request.width > cfg.max_num_seqs:
+            if self.running.num_seq_slots + group.request.width > cfg.max_num_seqs:
                 return
             status = self._can_allocate(group)
             if status is AllocStatus.NEVER:
@@ -218,12 +247,12 @@ class Scheduler(CompletionMixin):
             self.waiting.popleft()
             for seq in group.seqs:
                 got = m.allocate(seq.seq_id, seq.num_tokens, **self._alloc_args(group, seq))
-                seq.num_computed = got.num_cached_tokens
+                seq.advance_prefill(got.num_cached_tokens)
                 count = seq.num_tokens - seq.num_computed
                 if cfg.chunked_prefill:
                     count = min(count, budget)
                 if count > 0:
-                    out.prefills.append(PrefillChunk(seq, seq.num_computed, count))
+                    out.prefills.append(self._chunk(seq, seq.num_computed, count))
                     budget -= count
             self._start(group)
             out.admitted.append(group)
@@ -237,9 +266,12 @@ class Scheduler(CompletionMixin):
 
     def _alloc_args(self, group: SequenceGroup, seq: SequenceState) -> dict:
         request = group.request
+        token_ids = _known_tokens(seq, seq.num_tokens)
         return {
-            "token_ids": seq.token_ids,
-            "block_hashes": None if seq.token_ids is not None else request.block_hashes,
+            "token_ids": token_ids,
+            # Keys made once at arrival apply to the prompt alone.
+            "block_hashes": request.block_hashes
+            if token_ids is None or seq.num_tokens == request.prompt_tokens else None,
             "max_tokens": self._final_tokens(request),
             "num_seqs": 1 if group.expanded else request.width,
         }
@@ -255,7 +287,7 @@ class Scheduler(CompletionMixin):
         while self.swapped:
             group = self.swapped[0]
             ids = [s.seq_id for s in group.seqs]
-            if self._seq_budget + group.request.width > self.config.max_num_seqs:
+            if self.running.num_seq_slots + group.request.width > self.config.max_num_seqs:
                 break
             if self.manager.can_swap_in(ids) is not AllocStatus.OK:
                 break
@@ -266,13 +298,14 @@ class Scheduler(CompletionMixin):
         if pairs:
             out.swap_in = np.concatenate(pairs)
 
+    # ---- queries for executors ----------------------------------------------------------
     def decode_headroom(self) -> int:
         """Decode steps every decoding sequence can take before one reaches its length limit
         (0 when none decodes): the longest multi-step window that finishes no one early."""
-        rows, _ = self._decode_batch()
+        rows, _ = self.running.decode_batch()
         if not rows.size:
             return 0
-        return int((self._target[rows] - self.manager.seq_lens(rows)).min())
+        return int((self.running.targets(rows) - self.manager.seq_lens(rows)).min())
 
     def has_prefill_work(self) -> bool:
         """Whether a running sequence still has prompt (or recomputation) tokens to compute."""
@@ -280,12 +313,12 @@ class Scheduler(CompletionMixin):
 
     def decode_rows(self) -> np.ndarray:
         """Manager rows of the sequences the next decode step would extend, in order."""
-        return self._decode_batch()[0]
+        return self.running.decode_batch()[0]
 
     def resident(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, final slots) of every sequence holding GPU memory: the slots each will
         occupy at the end, for memory breakdowns (`KVCacheManager.memory_breakdown`)."""
-        seqs = [s for g in self.running for s in g.seqs]
+        seqs = self.running.all_seqs()
         rows = self.manager.rows_of([s.seq_id for s in seqs])
         final = np.fromiter((self._final_tokens(s.group.request) - 1 for s in seqs),
                             dtype=np.int64, count=len(seqs))
@@ -299,19 +332,157 @@ class Scheduler(CompletionMixin):
         group = self.waiting[0]
         return group.seqs[0].num_tokens, self._final_tokens(group.request)
 
-    # ---- the running set ----------------------------------------------------------------
+    # ---- recording a step ---------------------------------------------------------------
+    def complete_step(
+        self, out: SchedulerOutput, finished_seq_ids: Iterable[Hashable] = ()
+    ) -> StepResult:
+        """Record that `out` ran: its KV is computed (the manager may now share its full
+        blocks), prompts that completed start decoding (forked into their samples / beams),
+        and sequences stop: at their length limit, or when named in `finished_seq_ids`
+        (end-of-sequence token)."""
+        m = self.manager
+        result = StepResult()
+        started: list[SequenceState] = []
+        for chunk in out.prefills:
+            seq = chunk.seq
+            seq.advance_prefill(chunk.count)
+            m.mark_computed(seq.seq_id, seq.num_computed)
+            if seq.num_computed == seq.num_tokens:
+                seq.start_decoding()
+                started.append(seq)
+        if out.decode_rows.size:
+            m.mark_computed_batch(out.decode_rows)
+        children: list[SequenceState] = []
+        for seq in started:
+            group = seq.group
+            if not group.expanded:  # the prompt's first token, not a recomputation
+                group.expanded = True
+                result.first_token.append(group)
+                if group.request.width > 1:
+                    children += self._expand(group, seq)
+        done: list[SequenceState] = []
+        if started:
+            self.running.changed()
+            started += children
+            rows = m.rows_of([s.seq_id for s in started])
+            self._set_targets(rows, started)
+            hit = np.flatnonzero(m.seq_lens(rows) >= self.running.targets(rows))
+            done += [started[i] for i in hit.tolist()]
+        if out.decode_rows.size:
+            lengths = m.seq_lens(out.decode_rows)
+            hit = np.flatnonzero(lengths >= self.running.targets(out.decode_rows))
+            done += [out.decode_seqs[i] for i in hit.tolist()]
+        for seq_id in finished_seq_ids:
+            seq = self._seq(seq_id)
+            if all(seq is not d for d in done):
+                done.append(seq)
+        if done:
+            result.finished = self._finish(done)
+        return result
+
+    def _expand(self, group: SequenceGroup, seq: SequenceState) -> list[SequenceState]:
+        """Fork the computed prompt into the group's samples / beams (sharing its blocks)."""
+        children = [SequenceState(group.new_seq_id(), group, decoding=True,
+                                  token_ids=None if seq.token_ids is None
+                                  else list(seq.token_ids))
+                    for _ in range(group.request.width - 1)]
+        self.manager.fork_many([seq.seq_id] * len(children), [c.seq_id for c in children])
+        group.seqs += children
+        return children
+
+    def _set_targets(self, rows: np.ndarray, seqs: list[SequenceState]) -> None:
+        # Decoding, the manager holds num_tokens - 1 slots: stop when it reaches total - 1.
+        targets = np.fromiter((self._final_tokens(s.group.request) - 1 for s in seqs),
+                              dtype=np.int64, count=len(seqs))
+        self.running.set_targets(rows, targets)
+
+    def _finish(self, seqs: list[SequenceState]) -> list[SequenceGroup]:
+        self.manager.free_many([s.seq_id for s in seqs])
+        finished = []
+        for seq in seqs:
+            group = seq.group
+            group.seqs.remove(seq)
+            if not group.seqs:
+                group.status = GroupStatus.FINISHED
+                group.finish_reason = group.finish_reason or "finished"
+                self.running.remove(group)
+                del self._groups[group.request_id]
+                finished.append(group)
+        self.running.changed()
+        return finished
+
+    def finish_seqs(self, seq_ids: Iterable[Hashable]) -> list[SequenceGroup]:
+        """End running sequences between steps, for stop conditions `complete_step` could not
+        be told: a sample or beam forked inside that very step (after the prompt) that drew
+        an end-of-sequence token first. Returns the groups this finished.
+
+        Raises ValueError, changing nothing, for an unknown sequence or one whose group is not
+        running on the GPU."""
+        seqs = [self._seq(seq_id) for seq_id in seq_ids]
+        for seq in seqs:
+            if seq.group.status is not GroupStatus.RUNNING:
+                raise ValueError(f"sequence {seq.seq_id!r} is not running "
+                                 f"(its request is {seq.group.status.value})")
+        if len({id(s) for s in seqs}) != len(seqs):
+            raise ValueError("seq_ids lists a sequence twice")
+        return self._finish(seqs) if seqs else []
+
+    def _seq(self, seq_id: Hashable) -> SequenceState:
+        request_id = seq_id[0] if isinstance(seq_id, tuple) and seq_id else None
+        group = self._groups.get(request_id)
+        if group is not None:
+            for seq in group.seqs:
+                if seq.seq_id == seq_id:
+                    return seq
+        raise ValueError(f"unknown sequence {seq_id!r}")
+
+    # ---- executor-driven changes (beam search, aborts) ----------------------------------
+    def fork_seq(self, parent_seq_id: Hashable) -> SequenceState:
+        """A new decoding sequence sharing all of a running sequence's blocks (a new beam)."""
+        parent = self._seq(parent_seq_id)
+        if parent.group.status is not GroupStatus.RUNNING or not parent.decoding:
+            raise ValueError(f"sequence {parent_seq_id!r} is not decoding on the GPU")
+        group = parent.group
+        child = SequenceState(group.new_seq_id(), group, decoding=True,
+                              token_ids=None if parent.token_ids is None
+                              else list(parent.token_ids))
+        self.manager.fork(parent.seq_id, child.seq_id)
+        group.seqs.append(child)
+        self._set_targets(self.manager.rows_of([child.seq_id]), [child])
+        self.running.changed()
+        return child
+
+    def free_seq(self, seq_id: Hashable) -> None:
+        """Drop one sequence of a running group (a pruned beam); the group keeps running."""
+        seq = self._seq(seq_id)
+        if len(seq.group.seqs) == 1:
+            raise ValueError(f"sequence {seq_id!r} is its group's last: finish it instead")
+        self.manager.free(seq.seq_id)
+        seq.group.seqs.remove(seq)
+        self.running.changed()
+
+    def abort(self, request_id: Hashable) -> SequenceGroup:
+        """Stop a request wherever it is and free its blocks."""
+        group = self.group(request_id)
+        allocated = [s.seq_id for s in group.seqs if s.seq_id in self.manager]
+        if allocated:
+            self.manager.free_many(allocated)
+        if group in self.running:
+            self.running.remove(group)
+        if group in self.swapped:
+            self.swapped.remove(group)
+        if group in self.waiting:
+            self.waiting.remove(group)
+        group.status = GroupStatus.FINISHED
+        group.finish_reason = "aborted"
+        del self._groups[request_id]
+        return group
+
+    # ---- the running set and preemption -------------------------------------------------
     def _start(self, group: SequenceGroup) -> None:
         group.status = GroupStatus.RUNNING
-        self.running.append(group)
-        self._seq_budget += group.request.width
-        self._batch = None
+        self.running.add(group)
 
-    def _stop(self, group: SequenceGroup) -> None:
-        self.running.remove(group)
-        self._seq_budget -= group.request.width
-        self._batch = None
-
-    # ---- preemption ---------------------------------------------------------------------
     def _preempt(self, group: SequenceGroup, out: SchedulerOutput) -> None:
         m = self.manager
         ids = [s.seq_id for s in group.seqs]
@@ -320,19 +491,20 @@ class Scheduler(CompletionMixin):
             mode = "swap" if len(group.seqs) > 1 else "recompute"
         if mode == "swap" and (not m.has_swap_space or not m.can_swap_out(ids)):
             mode = "recompute"  # no room to swap: reported as a recompute in `out.preempted`
-        self._stop(group)
+        self.running.remove(group)
         if mode == "swap":
             out.swap_out = np.concatenate([out.swap_out, m.swap_out(ids)])
             group.status = GroupStatus.SWAPPED
             self._insert_by_arrival(self.swapped, group)
         else:
-            for seq in group.seqs:
+            for seq in group.seqs:  # the counts come back from the manager before it frees
                 if seq.decoding:
-                    seq.num_tokens = m.num_tokens(seq.seq_id) + 1
-                group.num_recomputed_tokens += (
-                    m.num_tokens(seq.seq_id) if seq.decoding else seq.num_computed)
-                seq.decoding = False
-                seq.num_computed = 0
+                    held = m.num_tokens(seq.seq_id)
+                    group.num_recomputed_tokens += held
+                    seq.restart(held + 1)
+                else:
+                    group.num_recomputed_tokens += seq.num_computed
+                    seq.restart(seq.num_tokens)
             m.free_many(ids)
             group.status = GroupStatus.WAITING
             self.waiting.appendleft(group)
@@ -343,7 +515,7 @@ class Scheduler(CompletionMixin):
     def _drop(self, group: SequenceGroup, out: SchedulerOutput, reason: str) -> None:
         """End a running group that can never finish, freeing its blocks."""
         self.manager.free_many([s.seq_id for s in group.seqs])
-        self._stop(group)
+        self.running.remove(group)
         del self._groups[group.request_id]
         self._reject(group, reason)
         out.rejected.append(group)
@@ -355,6 +527,21 @@ class Scheduler(CompletionMixin):
         while i > 0 and queue[i - 1].request.arrival_time > t:
             i -= 1
         queue.insert(i, group)
+
+
+def _known_tokens(seq: SequenceState, upto: int) -> list[int] | None:
+    """The sequence's token ids up to position `upto`, when known: what the executor has
+    appended (`token_ids`), else the prompt followed by the outputs a simulator replays."""
+    ids = seq.token_ids
+    if ids is None:
+        return None
+    if len(ids) >= upto:
+        return ids[:upto] if len(ids) > upto else ids
+    outputs = seq.group.request.output_token_ids
+    if outputs is None:
+        return None
+    known = list(ids) + list(outputs[: upto - len(ids)])
+    return known if len(known) >= upto else None
 
 
 __all__ = [

@@ -2,7 +2,8 @@
 
 A group (the beams of one beam search, the samples of one request) moves all or nothing:
 running half a group is useless, and its members share blocks, which must stay shared on the
-other side so that a swapped group takes no more room than it did.
+other side so that a swapped group takes no more room than it did. `KVCacheManager.swap_out`
+and `swap_in` check and count; these functions do the moving.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from collections.abc import Hashable, Iterable
 import numpy as np
 
 from kvpager.blocks import BlockPool
-from kvpager.config import AllocStatus
 from kvpager.errors import OutOfBlocksError, WrongDeviceError
-from kvpager.seq_store import DEVICE_NAMES, ON_CPU, ON_GPU, SequenceStore
+from kvpager.seq_store import DEVICE_NAMES, SequenceStore
 
 
 def group_rows(seqs: SequenceStore, seq_ids: Iterable[Hashable], where: int) -> np.ndarray:
@@ -63,52 +63,5 @@ def move_rows(
         nb = int(seqs.nblocks[r])
         seqs.table[r, :nb] = new[np.searchsorted(distinct, seqs.table[r, :nb])]
         seqs.where[r] = where
+    seqs.room[rows] = 0  # sharing changed; the next append plans the row again
     return np.stack([distinct.astype(np.int64), new.astype(np.int64)], axis=1)
-
-
-class SwapMixin:
-    """Swapping methods of `KVCacheManager` (uses its `_seqs`, `gpu`, `cpu`, `config`)."""
-
-    def can_swap_out(self, seq_ids: Iterable[Hashable]) -> bool:
-        """Whether the CPU swap area has room for the group's distinct blocks."""
-        rows = group_rows(self._seqs, seq_ids, ON_GPU)
-        return self.cpu is not None and distinct_blocks(self._seqs, rows).size <= self.cpu.num_free
-
-    def can_swap_in(self, seq_ids: Iterable[Hashable]) -> AllocStatus:
-        """Whether the group's distinct blocks fit back on the GPU (keeping the watermark)."""
-        rows = group_rows(self._seqs, seq_ids, ON_CPU)
-        need = distinct_blocks(self._seqs, rows).size
-        if self.gpu.num_blocks < need:
-            return AllocStatus.NEVER
-        if self.gpu.num_free - need >= self.config.watermark_blocks:
-            return AllocStatus.OK
-        return AllocStatus.LATER
-
-    def swap_out(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
-        """Move a group of sequences to the CPU, all or nothing.
-
-        Returns int64 `[num_blocks, 2]` (gpu_block, cpu_block) pairs to copy, one per distinct
-        block: blocks shared inside the group stay shared on the CPU. A GPU block that others
-        outside the group still use stays on the GPU for them.
-        """
-        if self.cpu is None:
-            raise ValueError("swap_out: this manager has no CPU swap space (num_cpu_blocks=0)")
-        return self._swap(seq_ids, ON_GPU, ON_CPU)
-
-    def swap_in(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
-        """Move a swapped-out group back to the GPU, all or nothing.
-
-        Returns int64 `[num_blocks, 2]` (cpu_block, gpu_block) pairs to copy.
-        """
-        if self.cpu is None:
-            raise ValueError("swap_in: this manager has no CPU swap space (num_cpu_blocks=0)")
-        return self._swap(seq_ids, ON_CPU, ON_GPU)
-
-    def _swap(self, seq_ids: Iterable[Hashable], src: int, dst: int) -> np.ndarray:
-        rows = group_rows(self._seqs, seq_ids, src)
-        pairs = move_rows(self._seqs, rows, self._pool_at(src), self._pool_at(dst), dst)
-        if dst == ON_CPU:
-            self.num_blocks_swapped_out += pairs.shape[0]
-        else:
-            self.num_blocks_swapped_in += pairs.shape[0]
-        return pairs

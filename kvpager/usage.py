@@ -14,32 +14,30 @@ counts once, with the most any of its holders fills or will fill.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from kvpager.manager import KVCacheManager
+from kvpager.blocks import BlockPool
+from kvpager.seq_store import SequenceStore
 
 FIELDS = ("token", "reserved", "internal", "external", "free")
 
 
 def paged_breakdown(
-    manager: KVCacheManager, rows: np.ndarray, final_slots: np.ndarray
+    seqs: SequenceStore, pool: BlockPool, block_size: int, rows: np.ndarray,
+    final_slots: np.ndarray,
 ) -> dict[str, int]:
-    """Slot counts by kind for the GPU pool.
+    """Slot counts by kind for a GPU pool and the rows of a manager's store.
 
     Args:
         rows: int64 rows of the sequences on the GPU (from `rows_of`).
         final_slots: int64 slots each of them will hold at the end (>= its current count).
     """
-    bs = manager.block_size
-    seqs = manager._seqs
+    bs = block_size
     rows = np.asarray(rows, dtype=np.int64)
     nblocks = seqs.nblocks[rows].astype(np.int64)
     total = int(nblocks.sum())
-    filled = np.zeros(manager.gpu.num_blocks, dtype=np.int64)
-    future = np.zeros(manager.gpu.num_blocks, dtype=np.int64)
+    filled = np.zeros(pool.num_blocks, dtype=np.int64)
+    future = np.zeros(pool.num_blocks, dtype=np.int64)
     if total:
         owner = np.repeat(np.arange(rows.size), nblocks)
         logical = np.arange(total) - np.repeat(np.cumsum(nblocks) - nblocks, nblocks)
@@ -51,10 +49,10 @@ def paged_breakdown(
         end = np.minimum(np.maximum(np.maximum(final_slots[owner], held) - start, 0), bs)
         np.maximum.at(filled, block, now)
         np.maximum.at(future, block, end)
-    used = manager.gpu.num_used
+    used = pool.num_used
     token = int(filled.sum())
     reserved = int(future.sum()) - token
-    free = manager.gpu.num_free * bs
+    free = pool.num_free * bs
     internal = used * bs - token - reserved
     return {"token": token, "reserved": reserved, "internal": internal, "external": 0,
             "free": free}

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from kvpager.config import AllocStatus
 from kvpager.manager import KVCacheManager
+from kvpager.plans import AllocStatus
 from kvpager.prefix import hash_block_tokens
 
 from .manager_helpers import table
@@ -108,9 +108,16 @@ def test_two_identical_prompts_computed_together_keep_one_cached_copy():
     assert m.gpu.num_evictable == 0
 
 
-def test_both_token_ids_and_hashes_is_an_error():
-    with pytest.raises(ValueError, match="not both"):
-        make().allocate("a", 4, token_ids=[1, 2, 3, 4], block_hashes=["x"])
+def test_keys_hashed_at_arrival_with_token_ids_match_hashing_in_allocate():
+    """block_hashes made by hash_block_tokens at arrival, given with the token ids, decide
+    the same hits as hashing in allocate, and the ids let the chain go on past the prompt."""
+    prompt = list(range(37))
+    m = make(gpu=32)
+    m.allocate("a", token_ids=prompt)
+    m.mark_computed("a", 37)
+    got = m.allocate("b", token_ids=prompt, block_hashes=hash_block_tokens(prompt, 4))
+    assert got.num_cached_tokens == 36
+    assert table(m, "b")[:9] == table(m, "a")[:9]
 
 
 def test_hit_rate_counts_queried_full_blocks():

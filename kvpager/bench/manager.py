@@ -9,11 +9,13 @@ swap space enabled, i.e. everything the manager offers switched on):
   one beam by a fork of another (`free_many` + `fork_many`), and the forks copy their shared
   tail on write;
 - prefix-1024: 1,024 sequences; each step 4 finish and 4 new ones arrive whose prompts share
-  one of 4 system prompts of 512 tokens (prefix-cache hits), then everyone decodes. Block
+  one of 4 system prompts of 512 tokens (prefix-cache hits), then everyone decodes a named
+  token and the step is committed, so blocks filled by decode are hashed and cached. Prompt
   keys are hashed when a request arrives, outside the step, as a server does; the hashing
   cost per request is reported separately;
-- per-seq-1024: the same decode as decode-1024 through the per-sequence API in a Python
-  loop, to show what batching buys;
+- per-seq-1024: a decode step through the per-sequence API in a Python loop, as engines
+  that loop over requests call it (token ids named, a quarter of the sequences forked),
+  reported per call;
 - pool-1M-blocks: memory of a pool of a million blocks.
 
 Run it with `kvpager bench manager` or `python benchmarks/bench_manager.py` (which records
@@ -66,17 +68,35 @@ def bench_decode(num_seqs: int, steps: int, repeats: int) -> dict:
 
 
 def bench_per_seq(num_seqs: int, steps: int, repeats: int) -> dict:
+    """The per-request API as engines that loop over requests call it: one `append_slots`
+    per sequence per step, naming the token written (so generated blocks are hashed and
+    cached), then one `mark_computed_batch` for the step. A quarter of the sequences are
+    forked pairs (parallel samples), so copy-on-write is exercised too. Reported per call."""
     m = make_manager(num_seqs, steps * (repeats + 1))
     rng = np.random.default_rng(0)
-    for i in range(num_seqs):
-        m.allocate(i, int(rng.integers(16, 512)))
-    ids = list(range(num_seqs))
+    ids: list = []
+    for i in range(num_seqs // 8 * 7 if num_seqs >= 8 else num_seqs):
+        tokens = rng.integers(0, 32000, int(rng.integers(16, 512))).tolist()
+        m.allocate(i, token_ids=tokens)
+        m.mark_computed(i, len(tokens))
+        ids.append(i)
+    for parent in list(ids[: num_seqs - len(ids)]):
+        m.fork(parent, ("fork", parent))
+        ids.append(("fork", parent))
+    rows = m.rows_of(ids)
+    token = [7]
 
     def step():
         for s in ids:
-            m.append_slots(s)
+            m.append_slots(s, token_ids=token)
+        m.mark_computed_batch(rows)
 
-    return time_steps(step, steps, repeats)
+    result = time_steps(step, steps, repeats)
+    for key in ("us_per_step_best", "us_per_step_median"):
+        result[key.replace("step", "call")] = round(result[key] / len(ids), 2)
+    result["calls_per_step"] = len(ids)
+    result["cow_copies_total"] = m.num_cow_copies
+    return result
 
 
 def bench_beam(num_groups: int, width: int, steps: int, repeats: int) -> dict:
@@ -120,6 +140,10 @@ def bench_beam(num_groups: int, width: int, steps: int, repeats: int) -> dict:
 
 
 def bench_prefix(num_seqs: int, steps: int, repeats: int) -> dict:
+    """A prefix-heavy server: 4 system prompts of 512 tokens; each step 4 requests finish and
+    4 arrive (their keys hashed at arrival, as a server does, reported separately), then the
+    whole batch decodes one token it names, and the step is committed: blocks filled by
+    decode are hashed and registered too."""
     m = make_manager(num_seqs, steps * (repeats + 1))
     rng = np.random.default_rng(0)
     systems = [rng.integers(0, 32000, 512).tolist() for _ in range(4)]
@@ -137,11 +161,13 @@ def bench_prefix(num_seqs: int, steps: int, repeats: int) -> dict:
     running = []
     for i in range(num_seqs):
         tokens, keys = arrivals[i % len(arrivals)]
-        m.allocate(i, len(tokens), block_hashes=keys)
+        m.allocate(i, len(tokens), token_ids=tokens, block_hashes=keys)
         m.mark_computed(i, len(tokens))
         running.append(i)
     rows = m.rows_of(running)
     next_id = [num_seqs]
+    decoded = rng.integers(0, 32000, (steps * (repeats + 1), num_seqs))
+    turn = [0]
 
     def step():
         for _ in range(4):
@@ -150,15 +176,19 @@ def bench_prefix(num_seqs: int, steps: int, repeats: int) -> dict:
             tokens, keys = arrivals[next_id[0] % len(arrivals)]
             seq = next_id[0]
             next_id[0] += 1
-            m.allocate(seq, len(tokens), block_hashes=keys)
+            m.allocate(seq, len(tokens), token_ids=tokens, block_hashes=keys)
             m.mark_computed(seq, len(tokens))
             running[pos] = seq
             rows[pos] = m.rows_of([seq])[0]
-        m.append_slots_batch(rows)
+        m.append_slots_batch(rows, token_ids=decoded[turn[0]])
+        m.mark_computed_batch(rows)
+        turn[0] += 1
 
+    before = len(m.prefix_cache)
     result = time_steps(step, steps, repeats)
     result["prefix_hit_rate"] = round(m.prefix_cache.hit_rate, 3)
     result["hash_us_per_576_token_request"] = round(hash_us, 1)
+    result["cached_blocks_gained"] = len(m.prefix_cache) - before
     return result
 
 
@@ -178,7 +208,7 @@ SCENARIOS: dict[str, Callable[[int, int], dict]] = {
     "decode-1024": lambda s, r: bench_decode(1024, s, r),
     "beam-1024": lambda s, r: bench_beam(256, 4, s, r),
     "prefix-1024": lambda s, r: bench_prefix(1024, s, r),
-    "per-seq-1024": lambda s, r: bench_per_seq(1024, max(1, s // 10), r),
+    "per-seq-1024": lambda s, r: bench_per_seq(1024, max(1, s // 5), r),
     "pool-1M-blocks": lambda s, r: pool_memory(1_000_000),
 }
 

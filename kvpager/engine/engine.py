@@ -41,7 +41,7 @@ from kvpager.engine.tracking import RequestState, SampleState
 from kvpager.manager import KVCacheManager
 from kvpager.request import Request, SequenceState
 from kvpager.scheduler import Scheduler
-from kvpager.step import SchedulerOutput
+from kvpager.scheduler_output import SchedulerOutput
 
 
 def _eos_of(hf_model: object) -> tuple[int, ...]:
@@ -185,7 +185,7 @@ class LLMEngine:
                                "requests unfinished")
         self.cache.execute(out)
         self._count_memory(out)
-        batch, logit_seqs = build_step_inputs(out, self.manager, self.model.device)
+        batch, logit_seqs = build_step_inputs(out, self.manager.block_size, self.model.device)
         self.stats.prefill_tokens += batch.num_prefill_tokens
         self.stats.decode_tokens += batch.num_decodes
         logits = self.model.forward(batch, self.cache, backend=self.backend,

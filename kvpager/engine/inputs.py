@@ -1,11 +1,12 @@
 """Turning a `SchedulerOutput` into the model's `StepInputs`.
 
-The scheduler says which tokens of which sequences to compute and the manager where their
-K/V goes; this module only reads both. Token accounting (see `kvpager.request`): a prefill
-chunk computes known tokens `start .. start + count - 1` and yields logits only when it
-reaches the sequence's last known token; a decode computes the token sampled last, whose
-slot the scheduler has just appended, so the manager's token count equals the number of
-known tokens and the token sits at position `len(token_ids) - 1`.
+The scheduler's output says which tokens of which sequences to compute and where their K/V
+goes (slots, block tables); this module only reads it, never the manager. Token accounting
+(see `kvpager.request`): a prefill chunk computes known tokens `start .. start + count - 1`
+and yields logits only when it reaches the sequence's last known token; a decode computes
+the token sampled last, whose slot the scheduler has just appended, so the sequence's
+attention length (`decode_seq_lens`) equals the number of known tokens and the token sits
+at position `len(token_ids) - 1`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import torch
 
 from kvpager.block_table import num_blocks_for
 from kvpager.engine.attention import PrefillSegment, StepInputs
-from kvpager.manager import KVCacheManager
 from kvpager.request import SequenceState
-from kvpager.step import SchedulerOutput
+from kvpager.scheduler_output import SchedulerOutput
 
 
 def build_step_inputs(
-    out: SchedulerOutput, manager: KVCacheManager, device: torch.device
+    out: SchedulerOutput, block_size: int, device: torch.device
 ) -> tuple[StepInputs, list[SequenceState]]:
     """The flat batch of one step, and the sequences its logits rows belong to (in order).
 
@@ -37,7 +37,7 @@ def build_step_inputs(
     segments: list[PrefillSegment] = []
     logits_at: list[int] = []
     logit_seqs: list[SequenceState] = []
-    bs = manager.block_size
+    bs = block_size
     for chunk in out.prefills:
         seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.count
         tokens = seq.token_ids
@@ -47,8 +47,8 @@ def build_step_inputs(
         offset = len(ids)
         ids += tokens[start:end]
         positions.append(np.arange(start, end, dtype=np.int64))
-        slots.append(manager.slot_mapping(seq.seq_id, start, end))
-        history = manager.block_table(seq.seq_id).blocks[: num_blocks_for(start, bs)]
+        slots.append(chunk.slots)
+        history = chunk.block_table[: num_blocks_for(start, bs)]
         segments.append(PrefillSegment(offset, chunk.count, start, torch.as_tensor(
             history.astype(np.int64), device=device)))
         if chunk.completes:
@@ -56,7 +56,7 @@ def build_step_inputs(
             logit_seqs.append(seq)
     for i, seq in enumerate(out.decode_seqs):
         known = len(seq.token_ids or ())
-        held = manager.num_tokens(seq.seq_id)
+        held = int(out.decode_seq_lens[i])
         if held != known:
             raise RuntimeError(f"decoding sequence {seq.seq_id!r} holds {held} slots but the "
                                f"engine knows {known} tokens")
@@ -71,8 +71,8 @@ def build_step_inputs(
 
     rows = out.decode_rows
     if rows.size:
-        tables = manager.block_tables_tensor(rows).to(device)
-        lens = manager.seq_lens(rows)
+        tables = torch.from_numpy(out.decode_block_tables).to(device)
+        lens = out.decode_seq_lens
         seq_lens = torch.as_tensor(lens.astype(np.int32), device=device)
         longest = int(lens.max())
     else:

@@ -167,7 +167,7 @@ class Simulation:
         context = 0
         if batch:
             # lengths after the window's appends; the middle step attends (k + 1) / 2 fewer
-            after = int(self.manager.seq_lens(out.decode_rows).sum())
+            after = int(out.decode_seq_lens.sum())
             context = after - batch * (k - 1) / 2
         seconds, self._pending_copy_s = self._pending_copy_s, 0.0
         if prefill or batch:

@@ -56,7 +56,7 @@ def build(strategy: str, config: SimConfig, cost: CostModel) -> Deployment:
             num_gpu_blocks=cost.num_gpu_blocks(bs), block_size=bs,
             num_cpu_blocks=cost.num_cpu_blocks(swap_bytes, bs),
             enable_prefix_caching=config.prefix_caching)
-        return Deployment(strategy, manager, Scheduler(manager, sched), bs,
+        return Deployment(strategy, manager, Scheduler(manager, sched, kernel_inputs=False), bs,
                           cost.num_gpu_blocks(bs) * bs)
     if config.prefix_caching:
         raise ValueError(f"prefix caching needs the paged strategy; {strategy!r} keeps one "
@@ -67,4 +67,5 @@ def build(strategy: str, config: SimConfig, cost: CostModel) -> Deployment:
     capacity = cost.kv_capacity_tokens
     manager = ContiguousManager(capacity, policy, max_model_len=max_model_len,
                                 num_cpu_tokens=cost.num_cpu_blocks(swap_bytes, 1))
-    return Deployment(strategy, manager, Scheduler(manager, sched), 1, capacity)
+    scheduler = Scheduler(manager, sched, kernel_inputs=False)
+    return Deployment(strategy, manager, scheduler, 1, capacity)

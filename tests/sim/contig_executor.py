@@ -172,11 +172,12 @@ class PressuredManager(ContiguousManager):
     pressure = 0
     scheduler: Scheduler | None = None
 
-    def append_slots_batch(self, rows, num_new_tokens=1, num_lookahead_slots=0):
+    def append_slots_batch(self, rows, num_new_tokens=1, num_lookahead_slots=0, *, token_ids=None):
         if self.pressure and len(rows) and len(self.scheduler.running) > 1:
             self.pressure -= 1
             raise OutOfBlocksError("gpu", self.num_free_blocks() + 1, self.num_free_blocks())
-        return super().append_slots_batch(rows, num_new_tokens, num_lookahead_slots)
+        return super().append_slots_batch(rows, num_new_tokens, num_lookahead_slots,
+                                          token_ids=token_ids)
 
 
 def generated_per_group(ex: ContigExecutor, group: SequenceGroup) -> dict:

@@ -6,16 +6,15 @@ in `policy.py`, swapping in `swap.py`, the memory breakdown in `usage.py`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
-from kvpager.batch_ops import check_rows
-from kvpager.config import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 from kvpager.errors import KVPagerError, WrongDeviceError
-from kvpager.seq_store import DEVICE_NAMES, ON_GPU, SequenceQueries, SequenceStore
+from kvpager.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
+from kvpager.seq_store import DEVICE_NAMES, ON_GPU, SequenceStore
 from kvpager.sim.buddy import BuddyAllocator, NoFreeBlockError
 from kvpager.sim.contiguous.policy import POLICIES, check_int, reserve
 from kvpager.sim.contiguous.swap import ContiguousSwapMixin
@@ -45,7 +44,7 @@ class _Group:
     dropped: int = 0  # spares released while the whole group was swapped out
 
 
-class ContiguousManager(ContiguousSwapMixin, SequenceQueries):
+class ContiguousManager(ContiguousSwapMixin):
     """A `kvpager.protocol.KVManager` that reserves one contiguous region per sequence.
 
     Args:
@@ -87,7 +86,6 @@ class ContiguousManager(ContiguousSwapMixin, SequenceQueries):
         self._groups: dict[int, _Group] = {}
         self._next_gid = 0
         self._copies: list[np.ndarray] = []
-        self._scratch_rows = np.zeros(0, dtype=np.int64)
         self.num_copied_slots = 0
         self.num_slots_swapped_out = 0
         self.num_slots_swapped_in = 0
@@ -114,6 +112,36 @@ class ContiguousManager(ContiguousSwapMixin, SequenceQueries):
         return r
 
     # ---- queries ------------------------------------------------------------------------
+    def __contains__(self, seq_id: object) -> bool:
+        return seq_id in self._seqs
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    def seq_ids(self) -> list[Hashable]:
+        return self._seqs.seq_ids()
+
+    def num_tokens(self, seq_id: Hashable) -> int:
+        return self._seqs.num_tokens(seq_id)
+
+    def device_of(self, seq_id: Hashable) -> str:
+        return self._seqs.device_of(seq_id)
+
+    def rows_of(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
+        return self._seqs.rows(seq_ids)
+
+    def seq_lens(self, rows: np.ndarray) -> np.ndarray:
+        return self._seqs.seq_lens(rows)
+
+    def check_rows(self, rows: np.ndarray) -> None:
+        """Rows must be alive, on the GPU and distinct (see `SequenceStore.check_rows`)."""
+        self._seqs.check_rows(rows, ON_GPU)
+
+    def mark_computed_batch(self, rows: np.ndarray, num_computed: np.ndarray | None = None
+                            ) -> int:
+        """Nothing to register: a contiguous cache shares no content."""
+        return 0
+
     @property
     def has_swap_space(self) -> bool:
         return self.cpu is not None
@@ -255,9 +283,11 @@ class ContiguousManager(ContiguousSwapMixin, SequenceQueries):
         return np.maximum(self._seqs.ntokens[rows] + num_new_tokens - self._size[rows], 0)
 
     def append_slots_batch(
-        self, rows: np.ndarray, num_new_tokens: int = 1, num_lookahead_slots: int = 0
+        self, rows: np.ndarray, num_new_tokens: int = 1, num_lookahead_slots: int = 0, *,
+        token_ids: np.ndarray | None = None,
     ) -> AppendResult:
         """`num_new_tokens` slots per row, row-major in `rows` order; never copies.
+        `token_ids` is accepted for the protocol and unused (no content caching).
 
         Raises:
             ReservationExceededError (nothing changed), UnknownSequenceError, WrongDeviceError.
@@ -283,15 +313,8 @@ class ContiguousManager(ContiguousSwapMixin, SequenceQueries):
         if k < 1 or lookahead < 0:
             raise ValueError(f"num_new_tokens must be >= 1 and num_lookahead_slots >= 0, "
                              f"got {k} and {lookahead}")
-        if rows.size:
-            check_rows(self._seqs, rows, self._scratch())
+        self._seqs.check_rows(rows, ON_GPU)
         return rows
-
-    def _scratch(self) -> np.ndarray:
-        """int64 scratch of one cell per row, for `check_rows`' repeat test."""
-        if self._scratch_rows.size < self._seqs.where.size:
-            self._scratch_rows = np.zeros(self._seqs.where.size, dtype=np.int64)
-        return self._scratch_rows
 
     # ---- forks and frees ----------------------------------------------------------------
     def fork(self, parent_id: Hashable, child_id: Hashable) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kvpager.config import AllocStatus
+from kvpager.plans import AllocStatus
 from kvpager.seq_store import ON_CPU, ON_GPU
 from kvpager.sim.buddy import BuddyAllocator, NoFreeBlockError
 from kvpager.swap import group_rows

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kvpager.batch_ops import check_rows
 from kvpager.sim.contiguous.policy import check_int, reserve
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ def contiguous_breakdown(
         external_for = reserve(m.policy, min(next_num_tokens, next_reservation),
                                next_reservation, m.max_model_len)
     if rows.size:
-        check_rows(m._seqs, rows, m._scratch())
+        m.check_rows(rows)
     n, size = m._seqs.ntokens[rows], m._size[rows]
     token = int(n.sum())
     reserved = int((np.minimum(np.maximum(final, n), size) - n).sum())

@@ -1,4 +1,6 @@
-"""One scheduler step as plain data: what to compute, which blocks to move, what happened."""
+"""One scheduler step as plain data: what to compute, where its K/V goes, which blocks to
+move, and what happened. An executor (the engine, the simulator) carries a
+`SchedulerOutput` out without asking the manager anything."""
 
 from __future__ import annotations
 
@@ -6,32 +8,54 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvpager.config import EMPTY_PAIRS
+from kvpager.plans import EMPTY_PAIRS
 from kvpager.request import SequenceGroup, SequenceState
+
+_NO_TABLES = np.zeros((0, 0), dtype=np.int32)
+_NO_TABLES.flags.writeable = False
 
 
 @dataclass
 class PrefillChunk:
-    """Compute tokens `start .. start + count - 1` of a sequence (prompt or recomputation)."""
+    """Compute known tokens `start .. start + count - 1` of a sequence (prompt or
+    recomputation).
+
+    slots: int64 `[count]` cache slots of those tokens. block_table: int32 GPU blocks of the
+    sequence covering positions `0 .. start + count - 1` (the history the chunk attends to
+    is `block_table[: ceil(start / block_size)]`). completes: whether the chunk computes the
+    sequence's last known token (then the model samples one).
+    """
 
     seq: SequenceState
     start: int
     count: int
-
-    @property
-    def completes(self) -> bool:
-        """Whether this chunk computes the sequence's last known token (a token is sampled)."""
-        return self.start + self.count == self.seq.num_tokens
+    completes: bool
+    slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    block_table: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
 
 
 @dataclass
 class SchedulerOutput:
-    """One step's work. Block pairs are int64 `[n, 2]` (src, dst)."""
+    """One step's work. Block pairs are int64 `[n, 2]` (src, dst).
+
+    The executor carries it out in this order: `swap_out`, `swap_in`, `copies`, then the
+    forward pass (writes at each prefill chunk's `slots` and at `decode_slots`), then
+    reports back with `Scheduler.complete_step`.
+
+    Decode fields, for the `num_decode_steps` tokens each decoding sequence computes:
+    decode_rows: int64 `[B]` manager rows. decode_slots: int64 `[B * num_decode_steps]`,
+    row-major. decode_seq_lens: int64 `[B]` tokens each holds after the step (the
+    attention length). decode_block_tables: int32 `[B, W]` GPU block tables padded with 0
+    (empty `[0, 0]` when the scheduler was built with `block_tables=False`, as a simulator
+    that runs no kernel is).
+    """
 
     prefills: list[PrefillChunk] = field(default_factory=list)
     decode_seqs: list[SequenceState] = field(default_factory=list)
     decode_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     decode_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    decode_seq_lens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    decode_block_tables: np.ndarray = field(default_factory=lambda: _NO_TABLES)
     num_decode_steps: int = 1
     copies: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
     swap_in: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
