@@ -443,24 +443,26 @@ class KVCacheManager:
     def fork_many(self, parent_ids: Sequence[Hashable], child_ids: Sequence[Hashable]) -> None:
         """`fork(p, c)` for each pair, with one array operation for all reference counts.
 
-        Raises before changing anything if any parent is unknown, any child exists or is
-        listed twice, or the lists differ in length.
+        Raises before changing anything if any parent is unknown or swapped out
+        (WrongDeviceError: swap the group in first, a fork shares GPU blocks), any child
+        exists or is listed twice, or the lists differ in length.
         """
         if len(parent_ids) != len(child_ids):
             raise ValueError(f"parent_ids has {len(parent_ids)} ids, child_ids "
                              f"{len(child_ids)}: they must pair up")
         seqs = self._seqs
         parents = seqs.rows(parent_ids)
+        off = np.flatnonzero(seqs.where[parents] != ON_GPU)
+        if off.size:
+            raise WrongDeviceError(f"cannot fork sequence {parent_ids[int(off[0])]!r}: it is "
+                                   "swapped out to the CPU (swap it in first)")
         for child in child_ids:
             seqs.check_new(child)
         if len(set(child_ids)) != len(child_ids):
             raise ValueError("child_ids lists a sequence twice")
         if parents.size == 0:
             return
-        for where in (ON_GPU, ON_CPU):
-            on = parents[seqs.where[parents] == where]
-            if on.size:
-                self._pool_at(where).share_counted(seqs.gather_blocks(on))
+        self.gpu.share_counted(seqs.gather_blocks(parents))
         children = seqs.add_many(list(child_ids), seqs.where[parents])
         width = int(seqs.nblocks[parents].max())
         seqs.table[children, :width] = seqs.table[parents, :width]

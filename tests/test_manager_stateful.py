@@ -11,8 +11,12 @@ this sequence's values. After every step the test checks, from public queries on
 - every sequence reads back, through its table, exactly the values written for it;
 - a block is never written while shared or prefix-cached (checked at each write).
 
-CI runs 300 examples of up to 50 steps: about 12,000 executed steps (measured 8,168 for
-200 examples; examples may end early).
+Appends name their tokens (or, at random, do not), and every write is followed by
+`mark_computed`, so blocks filled by decode are registered, and `continue_conversation`
+admits prompts that extend earlier sequences: hits on generated blocks must read back the
+values the shadow model holds, and a registered block is never written again.
+
+CI runs 2,000 examples of up to 40 steps of the shadow machine and 60 of the tensor one.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from kvpager.errors import OutOfBlocksError
+from kvpager.errors import OutOfBlocksError, WrongDeviceError
 from kvpager.manager import KVCacheManager
 
 from .manager_helpers import state
@@ -85,6 +90,15 @@ class ManagerMachine(RuleBasedStateMachine):
         self.admit(self.next_id, tokens)
         self.next_id += 1
 
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data(), tail=st.lists(st.integers(0, 3), min_size=1, max_size=6))
+    def continue_conversation(self, data, tail: list[int]) -> None:
+        """A new request whose prompt is an earlier sequence's tokens (prompt and generated)
+        plus new text: it may hit blocks registered during decode."""
+        earlier = data.draw(st.sampled_from(sorted(self.tokens)))
+        self.admit(self.next_id, self.tokens[earlier] + tail)
+        self.next_id += 1
+
     def admit(self, seq: int, tokens: list[int]) -> None:
         got = self.try_call(self.m.allocate, seq, token_ids=tokens)
         if got is None:
@@ -101,13 +115,17 @@ class ManagerMachine(RuleBasedStateMachine):
         if not gpu:
             return
         seq = data.draw(st.sampled_from(gpu))
-        got = self.try_call(self.m.append_slots, seq, k, lookahead)
+        new = data.draw(st.lists(st.integers(0, 3), min_size=k, max_size=k))
+        named = data.draw(st.booleans())  # an executor that does not name its tokens
+        got = self.try_call(self.m.append_slots, seq, k, lookahead,
+                            token_ids=new if named else None)
         if got is None:
             return
         self.copy(got.copies, "gpu", "gpu")
         start = len(self.tokens[seq])
-        self.tokens[seq] += data.draw(st.lists(st.integers(0, 3), min_size=k, max_size=k))
+        self.tokens[seq] += new
         self.write(seq, got.slots, start)
+        self.m.mark_computed(seq, len(self.tokens[seq]))
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data(), k=st.sampled_from([1, 1, 2, 5]), lookahead=st.integers(0, 2))
@@ -116,19 +134,29 @@ class ManagerMachine(RuleBasedStateMachine):
         if not gpu:
             return
         batch = data.draw(st.lists(st.sampled_from(gpu), min_size=1, unique=True))
-        got = self.try_call(self.m.append_slots_batch, self.m.rows_of(batch), k, lookahead)
+        new = [data.draw(st.lists(st.integers(0, 3), min_size=k, max_size=k)) for _ in batch]
+        rows = self.m.rows_of(batch)
+        got = self.try_call(self.m.append_slots_batch, rows, k, lookahead,
+                            token_ids=np.asarray(new, dtype=np.int64))
         if got is None:
             return
         self.copy(got.copies, "gpu", "gpu")
         for i, seq in enumerate(batch):
             start = len(self.tokens[seq])
-            self.tokens[seq] += data.draw(st.lists(st.integers(0, 3), min_size=k, max_size=k))
+            self.tokens[seq] += new[i]
             self.write(seq, got.slots[i * k : (i + 1) * k], start)
+        self.m.mark_computed_batch(rows)
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data())
     def fork(self, data) -> None:
         parent = data.draw(st.sampled_from(sorted(self.tokens)))
+        if self.m.device_of(parent) == "cpu":
+            before = state(self.m)
+            with pytest.raises(WrongDeviceError, match="swapped out"):
+                self.m.fork(parent, self.next_id)
+            assert state(self.m) == before
+            return
         self.m.fork(parent, self.next_id)
         self.tokens[self.next_id] = list(self.tokens[parent])
         self.next_id += 1
@@ -136,8 +164,10 @@ class ManagerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.tokens)
     @rule(data=st.data())
     def fork_many(self, data) -> None:
-        parents = data.draw(st.lists(st.sampled_from(sorted(self.tokens)), min_size=1,
-                                     max_size=4))
+        gpu = self.on("gpu")
+        if not gpu:
+            return
+        parents = data.draw(st.lists(st.sampled_from(gpu), min_size=1, max_size=4))
         children = list(range(self.next_id, self.next_id + len(parents)))
         self.m.fork_many(parents, children)
         for parent, child in zip(parents, children, strict=True):
@@ -230,7 +260,7 @@ class ManagerMachine(RuleBasedStateMachine):
 
 
 ManagerMachine.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=50, deadline=None
+    max_examples=2000, stateful_step_count=40, deadline=None
 )
 TestManagerStateful = ManagerMachine.TestCase
 
@@ -276,6 +306,6 @@ class KVCacheMachine(ManagerMachine):
             assert k[:, 0, 0].tolist() == want and (-v[:, 0, 31]).tolist() == want
 
 
-KVCacheMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=30,
+KVCacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
                                             deadline=None)
 TestKVCacheStateful = KVCacheMachine.TestCase
