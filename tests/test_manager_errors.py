@@ -56,9 +56,9 @@ def test_fork_of_a_swapped_out_sequence_is_refused():
     m = make()
     m.swap_out(["a"])
     before = state(m)
-    with pytest.raises(WrongDeviceError, match="'a'.*swapped out"):
+    with pytest.raises(WrongDeviceError, match=r"'a'.*swapped out"):
         m.fork("a", "child")
-    with pytest.raises(WrongDeviceError, match="'a'.*swapped out"):
+    with pytest.raises(WrongDeviceError, match=r"'a'.*swapped out"):
         m.fork_many(["a"], ["child"])
     assert state(m) == before and "child" not in m
 
@@ -75,7 +75,7 @@ def test_append_past_max_model_len(batch: bool):
     m.append_slots("a")
     m.append_slots("a")  # 7 tokens: the limit
     before = state(m)
-    with pytest.raises(SequenceTooLongError, match="'a' holds 7 tokens.*max_model_len=7"):
+    with pytest.raises(SequenceTooLongError, match=r"'a' holds 7 tokens.*max_model_len=7"):
         if batch:
             m.append_slots_batch(m.rows_of(["a"]))
         else:
