@@ -194,9 +194,16 @@ class Scheduler:
         held = self.manager.seq_lens(rows).tolist()
         out = np.full((len(seqs), k), -1, dtype=np.int64)
         for i, (seq, start) in enumerate(zip(seqs, held, strict=True)):
-            known = _known_tokens(seq, start + k)
-            if known is not None:
-                part = known[start : start + k]
+            ids = seq.token_ids
+            if ids is None:
+                continue
+            if start + k <= len(ids):  # an engine: it appended what it sampled
+                out[i] = ids[start : start + k]
+                continue
+            replay = seq.group.request.output_token_ids  # a simulator replaying outputs
+            prompt = seq.group.request.prompt_tokens
+            if replay is not None and len(ids) == prompt:
+                part = replay[start - prompt : start - prompt + k]
                 out[i, : len(part)] = part
         return out
 

@@ -104,12 +104,19 @@ class Simulation:
 
     def _request(self, i: int) -> Request:
         t = self.trace
-        hashes = None
+        hashes = prompt_ids = output_ids = None
         if self.config.prefix_caching and self.deploy.strategy == PAGED:
-            hashes = t.block_keys(i, self.config.block_size).tolist() or None
+            output_ids = t.output_token_ids(i)
+            if output_ids is not None:  # real tokens, prompt and answer: hash them both
+                prompt_ids = t.prompt_token_ids(i)
+            if prompt_ids is None:
+                output_ids = None
+                hashes = t.block_keys(i, self.config.block_size).tolist() or None
         return Request(i, int(t.prompt_tokens[i]), int(t.output_tokens[i]),
                        arrival_time=float(t.arrival[i]), n=int(t.n[i]),
-                       beam_width=int(t.beam_width[i]), block_hashes=hashes)
+                       beam_width=int(t.beam_width[i]), block_hashes=hashes,
+                       prompt_token_ids=None if prompt_ids is None else prompt_ids.tolist(),
+                       output_token_ids=None if output_ids is None else output_ids.tolist())
 
     def _server(self, env: simpy.Environment):
         sched, total = self.scheduler, len(self.trace)

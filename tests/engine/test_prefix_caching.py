@@ -63,3 +63,20 @@ def test_samples_of_a_cached_prompt_share_it_too(hf_model):
     outs = {o.request_id: o for o in engine.run()}
     assert [list(c.token_ids) for c in outs["n"].outputs] == [want] * 3
     assert engine.stats.prefix_hit_blocks == 2
+
+
+def test_the_next_turn_hits_the_blocks_the_answer_filled(hf_model):
+    """A conversation's second turn (first prompt + first answer + new text) hits the blocks
+    filled while decoding the answer, not only the first prompt's, and stays token-exact."""
+    first, new_text = make_prompts((13, 5), seed=24)
+    answer_params = SamplingParams(max_tokens=20, ignore_eos=True)
+    engine = make_engine(hf_model, prefix=True)
+    (turn1,) = engine.generate([first], answer_params)
+    answer = list(turn1.outputs[0].token_ids)
+    assert answer == hf_greedy(hf_model, first, 20, eos=())[0]
+    second = first + answer + new_text  # 38 tokens
+    (turn2,) = engine.generate([second], PARAMS)
+    assert list(turn2.outputs[0].token_ids) == hf_greedy(hf_model, second, MAX_NEW)[0]
+    # Turn 1 holds KV for its 13 prompt tokens and 19 of its 20 answer tokens: 4 full
+    # blocks of 8, three of them filled during decode. Prompt-only caching would hit one.
+    assert engine.stats.prefix_hit_blocks == 4

@@ -72,6 +72,9 @@ class PrefixTable:
     offsets: int64 [N + 1], data: int64 [M]: CSR rows holding the block hash ids (HASHES) or
     the prompt token ids (TOKENS); empty rows for the other kinds.
     group_labels: the `prefix_group` values as they were written in the file.
+    out_offsets: int64 [N + 1], out_data: int64 [M']: CSR rows of the output token ids, for
+    formats that carry them (an empty row: not given). A simulator replays them so that
+    blocks filled while decoding are prefix-cached by content, as a real engine's are.
     """
 
     kind: np.ndarray
@@ -81,10 +84,18 @@ class PrefixTable:
     offsets: np.ndarray
     data: np.ndarray
     group_labels: tuple[str | int, ...] = ()
+    out_offsets: np.ndarray | None = None
+    out_data: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.kind)
         put = object.__setattr__
+        if self.out_offsets is None:
+            put(self, "out_offsets", np.zeros(n + 1, dtype=np.int64))
+            put(self, "out_data", np.zeros(0, dtype=np.int64))
+        put(self, "out_offsets", _frozen(self.out_offsets, np.int64, "prefix.out_offsets", n + 1))
+        put(self, "out_data", _frozen(self.out_data, np.int64, "prefix.out_data",
+                                      int(self.out_offsets[-1])))
         put(self, "kind", _frozen(self.kind, np.int8, "prefix.kind", n))
         put(self, "group", _frozen(self.group, np.int64, "prefix.group", n))
         put(self, "shared_tokens", _frozen(self.shared_tokens, np.int64, "shared_tokens", n))
@@ -103,9 +114,11 @@ class PrefixTable:
 
     def take(self, order: np.ndarray) -> PrefixTable:
         offsets, data = take_ragged(self.offsets, self.data, order)
+        out_offsets, out_data = take_ragged(self.out_offsets, self.out_data, order)
         return PrefixTable(
             self.kind[order], self.group[order], self.shared_tokens[order],
             self.hash_block_size[order], offsets, data, self.group_labels,
+            out_offsets, out_data,
         )
 
     def row(self, i: int) -> np.ndarray:
@@ -297,6 +310,13 @@ class Trace:
         `kvpager.sim.traces.keys` for the construction.
         """
         return self.keyer(block_size).keys(i)
+
+    def output_token_ids(self, i: int) -> np.ndarray | None:
+        """The output token ids of request i (int64 [output_tokens]) when the trace carries
+        them, else None."""
+        p = self.prefix
+        row = p.out_data[p.out_offsets[i] : p.out_offsets[i + 1]]
+        return row if row.size else None
 
     def prompt_token_ids(self, i: int) -> np.ndarray | None:
         """The real prompt token ids of request i (int64 [prompt_tokens]) for token-id
