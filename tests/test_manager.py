@@ -306,13 +306,14 @@ def test_fork_many_and_free_many_match_one_by_one():
     for m in (one, many):
         m.allocate("a", 6)
         m.allocate("b", 9)
-        m.swap_out(["b"])
-    for p, c in [("a", "x"), ("a", "y"), ("b", "z")]:
+        m.fork("b", "z")
+        m.swap_out(["b", "z"])  # shared on the CPU too
+    for p, c in [("a", "x"), ("a", "y")]:
         one.fork(p, c)
-    many.fork_many(["a", "a", "b"], ["x", "y", "z"])
+    many.fork_many(["a", "a"], ["x", "y"])
     assert state(many) == state(one)
     assert many.gpu.ref_count(0) == 3 and many.cpu.ref_count(0) == 2
-    for s in ("a", "z"):
+    for s in ("a", "z"):  # one on each device
         one.free(s)
     assert many.free_many(["a", "z"]).tolist() == [6, 9]
     assert state(many) == state(one)
