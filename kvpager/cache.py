@@ -3,7 +3,7 @@
 The manager decides and this class moves memory: `execute` carries out one step's swap and
 copy-on-write plans with `swap_blocks` / `copy_blocks`, `write` stores new tokens with
 `reshape_and_cache`, and the attention kernels read `key_caches[layer]` /
-`value_caches[layer]` directly. Layouts are vLLM's (see DESIGN.md):
+`value_caches[layer]` directly. Layouts are vLLM's (see docs/architecture.md):
 
 - key cache `[num_blocks, num_kv_heads, head_size // x, block_size, x]`, x = 16 bytes /
   element size of the cache dtype;

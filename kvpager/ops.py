@@ -1,8 +1,8 @@
 """vLLM-compatible paged-attention and cache ops, dispatched to a kernel backend.
 
 Code written against vLLM's custom ops switches by import: every function here has vLLM's
-name, argument order, tensor layouts and in-place outputs (see DESIGN.md, "Cache layouts"),
-plus two keyword-only arguments:
+name, argument order, tensor layouts and in-place outputs (see docs/architecture.md,
+"Cache layouts"), plus two keyword-only arguments:
 
 - `backend`: "auto" (default; `$KVPAGER_BACKEND` when set), or "reference", "triton",
   "cuda". A named backend that cannot serve the call raises `BackendUnavailableError`

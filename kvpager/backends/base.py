@@ -1,10 +1,10 @@
 """The interface every kernel backend implements.
 
-A backend is a set of functions with vLLM's custom-op argument order and tensor layouts (see
-DESIGN.md, "Cache layouts"). `kvpager.ops` validates arguments once, picks a backend and calls
-these methods, so a backend may assume its inputs are well formed: shapes agree, dtypes are the
-supported ones, block ids are inside the cache, and every tensor is on a device the backend
-accepted through `device_reason`.
+A backend is a set of functions with vLLM's custom-op argument order and tensor layouts
+(see docs/architecture.md, "Cache layouts"). `kvpager.ops` validates arguments once, picks a
+backend and calls these methods, so a backend may assume its inputs are well formed: shapes
+agree, dtypes are the supported ones, block ids are inside the cache, and every tensor is on
+a device the backend accepted through `device_reason`.
 
 Outputs are written in place into the tensors passed in (`out`, `exp_sums`, caches, ...), as
 vLLM's ops do, so callers can preallocate and capture them in CUDA graphs.

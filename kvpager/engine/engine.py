@@ -1,6 +1,6 @@
 """LLMEngine: a real model driven by the library's `Scheduler` and `KVCacheManager`.
 
-This is the "real executor" of DESIGN.md: the simulator and this engine run the same
+This is the "real executor" of docs/architecture.md: the simulator and this engine run the same
 scheduler and manager; here the plans move real K/V tensors. One step:
 
 1. `Scheduler.schedule()` picks prefill chunks and decodes and returns the manager's plans.

@@ -1,7 +1,7 @@
 """An independent oracle: dense softmax(QK^T)V, one sequence and one head at a time.
 
-Written from DESIGN.md's formulas with Python loops and float64 arithmetic, sharing no code
-with kvpager: it gathers each sequence's keys and values block by block through its block
+Written from docs/architecture.md's formulas with Python loops and float64 arithmetic, sharing
+no code with kvpager: it gathers each sequence's keys and values block by block through its block
 table, decodes FP8 bytes with torch's float8 dtypes, applies ALiBi and the block-sparse rule
 token by token, and also produces the per-partition max / sum / output that v2 must write.
 """
@@ -55,7 +55,8 @@ def gather_sequence(inp: AttentionInputs, seq: int) -> tuple[torch.Tensor, torch
 
 
 def block_attended(inp: AttentionInputs, length: int, head: int, block_idx: int) -> bool:
-    """DESIGN.md's block-sparse rule for one cache block of a sequence (True when dense)."""
+    """The block-sparse rule of docs/architecture.md for one cache block of a sequence (True
+    when dense)."""
     if not inp.sparse_kwargs or inp.sparse_kwargs["vert"] <= 1:
         return True
     s = inp.sparse_kwargs

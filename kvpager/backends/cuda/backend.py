@@ -24,7 +24,7 @@ HEAD_SIZES: tuple[int, ...] = (32, 64, 80, 96, 112, 120, 128, 192, 256)
 BLOCK_SIZES: tuple[int, ...] = (8, 16, 32)
 #: kv_cache_dtype values the kernels understand ("fp8" means "fp8_e4m3").
 KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
-#: v2 splits a sequence into partitions of this many tokens (DESIGN.md).
+#: v2 splits a sequence into partitions of this many tokens (docs/architecture.md).
 PARTITION_SIZE = 512
 #: Oldest GPU generation the kernels are written for (Volta: warp shuffles with masks).
 MIN_CAPABILITY = (7, 0)

@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kAttnThreads, 4)
   }
   __syncthreads();
 
-  // ---- block-sparse rule (DESIGN.md) ----
+  // ---- block-sparse rule (docs/architecture.md) ----
   const bool sparse = a.bs_vert_stride > 1;
   int q_bs = 0;
   int bs_offset = 0;

@@ -56,7 +56,7 @@ inline void check_aligned(const at::Tensor& t, const char* name, std::initialize
   }
 }
 
-// The key/value caches' layout (DESIGN.md, "Cache layouts") with contiguous inner dimensions.
+// The key/value caches' layout (docs/architecture.md, "Cache layouts") with contiguous inner dimensions.
 // Returns x.
 inline int check_caches(const at::Tensor& key_cache, const at::Tensor& value_cache, int64_t head_size,
                  int64_t block_size, kvp::KvKind kv, const at::Tensor& activation,

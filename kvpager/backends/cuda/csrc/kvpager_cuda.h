@@ -35,7 +35,7 @@ struct Status {
 
 Status ok_status();
 
-// Tokens per v2 partition (DESIGN.md): sizes exp_sums / max_logits / tmp_out.
+// Tokens per v2 partition (docs/architecture.md): sizes exp_sums / max_logits / tmp_out.
 constexpr int kPartitionSize = 512;
 
 // One decode step of paged attention (v1 when partition_size == 0, else the partitioned pass of
@@ -88,7 +88,7 @@ struct PagedAttentionArgs {
   float k_scale;
   const float* v_scale_ptr;
   float v_scale;
-  // Block-sparse attention, active when bs_vert_stride > 1 (rule in DESIGN.md).
+  // Block-sparse attention, active when bs_vert_stride > 1 (rule in docs/architecture.md).
   int tp_rank;
   int bs_local_blocks;
   int bs_vert_stride;
