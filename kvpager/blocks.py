@@ -285,14 +285,17 @@ class BlockPool:
     def touch(self, blocks: BlockIds) -> None:
         """Take a reference on each of distinct cached blocks for a prefix hit, reviving the
         free ones (they leave the eviction order)."""
-        ids = self._as_ids(blocks)
+        ids = blocks if isinstance(blocks, np.ndarray) and blocks.dtype == np.int32 else (
+            self._as_ids(blocks))
         if ids.size == 0:
             return
-        if not self._cached[ids].all():
-            bad = int(ids[~self._cached[ids]][0])
+        self._check_ids(ids)
+        if not self._cached.take(ids).all():
+            bad = int(ids[~self._cached.take(ids)][0])
             raise ValueError(f"touch: {self.device} block {bad} holds no cached content")
-        refs = self._ref[ids]
-        for block in ids[refs == 0].tolist():
+        refs = self._ref.take(ids)
+        revived = ids[refs == 0]
+        for block in revived.tolist():
             del self._evictable[block]
         self._ref[ids] = refs + 1
 

@@ -35,6 +35,7 @@ import numpy as np
 from kvpager.blocks import BlockPool
 
 _ROOT = b"kvpager-prefix-v1"
+_blake2b = hashlib.blake2b
 
 
 def hash_block_tokens(
@@ -57,9 +58,8 @@ def hash_block_tokens(
 def chain_key(parent: bytes | None, block_tokens: bytes) -> bytes:
     """The key of a block: BLAKE2b-128 of its parent's key (a root constant for the first
     block) and its token ids as little-endian int64 bytes."""
-    digest = hashlib.blake2b(_ROOT if parent is None else parent, digest_size=16)
-    digest.update(block_tokens)
-    return digest.digest()
+    return _blake2b((_ROOT if parent is None else parent) + block_tokens,
+                    digest_size=16).digest()
 
 
 class PrefixCache:
@@ -115,13 +115,10 @@ class PrefixCache:
 
         Stops at the first miss: a later block's KV is only valid after the same prefix.
         """
-        hits: list[int] = []
-        for key in keys[:max_blocks]:
-            block = self._block_of.get(key)
-            if block is None:
-                break
-            hits.append(block)
-        return hits
+        hits = list(map(self._block_of.get, keys[:max_blocks]))
+        if None in hits:
+            del hits[hits.index(None) :]
+        return hits  # type: ignore[return-value]
 
     def record_query(self, queried: int, hit: int) -> None:
         """Count one lookup for the hit rate."""
@@ -197,18 +194,21 @@ class PrefixCache:
         if tokens is None:
             self._chained[rows] = False
             return
-        chained = self._chained[rows]
+        chained = self._chained.take(rows)
         if not chained.any():
             return
         if not chained.all():
             rows, positions, tokens = rows[chained], positions[chained], tokens[chained]
         k = tokens.shape[1]
-        offset = positions - self._num_keys[rows] * self.block_size
+        offset = positions - self._num_keys.take(rows) * self.block_size
         need = int(offset.max()) + k
         if need > self._pending.shape[1]:
             self._grow_pending(need)
-        cols = offset[:, None] + np.arange(k)
-        self._pending[rows[:, None], cols] = tokens
+        at = rows * self._pending.shape[1] + offset  # flat index: one scatter for the batch
+        if k == 1:
+            self._pending.ravel()[at] = tokens[:, 0]
+        else:
+            self._pending.ravel()[(at[:, None] + np.arange(k)).ravel()] = tokens.ravel()
 
     def record_token(self, row: int, position: int, token: int) -> None:
         """`record_tokens` for one token of one row, with scalar writes (a per-sequence
@@ -256,13 +256,13 @@ class PrefixCache:
         raw = tokens.astype("<i8").tobytes()
         step = 8 * bs
         fresh: list[int] = []
-        block_of, key_of = self._block_of, self._key_of
-        for i, row in enumerate(rows.tolist()):
-            keys = self._keys[row]
-            key = chain_key(keys[-1] if keys else None, raw[i * step : (i + 1) * step])
+        block_of, key_of, keys_of = self._block_of, self._key_of, self._keys
+        for row, block, start in zip(rows.tolist(), blocks, range(0, len(raw), step),
+                                     strict=True):
+            keys = keys_of[row]
+            key = chain_key(keys[-1] if keys else None, raw[start : start + step])
             keys.append(key)
             if key not in block_of:
-                block = blocks[i]
                 block_of[key] = block
                 key_of[block] = key
                 fresh.append(block)
