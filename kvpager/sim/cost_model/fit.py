@@ -109,7 +109,7 @@ def fit_elementwise(rows: Sequence[prof.LinearRow]) -> StreamCurve:
                 nbytes.append(float(sizes[op][0]))
                 t.append(r.seconds[op])
     fixed, slope = _relative_line(np.array(nbytes), np.array(t))
-    return StreamCurve(bw=1.0 / max(slope, 1e-18), launch=max(fixed, 0.0))
+    return StreamCurve(bw=float(1.0 / max(slope, 1e-18)), launch=float(max(fixed, 0.0)))
 
 
 def _relative_line(x: np.ndarray, t: np.ndarray, cols: Sequence[np.ndarray] = ()
@@ -159,8 +159,8 @@ def fit_decode(rows: Sequence[prof.DecodeRow]) -> StreamCurve:
                              for r in rows])
     fixed, per_byte, per_seq = _relative_line(nbytes, t, (b,))
     del c
-    return StreamCurve(bw=1.0 / max(per_byte, 1e-18), launch=max(fixed, 0.0),
-                       per_item=max(per_seq, 0.0))
+    return StreamCurve(bw=float(1.0 / max(per_byte, 1e-18)), launch=float(max(fixed, 0.0)),
+                       per_item=float(max(per_seq, 0.0)))
 
 
 def prefill_flops(shape: prof.LayerShape, tp: int, chunk: float, before: float) -> float:

@@ -45,7 +45,8 @@ def profile_calibration(directory: Path, gpu: str, *, topology: str = "pairwise_
         "gpu_fit": fit.to_doc(),
         "entries": [],
     }
-    parse_calibration(json.loads(json.dumps(doc)), "<generated>")  # what we write, we read
+    doc = json.loads(json.dumps(doc))  # plain JSON types, as a reader will see them
+    parse_calibration(doc, "<generated>")  # what we write, we can read
     return doc
 
 
