@@ -12,7 +12,7 @@ The linear costs (all-reduce, prefill attention, CPU) are least-squares lines we
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,21 +80,23 @@ def _gemm_samples(rows: Sequence[prof.LinearRow]) -> tuple[np.ndarray, ...]:
     return tuple(np.array(a, float) for a in (m, k, n, t))
 
 
-def fit_gemm(rows: Sequence[prof.LinearRow], peak: float) -> GemmCurve:
+def fit_gemm(rows: Sequence[prof.LinearRow], peak: float, hbm: float) -> GemmCurve:
+    """The GEMM curve; its bandwidth is held at or below the HBM peak `hbm`, so that the
+    knee's shape is not bought with an impossible bandwidth."""
     m, k, n, t = _gemm_samples(rows)
     logt = np.log(t)
 
     def curve(x: np.ndarray) -> GemmCurve:
         bw, eff, launch, p, tile = np.exp(x)
-        return GemmCurve(float(bw), float(min(eff, 1.5)), float(launch), float(1 + p),
-                         float(tile))
+        return GemmCurve(float(min(bw, hbm)), float(min(eff, 1.5)), float(launch),
+                         float(1 + p), float(tile))
 
     def loss(x: np.ndarray) -> float:
         c = curve(x)
         pred = c.seconds(m, k, n, peak)
         return float(np.mean((np.log(pred) - logt) ** 2))
 
-    x = np.log([1.5e12, 0.7, 5e-6, 3.0, 32.0])
+    x = np.log([0.8 * hbm, 0.7, 5e-6, 3.0, 32.0])
     for _ in range(3):  # restarts escape the simplex's early collapse
         x = nelder_mead(loss, x, step=0.3)
     return curve(x)
@@ -176,11 +178,11 @@ def fit_prefill(rows: Sequence[prof.PrefillRow]) -> LinearCost:
     return LinearCost(max(float(fixed), 0.0), max(float(slope), 0.0))
 
 
-def fit_cpu(rows: Sequence[prof.CpuRow], tp: int | None = None) -> LinearCost:
-    """a + b x batch over every model (the engine's CPU work hardly depends on the model)."""
-    use = [r for r in rows if tp is None or r.tp == tp] or list(rows)
-    x = np.array([r.batch for r in use], float)
-    t = np.array([r.seconds for r in use])
+def fit_cpu(rows: Sequence[prof.CpuRow]) -> LinearCost:
+    """a + b x batch over every model and tp (the engine's CPU work is the host's, and the
+    profile has each model at one tp only, so model and tp cannot be told apart)."""
+    x = np.array([r.batch for r in rows], float)
+    t = np.array([r.seconds for r in rows])
     fixed, slope = _relative_line(x, t)
     return LinearCost(max(float(fixed), 0.0), max(float(slope), 0.0))
 
@@ -196,6 +198,7 @@ class ProfileSet:
     prefill: list[prof.PrefillRow]
     cpu: list[prof.CpuRow]
     sources: tuple[str, ...]
+    attention_gpu: str = ""  # where the attention rows were measured
 
 
 def load_profiles(directory: Path, gpu_name: str, topology: str = "pairwise_nvlink"
@@ -213,6 +216,9 @@ def load_profiles(directory: Path, gpu_name: str, topology: str = "pairwise_nvli
         sources.append(str(net))
     decode, prefill, cpu = [], [], []
     attention = root / "legacy" / gpu / "attention.csv"
+    attention_gpu = gpu
+    if not attention.is_file():  # the profiles measure attention on A100 only
+        attention, attention_gpu = root / "legacy" / "a100" / "attention.csv", "a100"
     if attention.is_file():
         decode, prefill = prof.read_attention(attention)
         sources.append(str(attention))
@@ -220,22 +226,41 @@ def load_profiles(directory: Path, gpu_name: str, topology: str = "pairwise_nvli
     if cpu_path.is_file():
         cpu = prof.read_cpu(cpu_path)
         sources.append(str(cpu_path))
-    return ProfileSet(gpu, linear, allreduce, decode, prefill, cpu, tuple(sources))
+    return ProfileSet(gpu, linear, allreduce, decode, prefill, cpu, tuple(sources),
+                      attention_gpu)
 
 
-def fit_gpu(profiles: ProfileSet, peak_flops: float, exclude: Sequence[str] = (),
-            cpu_tp: int | None = None) -> GpuFit:
-    """Fit every curve of one GPU; `exclude` leaves models out (for held-out validation)."""
+def fit_gpu(profiles: ProfileSet, peak_flops: float, hbm_bytes_per_s: float,
+            exclude: Sequence[str] = (), attention_peaks: tuple[float, float] | None = None
+            ) -> GpuFit:
+    """Fit every curve of one GPU; `exclude` leaves models out (for held-out validation).
+
+    attention_peaks: (FLOP/s, HBM bytes/s) of the GPU the attention rows were measured on,
+    when that is another GPU: decode attention then keeps its measured fraction of HBM
+    peak and prefill attention its fraction of FLOP/s peak (the kernels are memory and
+    compute bound respectively), scaled to this GPU's peaks."""
     skip = {e.lower() for e in exclude}
     rows = [r for name, rs in profiles.linear.items()
             if name.lower() not in skip and name.split("/")[-1].lower() not in skip for r in rs]
     if not rows:
         raise prof.ProfileError(f"{profiles.gpu}: no linear-operator profiles left to fit")
+    decode = fit_decode(profiles.decode) if profiles.decode else None
+    prefill = fit_prefill(profiles.prefill) if profiles.prefill else None
+    attention_from = None
+    if attention_peaks is not None and (decode or prefill):
+        attention_from = profiles.attention_gpu
+        flops_ratio = attention_peaks[0] / peak_flops
+        bw_ratio = hbm_bytes_per_s / attention_peaks[1]
+        if decode:
+            decode = replace(decode, bw=decode.bw * bw_ratio)
+        if prefill:
+            prefill = replace(prefill, slope=prefill.slope * flops_ratio)
     return GpuFit(
         peak_flops=peak_flops,
-        gemm=fit_gemm(rows, peak_flops),
+        gemm=fit_gemm(rows, peak_flops, hbm_bytes_per_s),
         elementwise=fit_elementwise(rows),
-        decode_attention=fit_decode(profiles.decode) if profiles.decode else None,
-        prefill_attention=fit_prefill(profiles.prefill) if profiles.prefill else None,
+        decode_attention=decode,
+        prefill_attention=prefill,
         allreduce=fit_allreduce(profiles.allreduce),
-        cpu_overhead=fit_cpu(profiles.cpu, cpu_tp) if profiles.cpu else None)
+        cpu_overhead=fit_cpu(profiles.cpu) if profiles.cpu else None,
+        attention_from=attention_from)

@@ -63,16 +63,18 @@ class FittedTerms:
             dims, np.maximum(t, 1)), 0.0))
         self.head = _Table(lambda r: fit.head_seconds(m.hidden_size, vocab, r))
         self.notes: dict[str, str] = {"linear": MEASURED}
+        attention = MEASURED if fit.attention_from is None else (
+            f"{MEASURED} (attention measured on {fit.attention_from}, scaled by peak ratios)")
         dec = fit.decode_attention
         # layers x (launch + per sequence x b) + all KV bytes read / achieved bandwidth;
         # the roofline: (0, 0, max(FLOPs, bytes) per context token)
         self.decode = (0.0, 0.0, max(roof["attn_pair"], roof["kv_per_token"])) if dec is None \
             else (layers * dec.launch, layers * dec.per_item, kv_token_bytes / dec.bw)
-        self.notes["decode_attention"] = MEASURED if dec else "roofline (no decode profile)"
+        self.notes["decode_attention"] = attention if dec else "roofline (no decode profile)"
         pre = fit.prefill_attention
         self.prefill = (0.0, roof["attn_pair"]) if pre is None else (
             layers * pre.fixed, layers * pre.slope * 4 * (m.num_heads // tp) * m.head_size)
-        self.notes["prefill_attention"] = MEASURED if pre else "roofline (no prefill profile)"
+        self.notes["prefill_attention"] = attention if pre else "roofline (no prefill profile)"
         ar = fit.allreduce.get(tp) if tp > 1 else None
         token_bytes = m.hidden_size * weight_bytes
         self.allreduce = (
@@ -87,7 +89,7 @@ class FittedTerms:
         cpu = fit.cpu_overhead
         self.cpu = (roof["overhead"], 0.0) if cpu is None else (cpu.fixed, cpu.slope)
         self.notes["overhead"] = MEASURED if cpu else "roofline (no CPU profile)"
-        self.calibrated = tuple(k for k, v in self.notes.items() if v == MEASURED)
+        self.calibrated = tuple(k for k, v in self.notes.items() if v.startswith(MEASURED))
 
     def linear(self, tokens: int, rows: int) -> float:
         return self.layers(tokens) + self.head(rows)

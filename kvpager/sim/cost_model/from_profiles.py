@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kvpager.sim.cost_model.calibration import parse_calibration
 from kvpager.sim.cost_model.fit import fit_gpu, load_profiles
+from kvpager.sim.cost_model.profiles import PROFILE_GPUS
 from kvpager.sim.presets import get_gpu
 
 TOPOLOGIES = ("pairwise_nvlink", "dgx")
@@ -30,7 +31,11 @@ def profile_calibration(directory: Path, gpu: str, *, topology: str = "pairwise_
                          f"{topology!r}")
     spec = get_gpu(gpu)
     profiles = load_profiles(Path(directory), spec.name, topology)
-    fit = fit_gpu(profiles, spec.fp16_flops, exclude)
+    peaks = None
+    if profiles.attention_gpu and profiles.attention_gpu != profiles.gpu:
+        other = get_gpu(next(k for k, v in PROFILE_GPUS.items() if v == profiles.attention_gpu))
+        peaks = (other.fp16_flops, other.hbm_bytes_per_s)
+    fit = fit_gpu(profiles, spec.fp16_flops, spec.hbm_bytes_per_s, exclude, peaks)
     skip = {e.lower() for e in exclude}
     models = [m for m in profiles.linear
               if m.lower() not in skip and m.split("/")[-1].lower() not in skip]

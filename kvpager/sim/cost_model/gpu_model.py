@@ -139,6 +139,7 @@ class GpuFit:
     prefill_attention: LinearCost | None
     allreduce: dict[int, MeasuredCurve]
     cpu_overhead: LinearCost | None
+    attention_from: str | None = None  # attention measured on another GPU, scaled here
 
     def layer_seconds(self, dims: LayerDims, tokens: np.ndarray,
                       elementwise: Iterable[str] | None = None) -> np.ndarray:
@@ -161,10 +162,11 @@ class GpuFit:
                "elementwise": asdict(self.elementwise),
                "allreduce": {str(w): {"x": list(c.x), "y": list(c.y)}
                              for w, c in sorted(self.allreduce.items())}}
-        for name in ("decode_attention", "prefill_attention", "cpu_overhead"):
+        for name in ("decode_attention", "prefill_attention", "cpu_overhead",
+                     "attention_from"):
             value = getattr(self, name)
             if value is not None:
-                doc[name] = asdict(value)
+                doc[name] = value if isinstance(value, str) else asdict(value)
         return doc
 
     @classmethod
@@ -199,10 +201,13 @@ class GpuFit:
             if not key.isdigit() or int(key) < 2:
                 raise ValueError(f"{where}.allreduce: key {key!r}: expected a GPU count >= 2")
             allreduce[int(key)] = _curve(f"{where}.allreduce.{key}", sub)
+        source = doc.get("attention_from")
+        if source is not None and not isinstance(source, str):
+            raise ValueError(f"{where}.attention_from: expected a string, got {source!r}")
         return cls(peak, gemm, curve(StreamCurve, "elementwise"),
                    curve(StreamCurve, "decode_attention", False),
                    curve(LinearCost, "prefill_attention", False), allreduce,
-                   curve(LinearCost, "cpu_overhead", False))
+                   curve(LinearCost, "cpu_overhead", False), source)
 
 
 def _curve(where: str, sub: object) -> MeasuredCurve:
