@@ -126,6 +126,7 @@ class CostModel:
     allreduce_latency_s: float = 10e-6
     step_overhead_s: float = 1e-3
     calibration: Calibration | None = None
+    kv_cache_bytes: float | None = None
     _k: dict[str, float] = field(init=False, repr=False, compare=False)
     _cal: BoundCalibration | None = field(init=False, repr=False, compare=False, default=None)
     _fit: FittedTerms | None = field(init=False, repr=False, compare=False, default=None)
@@ -202,6 +203,8 @@ class CostModel:
             _non_negative(name, getattr(self, name))
         if self.activation_reserve_bytes is not None:
             _non_negative("activation_reserve_bytes", self.activation_reserve_bytes)
+        if self.kv_cache_bytes is not None:
+            _non_negative("kv_cache_bytes", self.kv_cache_bytes)
         if self.calibration is not None and not isinstance(self.calibration, Calibration):
             raise ValueError(f"calibration: expected a Calibration (see load_calibration), got "
                              f"{type(self.calibration).__name__}")
@@ -234,7 +237,10 @@ class CostModel:
 
     @property
     def kv_capacity_bytes(self) -> float:
-        """GPU memory left for the KV cache on each GPU."""
+        """GPU memory left for the KV cache on each GPU (`kv_cache_bytes` when given: a
+        deployment's measured cache size)."""
+        if self.kv_cache_bytes is not None:
+            return float(self.kv_cache_bytes)
         budget = self.gpu.memory_bytes * self.gpu_memory_utilization
         return budget - self.weight_bytes_per_gpu - self.activation_reserve
 
