@@ -153,6 +153,8 @@ def test_bad_folders_and_gpus_exit_2(tmp_path):
         ([str(root), "--gpu", "h200"], "the profiles cover a100-80gb, h100-80gb, not 'H200'"),
         ([str(root), "--gpu", "h100-80gb"], "no compute profiles for this GPU (have: a100)"),
         ([str(root), "--gpu", "a100-80gb", "--topology", "ring"], "--topology: expected"),
+        ([str(root), "--gpu", "a100-80gb", "--exclude-model", "gpt-5"],
+         "--exclude-model: no a100 profile of 'gpt-5'; have syn/small"),
     ]:
         result = runner.invoke(app, ["calibrate", "from-profiles", *args, "-o",
                                      str(tmp_path / "x.json")])

@@ -240,6 +240,11 @@ def fit_gpu(profiles: ProfileSet, peak_flops: float, hbm_bytes_per_s: float,
     peak and prefill attention its fraction of FLOP/s peak (the kernels are memory and
     compute bound respectively), scaled to this GPU's peaks."""
     skip = {e.lower() for e in exclude}
+    known = {n.lower() for name in profiles.linear for n in (name, name.split("/")[-1])}
+    for e in exclude:
+        if e.lower() not in known:
+            raise prof.ProfileError(f"--exclude-model: no {profiles.gpu} profile of {e!r}; "
+                                    f"have {', '.join(profiles.linear)}")
     rows = [r for name, rs in profiles.linear.items()
             if name.lower() not in skip and name.split("/")[-1].lower() not in skip for r in rs]
     if not rows:
