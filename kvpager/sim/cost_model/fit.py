@@ -1,12 +1,12 @@
 """Fit a GPU's performance curves (`gpu_model.GpuFit`) to operator profiles.
 
 Few parameters, fitted to many shapes, so that the curves generalise to models that have no
-profile: the GEMM curve has five numbers for all four GEMMs of every model and
-tensor-parallel degree of a GPU; the elementwise curve two. They minimise the squared log
-error (relative error, so small and large token counts weigh alike) with a small
-Nelder-Mead search over log-parameters (numpy only: the simulator does not need scipy).
-The linear costs (all-reduce, prefill attention, CPU) are least-squares lines weighted by
-1 / measured time, again a relative error.
+profile: the GEMM curve has five numbers (one a tile size chosen from a short list) for all
+four GEMMs of every model and tensor-parallel degree of a GPU; the elementwise curve two.
+They minimise the squared log error (relative error, so small and large token counts weigh
+alike) with a small Nelder-Mead search over log-parameters (numpy only: the simulator does
+not need scipy). The linear costs (prefill attention, CPU) are least-squares lines weighted
+by 1 / measured time, again a relative error; the all-reduce keeps its measured curve.
 """
 
 from __future__ import annotations
@@ -80,26 +80,33 @@ def _gemm_samples(rows: Sequence[prof.LinearRow]) -> tuple[np.ndarray, ...]:
     return tuple(np.array(a, float) for a in (m, k, n, t))
 
 
+#: Row-tile sizes of tensor-core GEMM kernels that the fit chooses among.
+TILES = (16, 32, 64, 128, 256)
+
+
 def fit_gemm(rows: Sequence[prof.LinearRow], peak: float, hbm: float) -> GemmCurve:
-    """The GEMM curve; its bandwidth is held at or below the HBM peak `hbm`, so that the
-    knee's shape is not bought with an impossible bandwidth."""
+    """The GEMM curve. The row tile is chosen among real kernel tile sizes (the loss is a
+    step function of it, which a simplex cannot search); the bandwidth is held at or below
+    the HBM peak `hbm`, so that the knee's shape is not bought with an impossible
+    bandwidth."""
     m, k, n, t = _gemm_samples(rows)
     logt = np.log(t)
+    best: tuple[float, GemmCurve] | None = None
+    for tile in TILES:
+        def curve(x: np.ndarray, tile: int = tile) -> GemmCurve:
+            bw, eff, launch, p = np.exp(x)
+            return GemmCurve(float(min(bw, hbm)), float(min(eff, 1.5)), float(launch),
+                             float(1 + p), float(tile))
 
-    def curve(x: np.ndarray) -> GemmCurve:
-        bw, eff, launch, p, tile = np.exp(x)
-        return GemmCurve(float(min(bw, hbm)), float(min(eff, 1.5)), float(launch),
-                         float(1 + p), float(tile))
+        def loss(x: np.ndarray, curve=curve) -> float:
+            return float(np.mean((np.log(curve(x).seconds(m, k, n, peak)) - logt) ** 2))
 
-    def loss(x: np.ndarray) -> float:
-        c = curve(x)
-        pred = c.seconds(m, k, n, peak)
-        return float(np.mean((np.log(pred) - logt) ** 2))
-
-    x = np.log([0.8 * hbm, 0.7, 5e-6, 3.0, 32.0])
-    for _ in range(3):  # restarts escape the simplex's early collapse
-        x = nelder_mead(loss, x, step=0.3)
-    return curve(x)
+        x = np.log([0.8 * hbm, 0.7, 5e-6, 3.0])
+        for _ in range(3):  # restarts escape the simplex's early collapse
+            x = nelder_mead(loss, x, step=0.3)
+        if best is None or loss(x) < best[0]:
+            best = (loss(x), curve(x))
+    return best[1]
 
 
 def fit_elementwise(rows: Sequence[prof.LinearRow]) -> StreamCurve:

@@ -10,7 +10,7 @@ its shape alone:
             (tensor-core tiles compute padded rows: the wave-quantisation step in M),
       t_m = 2 (K N + M K + M N) / bw     (weights, input and output once).
   Five numbers: achieved bandwidth `bw`, compute efficiency `eff`, `launch`, the sharpness
-  `p` of the knee between the two regimes, and `tile_m`.
+  `p` of the knee between the two regimes, and `tile_m` (one of 16 ... 256).
 - Elementwise kernels (norms, rotary, activation, residual add): launch + bytes / bw.
 - All-reduce of S bytes over w GPUs: the measured curve (median per size bin), since its
   time depends only on S and w; past the largest size, its last slope.
