@@ -9,11 +9,15 @@ Scenarios:
   established Python simulator needs about 60 s for this loop on this machine.
 - linearity: the first 25%, 50% and 100% of the Azure trace; wall seconds per simulated step
   should stay flat.
+- `--calibration-only`: azure-conv-paged with the roofline and with the shipped A100 GPU
+  fit (`--calibration kvpager/sim/cost_model/calibrations/a100-80gb.json`), recorded as
+  `simulator_calibration.json`: what the calibrated cost model costs in speed.
 
 Wall time is what a user waits; process CPU time (user + system) is reported beside it
 because it is far less sensitive to other work on a shared machine.
 
 Usage: python benchmarks/bench_simulator.py [--traces DIR] [--repeats 3] [--no-record]
+       [--calibration-only]
 """
 
 from __future__ import annotations
@@ -82,10 +86,24 @@ def main() -> None:
                                                             "../shared/traces"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--calibration-only", action="store_true")
     args = parser.parse_args()
     azure = Path(args.traces) / AZURE
     if not azure.exists():
         raise SystemExit(f"{azure}: not found (pass --traces DIR)")
+    if args.calibration_only:
+        shipped = Path(__file__).resolve().parents[1] / "kvpager/sim/cost_model/calibrations"
+        results = {
+            "azure-conv-paged": best_of([str(azure), "--cache", "paged"], args.repeats),
+            "azure-conv-paged-calibrated": best_of(
+                [str(azure), "--cache", "paged", "--calibration",
+                 str(shipped / "a100-80gb.json")], args.repeats),
+            "load_average_1min_after": os.getloadavg()[0],
+        }
+        print(json.dumps(results, indent=2))
+        if not args.no_record:
+            print("recorded", record("simulator_calibration", results))
+        return
     results = {
         "azure-conv-paged": best_of([str(azure), "--cache", "paged"], args.repeats),
         "azure-conv-70b-tp2": best_of(

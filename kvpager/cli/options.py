@@ -36,8 +36,18 @@ MaxModelLen = Annotated[int | None, typer.Option(
 KvCacheDtype = Annotated[str, typer.Option(help="auto, fp8 or fp8_e5m2.")]
 GpuMemoryUtilization = Annotated[float, typer.Option(help="Fraction of GPU memory used.")]
 Calibration = Annotated[Path | None, typer.Option(
-    help="Measured kernel times (kvpager bench attention --calibration) for the cost "
-         "model.")]
+    help="Calibration file for the cost model: measured kernel times (kvpager bench "
+         "attention --calibration) or a GPU fit (kvpager calibrate from-profiles; shipped "
+         "in kvpager/sim/cost_model/calibrations/).")]
+# Capacity and long-prompt choices (issue 14): declared together.
+NumGpuBlocks = Annotated[int | None, typer.Option(
+    help="KV blocks of the GPU cache, overriding the computed capacity (to match a "
+         "measured deployment).")]
+KvCacheMemory = Annotated[float | None, typer.Option(
+    "--kv-cache-memory", help="KV cache memory per GPU, GiB, overriding the computed "
+                              "budget.")]
+LongPrompts = Annotated[str, typer.Option(
+    help="Prompts longer than max-model-len: reject (as vLLM) or truncate.")]
 ArrivalCv = Annotated[float | None, typer.Option(
     help="Coefficient of variation of generated gaps (Gamma; default 1 = Poisson).")]
 
@@ -47,6 +57,8 @@ def sim_config(
     prefix_caching: bool, chunked_prefill: bool, max_num_seqs: int,
     max_num_batched_tokens: int | None, max_model_len: int | None, kv_cache_dtype: str,
     gpu_memory_utilization: float, calibration: Path | None, seed: int,
+    num_gpu_blocks: int | None = None, kv_cache_memory: float | None = None,
+    long_prompts: str = "reject",
 ) -> SimConfig:
     """The `SimConfig` the shared options describe (raises ValueError naming a bad one)."""
     return SimConfig(
@@ -55,4 +67,6 @@ def sim_config(
         swap_space_gib=swap_space, preemption=preemption, prefix_caching=prefix_caching,
         max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
         max_model_len=max_model_len, chunked_prefill=chunked_prefill, seed=seed,
-        calibration=None if calibration is None else str(calibration))
+        calibration=None if calibration is None else str(calibration),
+        num_gpu_blocks=num_gpu_blocks, kv_cache_memory_gib=kv_cache_memory,
+        long_prompts=long_prompts)

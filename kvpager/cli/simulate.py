@@ -34,6 +34,9 @@ def simulate(
     kv_cache_dtype: opts.KvCacheDtype = "auto",
     gpu_memory_utilization: opts.GpuMemoryUtilization = 0.9,
     calibration: opts.Calibration = None,
+    num_gpu_blocks: opts.NumGpuBlocks = None,
+    kv_cache_memory: opts.KvCacheMemory = None,
+    long_prompts: opts.LongPrompts = "reject",
     rate_scale: Annotated[float, typer.Option(help="Multiply the request rate (compress "
                                                    "arrival times by this factor).")] = 1.0,
     limit: Annotated[int | None, typer.Option(help="Replay only the first N requests.")]
@@ -70,7 +73,8 @@ def simulate(
             chunked_prefill=chunked_prefill, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=gpu_memory_utilization,
-            calibration=calibration, seed=seed)
+            calibration=calibration, seed=seed, num_gpu_blocks=num_gpu_blocks,
+            kv_cache_memory=kv_cache_memory, long_prompts=long_prompts)
         data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed), limit=limit,
                     rate_scale=rate_scale)
         run_dir = out if out is not None else Path("runs") / trace.stem

@@ -82,6 +82,7 @@ def run_sections(run: RunData, max_points: int = 1000) -> list[Section]:
                 "replayed.",
                 body_html="<h3>simulation</h3>" + key_value_html(m.get("config", {}))
                 + "<h3>capacity</h3>" + key_value_html(m.get("capacity", {}))
+                + "<h3>cost model</h3>" + key_value_html(m.get("cost_model", {}))
                 + "<h3>trace</h3>" + key_value_html(m.get("trace", {}))
                 + '<script type="application/json" id="kv-metrics">'
                 + script_json(_json(m)) + "</script>"),

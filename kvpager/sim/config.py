@@ -11,6 +11,7 @@ CONTIGUOUS = ("orca-max", "orca-pow2", "orca-oracle")
 STATIC = "static"
 STRATEGIES = (PAGED, *CONTIGUOUS, STATIC)
 DEFAULT_STRATEGIES = (PAGED, *CONTIGUOUS)
+LONG_PROMPTS = ("reject", "truncate")
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> None:
@@ -44,7 +45,14 @@ class SimConfig:
             copy of another beam of its request (the fork/copy-on-write pattern of beam
             search without running a model).
         seed: seeds the beam model, the only random process of a run.
-        calibration: path of a measured-times file for the cost model (`kvpager bench`).
+        calibration: path of a measured-times file for the cost model (`kvpager bench`,
+            `kvpager calibrate from-profiles`).
+        num_gpu_blocks: KV blocks of the GPU cache, overriding the computed capacity (as
+            serving engines allow), to match a measured deployment.
+        kv_cache_memory_gib: KV cache memory per GPU, GiB, overriding the computed budget
+            (memory x utilisation - weights - activation reserve). At most one of the two.
+        long_prompts: "reject" prompts longer than max_model_len (as vLLM does) or
+            "truncate" them to max_model_len - 1 tokens (as some simulators do).
     """
 
     model: str = "llama-2-7b"
@@ -65,6 +73,9 @@ class SimConfig:
     beam_replace_prob: float = 0.25
     seed: int = 0
     calibration: str | None = None
+    num_gpu_blocks: int | None = None
+    kv_cache_memory_gib: float | None = None
+    long_prompts: str = "reject"
 
     def __post_init__(self) -> None:
         _positive_int("tp", self.tp)
@@ -90,6 +101,21 @@ class SimConfig:
                              f"{self.beam_replace_prob!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        self._check_capacity_choices()
+
+    def _check_capacity_choices(self) -> None:
+        if self.num_gpu_blocks is not None:
+            _positive_int("num_gpu_blocks", self.num_gpu_blocks)
+        mem = self.kv_cache_memory_gib
+        if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float))
+                                or not 0 < mem < float("inf")):
+            raise ValueError(f"kv_cache_memory_gib must be a finite number > 0, got {mem!r}")
+        if self.num_gpu_blocks is not None and mem is not None:
+            raise ValueError("num_gpu_blocks and kv_cache_memory_gib both set the KV capacity; "
+                             "give one")
+        if self.long_prompts not in LONG_PROMPTS:
+            raise ValueError(f"long_prompts must be one of {', '.join(LONG_PROMPTS)}, got "
+                             f"{self.long_prompts!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -62,14 +62,15 @@ class Simulation:
         self.manager = self.deploy.manager
         self.progress = progress
         self.requests = RequestLog(np.asarray(trace.arrival, dtype=np.float64),
-                                   np.asarray(trace.prompt_tokens, dtype=np.int64))
+                                   np.array(trace.prompt_tokens, dtype=np.int64))  # own copy:
+        # a truncated prompt is recorded at its served length
         self.memory = MemorySeries(self.deploy.capacity_slots)
         self.steps = StepLog()
         self.beams = BeamModel(config.beam_replace_prob, config.seed)
         self.has_beams = bool((np.asarray(trace.beam_width) > 1).any())
         self.counters = {"preemptions": {"swap": 0, "recompute": 0}, "swapped_out_blocks": 0,
                          "swapped_in_blocks": 0, "recomputed_tokens": 0, "cow_copies": 0,
-                         "fork_copied_slots": 0}
+                         "fork_copied_slots": 0, "truncated_prompts": 0}
         self._pending_copy_s = 0.0
         self.events: list[tuple[float, str, int]] = []  # (time, kind, count)
         self._done = 0
@@ -112,7 +113,16 @@ class Simulation:
             if prompt_ids is None:
                 output_ids = None
                 hashes = t.block_keys(i, self.config.block_size).tolist() or None
-        return Request(i, int(t.prompt_tokens[i]), int(t.output_tokens[i]),
+        prompt = int(t.prompt_tokens[i])
+        if self.config.long_prompts == "truncate" and prompt >= self.config.max_model_len:
+            prompt = self.config.max_model_len - 1  # room for one output token
+            self.requests.prompt_tokens[i] = prompt
+            self.counters["truncated_prompts"] += 1
+            if hashes is not None:  # keys of the full blocks that remain
+                hashes = hashes[:prompt // self.config.block_size] or None
+            if prompt_ids is not None:
+                prompt_ids, output_ids = prompt_ids[:prompt], None
+        return Request(i, prompt, int(t.output_tokens[i]),
                        arrival_time=float(t.arrival[i]), n=int(t.n[i]),
                        beam_width=int(t.beam_width[i]), block_hashes=hashes,
                        prompt_token_ids=None if prompt_ids is None else prompt_ids.tolist(),

@@ -17,6 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,29 @@ SCHEMA_VERSION = 1
 
 
 def cost_model(config: SimConfig) -> CostModel:
-    """The cost model a configuration describes (raises ValueError on bad names/values)."""
+    """The cost model a configuration describes (raises ValueError on bad names/values).
+    `num_gpu_blocks` / `kv_cache_memory_gib` set its KV capacity outright."""
     calibration = load_calibration(config.calibration) if config.calibration else None
-    return CostModel(config.model, config.gpu, tp=config.tp,
+    cost = CostModel(config.model, config.gpu, tp=config.tp,
                      kv_cache_dtype=config.kv_cache_dtype,
                      gpu_memory_utilization=config.gpu_memory_utilization,
                      max_num_batched_tokens=config.max_num_batched_tokens,
                      max_num_seqs=config.max_num_seqs, calibration=calibration)
+    if config.num_gpu_blocks is not None:
+        kv_bytes = config.num_gpu_blocks * config.block_size * cost.kv_bytes_per_token
+        return replace(cost, kv_cache_bytes=float(kv_bytes))
+    if config.kv_cache_memory_gib is not None:
+        return replace(cost, kv_cache_bytes=config.kv_cache_memory_gib * (1 << 30))
+    return cost
+
+
+def capacity_source(config: SimConfig) -> str:
+    """How the run's KV capacity was chosen, for the report's configuration."""
+    if config.num_gpu_blocks is not None:
+        return f"--num-gpu-blocks {config.num_gpu_blocks}"
+    if config.kv_cache_memory_gib is not None:
+        return f"--kv-cache-memory {config.kv_cache_memory_gib:g} GiB"
+    return "computed (memory x utilisation - weights - activation reserve)"
 
 
 def resolve(trace: Trace, config: SimConfig) -> SimConfig:
@@ -84,7 +101,10 @@ def simulate(
             "kv_capacity_gib": cost.kv_capacity_bytes / (1 << 30),
             "gpu_blocks": cost.num_gpu_blocks(config.block_size),
             "block_size": config.block_size,
+            "source": capacity_source(config),
+            "long_prompts": config.long_prompts,
         },
+        "cost_model": cost.calibration_notes or {"step_time": "roofline"},
         "strategies": results,
         "wall_s": time.perf_counter() - started,
     }

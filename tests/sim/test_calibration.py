@@ -115,7 +115,7 @@ def test_bad_entries(entry, message):
 def test_bad_documents_and_files(tmp_path):
     for doc, message in [
         ([], "cal.json: expected a JSON object with 'version' and 'entries'"),
-        ({"entries": grid_entries()}, "cal.json: field 'version': expected 1, got null"),
+        ({"entries": grid_entries()}, "cal.json: field 'version': expected 1 or 2, got null"),
         ({"version": 1, "entries": []}, "cal.json: field 'entries': expected a non-empty list"),
         ({"version": 1, "entries": grid_entries(), "tp": 0},
          "cal.json: field 'tp': expected an integer >= 1, got 0"),

@@ -14,6 +14,7 @@ from kvpager.sim.cost_model.calibration import (
     CalibrationError,
     load_calibration,
     parse_calibration,
+    shipped_calibration,
 )
 from kvpager.sim.cost_model.roofline import (
     DTYPE_BYTES,
@@ -37,4 +38,5 @@ __all__ = [
     "load_calibration",
     "parse_calibration",
     "prefill_attention_work",
+    "shipped_calibration",
 ]

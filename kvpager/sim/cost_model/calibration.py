@@ -16,6 +16,12 @@ File schema (JSON; `kvpager bench` is meant to write it):
 
 Other top-level and entry fields (notes, backend, dtype, ...) are allowed and ignored.
 
+Version 2 adds an optional "gpu_fit" object: the fitted performance curves of the GPU
+(`kvpager.sim.cost_model.gpu_model.GpuFit`), written by `kvpager calibrate from-profiles`.
+They replace the roofline's linear, attention, all-reduce and overhead terms for any model
+on that GPU (so "model" and "tp" are absent from such files); "entries" may then be empty.
+Entries still take precedence where they exist (a measured decode grid of this very model).
+
 - `decode_attention`: one paged-attention decode call for ONE layer, `batch` sequences of
   `context` tokens each (the per-GPU head configuration of the model). The entries must
   form a full grid (every batch with every context). The cost model uses
@@ -45,11 +51,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvpager.errors import KVPagerError
+from kvpager.sim.cost_model.gpu_model import GpuFit
 
 if TYPE_CHECKING:
     from kvpager.sim.cost_model.roofline import CostModel
 
 KINDS = ("decode_attention", "step")
+VERSIONS = (1, 2)
 
 
 class CalibrationError(KVPagerError, ValueError):
@@ -83,6 +91,7 @@ class Calibration:
     gpu: str | None = None
     model: str | None = None
     tp: int | None = None
+    gpu_fit: GpuFit | None = None
 
     def bind(self, cost: CostModel) -> BoundCalibration:
         """The interpolators of this calibration for one cost model (checked to match)."""
@@ -184,9 +193,18 @@ def parse_calibration(doc: object, path: str) -> Calibration:
     """Validate a parsed calibration document (see the module docstring)."""
     if not isinstance(doc, dict):
         raise CalibrationError(f"{path}: expected a JSON object with 'version' and 'entries'")
-    if doc.get("version") != 1:
-        raise CalibrationError(f"{path}: field 'version': expected 1, got "
-                               f"{json.dumps(doc.get('version'))}")
+    version = doc.get("version")
+    if version not in VERSIONS or type(version) is not int:
+        raise CalibrationError(f"{path}: field 'version': expected 1 or 2, got "
+                               f"{json.dumps(version)}")
+    gpu_fit = None
+    if doc.get("gpu_fit") is not None:
+        if version < 2:
+            raise CalibrationError(f"{path}: field 'gpu_fit': needs version 2")
+        try:
+            gpu_fit = GpuFit.from_doc(doc["gpu_fit"], "gpu_fit")
+        except ValueError as exc:
+            raise CalibrationError(f"{path}: field {exc}") from None
     meta: dict = {}
     for name in ("gpu", "model"):
         value = doc.get(name)
@@ -199,7 +217,9 @@ def parse_calibration(doc: object, path: str) -> Calibration:
         raise CalibrationError(f"{path}: field 'tp': expected an integer >= 1, got "
                                f"{json.dumps(tp)}")
     entries = doc.get("entries")
-    if not isinstance(entries, list) or not entries:
+    if entries is None and gpu_fit is not None:
+        entries = []
+    if not isinstance(entries, list) or (not entries and gpu_fit is None):
         raise CalibrationError(f"{path}: field 'entries': expected a non-empty list")
     decode: list[DecodePoint] = []
     steps: list[StepPoint] = []
@@ -240,7 +260,8 @@ def parse_calibration(doc: object, path: str) -> Calibration:
             if (b, c) not in seen:
                 raise CalibrationError(f"{path}: decode_attention entries must form a full grid "
                                        f"of batch x context: missing batch={b}, context={c}")
-    return Calibration(path, tuple(decode), tuple(steps), meta["gpu"], meta["model"], tp)
+    return Calibration(path, tuple(decode), tuple(steps), meta["gpu"], meta["model"], tp,
+                       gpu_fit)
 
 
 def load_calibration(path: str | os.PathLike) -> Calibration:
@@ -256,3 +277,18 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
         raise CalibrationError(f"{name}: invalid JSON at line {exc.lineno}, column "
                                f"{exc.colno}: {exc.msg}") from None
     return parse_calibration(doc, name)
+
+
+#: GPUs with a calibration shipped in the package (fitted to public operator profiles by
+#: `kvpager calibrate from-profiles`; see docs/cost_model.md to regenerate them).
+SHIPPED = {"a100-80gb": "a100-80gb.json", "h100-80gb": "h100-80gb.json"}
+
+
+def shipped_calibration(gpu: str) -> Calibration:
+    """The GPU fit shipped for `gpu` (A100-80GB or H100-80GB), read from package data."""
+    name = SHIPPED.get(gpu.lower())
+    if name is None:
+        raise CalibrationError(f"no shipped calibration for {gpu!r}: have "
+                               f"{', '.join(SHIPPED)}")
+    return load_calibration(Path(__file__).with_name("calibrations") / name)
+

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 from kvpager.errors import KVPagerError
 from kvpager.sim.cost_model.calibration import BoundCalibration, Calibration
+from kvpager.sim.cost_model.fitted_terms import FittedTerms
 from kvpager.sim.presets import GiB, GPUSpec, ModelSpec, get_gpu, get_model
 
 #: Bytes per element of the dtype names (kv_cache_dtype names follow vLLM).
@@ -69,7 +70,9 @@ def prefill_attention_work(chunk_tokens: int, context_before: int) -> float:
 @dataclass(frozen=True)
 class StepBreakdown:
     """Seconds of each term of one step (see the module docstring); `total_s` is what
-    `step_time` returns (after calibration), `roofline_s` the uncalibrated sum."""
+    `step_time` returns (after calibration), `roofline_s` the sum of the terms before a
+    whole-step correction (`step` entries). `calibrated` names the terms that come from
+    measurements ("linear", "decode_attention", ...) rather than the roofline."""
 
     linear_s: float
     prefill_attention_s: float
@@ -79,6 +82,7 @@ class StepBreakdown:
     overhead_s: float
     roofline_s: float
     total_s: float
+    calibrated: tuple[str, ...] = ()
 
 
 def _fraction(name: str, value: float, *, upper: float = 1.0) -> None:
@@ -122,8 +126,10 @@ class CostModel:
     allreduce_latency_s: float = 10e-6
     step_overhead_s: float = 1e-3
     calibration: Calibration | None = None
+    kv_cache_bytes: float | None = None
     _k: dict[str, float] = field(init=False, repr=False, compare=False)
     _cal: BoundCalibration | None = field(init=False, repr=False, compare=False, default=None)
+    _fit: FittedTerms | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -157,6 +163,11 @@ class CostModel:
             k["allreduce_fixed"] = 2 * m.num_layers * self.allreduce_latency_s
         put(self, "_k", k)
         self._check_fit()
+        if self.calibration is not None and self.calibration.gpu_fit is not None:
+            roof = {name: k[name] for name in ("attn_pair", "kv_per_token", "allreduce_token",
+                                               "allreduce_fixed")}
+            put(self, "_fit", FittedTerms(self.calibration.gpu_fit, self, kv_token, wb,
+                                          roof | {"overhead": self.step_overhead_s}))
         if self.calibration is not None:
             bound = self.calibration.bind(self)
             put(self, "_cal", bound)  # decode attention first: the step fit uses it
@@ -192,6 +203,8 @@ class CostModel:
             _non_negative(name, getattr(self, name))
         if self.activation_reserve_bytes is not None:
             _non_negative("activation_reserve_bytes", self.activation_reserve_bytes)
+        if self.kv_cache_bytes is not None:
+            _non_negative("kv_cache_bytes", self.kv_cache_bytes)
         if self.calibration is not None and not isinstance(self.calibration, Calibration):
             raise ValueError(f"calibration: expected a Calibration (see load_calibration), got "
                              f"{type(self.calibration).__name__}")
@@ -224,7 +237,10 @@ class CostModel:
 
     @property
     def kv_capacity_bytes(self) -> float:
-        """GPU memory left for the KV cache on each GPU."""
+        """GPU memory left for the KV cache on each GPU (`kv_cache_bytes` when given: a
+        deployment's measured cache size)."""
+        if self.kv_cache_bytes is not None:
+            return float(self.kv_cache_bytes)
         budget = self.gpu.memory_bytes * self.gpu_memory_utilization
         return budget - self.weight_bytes_per_gpu - self.activation_reserve
 
@@ -293,18 +309,29 @@ class CostModel:
         tokens = prefill_tokens + decode_seqs
         if tokens == 0:
             return StepBreakdown(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        lin = max(tokens * k["lin_token"] + (decode_seqs + prefill_seqs) * k["head_row"],
-                  k["weights_read"])
-        pre = prefill_attention_work * k["attn_pair"]
+        fit = self._fit
         dec = 0.0
         if decode_seqs:
             dec = self._decode_attention(decode_seqs, decode_context_tokens)
         write = tokens * k["kv_per_token"]
-        comm = tokens * k["allreduce_token"] + k["allreduce_fixed"]
-        roof = lin + pre + dec + write + comm + self.step_overhead_s
+        if fit is None:
+            lin = max(tokens * k["lin_token"] + (decode_seqs + prefill_seqs) * k["head_row"],
+                      k["weights_read"])
+            pre = prefill_attention_work * k["attn_pair"]
+            comm = tokens * k["allreduce_token"] + k["allreduce_fixed"]
+            over = self.step_overhead_s
+        else:
+            lin = fit.linear(tokens, decode_seqs + prefill_seqs)
+            pre = fit.prefill_attention(prefill_tokens, prefill_attention_work)
+            comm = fit.allreduce_seconds(tokens)
+            over = fit.overhead(_batch(decode_seqs, prefill_tokens, prefill_seqs))
+        roof = lin + pre + dec + write + comm + over
         cal = self._cal
         total = roof if cal is None or not cal.has_steps else cal.step_seconds(roof)
-        return StepBreakdown(lin, pre, dec, write, comm, self.step_overhead_s, roof, total)
+        measured = fit.calibrated if fit is not None else ()
+        if cal is not None and cal.has_decode_attention and "decode_attention" not in measured:
+            measured = (*measured, "decode_attention")
+        return StepBreakdown(lin, pre, dec, write, comm, over, roof, total, measured)
 
     def roofline_decode_attention(self, decode_seqs: int, decode_context_tokens: int) -> float:
         """Decode attention seconds of a batch by the roofline alone (all layers)."""
@@ -313,10 +340,20 @@ class CostModel:
                    decode_context_tokens * k["kv_per_token"])
 
     def _decode_attention(self, decode_seqs: int, decode_context_tokens: int) -> float:
+        """A measured grid of this model first, then the GPU's fitted curve, then the
+        roofline."""
         cal = self._cal
         if cal is not None and cal.has_decode_attention:
             return cal.decode_attention_seconds(decode_seqs, decode_context_tokens)
+        if self._fit is not None:
+            return self._fit.decode_attention(decode_seqs, decode_context_tokens)
         return self.roofline_decode_attention(decode_seqs, decode_context_tokens)
+
+    @property
+    def calibration_notes(self) -> dict[str, str]:
+        """Where each step-time term comes from ("fitted to profiles" or why the roofline),
+        for the configuration section of a run report; empty without a GPU fit."""
+        return {} if self._fit is None else dict(self._fit.notes)
 
     def step_time(
         self,
@@ -343,6 +380,9 @@ class CostModel:
                 and decode_context_tokens >= decode_seqs):
             return self.breakdown(prefill_tokens, prefill_attention_work, decode_seqs,
                                   decode_context_tokens, prefill_seqs).total_s  # raises
+        if self._fit is not None:
+            return self.breakdown(prefill_tokens, prefill_attention_work, decode_seqs,
+                                  decode_context_tokens, prefill_seqs).total_s
         k = self._k
         tokens = prefill_tokens + decode_seqs
         if tokens == 0:
@@ -356,6 +396,11 @@ class CostModel:
         t += k["allreduce_fixed"] + self.step_overhead_s
         cal = self._cal
         return t if cal is None or not cal.has_steps else cal.step_seconds(t)
+
+
+def _batch(decode_seqs: int, prefill_tokens: int, prefill_seqs: int) -> int:
+    """Sequences in the batch for the per-step CPU cost (a prefill chunk counts once)."""
+    return decode_seqs + (max(prefill_seqs, 1) if prefill_tokens else 0)
 
 
 def _block_size(block_size: int) -> None:
