@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from kvpager.cli.errors import INTERNAL, cli_errors, fail
+from kvpager.cli.outputs import check_out_file
 from kvpager.cli.progress import progress_bar
 
 app = typer.Typer(help="Benchmarks: the memory manager's decode step, and the attention "
@@ -48,8 +49,8 @@ def manager(
     from kvpager.bench.record import record
 
     with cli_errors():
-        if out is not None and out.suffix != ".json":
-            raise ValueError(f"--out {str(out)!r}: the file name must end in .json")
+        if out is not None:
+            check_out_file(out, "--out", (".json",))
         with progress_bar("manager scenarios", enabled=not json_output) as update:
             results = run(steps, repeats, scenario,
                           None if update is None else lambda _n, d, t: update(d, t))

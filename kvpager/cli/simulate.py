@@ -11,6 +11,7 @@ import typer
 from kvpager.cli import options as opts
 from kvpager.cli.errors import cli_errors
 from kvpager.cli.loading import ArrivalOptions, load
+from kvpager.cli.outputs import check_out_dir, check_out_file
 from kvpager.cli.tables import comparison_table
 from kvpager.sim.config import DEFAULT_STRATEGIES
 
@@ -59,10 +60,9 @@ def simulate(
     from kvpager.sim.run import simulate as run_simulation
 
     with cli_errors():
+        run_dir = check_out_dir(out if out is not None else Path("runs") / trace.stem)
         if report is not None:
-            from kvpager.report.run_report import check_output
-
-            check_output(report)
+            check_out_file(report, "--report", (".html", ".htm"))
         strategies = tuple(cache) if cache else DEFAULT_STRATEGIES
         config = opts.sim_config(
             model=model, gpu=gpu, tp=tp, block_size=block_size, swap_space=swap_space,
@@ -73,7 +73,6 @@ def simulate(
             calibration=calibration, seed=seed)
         data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed), limit=limit,
                     rate_scale=rate_scale)
-        run_dir = out if out is not None else Path("runs") / trace.stem
         with _progress(enabled=not json_output) as report_progress:
             metrics = run_simulation(data, config, strategies, out_dir=run_dir,
                                      progress=report_progress)

@@ -21,10 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from kvpager.sim.config import DEFAULT_STRATEGIES, SimConfig, check_strategies
-from kvpager.sim.cost_model import CostModel, load_calibration
+from kvpager.sim.config import (
+    DEFAULT_BATCHED_TOKENS,
+    DEFAULT_STRATEGIES,
+    SimConfig,
+    check_strategies,
+)
+from kvpager.sim.cost_model import CostModel, ModelDoesNotFitError, load_calibration
 from kvpager.sim.engine import Simulation
 from kvpager.sim.metrics import FINISHED, REJECTED
+from kvpager.sim.presets import get_model
 from kvpager.sim.traces import Trace, summarize
 from kvpager.usage import FIELDS as MEMORY_FIELDS
 
@@ -32,22 +38,50 @@ StrategyProgress = Callable[[str, int, int], None]  # (strategy, done, total)
 SCHEMA_VERSION = 1
 
 
-def cost_model(config: SimConfig) -> CostModel:
-    """The cost model a configuration describes (raises ValueError on bad names/values)."""
+def cost_model(config: SimConfig, given: SimConfig | None = None) -> CostModel:
+    """The cost model a resolved configuration describes (raises ValueError on bad
+    names/values). `given` is the configuration before `resolve`: when the model does not
+    fit because of a limit the user set there, the message says which and how to lower it."""
     calibration = load_calibration(config.calibration) if config.calibration else None
-    return CostModel(config.model, config.gpu, tp=config.tp,
-                     kv_cache_dtype=config.kv_cache_dtype,
-                     gpu_memory_utilization=config.gpu_memory_utilization,
-                     max_num_batched_tokens=config.max_num_batched_tokens,
-                     max_num_seqs=config.max_num_seqs, calibration=calibration)
+    try:
+        return CostModel(config.model, config.gpu, tp=config.tp,
+                         kv_cache_dtype=config.kv_cache_dtype,
+                         gpu_memory_utilization=config.gpu_memory_utilization,
+                         max_num_batched_tokens=config.max_num_batched_tokens,
+                         max_num_seqs=config.max_num_seqs, calibration=calibration)
+    except ModelDoesNotFitError as exc:
+        hint = _limit_hint(config, given)
+        if hint is None:
+            raise
+        raise ModelDoesNotFitError(f"{exc}; {hint}") from None
 
 
-def resolve(trace: Trace, config: SimConfig) -> SimConfig:
-    """`config` with `max_model_len` / `max_num_batched_tokens` defaults taken from the trace
-    (its longest prompt + output)."""
-    longest = 2 if len(trace) == 0 else int(
-        (np.asarray(trace.prompt_tokens) + np.asarray(trace.output_tokens)).max())
-    return config.resolved(longest)
+def _limit_hint(config: SimConfig, given: SimConfig | None) -> str | None:
+    """Which user-set limit sized the activation reserve past the default, if any."""
+    if given is None or config.max_num_batched_tokens is None:
+        return None
+    budget = config.max_num_batched_tokens
+    if given.max_num_batched_tokens is not None and budget > DEFAULT_BATCHED_TOKENS:
+        return (f"the reserve holds max_num_batched_tokens = {budget:,} tokens of "
+                "activations as set by --max-num-batched-tokens: lower it")
+    if (given.max_model_len is not None and given.max_num_batched_tokens is None
+            and budget > DEFAULT_BATCHED_TOKENS):
+        return (f"--max-model-len {given.max_model_len} makes each step hold up to "
+                f"{budget:,} prompt tokens (max_num_batched_tokens = max("
+                f"{DEFAULT_BATCHED_TOKENS}, max_model_len) without chunked prefill), and the "
+                "activation reserve grows with it: lower --max-model-len, or add "
+                "--chunked-prefill or --max-num-batched-tokens")
+    return None
+
+
+def resolve(config: SimConfig) -> SimConfig:
+    """`config` with the defaults of `max_model_len` (the model's context length, as vLLM
+    takes it from the model's configuration) and `max_num_batched_tokens` filled in.
+
+    Requests longer than `max_model_len` are rejected by the simulation with a reason; the
+    trace does not size the deployment, so one outlier cannot make the model not fit.
+    """
+    return config.resolved(get_model(config.model).max_context)
 
 
 def simulate(
@@ -63,8 +97,8 @@ def simulate(
     "strategies": {name: metrics}}.
     """
     names = check_strategies(tuple(strategies))
-    config = resolve(trace, config)
-    cost = cost_model(config)
+    given, config = config, resolve(config)
+    cost = cost_model(config, given)
     started = time.perf_counter()
     results: dict[str, dict] = {}
     sims: dict[str, Simulation] = {}
