@@ -120,14 +120,14 @@ def sweep(
 
 
 def _print_tables(doc: dict, trace: Path, path: Path, report: Path | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from kvpager.cli.console import make_console
     from kvpager.sweep import metric_label, metric_value
 
     spec = doc["spec"]
     names = list(spec["strategies"])
-    console = Console()
+    console = make_console()
     axis = "rate (req/s)" if spec["axis"] == "rate" else "rate scale"
     console.print(f"{trace.name}: {metric_label(spec['metric'])} per strategy")
     table = Table()

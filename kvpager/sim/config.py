@@ -11,6 +11,19 @@ CONTIGUOUS = ("orca-max", "orca-pow2", "orca-oracle")
 STATIC = "static"
 STRATEGIES = (PAGED, *CONTIGUOUS, STATIC)
 DEFAULT_STRATEGIES = (PAGED, *CONTIGUOUS)
+#: What each strategy means, in one line (printed under the comparison table).
+DESCRIPTIONS = {
+    PAGED: "kvpager's paged cache: blocks allocated on demand, shared by reference, "
+           "swapped or recomputed under pressure (vLLM)",
+    "orca-max": "contiguous region per request reserved for max_model_len tokens at "
+                "admission (Orca, worst case)",
+    "orca-pow2": "contiguous region reserved for the next power of two of the true length "
+                 "(Orca, over-reserving up to 2x)",
+    "orca-oracle": "contiguous region reserved for exactly the true length, known in advance "
+                   "(Orca's unreachable best case)",
+    STATIC: "max_model_len regions and request-level batching: a new batch starts when the "
+            "last one ends (FasterTransformer)",
+}
 #: vLLM's default tokens per step (with chunked prefill, and the floor without it).
 DEFAULT_BATCHED_TOKENS = 8192
 

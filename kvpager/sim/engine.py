@@ -38,6 +38,7 @@ from kvpager.sim.metrics import (
     StepLog,
     summarize,
 )
+from kvpager.sim.saturation import assess
 from kvpager.sim.strategies import Deployment, build
 from kvpager.sim.traces import Trace
 
@@ -86,6 +87,9 @@ class Simulation:
         env.process(self._server(env))
         env.run()
         result = summarize(self.requests, self.memory, self.steps, self._final_counters())
+        req = self.requests
+        result["load"] = assess(req.arrival, req.admitted, req.status == REJECTED,
+                                result["requests"]["finished"], result["time"]["simulated_s"])
         result["time"]["wall_s"] = time.perf_counter() - wall
         return result
 
