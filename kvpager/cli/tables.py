@@ -81,12 +81,20 @@ def rejection_lines(metrics: dict) -> list[str]:
 
 def prefix_line(metrics: dict) -> str | None:
     """The prefix-cache hit rate of each strategy that had a prefix cache, or None."""
-    rates = []
+    if not get_path(metrics, ("config", "prefix_caching")):
+        return None
+    rates, without = [], []
     for name, m in metrics["strategies"].items():
         hit = get_path(m, ("prefix_cache", "hit_rate"))
-        if hit is not None:
+        if hit is None:
+            without.append(name)
+        else:
             rates.append(f"{name} {100 * float(hit):.1f}% of queried prompt blocks")
-    return "prefix-cache hit rate: " + ", ".join(rates) if rates else None
+    line = "prefix-cache hit rate: " + (", ".join(rates) or "none")
+    if without:
+        line += (f"; {', '.join(without)}: no prefix cache (one contiguous region per "
+                 "sequence cannot share blocks)")
+    return line
 
 
 def files_lines(metrics: dict, run_dir: Path, report: Path | None) -> list[str]:

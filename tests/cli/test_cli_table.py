@@ -104,6 +104,15 @@ def test_prefix_cache_hit_rate_is_shown_with_prefix_caching(tmp_path):
     assert "prefix-cache hit rate" not in plain
 
 
+def test_prefix_caching_with_contiguous_strategies_runs_and_says_what_applies(tmp_path):
+    # the README's synopsis combines the two; contiguous strategies cannot share blocks
+    text, metrics = simulate(tmp_path, MOONCAKE, "--cache", "paged", "--cache", "orca-oracle",
+                             "--prefix-caching", "--limit", "60")
+    assert metrics["strategies"]["orca-oracle"]["prefix_cache"] is None
+    assert metrics["strategies"]["paged"]["prefix_cache"]["hit_rate"] > 0
+    assert "orca-oracle: no prefix cache (one contiguous region per sequence" in text
+
+
 def test_help_is_not_cut_at_80_columns_when_piped():
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
     env["PYTHONPATH"] = str(REPO)
