@@ -33,9 +33,10 @@ def load_lines(metrics: dict) -> list[str]:
     """The offered load and, per saturated strategy, when it fell behind."""
     trace = metrics.get("trace", {})
     rate = trace.get("rate_per_s")
-    lines = [f"offered load: {trace.get('requests', 0):,} requests over "
-             f"{trace.get('duration_s', 0.0):,.1f} s"
-             + ("" if rate is None else f" = {rate:.3f} req/s")]
+    duration = trace.get("duration_s") or 0.0
+    span = f"{duration:,.1f}" if duration < 1e12 else f"{duration:.3g}"
+    lines = [f"offered load: {trace.get('requests', 0):,} requests over {span} s"
+             + ("" if rate is None else f" = {rate:.3g} req/s")]
     for name, m in metrics["strategies"].items():
         load = m.get("load") or {}
         if load.get("saturated"):

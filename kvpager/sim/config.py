@@ -24,6 +24,8 @@ DESCRIPTIONS = {
     STATIC: "max_model_len regions and request-level batching: a new batch starts when the "
             "last one ends (FasterTransformer)",
 }
+#: The default of `max_num_seqs` (vLLM's).
+DEFAULT_MAX_NUM_SEQS = 256
 #: vLLM's default tokens per step (with chunked prefill, and the floor without it).
 DEFAULT_BATCHED_TOKENS = 8192
 
@@ -72,7 +74,7 @@ class SimConfig:
     swap_space_gib: float = 4.0
     preemption: str = "auto"
     prefix_caching: bool = False
-    max_num_seqs: int = 256
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     max_num_batched_tokens: int | None = None
     max_model_len: int | None = None
     chunked_prefill: bool = False

@@ -23,6 +23,7 @@ import numpy as np
 
 from kvpager.sim.config import (
     DEFAULT_BATCHED_TOKENS,
+    DEFAULT_MAX_NUM_SEQS,
     DEFAULT_STRATEGIES,
     SimConfig,
     check_strategies,
@@ -60,6 +61,9 @@ def _limit_hint(config: SimConfig, given: SimConfig | None) -> str | None:
     """Which user-set limit sized the activation reserve past the default, if any."""
     if given is None or config.max_num_batched_tokens is None:
         return None
+    if given.max_num_seqs > DEFAULT_MAX_NUM_SEQS:
+        return (f"the reserve holds the logits of max_num_seqs = {given.max_num_seqs:,} "
+                "sequences as set by --max-num-seqs: lower it")
     budget = config.max_num_batched_tokens
     if given.max_num_batched_tokens is not None and budget > DEFAULT_BATCHED_TOKENS:
         return (f"the reserve holds max_num_batched_tokens = {budget:,} tokens of "

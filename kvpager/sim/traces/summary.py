@@ -115,8 +115,10 @@ def summarize(trace: Trace, block_size: int = 16) -> TraceSummary:
     count = len(trace)
     gaps = np.diff(trace.arrival)
     duration = trace.duration
-    mean_gap = float(gaps.mean()) if len(gaps) else None
-    cv = float(gaps.std() / mean_gap) if mean_gap else None
+    # the mean gap is the span over the gaps (summing gaps near 1e308 would overflow), and
+    # the CV the spread of the gaps in units of that mean (squares of 1e308 would too)
+    mean_gap = duration / len(gaps) if len(gaps) else None
+    cv = float(np.std(gaps / mean_gap)) if mean_gap else None
     total, reusable = reusable_blocks(trace, block_size)
     kinds = np.bincount(trace.prefix.kind, minlength=len(PrefixKind))
     return TraceSummary(
