@@ -8,6 +8,10 @@ from pathlib import Path
 from kvpager.sim.traces import GammaArrivals, PoissonArrivals, Trace, TraceError, load_trace
 from kvpager.sim.traces.csv_formats import NeedsArrivalsError
 
+#: Library argument names (as error messages start) -> the command-line options setting them.
+_OPTIONS = {"rate": "--arrival-rate", "cv": "--arrival-cv", "seed": "--seed",
+            "limit": "--limit", "rate_scale": "--rate-scale"}
+
 
 @dataclass(frozen=True)
 class ArrivalOptions:
@@ -37,3 +41,11 @@ def load(path: Path, arrivals: ArrivalOptions, *, limit: int | None = None,
         raise TraceError(exc.path, "a length-only CSV has no arrival times: give "
                          "--arrival-rate REQ_PER_S (and --arrival-cv for burstier gaps "
                          "than Poisson)") from None
+    except TraceError:
+        raise
+    except ValueError as exc:  # an argument's message: name the option instead
+        text = str(exc)
+        for argument, option in _OPTIONS.items():
+            if text.startswith(f"{argument}:"):
+                raise ValueError(f"{option}{text[len(argument):]}") from None
+        raise

@@ -140,3 +140,15 @@ def test_report_of_a_directory_without_metrics(tmp_path):
     result = invoke("report", tmp_path)
     line = one_error_line(result, str(tmp_path), "no metrics.json", "kvpager simulate")
     assert "Errno" not in line
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--arrival-rate", "nan"], "--arrival-rate: expected a finite number > 0, got nan"),
+    (["--limit", "0"], "--limit: expected an integer >= 1"),
+    (["--rate-scale", "-1"], "--rate-scale: expected a finite number > 0, got -1.0"),
+    (["--arrival-rate", "1", "--arrival-cv", "0"], "--arrival-cv: expected a finite number"),
+    (["--arrival-rate", "1", "--seed", "-1"], "--seed: expected an integer >= 0"),
+])
+def test_bad_trace_options_name_the_option(outlier, tmp_path, args, message):
+    result = invoke("simulate", outlier, *args, "--out", tmp_path / "r")
+    one_error_line(result, f"kvpager: error: {message}")
