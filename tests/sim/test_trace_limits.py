@@ -140,3 +140,66 @@ def test_azure_span_beyond_int64_nanoseconds(write):
 def test_csv_missing_a_column_names_it(write, header, lacking):
     message = error_of(write("c.csv", f"{header}\n1,2,3\n"))
     assert message.startswith("c.csv: ") and lacking in message
+
+
+def _reusable_by_sorting_keys(trace, block_size: int) -> int:
+    """The definition: duplicates among all full-block keys of the trace."""
+    import numpy as np
+
+    from kvpager.sim.traces.keys import BlockKeyer
+
+    keyer = BlockKeyer(trace, block_size)
+    keys = [keyer.keys(i) for i in range(len(trace)) if trace.prefix.kind[i]]
+    if not keys:
+        return 0
+    flat = np.sort(np.concatenate(keys))
+    return int((flat[1:] == flat[:-1]).sum())
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 16, 512, 700])
+def test_reuse_counted_per_node_equals_the_definition(write, block_size):
+    import random
+
+    from kvpager.sim.traces.summary import reusable_blocks
+
+    rng = random.Random(block_size)
+    records = []
+    for k in range(60):
+        p = rng.randint(1, 3000)
+        rec = {"arrival_time": k * 0.1, "prompt_tokens": p, "output_tokens": 3}
+        kind = rng.choice(["group", "hashes", "tokens", "none"])
+        if kind == "group":
+            rec |= {"prefix_group": rng.choice("ab"), "prefix_tokens": rng.randint(0, p)}
+        elif kind == "hashes":
+            size = rng.choice([64, 100, 512])
+            most = -(-p // size)
+            rec |= {"hash_block_size": size,
+                    "block_hashes": [rng.choice([1, 2]) for _ in range(rng.randint(0, most))]}
+        elif kind == "tokens":
+            rec["prompt_token_ids"] = [rng.choice([5, 6]) if j > 8 else j for j in range(p)]
+        records.append(rec)
+    trace = load_trace(write("mix.json", json.dumps(records)))
+    total, reusable = reusable_blocks(trace, block_size)
+    assert reusable == _reusable_by_sorting_keys(trace, block_size)
+    assert total == int((trace.prompt_tokens // block_size).sum())
+
+
+def test_a_small_file_of_long_shared_prompts_summarizes_in_little_memory(write):
+    # 60 records of 7 KB once built 63 M keys (1 GB, 8 s) to count reuse
+    from kvpager.sim.traces import summarize
+
+    records = [{"arrival_time": k * 0.1, "prompt_tokens": MAX_REQUEST_TOKENS,
+                "output_tokens": 5, "prefix_group": "g", "prefix_tokens": 2**23}
+               for k in range(60)]
+    records += [{"arrival_time": 9.0, "prompt_tokens": MAX_REQUEST_TOKENS, "output_tokens": 5,
+                 "block_hashes": [1], "hash_block_size": MAX_REQUEST_TOKENS}] * 2
+    trace = load_trace(write("long.json", json.dumps(records)))
+    tracemalloc.start()
+    try:
+        summary = summarize(trace, block_size=16)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    per = 2**23 // 16
+    assert summary.reusable_blocks == 59 * per + MAX_REQUEST_TOKENS // 16
+    assert peak < 5 * 2**20
