@@ -68,8 +68,9 @@ def manager(
 
 
 def _print_table(results: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from kvpager.cli.console import make_console
 
     table = Table(title=f"KV-cache manager, block size {results['block_size']}",
                   title_justify="left")
@@ -85,7 +86,7 @@ def _print_table(results: dict) -> None:
                           f"{r['us_per_step_median']:.1f}", notes)
         else:
             table.add_row(name, "-", "-", ", ".join(f"{k}={v}" for k, v in r.items()))
-    Console().print(table)
+    make_console().print(table)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
