@@ -17,6 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,36 +46,54 @@ def cost_model(config: SimConfig, given: SimConfig | None = None) -> CostModel:
     fit because of a limit the user set there, the message says which and how to lower it."""
     calibration = load_calibration(config.calibration) if config.calibration else None
     try:
-        return CostModel(config.model, config.gpu, tp=config.tp,
-                         kv_cache_dtype=config.kv_cache_dtype,
-                         gpu_memory_utilization=config.gpu_memory_utilization,
-                         max_num_batched_tokens=config.max_num_batched_tokens,
-                         max_num_seqs=config.max_num_seqs, calibration=calibration)
+        return _cost(config, calibration)
     except ModelDoesNotFitError as exc:
-        hint = _limit_hint(config, given)
+        hint = None if given is None else _limit_hint(config, given)
         if hint is None:
             raise
         raise ModelDoesNotFitError(f"{exc}; {hint}") from None
 
 
-def _limit_hint(config: SimConfig, given: SimConfig | None) -> str | None:
-    """Which user-set limit sized the activation reserve past the default, if any."""
-    if given is None or config.max_num_batched_tokens is None:
-        return None
-    if given.max_num_seqs > DEFAULT_MAX_NUM_SEQS:
-        return (f"the reserve holds the logits of max_num_seqs = {given.max_num_seqs:,} "
-                "sequences as set by --max-num-seqs: lower it")
-    budget = config.max_num_batched_tokens
-    if given.max_num_batched_tokens is not None and budget > DEFAULT_BATCHED_TOKENS:
-        return (f"the reserve holds max_num_batched_tokens = {budget:,} tokens of "
-                "activations as set by --max-num-batched-tokens: lower it")
-    if (given.max_model_len is not None and given.max_num_batched_tokens is None
-            and budget > DEFAULT_BATCHED_TOKENS):
-        return (f"--max-model-len {given.max_model_len} makes each step hold up to "
-                f"{budget:,} prompt tokens (max_num_batched_tokens = max("
-                f"{DEFAULT_BATCHED_TOKENS}, max_model_len) without chunked prefill), and the "
-                "activation reserve grows with it: lower --max-model-len, or add "
-                "--chunked-prefill or --max-num-batched-tokens")
+def _cost(config: SimConfig, calibration=None) -> CostModel:
+    return CostModel(config.model, config.gpu, tp=config.tp,
+                     kv_cache_dtype=config.kv_cache_dtype,
+                     gpu_memory_utilization=config.gpu_memory_utilization,
+                     max_num_batched_tokens=config.max_num_batched_tokens,
+                     max_num_seqs=config.max_num_seqs, calibration=calibration)
+
+
+def _fits(config: SimConfig) -> bool:
+    try:
+        _cost(config)
+    except ModelDoesNotFitError:
+        return False
+    return True
+
+
+def _limit_hint(config: SimConfig, given: SimConfig) -> str | None:
+    """The user-set limit without which the model would fit (its default would), if any:
+    the activation reserve grows with max_num_batched_tokens (set directly, or through
+    max_model_len without chunked prefill) and with max_num_seqs (the logits)."""
+    tries = []
+    if given.max_num_seqs != DEFAULT_MAX_NUM_SEQS:
+        tries.append((replace(config, max_num_seqs=DEFAULT_MAX_NUM_SEQS),
+                      f"max_num_seqs = {given.max_num_seqs:,} (--max-num-seqs) reserves "
+                      "memory for the logits of that many sequences: lower it"))
+    if given.max_num_batched_tokens is not None:
+        tries.append((resolve(replace(given, max_num_batched_tokens=None)),
+                      f"max_num_batched_tokens = {given.max_num_batched_tokens:,} "
+                      "(--max-num-batched-tokens) reserves activations for that many tokens "
+                      "per step: lower it"))
+    elif given.max_model_len is not None:
+        tries.append((resolve(replace(given, max_model_len=None)),
+                      f"--max-model-len {given.max_model_len} makes each step hold up to "
+                      f"{config.max_num_batched_tokens:,} prompt tokens (max_num_batched_tokens "
+                      f"= max({DEFAULT_BATCHED_TOKENS}, max_model_len) without chunked "
+                      "prefill), and the activation reserve grows with it: lower "
+                      "--max-model-len, or add --chunked-prefill or --max-num-batched-tokens"))
+    for alternative, hint in tries:
+        if _fits(alternative):
+            return hint
     return None
 
 

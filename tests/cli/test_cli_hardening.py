@@ -72,7 +72,19 @@ def test_a_user_max_model_len_that_does_not_fit_names_the_option(outlier, tmp_pa
 def test_a_user_max_num_batched_tokens_that_does_not_fit_names_the_option(outlier, tmp_path):
     result = invoke("simulate", outlier, "--max-num-batched-tokens", "2000000",
                     "--out", tmp_path / "r")
-    one_error_line(result, "model does not fit", "--max-num-batched-tokens: lower it")
+    one_error_line(result, "model does not fit", "(--max-num-batched-tokens) reserves "
+                   "activations for that many tokens per step: lower it")
+
+
+def test_the_hint_blames_a_limit_only_when_its_default_would_fit(outlier, tmp_path):
+    result = invoke("simulate", outlier, "--max-num-seqs", "10000000000000", "--out",
+                    tmp_path / "r")
+    one_error_line(result, "model does not fit", "(--max-num-seqs)", "lower it")
+    # 70B weights do not fit one 80 GB GPU whatever max_num_seqs is: no hint about it
+    result = invoke("simulate", outlier, "--model", "llama-2-70b", "--max-num-seqs", "512",
+                    "--out", tmp_path / "r")
+    line = one_error_line(result, "model does not fit", "raise tp")
+    assert "--max-num-seqs" not in line
 
 
 @pytest.mark.parametrize("option", ["--out", "--report"])
