@@ -4,6 +4,7 @@ rejected, which files were written and what to run next)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.table import Table
@@ -72,12 +73,13 @@ def strategy_lines(metrics: dict) -> list[str]:
 def rejection_lines(metrics: dict) -> list[str]:
     """Rejected requests per strategy with their reasons (numbers as N; each request's
     exact reason is in requests_<strategy>.csv)."""
-    lines = []
-    for name, m in metrics["strategies"].items():
-        reasons = get_path(m, ("requests", "rejected_reasons")) or {}
-        for reason, count in reasons.items():
-            lines.append(f"  {name}: {count:,} x {reason}")
-    return lines
+    by_strategy = {name: get_path(m, ("requests", "rejected_reasons")) or {}
+                   for name, m in metrics["strategies"].items()}
+    distinct = {json.dumps(r, sort_keys=True) for r in by_strategy.values()}
+    if len(by_strategy) > 1 and len(distinct) == 1:  # the same requests, before any memory
+        by_strategy = {"every strategy": next(iter(by_strategy.values()))}
+    return [f"  {name}: {count:,} x {reason}" for name, reasons in by_strategy.items()
+            for reason, count in reasons.items()]
 
 
 def prefix_line(metrics: dict) -> str | None:

@@ -87,8 +87,8 @@ def test_capacity_strategies_rejections_files_and_next_step(tmp_path):
     assert max(map(len, text.splitlines())) > 80
     rejected = metrics["strategies"]["paged"]["requests"]["rejected_reasons"]
     assert rejected, "the slice holds requests longer than Llama-2-7B's 4,096 tokens"
-    for reason, count in rejected.items():
-        assert f"paged: {count:,} x {reason}" in text
+    for reason, count in rejected.items():  # the same for all: the length limit
+        assert f"every strategy: {count:,} x {reason}" in text
     run = tmp_path / "run"
     assert f"run directory: {run} (metrics.json, requests_{{paged," in text
     assert f"next: kvpager report {run} -o report.html" in text
@@ -122,3 +122,13 @@ def test_help_is_not_cut_at_80_columns_when_piped():
     for option in ("--max-num-batched-tokens", "--gpu-memory-utilization",
                    "--no-chunked-prefill", "--no-prefix-caching"):
         assert option in done.stdout
+
+
+def test_rejections_that_differ_are_listed_per_strategy():
+    from kvpager.cli.tables import rejection_lines
+
+    metrics = {"strategies": {
+        "paged": {"requests": {"rejected_reasons": {"too long": 2}}},
+        "orca-max": {"requests": {"rejected_reasons": {"too long": 2, "no room": 1}}}}}
+    assert rejection_lines(metrics) == ["  paged: 2 x too long", "  orca-max: 2 x too long",
+                                        "  orca-max: 1 x no room"]
