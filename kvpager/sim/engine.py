@@ -114,10 +114,11 @@ class Simulation:
     def _too_long(self, i: int) -> str | None:
         """Why request i can never be served whole, or None. A serving engine refuses a
         request whose prompt plus requested output exceeds max_model_len (vLLM answers 400)
-        instead of cutting it short; the trace's output length is the output requested."""
+        instead of cutting it short; the trace's output length is the output requested.
+        With `long_prompts="truncate"` such a request is cut to fit instead (`_request`)."""
         t, limit = self.trace, self.config.max_model_len
         prompt, output = int(t.prompt_tokens[i]), int(t.output_tokens[i])
-        if limit is None or prompt + output <= limit:
+        if limit is None or prompt + output <= limit or self.config.long_prompts == "truncate":
             return None
         return (f"rejected: prompt of {prompt} + output of {output} tokens exceeds "
                 f"max_model_len={limit}")
@@ -133,10 +134,14 @@ class Simulation:
                 output_ids = None
                 hashes = t.block_keys(i, self.config.block_size).tolist() or None
         prompt = int(t.prompt_tokens[i])
-        if self.config.long_prompts == "truncate" and prompt >= self.config.max_model_len:
-            prompt = self.config.max_model_len - 1  # room for one output token
-            self.requests.prompt_tokens[i] = prompt
+        limit = self.config.max_model_len
+        if self.config.long_prompts == "truncate" and prompt + int(t.output_tokens[i]) > limit:
+            # Cut to fit, as simulators that truncate do: the prompt to leave room for one
+            # output token, the output (by the scheduler) at max_model_len.
             self.counters["truncated_prompts"] += 1
+        if self.config.long_prompts == "truncate" and prompt >= limit:
+            prompt = limit - 1  # room for one output token
+            self.requests.prompt_tokens[i] = prompt
             if hashes is not None:  # keys of the full blocks that remain
                 hashes = hashes[:prompt // self.config.block_size] or None
             if prompt_ids is not None:
