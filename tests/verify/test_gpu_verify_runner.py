@@ -1,0 +1,227 @@
+"""The verification runner without kernels: budget skips, errors kept per step, SIGTERM,
+argument checks, and the covering order and NaN poisoning the attention sample relies on."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kvpager.verify.journal import Budget, Journal
+from kvpager.verify.runner import Context, Step, StepSkipped, human_summary, run_plan
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "gpu_verify.py"
+
+
+def _ctx(tmp_path: Path, budget_s: float = 60.0) -> Context:
+    return Context(out=tmp_path, journal=Journal(tmp_path / "results.jsonl"),
+                   budget=Budget(budget_s), dry_run=True, sizes=None, say=lambda line: None)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _step(name: str, run, estimate: float = 0.0) -> Step:
+    return Step(name, name, run, lambda ctx: estimate)
+
+
+def _boom(ctx):
+    raise ValueError("kernel exploded")
+
+
+def _missing(ctx):
+    raise StepSkipped("no such tool here")
+
+
+def test_an_error_is_recorded_and_the_next_steps_still_run(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    summary = run_plan([_step("first", lambda c: {"status": "pass", "value": 3}),
+                        _step("broken", _boom),
+                        _step("absent", _missing),
+                        _step("too_big", lambda c: {"status": "pass"}, estimate=1e6),
+                        _step("last", lambda c: {"status": "fail", "note": "mismatch"})], ctx)
+    assert summary["statuses"] == {"first": "pass", "broken": "error", "absent": "skipped",
+                                   "too_big": "skipped", "last": "fail"}
+    assert summary["ok"] is False and summary["failed"] == ["broken", "last"]
+    assert summary["skipped"]["absent"] == "no such tool here"
+    assert "estimated 1000000s" in summary["skipped"]["too_big"]
+    assert "ValueError: kernel exploded" in summary["steps"]["broken"]["error"]
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["statuses"] == summary["statuses"]
+    steps = [e for e in _lines(tmp_path / "results.jsonl") if e["event"] == "step"]
+    assert [e["step"] for e in steps] == ["first", "broken", "absent", "too_big", "last"]
+    assert steps[0]["value"] == 3 and {e["run"] for e in steps} == {summary["run"]}
+    text = "\n".join(human_summary(summary))
+    assert "PROBLEMS" in text and "error" in text and "kernel exploded" in text
+
+
+def test_lines_are_on_disk_before_the_journal_closes(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "results.jsonl")
+    journal.write("case", value=float("nan"), shape=(1, 2))
+    assert _lines(tmp_path / "results.jsonl")[0]["value"] == "nan"
+    assert _lines(tmp_path / "results.jsonl")[0]["shape"] == [1, 2]
+    journal.close()
+
+
+def test_elastic_time_leaves_the_later_steps_their_reserve(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, budget_s=100.0)
+    ctx.reserve_after_s = 70.0
+    assert 29.0 < ctx.time_for(50.0) <= 30.0
+    assert ctx.time_for(50.0, floor_s=45.0) == 45.0
+    ctx.reserve_after_s = 0.0
+    assert ctx.time_for(20.0) == 20.0
+
+
+def test_sigterm_mid_step_still_leaves_the_journal_and_the_summary(tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from kvpager.verify.journal import Budget, Journal
+        from kvpager.verify.runner import Context, Step, run_plan
+        out = Path({str(tmp_path)!r})
+        ctx = Context(out=out, journal=Journal(out / "results.jsonl"), budget=Budget(60),
+                      dry_run=True, sizes=None, say=lambda line: print(line, flush=True))
+        def slow(ctx):
+            ctx.journal.write("case", step="slow", index=0)
+            print("sleeping", flush=True)
+            time.sleep(30)
+            return {{"status": "pass"}}
+        steps = [Step("quick", "", lambda c: {{"status": "pass"}}, lambda c: 0),
+                 Step("slow", "", slow, lambda c: 0), Step("after", "", slow, lambda c: 0)]
+        summary = run_plan(steps, ctx)
+        sys.exit(128 + summary["exit_signal"])
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    for line in proc.stdout:
+        if line.startswith("sleeping"):
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    proc.stdout.close()
+    events = _lines(tmp_path / "results.jsonl")
+    assert [(e["event"], e.get("step"), e.get("status")) for e in events[1:]] == [
+        ("step", "quick", "pass"), ("case", "slow", None), ("step", "slow", "interrupted"),
+        ("step", "after", "skipped")]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ok"] is False and summary["interrupted"] == f"signal {signal.SIGTERM}"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--out", "OUT", "--budget-s", "soon"], "argument --budget-s: expected seconds"),
+    (["--out", "OUT", "--budget-s", "0"], "argument --budget-s: must be between"),
+    (["--out", "OUT", "--budget-s", "nan"], "argument --budget-s: must be between"),
+    (["--out", "FILE"], "--out: "),
+    (["--budget-s", "100"], "the following arguments are required: --out"),
+])
+def test_bad_arguments_exit_2_naming_the_argument(tmp_path: Path, args, message) -> None:
+    (tmp_path / "FILE").write_text("not a directory")
+    args = [a.replace("OUT", str(tmp_path / "out")).replace("FILE", str(tmp_path / "FILE"))
+            for a in args]
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
+                          text=True, cwd=REPO, env={"PYTHONPATH": str(REPO),
+                                                    "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_covering_order_covers_values_first_then_pairs() -> None:
+    from kvpager.verify.matrix import case_values, covering_order, full_matrix
+
+    pool = full_matrix()
+    everything = set().union(*map(case_values, pool))
+    order = covering_order(pool)
+    seen: set = set()
+    prefix = 0
+    while everything - seen:
+        seen |= case_values(next(order))
+        prefix += 1
+    assert prefix <= 12  # every value of every dimension in a dozen cases, not 2,000
+
+    def pairs(case):
+        values = sorted(case_values(case), key=repr)
+        return {(a, b) for i, a in enumerate(values) for b in values[i + 1:]}
+
+    all_pairs = set().union(*map(pairs, pool))
+    seen_pairs: set = set()
+    ran = []
+    for case in covering_order(pool):
+        seen_pairs |= pairs(case)
+        ran.append(case)
+        if seen_pairs == all_pairs:
+            break
+    assert seen_pairs == all_pairs and len(ran) < len(pool) // 4
+    assert len({c.id for c in ran}) == len(ran)  # no case twice
+
+
+def test_poisoning_touches_only_slots_no_sequence_reads() -> None:
+    import math
+
+    import torch
+
+    from kvpager.verify.matrix import AttentionCase, make_inputs, poison_unused_slots
+
+    for kv in ("auto", "fp8_e5m2"):
+        case = AttentionCase((8, 1), 32, 8, "float32", False, kv, None, seed=4)
+        clean = make_inputs(case, lengths=[1, 16, 21])
+        poisoned = poison_unused_slots(clean)
+        read = torch.zeros(clean.key_cache.shape[0], 8, dtype=torch.bool)
+        for row, n in enumerate(clean.seq_lens.tolist()):
+            for t in range(n):
+                read[clean.block_tables[row, t // 8], t % 8] = True
+        assert read.sum() == 38
+        key_slots = poisoned.key_cache.permute(0, 3, 1, 2, 4)  # [N, bs, ...]
+        value_slots = poisoned.value_cache.permute(0, 3, 1, 2)
+        for slots, original in ((key_slots, clean.key_cache.permute(0, 3, 1, 2, 4)),
+                                (value_slots, clean.value_cache.permute(0, 3, 1, 2))):
+            assert torch.equal(slots[read], original[read])
+            bad = slots[~read]
+            if kv == "auto":
+                assert bad.isnan().all()
+            else:
+                assert bad.eq(0xFF).all() and math.isnan(
+                    torch.tensor([0xFF], dtype=torch.uint8).view(torch.float8_e5m2).item())
+        untouched = clean.key_cache.isnan() if kv == "auto" else clean.key_cache.eq(0xFF)
+        assert not untouched.any()  # the poisoned caches are copies
+
+
+def test_speed_findings_report_figures_and_judge_only_on_a_gpu() -> None:
+    from kvpager.verify.speed import findings
+
+    def point(backend, dtype, batch, ctx, version, us, gb):
+        return {"backend": backend, "dtype_name": dtype, "batch": batch, "context": ctx,
+                "version": version, "us_per_call": us, "gb_per_s": gb, "matches_sdpa": True}
+
+    points = [point("cuda", "float16", 32, 4096, "v1", 100.0, 800.0),
+              point("cuda", "float16", 32, 4096, "v2", 110.0, 700.0),
+              point("cuda", "float16", 32, 8192, "v1", 200.0, 950.0),
+              point("cuda", "fp8", 32, 8192, "v1", 100.0, 950.0),
+              point("cuda", "float16", 8, 32768, "v1", 300.0, 0.0),
+              point("cuda", "float16", 8, 32768, "v2", 100.0, 0.0)]
+    baselines = [{"kind": k, "dtype_name": "float16", "batch": 32, "context": c,
+                  "gb_per_s": 1000.0, "us_per_call": us}
+                 for c in (4096, 8192) for k, us in (("copy", 1.0), ("sdpa", 100.0))]
+    got = {f["name"]: f for f in findings(points, baselines, True, 32, (4096, 8192, 32768), 8)}
+    share = got["cuda bandwidth / copy (b32 ctx4096)"]
+    assert share["value"] == 0.8 and share["met"] is False  # the best version: v1
+    assert got["cuda bandwidth / copy (b32 ctx8192)"]["met"] is True
+    assert got["cuda latency / SDPA (b32 ctx4096)"]["value"] == 1.0
+    assert got["cuda latency / SDPA (b32 ctx8192)"]["met"] is False
+    assert got["cuda fp8 speedup over fp16 (b32 ctx8192)"]["value"] == 2.0
+    assert got["cuda v2 speedup over v1 (b8 ctx32768)"]["value"] == 3.0
+    unjudged = findings(points, baselines, False, 32, (4096, 8192, 32768), 8)
+    assert {f["met"] for f in unjudged} == {None}
+    points[0]["matches_sdpa"] = points[1]["matches_sdpa"] = False  # no speed when wrong
+    wrong = {f["name"]: f for f in findings(points, baselines, True, 32, (4096, 8192, 32768),
+                                            8)}
+    assert wrong["cuda bandwidth / copy (b32 ctx4096)"]["value"] is None
