@@ -72,35 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = _check_out(parser, args.out)
-    if args.dry_run:
-        # Triton decides interpreted or compiled when a kernel module is imported.
-        os.environ["TRITON_INTERPRET"] = "1"
-        os.environ["KVPAGER_DISABLE_CUDA"] = "1"
 
-    from kvpager.verify.journal import Budget, Journal
-    from kvpager.verify.plan import DEFAULT_BUDGET_S, DEFAULT_DRY_BUDGET_S, DRY, GPU, steps
-    from kvpager.verify.runner import Context, human_summary, run_plan
+    from kvpager.verify.plan import DEFAULT_BUDGET_S, DEFAULT_DRY_BUDGET_S
+    from kvpager.verify.runner import human_summary
+    from kvpager.verify.supervisor import supervise
 
     budget = args.budget_s or (DEFAULT_DRY_BUDGET_S if args.dry_run else DEFAULT_BUDGET_S)
     build_dir = args.build_dir or Path(os.environ.get("KVPAGER_CUDA_CACHE") or
                                        Path(tempfile.gettempdir()) / "kvpager-verify-cuda")
-    journal = Journal(out / "results.jsonl")
-    ctx = Context(out=out, journal=journal, budget=Budget(budget), dry_run=args.dry_run,
-                  sizes=DRY if args.dry_run else GPU,
-                  state={"build_dir": str(build_dir)},
-                  say=lambda line: print(line, flush=True))
-    if args.dry_run:
-        import torch
-
-        torch.set_num_threads(1)  # tiny tensors: worker threads only contend for cores
-    try:
-        summary = run_plan(steps(), ctx)
-    finally:
-        journal.close()
+    summary = supervise(out, budget, args.dry_run, build_dir.resolve(),
+                        say=lambda line: print(line, flush=True))
     print("\n".join(human_summary(summary)), flush=True)
-    if "exit_signal" in summary:
-        return 128 + summary["exit_signal"]
-    return 0 if summary["ok"] else 1
+    return summary["exit"]
 
 
 if __name__ == "__main__":

@@ -6,14 +6,17 @@ recorded as "error" with the exception and the run goes on: one broken kernel mu
 the results of the others. SIGTERM / SIGINT interrupt the current step, which is recorded
 as "interrupted"; the summary is still written before the process exits.
 
-Statuses: pass (ran, every check held), fail (ran, a check did not hold), error (raised),
-skipped (not run: budget, a missing tool, or nothing to run here), interrupted.
+Statuses: pass (ran, every check held), fail (ran, a check did not hold), error (raised,
+or the worker process died during it), skipped (not run: budget, a missing tool, or nothing
+to run here), interrupted.
+
+This module runs steps inside one worker process; `supervisor` runs the workers.
 """
 
 from __future__ import annotations
 
+import json
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -24,6 +27,8 @@ from typing import Any
 from kvpager.verify.journal import Budget, Journal
 
 PASS, FAIL, ERROR, SKIPPED, INTERRUPTED = "pass", "fail", "error", "skipped", "interrupted"
+#: A worker's exit status when the GPU context is unusable and a fresh process must go on.
+EXIT_CONTEXT_LOST = 3
 
 
 class StepSkipped(Exception):
@@ -81,6 +86,23 @@ def _error_text(exc: BaseException) -> str:
     return "".join(lines).strip()[:2000]
 
 
+def device_problem(ctx: Context) -> str | None:
+    """None when the GPU still answers; else the error. After an illegal memory access the
+    CUDA context is unusable for the rest of the process: every later call would fail the
+    same way, so the supervisor restarts the worker instead (see `supervisor`)."""
+    if ctx.dry_run:
+        return None
+    try:
+        import torch
+
+        torch.cuda.synchronize()
+        if torch.zeros(1, device="cuda").add_(1).item() != 1.0:
+            return "the GPU computed 0 + 1 != 1"
+    except Exception as exc:  # any failure here means the context is gone
+        return _error_text(exc)
+    return None
+
+
 def run_step(step: Step, ctx: Context) -> dict:
     """Run one step (or skip it) and journal its outcome; never raises but Terminated."""
     estimate = float(step.estimate(ctx))
@@ -90,6 +112,7 @@ def run_step(step: Step, ctx: Context) -> dict:
                                  reason=f"estimated {estimate:.0f}s, {max(left, 0):.0f}s of "
                                         "the budget left")
     ctx.say(f"[{ctx.budget.elapsed():6.1f}s] {step.name}: {step.what} (~{estimate:.0f}s)")
+    ctx.journal.write("begin", step=step.name, estimate_s=estimate)
     start = time.monotonic()
     fields: dict[str, Any]
     try:
@@ -109,66 +132,90 @@ def run_step(step: Step, ctx: Context) -> dict:
 
 
 def _on_signal(signum: int, _frame: object) -> None:
+    # A process-group signal reaches the worker twice (directly and forwarded by the
+    # supervisor): the second must not interrupt the recording of the first.
+    for other in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(other, signal.SIG_IGN)
     raise Terminated(signum)
 
 
-def run_plan(steps: list[Step], ctx: Context) -> dict:
-    """Run `steps` in order; write summary.json; return the summary."""
+def run_steps(steps: list[Step], ctx: Context, first: int = 0) -> int:
+    """Run steps[first:] in order in this process; update summary.json after each.
+
+    Returns 0 when the plan ran to its end, EXIT_CONTEXT_LOST when the GPU stopped
+    answering after a step (the supervisor starts a fresh worker for the rest), or
+    128 + N after signal N (the current step recorded as interrupted, the rest skipped).
+    """
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    outcomes: list[dict] = []
-    interrupted: Terminated | None = None
+    names = [s.name for s in steps]
     try:
-        ctx.journal.write("start", dry_run=ctx.dry_run, budget_s=ctx.budget.total_s,
-                          argv=sys.argv, plan=[{"step": s.name, "what": s.what}
-                                               for s in steps])
-        for index, step in enumerate(steps):
+        for index in range(first, len(steps)):
+            step = steps[index]
             ctx.reserve_after_s = sum(float(s.estimate(ctx)) for s in steps[index + 1:])
             try:
-                outcomes.append(run_step(step, ctx))
+                run_step(step, ctx)
             except Terminated as exc:
-                interrupted = exc
                 for rest in steps[index + 1:]:
-                    outcomes.append(ctx.journal.write(
-                        "step", step=rest.name, status=SKIPPED,
-                        reason=f"run interrupted by {exc}"))
-                break
+                    ctx.journal.write("step", step=rest.name, status=SKIPPED,
+                                      reason=f"run interrupted by {exc}")
+                write_summary(ctx.out, ctx.journal.path, ctx.journal.run_id, names)
+                return 128 + exc.signum
+            write_summary(ctx.out, ctx.journal.path, ctx.journal.run_id, names)
+            problem = device_problem(ctx)
+            if problem is not None:
+                ctx.journal.write("context_lost", after=step.name, error=problem)
+                return EXIT_CONTEXT_LOST
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    summary = write_summary(ctx, steps, interrupted)
-    if interrupted is not None:
-        summary["exit_signal"] = interrupted.signum
-    return summary
+    return 0
 
 
-def write_summary(ctx: Context, steps: list[Step], interrupted: Terminated | None) -> dict:
-    """summary.json from this run's journal lines (the journal is the source of truth)."""
-    import json
+def read_run(path: Path, run_id: str) -> list[dict]:
+    """This run's events from the journal file (lines of other runs, or a torn last line
+    from a killed process, are left out)."""
+    events = []
+    if not path.exists():
+        return events
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("run") == run_id:
+            events.append(event)
+    return events
 
-    mine = [e for e in ctx.journal.events if e["event"] == "step"]
+
+def write_summary(out: Path, journal: Path, run_id: str, names: list[str]) -> dict:
+    """summary.json from this run's journal lines (the journal is the source of truth, so
+    the supervisor and a worker write the same summary)."""
+    events = read_run(journal, run_id)
+    first = next((e for e in events if e["event"] == "start"), {})
+    steps = [e for e in events if e["event"] == "step"]
     by_step = {e["step"]: {k: v for k, v in e.items() if k not in ("run", "event", "step",
                                                                      "traceback")}
-               for e in mine}
-    statuses = {name: by_step.get(name, {}).get("status", "not reached")
-                for name in (s.name for s in steps)}
-    findings = [f for e in mine for f in e.get("findings", [])]
+               for e in steps}
+    statuses = {name: by_step.get(name, {}).get("status", "not reached") for name in names}
+    env_step = by_step.get("environment", {})
+    interrupted = [n for n, s in statuses.items() if s == INTERRUPTED]
     summary = {
-        "run": ctx.journal.run_id,
-        "dry_run": ctx.dry_run,
-        "budget_s": ctx.budget.total_s,
-        "elapsed_s": round(ctx.budget.elapsed(), 1),
-        "ok": all(s in (PASS, SKIPPED) for s in statuses.values()) and interrupted is None,
-        "interrupted": None if interrupted is None else str(interrupted),
+        "run": run_id,
+        "dry_run": first.get("dry_run"),
+        "budget_s": first.get("budget_s"),
+        "elapsed_s": round((events[-1]["t"] - first["t"]) if first and events else 0.0, 1),
+        "ok": all(s in (PASS, SKIPPED) for s in statuses.values()),
+        "interrupted": interrupted[0] if interrupted else None,
         "statuses": statuses,
         "failed": [n for n, s in statuses.items() if s in (FAIL, ERROR, INTERRUPTED)],
         "skipped": {n: by_step[n].get("reason") for n, s in statuses.items() if s == SKIPPED},
-        "findings": findings,
-        "environment": ctx.state.get("environment"),
+        "findings": [f for e in steps for f in e.get("findings", [])],
+        "worker_restarts": [e for e in events if e["event"] in ("context_lost", "restart")],
+        "environment": env_step.get("environment"),
         "steps": by_step,
-        "results": str(ctx.journal.path),
+        "results": str(journal),
     }
-    path = ctx.out / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 
@@ -193,6 +240,6 @@ def human_summary(summary: dict) -> list[str]:
     return lines
 
 
-__all__ = ["ERROR", "FAIL", "INTERRUPTED", "PASS", "SKIPPED", "Context", "Step",
-           "StepSkipped", "Terminated", "human_summary", "run_plan", "run_step",
-           "write_summary"]
+__all__ = ["ERROR", "EXIT_CONTEXT_LOST", "FAIL", "INTERRUPTED", "PASS", "SKIPPED", "Context",
+           "Step", "StepSkipped", "Terminated", "device_problem", "human_summary", "read_run",
+           "run_step", "run_steps", "write_summary"]

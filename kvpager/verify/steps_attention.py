@@ -1,11 +1,12 @@
 """Correctness of paged attention on each kernel backend against the reference.
 
 `attention_sample_step` walks the kernel matrix in covering order (every value of every
-dimension first, then pairs of values; `matrix.covering_order`) until its time slice is
-spent. The covering prefix always runs unless the whole budget is gone: without it the
-sample says nothing about some dimension. Every other case has the cache's unused slots
-filled with NaN (compared with the reference on the clean cache), so the NaN case is part
-of the sample, not a separate test. Each case is journaled as it finishes.
+dimension first, then pairs of values; `matrix.covering_order`), one backend after the
+other, until its time slice (a third of the budget) is spent. The covering prefix always
+runs unless the whole budget is gone: without it the sample says nothing about some
+dimension. Every other case has the cache's unused slots filled with NaN (compared with the
+reference on the clean cache), so the NaN case is part of the sample, not a separate test.
+Each case is journaled as it finishes.
 
 `large_cache_step` reads blocks at the end of a cache of more than 2^31 elements per
 tensor, which needs 64-bit offsets in the kernels.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from kvpager.verify.runner import FAIL, PASS, Context, StepSkipped
+from kvpager.verify.runner import FAIL, PASS, Context, StepSkipped, device_problem
 from kvpager.verify.steps_setup import kernel_backends
 
 
@@ -25,64 +26,78 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: " + " | ".join(lines[:4])[:600]
 
 
-def check_case(case, backends: list[str], device: str, long_len: tuple[int, int],
-               poison: bool) -> dict[str, str | None]:
-    """backend -> None when it matches the reference on `case`, else the mismatch."""
+def check_case(case, backend: str, device: str, long_len: tuple[int, int],
+               poison: bool) -> str | None:
+    """None when `backend` matches the reference on `case`, else the mismatch. With
+    `poison`, the backend reads a cache whose unused slots hold NaN and the reference the
+    clean one."""
     from kvpager.verify.matrix import assert_matches_reference as compare
     from kvpager.verify.matrix import make_inputs, poison_unused_slots, reference_outputs
 
-    inputs = make_inputs(case, device, long_len=long_len)
-    want = reference_outputs(inputs)
-    tested = poison_unused_slots(inputs) if poison else inputs
-    outcome: dict[str, str | None] = {}
-    for backend in backends:
-        try:
-            compare(tested, want, backend)
-            outcome[backend] = None
-        except Exception as exc:  # a mismatch or a kernel error is this case's finding
-            outcome[backend] = _first_line(exc)
-    return outcome
+    try:
+        inputs = make_inputs(case, device, long_len=long_len)
+        want = reference_outputs(inputs)
+        compare(poison_unused_slots(inputs) if poison else inputs, want, backend)
+    except Exception as exc:  # a mismatch or a kernel error is this case's finding
+        return _first_line(exc)
+    return None
 
 
-def attention_sample_step(ctx: Context) -> dict:
+def _sample_one_backend(ctx: Context, backend: str, seconds: float) -> dict:
+    """Cases in covering order for `seconds` (the covering prefix regardless, unless the
+    budget ends or the GPU stops answering); one journal line per case."""
     from kvpager.verify.matrix import case_values, covering_order, full_matrix
 
-    backends, excluded = kernel_backends(ctx)
-    if not backends:
-        raise StepSkipped(f"no kernel backend runs here: {excluded}")
     sizes = ctx.sizes
-    deadline = time.monotonic() + ctx.time_for(ctx.budget.total_s * sizes.attention_share)
+    deadline = time.monotonic() + seconds
     hard_stop = ctx.budget.start + ctx.budget.total_s
     pool = full_matrix()
     uncovered = set().union(*map(case_values, pool))
-    ran, singles, failures, per_backend = 0, 0, [], {b: 0 for b in backends}
+    ran, prefix, failures, lost = 0, 0, [], None
     for index, case in enumerate(covering_order(pool, seed=sizes.seed)):
         now = time.monotonic()
         if index >= sizes.max_cases or now >= hard_stop or (not uncovered and now >= deadline):
             break
         if uncovered:
-            singles += 1
+            prefix += 1
             uncovered -= case_values(case)
-        poison = index % 2 == 1
+        poison = index % 2 == 1  # every other case: NaN in the slots nobody reads
         start = time.monotonic()
-        outcome = check_case(case, backends, ctx.device, sizes.long_len, poison)
+        error = check_case(case, backend, ctx.device, sizes.long_len, poison)
         ran += 1
-        bad = {b: why for b, why in outcome.items() if why is not None}
-        for b in bad:
-            per_backend[b] += 1
-        if bad:
-            failures.append({"case": case.id, "nan_unused": poison, "errors": bad})
-        ctx.journal.write("case", step="attention_sample", index=index, case=case.id,
-                          nan_unused=poison, seconds=round(time.monotonic() - start, 2),
-                          status=FAIL if bad else PASS, errors=bad)
-    covered = not uncovered
-    return {"status": FAIL if failures or not covered else PASS, "backends": backends,
-            "excluded_backends": excluded, "cases": ran, "covering_prefix": singles,
-            "every_value_covered": covered, "failures_per_backend": per_backend,
-            "failures": failures[:50],
-            "note": f"{ran} cases ({singles} cover every value), "
-                    f"{len(failures)} with a mismatch, backends {', '.join(backends)}"
-                    + ("" if covered else "; STOPPED BEFORE EVERY VALUE WAS COVERED")}
+        if error is not None:
+            failures.append({"case": case.id, "nan_unused": poison, "error": error})
+        ctx.journal.write("case", step="attention_sample", backend=backend, index=index,
+                          case=case.id, nan_unused=poison,
+                          seconds=round(time.monotonic() - start, 2),
+                          status=PASS if error is None else FAIL, error=error)
+        if error is not None and (lost := device_problem(ctx)) is not None:
+            break  # every later case would fail the same way; the worker restarts
+    return {"cases": ran, "covering_prefix": prefix, "every_value_covered": not uncovered,
+            "failures": len(failures), "first_failures": failures[:25],
+            "context_lost": lost}
+
+
+def attention_sample_step(ctx: Context) -> dict:
+    """Each backend in turn (Triton first: if the hand-written CUDA kernels take the GPU
+    context down, Triton's sample is already recorded), sharing the time slice."""
+    backends, excluded = kernel_backends(ctx)
+    if not backends:
+        raise StepSkipped(f"no kernel backend runs here: {excluded}")
+    end = time.monotonic() + ctx.time_for(ctx.budget.total_s * ctx.sizes.attention_share)
+    results: dict[str, dict] = {}
+    for position, backend in enumerate(backends):
+        share = max(0.0, end - time.monotonic()) / (len(backends) - position)
+        results[backend] = _sample_one_backend(ctx, backend, share)
+        if results[backend]["context_lost"]:
+            break
+    bad = any(r["failures"] or not r["every_value_covered"] for r in results.values())
+    notes = [f"{b} {r['cases']} cases, {r['failures']} failing"
+             + ("" if r["every_value_covered"] else ", NOT EVERY VALUE COVERED")
+             + (", GPU CONTEXT LOST" if r["context_lost"] else "")
+             for b, r in results.items()]
+    return {"status": FAIL if bad or len(results) < len(backends) else PASS,
+            "backends": results, "excluded_backends": excluded, "note": "; ".join(notes)}
 
 
 def check_large_cache(backend: str, device: str, num_blocks: int | None = None) -> dict:

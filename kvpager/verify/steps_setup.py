@@ -63,7 +63,6 @@ def environment_step(ctx: Context) -> dict:
         "transformers": importlib.util.find_spec("transformers") is not None,
         "pytest": importlib.util.find_spec("pytest") is not None,
     })
-    ctx.state["environment"] = env
     if not ctx.dry_run and not torch.cuda.is_available():
         return {"status": FAIL, "environment": env,
                 "note": "torch sees no CUDA GPU: nothing on the GPU can be verified"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvpager.verify.journal import Budget, Journal
-from kvpager.verify.runner import Context, Step, StepSkipped, human_summary, run_plan
+from kvpager.verify.runner import Context, Step, StepSkipped, human_summary, run_steps
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_verify.py"
@@ -43,22 +43,23 @@ def _missing(ctx):
 
 def test_an_error_is_recorded_and_the_next_steps_still_run(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
-    summary = run_plan([_step("first", lambda c: {"status": "pass", "value": 3}),
-                        _step("broken", _boom),
-                        _step("absent", _missing),
-                        _step("too_big", lambda c: {"status": "pass"}, estimate=1e6),
-                        _step("last", lambda c: {"status": "fail", "note": "mismatch"})], ctx)
+    steps = [_step("first", lambda c: {"status": "pass", "value": 3}),
+             _step("broken", _boom),
+             _step("absent", _missing),
+             _step("too_big", lambda c: {"status": "pass"}, estimate=1e6),
+             _step("last", lambda c: {"status": "fail", "note": "mismatch"})]
+    ctx.journal.write("start", dry_run=True, budget_s=60.0)
+    assert run_steps(steps, ctx) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["statuses"] == {"first": "pass", "broken": "error", "absent": "skipped",
                                    "too_big": "skipped", "last": "fail"}
     assert summary["ok"] is False and summary["failed"] == ["broken", "last"]
     assert summary["skipped"]["absent"] == "no such tool here"
     assert "estimated 1000000s" in summary["skipped"]["too_big"]
     assert "ValueError: kernel exploded" in summary["steps"]["broken"]["error"]
-    on_disk = json.loads((tmp_path / "summary.json").read_text())
-    assert on_disk["statuses"] == summary["statuses"]
-    steps = [e for e in _lines(tmp_path / "results.jsonl") if e["event"] == "step"]
-    assert [e["step"] for e in steps] == ["first", "broken", "absent", "too_big", "last"]
-    assert steps[0]["value"] == 3 and {e["run"] for e in steps} == {summary["run"]}
+    steps_seen = [e for e in _lines(tmp_path / "results.jsonl") if e["event"] == "step"]
+    assert [e["step"] for e in steps_seen] == ["first", "broken", "absent", "too_big", "last"]
+    assert steps_seen[0]["value"] == 3 and {e["run"] for e in steps_seen} == {summary["run"]}
     text = "\n".join(human_summary(summary))
     assert "PROBLEMS" in text and "error" in text and "kernel exploded" in text
 
@@ -80,40 +81,74 @@ def test_elastic_time_leaves_the_later_steps_their_reserve(tmp_path: Path) -> No
     assert ctx.time_for(20.0) == 20.0
 
 
-def test_sigterm_mid_step_still_leaves_the_journal_and_the_summary(tmp_path: Path) -> None:
+#: A plan for the supervisor tests: a pass, a worker that dies by SIGSEGV mid-step, an
+#: error, and a slow step to interrupt.
+FAKE_PLAN = textwrap.dedent("""
+    import os, signal, sys, time
+    from kvpager.verify.runner import Step
+
+    def crash(ctx):
+        ctx.journal.write("case", step="crash", index=0)
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    def boom(ctx):
+        raise RuntimeError("boom")
+
+    def slow(ctx):
+        print("sleeping", flush=True)
+        time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+        return {"status": "pass"}
+
+    def steps():
+        table = [("first", lambda c: {"status": "pass"}), ("crash", crash), ("boom", boom),
+                 ("slow", slow), ("last", lambda c: {"status": "pass", "note": "ran"})]
+        return [Step(n, n, run, lambda c: 0.0) for n, run in table]
+""")
+
+
+def _supervise(tmp_path: Path, sleep: float) -> subprocess.Popen:
+    (tmp_path / "fake_plan.py").write_text(FAKE_PLAN)
     code = textwrap.dedent(f"""
-        import sys, time
+        import sys
         from pathlib import Path
-        from kvpager.verify.journal import Budget, Journal
-        from kvpager.verify.runner import Context, Step, run_plan
-        out = Path({str(tmp_path)!r})
-        ctx = Context(out=out, journal=Journal(out / "results.jsonl"), budget=Budget(60),
-                      dry_run=True, sizes=None, say=lambda line: print(line, flush=True))
-        def slow(ctx):
-            ctx.journal.write("case", step="slow", index=0)
-            print("sleeping", flush=True)
-            time.sleep(30)
-            return {{"status": "pass"}}
-        steps = [Step("quick", "", lambda c: {{"status": "pass"}}, lambda c: 0),
-                 Step("slow", "", slow, lambda c: 0), Step("after", "", slow, lambda c: 0)]
-        summary = run_plan(steps, ctx)
-        sys.exit(128 + summary["exit_signal"])
+        from kvpager.verify.supervisor import supervise
+        out = Path({str(tmp_path / "out")!r}); out.mkdir()
+        summary = supervise(out, 60.0, True, out / "build", plan="fake_plan:steps")
+        sys.exit(summary["exit"])
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    env = {"PYTHONPATH": f"{REPO}:{tmp_path}", "PATH": "/usr/bin:/bin",
+           "FAKE_SLEEP": str(sleep)}
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env=env)
+
+
+def test_a_worker_that_dies_is_recorded_and_a_fresh_one_goes_on(tmp_path: Path) -> None:
+    proc = _supervise(tmp_path, sleep=0)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["statuses"] == {"first": "pass", "crash": "error", "boom": "error",
+                                   "slow": "pass", "last": "pass"}
+    assert "died during this step (killed by SIGSEGV)" in summary["steps"]["crash"]["error"]
+    assert [e["event"] for e in summary["worker_restarts"]] == ["restart"]
+    assert "a fresh worker resumes at boom" in output
+
+
+def test_sigterm_mid_step_still_leaves_the_journal_and_the_summary(tmp_path: Path) -> None:
+    proc = _supervise(tmp_path, sleep=60)
     for line in proc.stdout:
         if line.startswith("sleeping"):
             break
-    time.sleep(0.2)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     proc.stdout.close()
-    events = _lines(tmp_path / "results.jsonl")
-    assert [(e["event"], e.get("step"), e.get("status")) for e in events[1:]] == [
-        ("step", "quick", "pass"), ("case", "slow", None), ("step", "slow", "interrupted"),
-        ("step", "after", "skipped")]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["ok"] is False and summary["interrupted"] == f"signal {signal.SIGTERM}"
+    events = _lines(tmp_path / "out" / "results.jsonl")
+    outcomes = [(e["step"], e["status"]) for e in events if e["event"] == "step"]
+    assert outcomes[-2:] == [("slow", "interrupted"), ("last", "skipped")]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["ok"] is False and summary["interrupted"] == "slow"
+    assert summary["statuses"]["first"] == "pass"
 
 
 @pytest.mark.parametrize(("args", "message"), [
