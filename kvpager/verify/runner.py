@@ -224,7 +224,7 @@ def human_summary(summary: dict) -> list[str]:
     head = "DRY RUN (CPU sizes; no figure means anything about a GPU)" if summary["dry_run"] \
         else "GPU verification"
     lines = [f"{head}: {'OK' if summary['ok'] else 'PROBLEMS'} in {summary['elapsed_s']}s "
-             f"of a {summary['budget_s']:.0f}s budget"]
+             f"of a {summary['budget_s'] or 0:.0f}s budget"]
     for name, status in summary["statuses"].items():
         info = summary["steps"].get(name, {})
         note = info.get("note") or info.get("reason") or info.get("error") or ""
