@@ -1,5 +1,9 @@
 """benchmarks/gpu_verify.py --dry-run end to end: the GPU plan at CPU sizes (reference and
-Triton's interpreter), so the script a GPU lease depends on is known to work before one."""
+Triton's interpreter), so the script a GPU lease depends on is known to work before one.
+
+The run hides the packages a bare GPU machine lacks (pytest, transformers, the simulator's
+and report's dependencies) behind a sitecustomize, so an import of one of them anywhere on
+the script's path fails here first."""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+#: Installed here, absent on the device machine (which has torch, triton, ninja and nvcc).
+NOT_ON_THE_DEVICE = ("pytest", "hypothesis", "simpy", "plotly", "typer", "rich", "pydantic",
+                     "ray", "transformers")
 STEPS = ["environment", "build", "attention_sample", "cache_ops", "merge", "sparse_ops",
          "large_cache", "engine", "sanitizer", "speed"]
 
@@ -21,7 +28,11 @@ def test_dry_run_runs_the_whole_plan_and_records_it(tmp_path: Path) -> None:
     pytest.importorskip("triton")
     out = tmp_path / "verify"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KVPAGER_", "TRITON_"))}
-    env["PYTHONPATH"] = str(REPO)
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in NOT_ON_THE_DEVICE))
+    env["PYTHONPATH"] = f"{hide}{os.pathsep}{REPO}"
     proc = subprocess.run([sys.executable, "benchmarks/gpu_verify.py", "--out", str(out),
                            "--dry-run", "--budget-s", "240"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -31,6 +42,7 @@ def test_dry_run_runs_the_whole_plan_and_records_it(tmp_path: Path) -> None:
     assert list(summary["statuses"]) == STEPS
     assert summary["statuses"]["build"] == "skipped"
     assert summary["statuses"]["sanitizer"] == "skipped"
+    assert "transformers is not installed" in summary["skipped"]["engine"]
     ran = [s for s in STEPS if summary["statuses"][s] == "pass"]
     assert set(ran) >= {"environment", "attention_sample", "cache_ops", "merge", "sparse_ops",
                         "large_cache", "speed"}
@@ -47,3 +59,19 @@ def test_dry_run_runs_the_whole_plan_and_records_it(tmp_path: Path) -> None:
     calibration = json.loads((out / "calibration.json").read_text())
     assert calibration["entries"] and calibration["backend"] == "triton"
     assert "DRY RUN" in proc.stdout and "attention_sample" in proc.stdout
+
+
+def test_engine_step_on_the_cpu_matches_transformers(tmp_path: Path) -> None:
+    """The engine step itself (skipped in the device-like run above)."""
+    pytest.importorskip("transformers")
+    from kvpager.verify.journal import Budget, Journal
+    from kvpager.verify.plan import DRY
+    from kvpager.verify.runner import Context
+    from kvpager.verify.steps_engine import engine_step
+
+    ctx = Context(out=tmp_path, journal=Journal(tmp_path / "r.jsonl"), budget=Budget(60),
+                  dry_run=True, sizes=DRY, say=lambda line: None)
+    result = engine_step(ctx)
+    assert result["status"] == "pass", result
+    reference = result["results"]["reference/float32"]
+    assert reference["ok"] and reference["tokens_equal_to_generate"] == reference["tokens"] > 0
