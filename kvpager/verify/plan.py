@@ -60,7 +60,7 @@ GPU = Sizes(
     sanitizer_timeout_s=180.0,
     speed_batches=(8, 32), speed_contexts=(4096, 8192, 32768), speed_heads=(32, 8),
     speed_head_size=128, speed_dtype="float16", speed_warmup=3, speed_repeats=20,
-    estimates={"environment": 5, "build": 150, "attention_sample": 60, "cache_ops": 20,
+    estimates={"environment": 5, "build": 90, "attention_sample": 60, "cache_ops": 20,
                "merge": 10, "sparse_ops": 20, "large_cache": 30, "engine": 60,
                "sanitizer": 60, "speed": 60},
 )
