@@ -84,10 +84,11 @@ def supervise(out: Path, budget_s: float, dry_run: bool, build_dir: Path,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     try:
-        while first < len(names):
+        while first < len(names) and not stop:
             spec = {"out": str(out), "run_id": run_id, "first": first, "t0": t0,
                     "budget_s": budget_s, "dry_run": dry_run, "build_dir": str(build_dir),
                     "plan": plan}
+            before = {e["step"] for e in read_run(journal.path, run_id) if e["event"] == "step"}
             child = subprocess.Popen([sys.executable, "-m", "kvpager.verify.supervisor",
                                       json.dumps(spec)], env=env)
             while True:
@@ -99,28 +100,35 @@ def supervise(out: Path, budget_s: float, dry_run: bool, build_dir: Path,
             events = read_run(journal.path, run_id)
             done = {e["step"] for e in events if e["event"] == "step"}
             if stop:
-                code = 128 + stop[0]
-                _close_unfinished(journal, events, done, names,
-                                  f"run interrupted by signal {stop[0]}")
                 break
             if rc in (0, 1) and all(n in done for n in names):
                 break
             began = [e["step"] for e in events if e["event"] == "begin"]
             if began and began[-1] not in done:  # the worker died inside this step
-                journal.write("step", step=began[-1], status=ERROR,
-                              error=f"the worker process died during this step "
-                                    f"({_exit_text(rc)})")
-                done.add(began[-1])
-            first = max((names.index(n) + 1 for n in done if n in names), default=first + 1)
+                died_in = began[-1]
+                error = f"the worker process died during this step ({_exit_text(rc)})"
+            elif not done - before:  # it died before finishing anything: skip a step anyway
+                died_in = names[first]
+                error = f"the worker process ended before this step ran ({_exit_text(rc)})"
+            else:
+                died_in, error = None, ""
+            if died_in is not None:
+                journal.write("step", step=died_in, status=ERROR, error=error)
+                done.add(died_in)
+            first = max(names.index(n) + 1 for n in done if n in names)
             restarts += 1
-            if restarts > MAX_RESTARTS:
-                _close_unfinished(journal, events, done, names,
-                                  f"{MAX_RESTARTS} worker restarts already")
+            if first >= len(names):
                 break
-            journal.write("restart", exit=_exit_text(rc), resume_at=names[first]
-                          if first < len(names) else None)
-            say(f"worker {_exit_text(rc)}; a fresh worker resumes at "
-                f"{names[first] if first < len(names) else 'the end'}")
+            if restarts > MAX_RESTARTS:
+                _close_unfinished(journal, done, names, f"{MAX_RESTARTS} worker restarts "
+                                                        "already")
+                break
+            journal.write("restart", exit=_exit_text(rc), resume_at=names[first])
+            say(f"worker {_exit_text(rc)}; a fresh worker resumes at {names[first]}")
+        if stop:
+            code = 128 + stop[0]
+            done = {e["step"] for e in read_run(journal.path, run_id) if e["event"] == "step"}
+            _close_unfinished(journal, done, names, f"run interrupted by signal {stop[0]}")
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -130,8 +138,8 @@ def supervise(out: Path, budget_s: float, dry_run: bool, build_dir: Path,
     return summary
 
 
-def _close_unfinished(journal: Journal, events: list[dict], done: set[str],
-                      names: list[str], reason: str) -> None:
+def _close_unfinished(journal: Journal, done: set[str], names: list[str],
+                      reason: str) -> None:
     """Record every step without an outcome as skipped, so the summary accounts for all."""
     for name in names:
         if name not in done:

@@ -100,13 +100,17 @@ FAKE_PLAN = textwrap.dedent("""
         return {"status": "pass"}
 
     def steps():
+        marker = os.environ.get("FAKE_DIE_ONCE")
+        if marker and sys.argv[0].endswith("supervisor.py") and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(7)  # the first worker dies before running anything
         table = [("first", lambda c: {"status": "pass"}), ("crash", crash), ("boom", boom),
                  ("slow", slow), ("last", lambda c: {"status": "pass", "note": "ran"})]
         return [Step(n, n, run, lambda c: 0.0) for n, run in table]
 """)
 
 
-def _supervise(tmp_path: Path, sleep: float) -> subprocess.Popen:
+def _supervise(tmp_path: Path, sleep: float, die_once: bool = False) -> subprocess.Popen:
     (tmp_path / "fake_plan.py").write_text(FAKE_PLAN)
     code = textwrap.dedent(f"""
         import sys
@@ -118,6 +122,8 @@ def _supervise(tmp_path: Path, sleep: float) -> subprocess.Popen:
     """)
     env = {"PYTHONPATH": f"{REPO}:{tmp_path}", "PATH": "/usr/bin:/bin",
            "FAKE_SLEEP": str(sleep)}
+    if die_once:
+        env["FAKE_DIE_ONCE"] = str(tmp_path / "died")
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             cwd=tmp_path, env=env)
 
@@ -132,6 +138,17 @@ def test_a_worker_that_dies_is_recorded_and_a_fresh_one_goes_on(tmp_path: Path) 
     assert "died during this step (killed by SIGSEGV)" in summary["steps"]["crash"]["error"]
     assert [e["event"] for e in summary["worker_restarts"]] == ["restart"]
     assert "a fresh worker resumes at boom" in output
+
+
+def test_a_worker_that_dies_before_any_step_still_lets_the_run_advance(
+        tmp_path: Path) -> None:
+    proc = _supervise(tmp_path, sleep=0, die_once=True)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["statuses"]["first"] == "error"
+    assert "ended before this step ran (exit status 7)" in summary["steps"]["first"]["error"]
+    assert summary["statuses"]["slow"] == summary["statuses"]["last"] == "pass"
 
 
 def test_sigterm_mid_step_still_leaves_the_journal_and_the_summary(tmp_path: Path) -> None:
