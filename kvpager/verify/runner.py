@@ -95,6 +95,8 @@ def device_problem(ctx: Context) -> str | None:
     try:
         import torch
 
+        if not torch.cuda.is_available():
+            return None  # no GPU at all (recorded by the environment step): nothing to lose
         torch.cuda.synchronize()
         if torch.zeros(1, device="cuda").add_(1).item() != 1.0:
             return "the GPU computed 0 + 1 != 1"

@@ -11,7 +11,6 @@ it in-process on the CPU with the reference backend, so the workload itself stay
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import time
 
@@ -84,7 +83,7 @@ def sanitizer_step(ctx: Context) -> dict:
     out-of-bounds reads and writes, the likeliest defect of hand-written indexing)."""
     import os
 
-    from kvpager.verify.steps_setup import sanitizer_path
+    from kvpager.verify.steps_setup import run_group, sanitizer_path
 
     if ctx.dry_run:
         small_case("reference", "cpu")  # the workload runs; the tool needs a GPU
@@ -103,11 +102,7 @@ def sanitizer_step(ctx: Context) -> dict:
            "kvpager.verify.sanitizer"]
     start = time.monotonic()
     with log.open("w") as fh:
-        try:
-            rc: int | None = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                            timeout=timeout, check=False).returncode
-        except subprocess.TimeoutExpired:
-            rc = None
+        rc = run_group(cmd, fh, env, timeout)
     text = log.read_text(errors="replace")
     found = re.search(r"ERROR SUMMARY: (\d+) error", text)
     errors = int(found.group(1)) if found else None

@@ -1,9 +1,10 @@
 """The engine's greedy decode against transformers' generate() on the same device.
 
 A tiny random Llama (`hf_reference.tiny_llama`) in float32, float16 and bfloat16, every
-backend that serves it here. float32 must be token-exact; the half-precision paths round
-differently from transformers', so there each token must be the reference's argmax up to
-the rounding the dtype explains (`hf_reference.assert_greedy_within_tolerance`), and the
+backend that serves it here. The tokens must equal generate()'s until generate() itself
+meets a near tie (two logits within the rounding the dtype explains: 1e-4 in float32), and
+every token must be the reference's argmax up to that rounding
+(`hf_reference.assert_greedy_within_tolerance`, as tests/engine/test_engine_gpu.py); the
 record says how many tokens equal generate()'s. Needs transformers, which a bare GPU
 machine may lack: the step is then skipped with that reason.
 """
@@ -57,16 +58,9 @@ def engine_step(ctx: Context) -> dict:
                 outputs = _engine(model, backend).generate(prompts, params)
                 exact = 0
                 for prompt, out in zip(prompts, outputs, strict=True):
-                    got = list(out.outputs[0].token_ids)
-                    if dtype == torch.float32:
-                        want, _ = hf.hf_greedy(model, prompt, s.engine_new_tokens, eos=())
-                        if got != want:
-                            raise AssertionError(f"prompt of {len(prompt)}: engine {got} "
-                                                 f"!= generate() {want}")
-                        exact += len(got)
-                    else:
-                        exact += hf.assert_greedy_within_tolerance(
-                            model, prompt, got, s.engine_new_tokens, dtype)
+                    exact += hf.assert_greedy_within_tolerance(
+                        model, prompt, list(out.outputs[0].token_ids), s.engine_new_tokens,
+                        dtype)
                 results[key] = {"ok": True, "tokens_equal_to_generate": exact,
                                 "tokens": len(prompts) * s.engine_new_tokens}
             except Exception as exc:

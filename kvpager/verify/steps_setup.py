@@ -9,8 +9,10 @@ starts a build of its own in-process (which no timeout could stop).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,23 @@ def _command(cmd: list[str], timeout: float = 30.0) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unavailable: {exc}"
     return (proc.stdout + proc.stderr).strip()
+
+
+def run_group(cmd: list[str], log, env: dict[str, str], timeout: float) -> int | None:
+    """Run `cmd` in its own process group, output to `log`; its exit status, or None after
+    `timeout` seconds. On a timeout or an interruption the whole group is killed: nvcc and
+    ninja below a killed build would otherwise go on using the cores."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def sanitizer_path() -> str | None:
@@ -82,26 +101,25 @@ def build_step(ctx: Context) -> dict:
         os.environ[build.ENV_DISABLE] = "1"
         raise StepSkipped(nvcc_problem)
     cache = Path(ctx.state["build_dir"])
+    os.environ[build.ENV_CACHE] = str(cache)  # the parent loads what the child built
+    try:
+        cached = build.prebuilt_library(build.resolve_arch_flags()) is not None
+    except build.CudaBuildError:
+        cached = None
     jobs = str(os.cpu_count() or 4)
     env = {**os.environ, build.ENV_CACHE: str(cache), "MAX_JOBS": jobs, build.ENV_VERBOSE: "1"}
     env.pop(build.ENV_DISABLE, None)
-    os.environ[build.ENV_CACHE] = str(cache)  # the parent loads what the child built
     timeout = max(30.0, ctx.budget.left() - BUILD_RESERVE_S)
     log = ctx.out / "build.log"
     code = ("from kvpager.backends.cuda import build; m = build.load_extension(); "
             "print('built', m.__file__)")
     start = time.monotonic()
     with log.open("w") as fh:
-        try:
-            proc = subprocess.run([sys.executable, "-c", code], stdout=fh,
-                                  stderr=subprocess.STDOUT, env=env, timeout=timeout,
-                                  check=False)
-            rc: int | None = proc.returncode
-        except subprocess.TimeoutExpired:
-            rc = None
+        rc = run_group([sys.executable, "-c", code], fh, env, timeout)
     seconds = round(time.monotonic() - start, 1)
     tail = log.read_text(errors="replace").strip().splitlines()[-8:]
     result = {"seconds_build": seconds, "max_jobs": jobs, "cache": str(cache),
+              "built_before": cached,  # True: an earlier run's build was reused, not timed
               "log": str(log), "log_tail": tail}
     if rc != 0:
         os.environ[build.ENV_DISABLE] = "1"
@@ -110,7 +128,8 @@ def build_step(ctx: Context) -> dict:
     module = build.load_extension()  # from the cache the child filled: no compile
     ctx.state["cuda_built"] = True
     return {"status": PASS, **result, "module": module.__file__,
-            "note": f"built in {seconds}s with {jobs} jobs"}
+            "note": f"{'loaded an earlier build' if cached else 'built'} in {seconds}s with "
+                    f"{jobs} jobs"}
 
 
 def kernel_backends(ctx: Context) -> tuple[list[str], dict[str, str]]:

@@ -277,3 +277,21 @@ def test_speed_findings_report_figures_and_judge_only_on_a_gpu() -> None:
     wrong = {f["name"]: f for f in findings(points, baselines, True, 32, (4096, 8192, 32768),
                                             8)}
     assert wrong["cuda bandwidth / copy (b32 ctx4096)"]["value"] is None
+
+
+def test_a_timed_out_child_group_is_killed_with_its_children(tmp_path: Path) -> None:
+    """A build or sanitizer run past its time must not leave nvcc or ninja running."""
+    from kvpager.verify.steps_setup import run_group
+
+    pid_file = tmp_path / "grandchild"
+    cmd = ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"]
+    with (tmp_path / "log").open("w") as log:
+        start = time.monotonic()
+        assert run_group(cmd, log, {"PATH": "/usr/bin:/bin"}, timeout=1.0) is None
+    assert time.monotonic() - start < 10
+    grandchild = int(pid_file.read_text())
+    time.sleep(0.2)
+    status = Path(f"/proc/{grandchild}/status")
+    assert not status.exists() or "\nState:\tZ" in status.read_text()  # gone, or a zombie
+    with (tmp_path / "log").open("w") as log:
+        assert run_group(["sh", "-c", "exit 3"], log, {"PATH": "/usr/bin:/bin"}, 10.0) == 3
