@@ -55,7 +55,7 @@ class Context:
     sizes: Any  # plan.Sizes
     state: dict[str, Any] = field(default_factory=dict)
     say: Callable[[str], None] = print
-    #: Seconds the steps after the current one are estimated to need (set by run_plan):
+    #: Seconds the steps after the current one are estimated to need (set by run_steps):
     #: elastic steps stop early enough to leave it.
     reserve_after_s: float = 0.0
 
