@@ -1,6 +1,7 @@
 """Verify the GPU code paths in one command that fits a short GPU lease.
 
     PYTHONPATH=. python3 benchmarks/gpu_verify.py --out DIR [--budget-s 480] [--dry-run]
+                                                  [--steps a,b,...] [--build-dir PATH]
 
 Runs, in priority order and within the budget: environment, CUDA build from scratch,
 correctness of both kernel backends against the reference (a covering sample of the kernel
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds the whole run may take (default 480; 150 with --dry-run)")
     p.add_argument("--dry-run", action="store_true",
                    help="the same plan on the CPU at tiny sizes (checks the script)")
+    p.add_argument("--steps", default=None,
+                   help="comma-separated subset of the plan's steps, e.g. to finish a run "
+                        "cut short (without 'build', an earlier build in --build-dir is "
+                        "used, or the cuda backend is left out)")
     p.add_argument("--build-dir", type=Path, default=None,
                    help="CUDA build cache (default: $KVPAGER_CUDA_CACHE or a folder under "
                         "the temp dir; kept out of --out so logs stay small)")
@@ -71,17 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    out = _check_out(parser, args.out)
-
     from kvpager.verify.plan import DEFAULT_BUDGET_S, DEFAULT_DRY_BUDGET_S
     from kvpager.verify.runner import human_summary
-    from kvpager.verify.supervisor import supervise
+    from kvpager.verify.supervisor import load_plan, supervise
+
+    only = None
+    if args.steps is not None:
+        names = [s.name for s in load_plan()]
+        only = [n.strip() for n in args.steps.split(",") if n.strip()]
+        unknown = [n for n in only if n not in names]
+        if unknown or not only:
+            parser.error(f"--steps: unknown {unknown or 'empty list'}; choose from "
+                         f"{','.join(names)}")
+    out = _check_out(parser, args.out)
 
     budget = args.budget_s or (DEFAULT_DRY_BUDGET_S if args.dry_run else DEFAULT_BUDGET_S)
     build_dir = args.build_dir or Path(os.environ.get("KVPAGER_CUDA_CACHE") or
                                        Path(tempfile.gettempdir()) / "kvpager-verify-cuda")
     summary = supervise(out, budget, args.dry_run, build_dir.resolve(),
-                        say=lambda line: print(line, flush=True))
+                        say=lambda line: print(line, flush=True), only=only)
     print("\n".join(human_summary(summary)), flush=True)
     return summary["exit"]
 

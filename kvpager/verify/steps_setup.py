@@ -125,6 +125,7 @@ def build_step(ctx: Context) -> dict:
         os.environ[build.ENV_DISABLE] = "1"
         why = f"timed out after {timeout:.0f}s" if rc is None else f"exit status {rc}"
         return {"status": FAIL, **result, "note": f"build {why}; cuda backend left out"}
+    os.environ.pop(build.ENV_DISABLE, None)
     module = build.load_extension()  # from the cache the child filled: no compile
     ctx.state["cuda_built"] = True
     return {"status": PASS, **result, "module": module.__file__,

@@ -28,6 +28,7 @@ from kvpager.verify.runner import (
     PASS,
     SKIPPED,
     Context,
+    Step,
     read_run,
     run_steps,
     write_summary,
@@ -52,25 +53,27 @@ def _exit_text(rc: int) -> str:
     return f"exit status {rc}"
 
 
-def _load_plan(plan: str):
-    """The function returning the step list, from "module:function" (the tests give
-    their own plan; the script always the default)."""
+def load_plan(plan: str = DEFAULT_PLAN, only: list[str] | None = None) -> list[Step]:
+    """The steps of "module:function" (the tests give their own plan; the script the
+    default), keeping only the names in `only` when given, in the plan's order."""
     import importlib
 
     module, _, function = plan.partition(":")
-    return getattr(importlib.import_module(module), function)
+    steps = getattr(importlib.import_module(module), function)()
+    return [s for s in steps if only is None or s.name in only]
 
 
 def supervise(out: Path, budget_s: float, dry_run: bool, build_dir: Path,
-              say=print, plan: str = DEFAULT_PLAN) -> dict:
-    """Run every step of the plan in workers; return the final summary (with "exit")."""
-    steps = _load_plan(plan)
-    names = [s.name for s in steps()]
+              say=print, plan: str = DEFAULT_PLAN, only: list[str] | None = None) -> dict:
+    """Run the plan's steps (those in `only`, when given) in workers; return the final
+    summary (with "exit")."""
+    steps = load_plan(plan, only)
+    names = [s.name for s in steps]
     journal = Journal(out / "results.jsonl")
     run_id = journal.run_id
     t0 = time.time()
     journal.write("start", dry_run=dry_run, budget_s=budget_s, argv=sys.argv,
-                  plan=[{"step": s.name, "what": s.what} for s in steps()])
+                  plan=[{"step": s.name, "what": s.what} for s in steps])
     stop: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -87,7 +90,7 @@ def supervise(out: Path, budget_s: float, dry_run: bool, build_dir: Path,
         while first < len(names) and not stop:
             spec = {"out": str(out), "run_id": run_id, "first": first, "t0": t0,
                     "budget_s": budget_s, "dry_run": dry_run, "build_dir": str(build_dir),
-                    "plan": plan}
+                    "plan": plan, "only": only}
             before = {e["step"] for e in read_run(journal.path, run_id) if e["event"] == "step"}
             child = subprocess.Popen([sys.executable, "-m", "kvpager.verify.supervisor",
                                       json.dumps(spec)], env=env)
@@ -154,13 +157,17 @@ def worker_main(spec: dict) -> int:
         os.environ["KVPAGER_DISABLE_CUDA"] = "1"
     os.environ["KVPAGER_CUDA_CACHE"] = spec["build_dir"]
     journal_path = out / "results.jsonl"
-    built = any(e["event"] == "step" and e["step"] == "build" and e["status"] == PASS
-                for e in read_run(journal_path, spec["run_id"]))
-    if spec["first"] > 0 and not built:  # a resumed worker: no build of its own
-        os.environ["KVPAGER_DISABLE_CUDA"] = "1"
+    steps = load_plan(spec["plan"], spec["only"])
+    names = [s.name for s in steps]
+    build_outcome = next((e["status"] for e in read_run(journal_path, spec["run_id"])
+                          if e["event"] == "step" and e["step"] == "build"), None)
+    built = build_outcome == PASS
+    if not spec["dry_run"] and "build" not in names:
+        built = _earlier_build()  # this run builds nothing: use the cache, or no cuda
+    if spec["dry_run"] or (build_outcome not in (None, PASS)) or \
+            ("build" not in names and not built):
+        os.environ["KVPAGER_DISABLE_CUDA"] = "1"  # never an unbudgeted in-process build
     from kvpager.verify.plan import DRY, GPU
-
-    steps = _load_plan(spec["plan"])
 
     if spec["dry_run"]:
         import torch
@@ -173,12 +180,22 @@ def worker_main(spec: dict) -> int:
                   state={"build_dir": spec["build_dir"], "cuda_built": built},
                   say=lambda line: print(line, flush=True))
     try:
-        return run_steps(steps(), ctx, spec["first"])
+        return run_steps(steps, ctx, spec["first"])
     finally:
         ctx.journal.close()
 
 
-__all__ = ["MAX_RESTARTS", "supervise", "worker_main"]
+def _earlier_build() -> bool:
+    """Whether the build cache already holds the extension for this GPU."""
+    from kvpager.backends.cuda import build
+
+    try:
+        return build.prebuilt_library(build.resolve_arch_flags()) is not None
+    except build.CudaBuildError:
+        return False
+
+
+__all__ = ["DEFAULT_PLAN", "MAX_RESTARTS", "load_plan", "supervise", "worker_main"]
 
 if __name__ == "__main__":
     sys.exit(worker_main(json.loads(sys.argv[1])))

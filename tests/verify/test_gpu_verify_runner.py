@@ -174,6 +174,7 @@ def test_sigterm_mid_step_still_leaves_the_journal_and_the_summary(tmp_path: Pat
     (["--out", "OUT", "--budget-s", "nan"], "argument --budget-s: must be between"),
     (["--out", "FILE"], "--out: "),
     (["--budget-s", "100"], "the following arguments are required: --out"),
+    (["--out", "OUT", "--steps", "merge,speeed"], "--steps: unknown ['speeed']; choose from"),
 ])
 def test_bad_arguments_exit_2_naming_the_argument(tmp_path: Path, args, message) -> None:
     (tmp_path / "FILE").write_text("not a directory")
@@ -295,3 +296,14 @@ def test_a_timed_out_child_group_is_killed_with_its_children(tmp_path: Path) -> 
     assert not status.exists() or "\nState:\tZ" in status.read_text()  # gone, or a zombie
     with (tmp_path / "log").open("w") as log:
         assert run_group(["sh", "-c", "exit 3"], log, {"PATH": "/usr/bin:/bin"}, 10.0) == 3
+
+
+def test_a_subset_of_steps_runs_alone(tmp_path: Path) -> None:
+    """--steps finishes a run that was cut short without repeating what already ran."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--dry-run",
+                           "--steps", "merge,environment"], capture_output=True, text=True,
+                          cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["statuses"] == {"environment": "pass", "merge": "pass"}  # plan order
