@@ -34,7 +34,7 @@ def test_dry_run_runs_the_whole_plan_and_records_it(tmp_path: Path) -> None:
         "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in NOT_ON_THE_DEVICE))
     env["PYTHONPATH"] = f"{hide}{os.pathsep}{REPO}"
     proc = subprocess.run([sys.executable, "benchmarks/gpu_verify.py", "--out", str(out),
-                           "--dry-run", "--budget-s", "240"], cwd=REPO, env=env,
+                           "--dry-run", "--budget-s", "200"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
