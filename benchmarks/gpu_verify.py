@@ -88,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or not only:
             parser.error(f"--steps: unknown {unknown or 'empty list'}; choose from "
                          f"{','.join(names)}")
+    build_dir = args.build_dir or Path(os.environ.get("KVPAGER_CUDA_CACHE") or
+                                       Path(tempfile.gettempdir()) / "kvpager-verify-cuda")
+    if build_dir.exists() and not build_dir.is_dir():
+        parser.error(f"--build-dir: {build_dir} exists and is not a directory")
     out = _check_out(parser, args.out)
 
     budget = args.budget_s or (DEFAULT_DRY_BUDGET_S if args.dry_run else DEFAULT_BUDGET_S)
-    build_dir = args.build_dir or Path(os.environ.get("KVPAGER_CUDA_CACHE") or
-                                       Path(tempfile.gettempdir()) / "kvpager-verify-cuda")
     summary = supervise(out, budget, args.dry_run, build_dir.resolve(),
                         say=lambda line: print(line, flush=True), only=only)
     print("\n".join(human_summary(summary)), flush=True)

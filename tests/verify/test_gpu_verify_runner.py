@@ -173,6 +173,7 @@ def test_sigterm_mid_step_still_leaves_the_journal_and_the_summary(tmp_path: Pat
     (["--out", "OUT", "--budget-s", "0"], "argument --budget-s: must be between"),
     (["--out", "OUT", "--budget-s", "nan"], "argument --budget-s: must be between"),
     (["--out", "FILE"], "--out: "),
+    (["--out", "OUT", "--build-dir", "FILE"], "--build-dir: "),
     (["--budget-s", "100"], "the following arguments are required: --out"),
     (["--out", "OUT", "--steps", "merge,speeed"], "--steps: unknown ['speeed']; choose from"),
 ])
