@@ -81,6 +81,13 @@ class Step:
     estimate: Callable[[Context], float]
 
 
+def error_line(exc: BaseException) -> str:
+    """The exception's type and its first lines, short enough for a summary (a mismatch's
+    assert_close message starts with the counts and the largest difference)."""
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: " + " | ".join(text.splitlines()[:4])[:600]
+
+
 def _error_text(exc: BaseException) -> str:
     lines = traceback.format_exception_only(type(exc), exc)
     return "".join(lines).strip()[:2000]
@@ -243,5 +250,5 @@ def human_summary(summary: dict) -> list[str]:
 
 
 __all__ = ["ERROR", "EXIT_CONTEXT_LOST", "FAIL", "INTERRUPTED", "PASS", "SKIPPED", "Context",
-           "Step", "StepSkipped", "Terminated", "device_problem", "human_summary", "read_run",
-           "run_step", "run_steps", "write_summary"]
+           "Step", "StepSkipped", "Terminated", "device_problem", "error_line",
+           "human_summary", "read_run", "run_step", "run_steps", "write_summary"]

@@ -19,8 +19,7 @@ CPU shapes and no target is judged.
 
 from __future__ import annotations
 
-from kvpager.verify.runner import FAIL, PASS, Context, StepSkipped
-from kvpager.verify.steps_attention import _first_line
+from kvpager.verify.runner import FAIL, PASS, Context, StepSkipped, error_line
 from kvpager.verify.steps_setup import kernel_backends
 
 SHARE_TARGETS = {"cuda": 0.85, "triton": 0.75}
@@ -108,7 +107,7 @@ def speed_step(ctx: Context) -> dict:
                     AttentionBenchConfig(backends=(backend,), **grid, **common),
                     lambda line: None)
             except Exception as exc:  # recorded; the other grids and backends go on
-                errors[f"{backend} {grid['contexts']}"] = _first_line(exc)
+                errors[f"{backend} {grid['contexts']}"] = error_line(exc)
                 continue
             points += part["points"]
             if not any(b["batch"] in grid["batches"] and b["context"] in grid["contexts"]

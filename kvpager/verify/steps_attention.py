@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import time
 
-from kvpager.verify.runner import FAIL, PASS, Context, StepSkipped, device_problem
+from kvpager.verify.runner import (
+    FAIL,
+    PASS,
+    Context,
+    StepSkipped,
+    device_problem,
+    error_line,
+)
 from kvpager.verify.steps_setup import kernel_backends
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    lines = text.splitlines()
-    return f"{type(exc).__name__}: " + " | ".join(lines[:4])[:600]
 
 
 def check_case(case, backend: str, device: str, long_len: tuple[int, int],
@@ -39,7 +40,7 @@ def check_case(case, backend: str, device: str, long_len: tuple[int, int],
         want = reference_outputs(inputs)
         compare(poison_unused_slots(inputs) if poison else inputs, want, backend)
     except Exception as exc:  # a mismatch or a kernel error is this case's finding
-        return _first_line(exc)
+        return error_line(exc)
     return None
 
 
@@ -152,9 +153,9 @@ def large_cache_step(ctx: Context) -> dict:
         try:
             results[backend] = check_large_cache(backend, ctx.device, ctx.sizes.large_blocks)
         except torch.OutOfMemoryError as exc:
-            results[backend] = {"skipped": _first_line(exc)}
+            results[backend] = {"skipped": error_line(exc)}
         except Exception as exc:
-            results[backend] = {"error": _first_line(exc)}
+            results[backend] = {"error": error_line(exc)}
             status = FAIL
         finally:
             if ctx.device == "cuda":

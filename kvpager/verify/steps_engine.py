@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from kvpager.verify.runner import FAIL, PASS, Context, StepSkipped
-from kvpager.verify.steps_attention import _first_line
+from kvpager.verify.runner import FAIL, PASS, Context, StepSkipped, error_line
 
 BLOCK_SIZE = 8
 
@@ -64,7 +63,7 @@ def engine_step(ctx: Context) -> dict:
                 results[key] = {"ok": True, "tokens_equal_to_generate": exact,
                                 "tokens": len(prompts) * s.engine_new_tokens}
             except Exception as exc:
-                results[key] = {"ok": False, "error": _first_line(exc)}
+                results[key] = {"ok": False, "error": error_line(exc)}
                 failed = True
     ran = [k for k, v in results.items() if "skipped" not in v]
     return {"status": FAIL if failed else PASS, "results": results,

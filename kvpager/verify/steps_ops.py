@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kvpager.verify.runner import FAIL, PASS, Context, StepSkipped
-from kvpager.verify.steps_attention import _first_line
+from kvpager.verify.runner import FAIL, PASS, Context, StepSkipped, error_line
 from kvpager.verify.steps_setup import kernel_backends
 
 KV_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2")
@@ -25,7 +24,7 @@ def _run_checks(checks: dict[str, Callable[[], None]]) -> dict:
             check()
             results[name] = None
         except Exception as exc:  # each check is reported on its own
-            results[name] = _first_line(exc)
+            results[name] = error_line(exc)
     bad = {k: v for k, v in results.items() if v is not None}
     return {"status": FAIL if bad else PASS, "checks": len(results), "failures": bad,
             "note": f"{len(results) - len(bad)}/{len(results)} checks pass"}
