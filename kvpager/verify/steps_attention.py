@@ -46,7 +46,9 @@ def check_case(case, backend: str, device: str, long_len: tuple[int, int],
 
 def _sample_one_backend(ctx: Context, backend: str, seconds: float) -> dict:
     """Cases in covering order for `seconds` (the covering prefix regardless, unless the
-    budget ends or the GPU stops answering); one journal line per case."""
+    budget ends or the GPU stops answering); one journal line per case. With failures, the
+    record names the values every failing case shares (e.g. kv_cache_dtype=fp8_e5m2, or
+    nan_unused=True), the first hint of where a defect lies."""
     from kvpager.verify.matrix import case_values, covering_order, full_matrix
 
     sizes = ctx.sizes
@@ -55,6 +57,7 @@ def _sample_one_backend(ctx: Context, backend: str, seconds: float) -> dict:
     pool = full_matrix()
     uncovered = set().union(*map(case_values, pool))
     ran, prefix, failures, lost = 0, 0, [], None
+    shared: set | None = None  # the (dimension, value) pairs every failing case has
     for index, case in enumerate(covering_order(pool, seed=sizes.seed)):
         now = time.monotonic()
         if index >= sizes.max_cases or now >= hard_stop or (not uncovered and now >= deadline):
@@ -68,6 +71,8 @@ def _sample_one_backend(ctx: Context, backend: str, seconds: float) -> dict:
         ran += 1
         if error is not None:
             failures.append({"case": case.id, "nan_unused": poison, "error": error})
+            values = set(case_values(case)) | {("nan_unused", poison)}
+            shared = values if shared is None else shared & values
         ctx.journal.write("case", step="attention_sample", backend=backend, index=index,
                           case=case.id, nan_unused=poison,
                           seconds=round(time.monotonic() - start, 2),
@@ -76,6 +81,7 @@ def _sample_one_backend(ctx: Context, backend: str, seconds: float) -> dict:
             break  # every later case would fail the same way; the worker restarts
     return {"cases": ran, "covering_prefix": prefix, "every_value_covered": not uncovered,
             "failures": len(failures), "first_failures": failures[:25],
+            "common_to_all_failures": sorted(f"{k}={v}" for k, v in shared or ()),
             "context_lost": lost}
 
 

@@ -308,3 +308,23 @@ def test_a_subset_of_steps_runs_alone(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["statuses"] == {"environment": "pass", "merge": "pass"}  # plan order
+
+
+def test_the_attention_sample_records_each_case_and_what_failures_share(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample's bookkeeping with a stand-in check that fails every e5m2 case."""
+    import kvpager.verify.steps_attention as steps
+    from kvpager.verify.plan import DRY
+
+    monkeypatch.setattr(steps, "check_case", lambda case, *args: (
+        "AssertionError: wrong" if case.kv_cache_dtype == "fp8_e5m2" else None))
+    ctx = _ctx(tmp_path)
+    ctx.sizes = DRY
+    result = steps._sample_one_backend(ctx, "triton", 0.0)  # no time: the covering prefix
+    assert result["every_value_covered"] and result["cases"] == result["covering_prefix"]
+    assert result["failures"] == 3 and "kv_cache_dtype=fp8_e5m2" in \
+        result["common_to_all_failures"]
+    cases = [e for e in _lines(tmp_path / "results.jsonl") if e["event"] == "case"]
+    assert len(cases) == result["cases"]
+    assert [c["status"] for c in cases].count("fail") == 3
+    assert {c["nan_unused"] for c in cases} == {True, False}
