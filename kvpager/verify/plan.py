@@ -62,7 +62,7 @@ GPU = Sizes(
     speed_head_size=128, speed_dtype="float16", speed_warmup=3, speed_repeats=20,
     estimates={"environment": 5, "build": 90, "attention_sample": 60, "cache_ops": 20,
                "merge": 10, "sparse_ops": 20, "large_cache": 30, "engine": 60,
-               "sanitizer": 60, "speed": 60},
+               "sanitizer": 75, "speed": 60},
 )
 
 DRY = Sizes(
