@@ -103,18 +103,26 @@ def sanitizer_step(ctx: Context) -> dict:
     start = time.monotonic()
     with log.open("w") as fh:
         rc = run_group(cmd, fh, env, timeout)
-    text = log.read_text(errors="replace")
+    outcome = memcheck_outcome(rc, log.read_text(errors="replace"), timeout)
+    return {**outcome, "log": str(log), "seconds_tool": round(time.monotonic() - start, 1)}
+
+
+def memcheck_outcome(rc: int | None, text: str, timeout: float) -> dict:
+    """The step's record from memcheck's exit status (None: killed at `timeout`) and log.
+
+    Pass: exit 0, "ERROR SUMMARY: 0 errors" and the case's last line printed. Running out
+    of time is a skip (nothing learnt about the kernels) unless errors were already
+    reported, which is a failure like any memcheck error.
+    """
     found = re.search(r"ERROR SUMMARY: (\d+) error", text)
     errors = int(found.group(1)) if found else None
     ran = DONE in text
-    result = {"rc": rc, "errors": errors, "case_ran": ran, "log": str(log),
-              "seconds_tool": round(time.monotonic() - start, 1)}
+    result = {"rc": rc, "errors": errors, "case_ran": ran}
     if rc is None:
         early = len(re.findall(r"^========= (?:Invalid|Program hit|Malloc/Free)", text, re.M))
         if early:
             return {"status": FAIL, **result, "errors_before_timeout": early,
                     "note": f"memcheck reported {early} errors, then ran out of time"}
-        # not a finding about the kernels: the tool ran out of time before any error
         return {"status": SKIPPED, **result,
                 "reason": f"memcheck did not finish in {timeout:.0f}s (no error reported "
                           "before then)"}

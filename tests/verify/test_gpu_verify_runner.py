@@ -328,3 +328,20 @@ def test_the_attention_sample_records_each_case_and_what_failures_share(
     assert len(cases) == result["cases"]
     assert [c["status"] for c in cases].count("fail") == 3
     assert {c["nan_unused"] for c in cases} == {True, False}
+
+
+@pytest.mark.parametrize(("rc", "log", "status"), [
+    (0, "small case: all kernels ran\n========= ERROR SUMMARY: 0 errors\n", "pass"),
+    (99, "========= Invalid __global__ read of size 16 bytes\n"
+         "small case: all kernels ran\n========= ERROR SUMMARY: 1 error\n", "fail"),
+    (0, "========= ERROR SUMMARY: 0 errors\n", "fail"),  # the case never got to its end
+    (None, "========= Invalid __global__ write of size 4 bytes\n", "fail"),
+    (None, "========= COMPUTE-SANITIZER\n", "skipped"),  # out of time, nothing found
+])
+def test_memcheck_logs_are_read_as_pass_fail_or_out_of_time(rc, log, status) -> None:
+    from kvpager.verify.sanitizer import memcheck_outcome
+
+    outcome = memcheck_outcome(rc, log, 60.0)
+    assert outcome["status"] == status
+    if status == "skipped":
+        assert "did not finish in 60s" in outcome["reason"]
