@@ -26,7 +26,10 @@ from typer.testing import CliRunner
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
-SETUP = ("python3 -m venv", ". .venv/bin/activate", "pip install", "python -m pytest")
+SETUP = ("python3 -m venv", ". .venv/bin/activate", "pip install", "python -m pytest",
+         # the GPU verification command: its dry run is tests/verify/test_gpu_verify_dry_run
+         "PYTHONPATH=. python3 benchmarks/gpu_verify.py",
+         "PYTHONPATH=. python benchmarks/gpu_verify.py")
 FAST = {"bench": ["--steps", "5", "--repeats", "1", "--scenario", "decode-256"],
         "sweep": ["--workers", "1"]}
 
