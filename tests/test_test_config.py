@@ -34,3 +34,13 @@ def test_ci_runs_the_compile_step_and_tolerates_nothing_collected():
     ci = (REPO / ".ci" / "run").read_text()
     assert "python -m pytest -q -m compile" in ci
     assert '"$status" -ne 5' in ci
+
+
+def test_the_slow_dry_run_is_left_to_its_own_ci_step():
+    dry_run = "tests/verify/test_gpu_verify_dry_run.py"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    default = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                              "-p", "no:cacheprovider", dry_run], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120).stdout
+    assert "::test_" not in default, default
+    assert "python -m pytest -q -m slow" in (REPO / ".ci" / "run").read_text()
