@@ -129,6 +129,11 @@ class BlockPool:
             raise ValueError(f"num must be >= 0, got {num}")
         if num > self.num_free:
             raise OutOfBlocksError(self.device, num, self.num_free)
+        if num == 1 and self._num_clean:  # one block, the common growth of a sequence
+            self._num_clean -= 1
+            block = self._clean.item(self._num_clean)
+            self._ref[block] = 1
+            return np.array((block,), dtype=np.int32)
         take = min(num, self._num_clean)
         top = self._num_clean
         ids = self._clean[top - take : top][::-1].copy()

@@ -468,8 +468,15 @@ class KVCacheManager:
             return AppendResult(np.zeros(0, dtype=np.int64), EMPTY_PAIRS)
         result = apply_append(self._seqs, self.gpu, plan, self.block_size, self.max_model_len)
         self.num_cow_copies += result.num_copies
-        if self.prefix_cache is not None and k:
-            self.prefix_cache.record_tokens(rows, plan.ntokens, tokens)
+        prefix = self.prefix_cache
+        if prefix is not None and k:
+            if rows.size == 1 and k == 1:  # a per-sequence append: scalar writes
+                if tokens is None:
+                    prefix.end_chain(rows.item(0))
+                else:
+                    prefix.record_token(rows.item(0), plan.ntokens.item(0), tokens.item(0))
+            else:
+                prefix.record_tokens(rows, plan.ntokens, tokens)
         return result
 
     # ---- sharing ------------------------------------------------------------------------
