@@ -213,8 +213,7 @@ class BlockPool:
             return
         cached = self._cached[released]
         if cached.any():
-            for block in released[cached].tolist():
-                self._evictable[block] = None
+            self._evictable.update(dict.fromkeys(released[cached].tolist()))
             released = released[~cached]
         top = self._num_clean
         self._clean[top : top + released.size] = released
@@ -300,8 +299,9 @@ class BlockPool:
             raise ValueError(f"touch: {self.device} block {bad} holds no cached content")
         refs = self._ref.take(ids)
         revived = ids[refs == 0]
+        evictable = self._evictable
         for block in revived.tolist():
-            del self._evictable[block]
+            del evictable[block]
         self._ref[ids] = refs + 1
 
     # ---- validation ---------------------------------------------------------------------
