@@ -14,7 +14,12 @@ name, argument order, tensor layouts and in-place outputs (see docs/architecture
 
 Every call validates its arguments before anything is written and raises `OpArgumentError`
 (a `ValueError`) whose message starts with the argument's name. `k_scale` / `v_scale` are
-floats or one-element float32 tensors (0-d, or [1] as vLLM sometimes keeps them).
+floats or one-element float32 tensors (0-d, or [1] as vLLM sometimes keeps them). Integer
+arguments are Python ints (a bool is not one) within int32, as the kernels hold them; tensors
+on the meta device are refused by name (they hold no data; under `torch.compile` the ops
+trace through their fake implementations instead). Zero-size tensors are valid: a call with
+nothing to write (no sequences, tokens, heads or block pairs) checks its arguments and
+returns.
 
 Importing this module registers the ops as `torch.ops.kvpager.<name>` (see
 `kvpager.backends.torch_library`), so a function calling them compiles with
@@ -41,7 +46,14 @@ from kvpager.backends.layout import (
     v2_workspace,
     x_for,
 )
-from kvpager.backends.validation import OpArgumentError, check_ndim, check_tensor
+from kvpager.backends.validation import (
+    OpArgumentError,
+    check_dtype,
+    check_int,
+    check_ndim,
+    check_real_device,
+    check_tensor,
+)
 
 Scale = float | torch.Tensor
 
@@ -75,6 +87,12 @@ def paged_attention_v1(
     alibi_slopes: float32 [num_heads] or None. head_size in `HEAD_SIZES`, block_size in
     `BLOCK_SIZES`, num_heads a multiple of num_kv_heads (GQA / MQA). Block-sparse attention
     is on when blocksparse_vert_stride > 1 (semantics in `kvpager.backends.reference`).
+
+    What a head does not read never affects the output: cache slots past seq_len, blocks
+    behind table entries past ceil(seq_len / block_size) (padding: any value), blocks that
+    block-sparsity skips; stale bytes there, NaN included, are ignored. What it reads is
+    plain softmax arithmetic: NaN or inf in the query, a read key or value, or an ALiBi slope
+    gives NaN where softmax attention does (never a silent 0).
     """
     if torch.compiler.is_compiling():
         torch.ops.kvpager.paged_attention_v1(
@@ -162,9 +180,13 @@ def paged_attention(
         num_kv_heads = value_cache.shape[1]
     if block_size is None:
         block_size = value_cache.shape[3]
-    if max_seq_len is None:
+    if max_seq_len is None:  # read back from seq_lens, so check it first
         seq_lens = check_tensor("seq_lens", seq_lens)
+        check_dtype("seq_lens", seq_lens, (torch.int32,))
+        check_real_device("seq_lens", seq_lens.device)
         max_seq_len = max(1, int(seq_lens.max())) if seq_lens.numel() else 1
+    else:  # before it sizes v2's workspace
+        check_int("max_seq_len", max_seq_len, 1)
     if out is None:
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     common = (query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
@@ -257,7 +279,8 @@ def merge_attn_states(
     output, prefix_output, suffix_output: [num_tokens, num_heads, head_size], one dtype.
     prefix_lse, suffix_lse, output_lse: float32 [num_heads, num_tokens] (natural log).
     An infinite LSE (+inf or -inf) marks an empty part: it contributes nothing and its output
-    is not read. Both parts empty: output 0, output_lse -inf.
+    is not read. Both parts empty: output 0, output_lse -inf. A NaN LSE is not an empty
+    part: that row's output and LSE are NaN.
     """
     if torch.compiler.is_compiling():
         torch.ops.kvpager.merge_attn_states(output, prefix_output, prefix_lse, suffix_output,

@@ -139,6 +139,32 @@ ATTENTION_CASES = [
     ("blocksparse_local_blocks", _set("blocksparse_local_blocks", -1)),
     ("blocksparse_block_size", _edit(lambda kw: kw.update(blocksparse_vert_stride=4,
                                                           blocksparse_block_size=24))),
+    # integers beyond int32 (kernels hold them in 32-bit registers), and bools
+    ("tp_rank", _set("tp_rank", 2**63)),
+    ("tp_rank", _set("tp_rank", True)),
+    ("blocksparse_head_sliding_step", _set("blocksparse_head_sliding_step", 2**63)),
+    ("blocksparse_head_sliding_step", _set("blocksparse_head_sliding_step", -(2**63))),
+    ("blocksparse_block_size", _set("blocksparse_block_size", 2**63)),
+    ("blocksparse_vert_stride", _set("blocksparse_vert_stride", 2**31)),
+    ("blocksparse_local_blocks", _set("blocksparse_local_blocks", 2**40)),
+    ("blocksparse_vert_stride", _set("blocksparse_vert_stride", False)),
+    ("max_seq_len", _set("max_seq_len", 2**63)),
+    ("max_seq_len", _set("max_seq_len", True)),
+    ("block_size", _set("block_size", 2**64)),
+    ("num_kv_heads", _set("num_kv_heads", True)),
+    ("num_kv_heads", _set("num_kv_heads", 2**70)),
+    ("scale", _set("scale", 10**400)),  # float(10**400) overflows
+    ("scale", _set("scale", True)),
+    ("k_scale", _set("k_scale", 10**400)),
+    # with sparsity on, the pattern offset (tp_rank * H + h) * |step| + 1 stays within int32
+    ("blocksparse_head_sliding_step", _edit(lambda kw: kw.update(
+        blocksparse_vert_stride=4, blocksparse_block_size=16,
+        blocksparse_head_sliding_step=2**29))),
+    ("tp_rank", _edit(lambda kw: kw.update(blocksparse_vert_stride=4, blocksparse_block_size=16,
+                                           tp_rank=2**30))),
+    # the meta device holds no data: named, not "no backend can run this call"
+    ("query", _edit(lambda kw: kw.update({k: t.to(META) for k, t in kw.items()
+                                          if isinstance(t, torch.Tensor)}))),
     # data checks
     ("seq_lens", _seq_len(0, -1)),
     ("seq_lens", _seq_len(2, 65)),  # beyond max_seq_len
@@ -239,6 +265,9 @@ CACHE_CASES = [
     ("slot_mapping", _set("slot_mapping", torch.tensor([0, 17, -1, 17, 3]))),  # data
     ("k_scale", _set("k_scale", -2.0)),
     ("v_scale", _set("v_scale", torch.tensor([0.5, 0.5]))),
+    ("v_scale", _set("v_scale", -(10**400))),
+    ("key", _edit(lambda kw: kw.update({k: t.to(META) for k, t in kw.items()
+                                        if isinstance(t, torch.Tensor)}))),
 ]
 
 
@@ -273,6 +302,10 @@ COPY_CASES = [
     ("block_mapping", _set("block_mapping", torch.tensor([[-1, 2]]))),  # data
     ("block_mapping", _set("block_mapping", torch.tensor([[0, 2], [1, 2]]))),  # data
     ("block_mapping", _set("block_mapping", torch.tensor([[0, 2], [2, 3]]))),  # data
+    ("key_caches[0]", _edit(lambda kw: kw.update(
+        key_caches=[t.to(META) for t in kw["key_caches"]],
+        value_caches=[t.to(META) for t in kw["value_caches"]],
+        block_mapping=kw["block_mapping"].to(META)))),
 ]
 
 
@@ -294,6 +327,7 @@ SWAP_CASES = [
     ("block_mapping", _set("block_mapping", torch.tensor([[BLOCKS, 0]]))),  # data
     ("block_mapping", _set("block_mapping", torch.tensor([[0, 4]]))),  # data
     ("block_mapping", _set("block_mapping", torch.tensor([[0, 1], [2, 1]]))),  # data
+    ("dst", _set("dst", lambda kw: kw["dst"].to(META))),  # CPU -> meta: no data to write
 ]
 
 
@@ -314,6 +348,9 @@ MERGE_CASES = [
     ("prefix_lse", _set("prefix_lse", lambda kw: kw["prefix_lse"].half())),
     ("suffix_lse", _set("suffix_lse", lambda kw: kw["suffix_lse"].t())),
     ("output_lse", _set("output_lse", lambda kw: kw["output_lse"][:, :4])),
+    ("output", _edit(lambda kw: kw.update({k: t[..., :0] if t.dim() == 3 else t
+                                           for k, t in kw.items()}))),  # head_size 0
+    ("output", _edit(lambda kw: kw.update({k: t.to(META) for k, t in kw.items()}))),
 ]
 
 
@@ -336,3 +373,77 @@ def test_paged_attention_convenience_names_bad_arguments() -> None:
     with pytest.raises(OpArgumentError, match=r"^max_seq_len"):
         ops.paged_attention(kw["query"], kw["key_cache"], kw["value_cache"],
                             kw["block_tables"], kw["seq_lens"], max_seq_len=-5)
+
+
+@pytest.mark.parametrize("max_seq_len", [2**63, 10**30, True])
+def test_paged_attention_convenience_checks_max_seq_len_before_allocating(max_seq_len) -> None:
+    """A huge max_seq_len once sized v2's workspace first (an allocation error from torch)."""
+    kw = attention_kwargs()
+    with pytest.raises(OpArgumentError, match=r"^max_seq_len"):
+        ops.paged_attention(kw["query"], kw["key_cache"], kw["value_cache"],
+                            kw["block_tables"], kw["seq_lens"], max_seq_len=max_seq_len)
+
+
+def test_paged_attention_convenience_checks_seq_lens_before_reading_them() -> None:
+    kw = attention_kwargs()
+    for seq_lens, argument in ((kw["seq_lens"].to(META), "seq_lens"),
+                               (kw["seq_lens"].to(torch.complex64), "seq_lens")):
+        with pytest.raises(OpArgumentError, match=f"^{argument}"):
+            ops.paged_attention(kw["query"], kw["key_cache"], kw["value_cache"],
+                                kw["block_tables"], seq_lens)
+
+
+# ---- zero-size tensors are valid arguments (issue 12) -----------------------------------------
+def _transposed_empty(rows: int, cols: int, **kw) -> torch.Tensor:
+    """An empty [rows, cols] tensor whose strides are not row-major: still nothing to read."""
+    return torch.empty(cols, rows, **kw).t()
+
+
+@pytest.mark.parametrize("layout", ["fresh", "transposed"])
+def test_merge_attn_states_with_no_tokens_does_nothing(layout: str) -> None:
+    lse = (lambda: torch.empty(H, 0)) if layout == "fresh" else (lambda: _transposed_empty(H, 0))
+    outputs = [torch.empty(0, H, D) for _ in range(3)]
+    ops.merge_attn_states(outputs[0], outputs[1], lse(), outputs[2], lse(), lse())
+    ops.merge_attn_states(outputs[0], outputs[1], lse(), outputs[2], lse())
+    no_heads = torch.empty(4, 0, D)
+    ops.merge_attn_states(no_heads, no_heads.clone(), torch.empty(0, 4), no_heads.clone(),
+                          torch.empty(0, 4))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_block_tables_without_columns_for_empty_sequences(version: int) -> None:
+    """block_tables [S, 0] (nobody holds a block yet) with every seq_len 0: outputs 0."""
+    kw = v2_kwargs() if version == 2 else attention_kwargs()
+    kw["block_tables"] = torch.empty(S, 0, dtype=torch.int32)
+    kw["seq_lens"] = torch.zeros(S, dtype=torch.int32)
+    op = ops.paged_attention_v2 if version == 2 else ops.paged_attention_v1
+    op(**kw)
+    assert kw["out"].eq(0).all()
+    kw["seq_lens"] = torch.tensor([0, 1, 0], dtype=torch.int32)  # ... but 1 token needs a block
+    _assert_rejected(op, kw, "seq_lens")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_attention_over_no_sequences_does_nothing(version: int) -> None:
+    kw = v2_kwargs() if version == 2 else attention_kwargs()
+    for name in ("out", "query", "exp_sums", "max_logits", "tmp_out"):
+        if name in kw:
+            kw[name] = kw[name][:0]
+    kw["block_tables"] = _transposed_empty(0, 4, dtype=torch.int32)
+    kw["seq_lens"] = torch.empty(0, dtype=torch.int32)
+    (ops.paged_attention_v2 if version == 2 else ops.paged_attention_v1)(**kw)
+    assert ops.paged_attention(kw["query"], kw["key_cache"], kw["value_cache"],
+                               kw["block_tables"], kw["seq_lens"]).shape == (0, H, D)
+
+
+def test_cache_ops_with_nothing_to_move_do_nothing() -> None:
+    kw = cache_kwargs()
+    before = [kw["key_cache"].clone(), kw["value_cache"].clone()]
+    kw.update(key=kw["key"][:0], value=kw["value"][:0], slot_mapping=kw["slot_mapping"][:0])
+    ops.reshape_and_cache(**kw)
+    assert torch.equal(kw["key_cache"], before[0]) and torch.equal(kw["value_cache"], before[1])
+    no_pairs = _transposed_empty(0, 2, dtype=torch.int64)
+    copy = copy_kwargs()
+    ops.copy_blocks(copy["key_caches"], copy["value_caches"], no_pairs)
+    swap = swap_kwargs()
+    ops.swap_blocks(swap["src"], swap["dst"], no_pairs)

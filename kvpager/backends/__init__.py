@@ -52,13 +52,26 @@ def _load(name: str) -> Backend | str:
     return _loaded[name]
 
 
+def _reason(name: str) -> str | None:
+    backend = _load(name)
+    if isinstance(backend, str):
+        return backend
+    try:
+        return backend.usable_reason()
+    except Exception as exc:  # a listing must not raise
+        return f"cannot tell whether it is usable here: {type(exc).__name__}: {exc}"
+
+
 def status() -> dict[str, str | None]:
-    """Backend name -> None when it can run here, else the reason it cannot."""
-    return {name: (None if not isinstance(b := _load(name), str) else b) for name in _MODULES}
+    """Backend name -> None when it is usable here as things stand, else the reason why not
+    (a missing package, no GPU, Triton on a CPU without TRITON_INTERPRET=1, ...)."""
+    return {name: _reason(name) for name in _MODULES}
 
 
 def available() -> list[str]:
-    """Names of the backends that can run on this machine, in auto-selection order."""
+    """Names of the backends usable on this machine as things stand, in auto-selection order:
+    each can run some call here (a backend listed may still refuse a particular device or
+    configuration; the error says why). `status()` gives the reason for the others."""
     return [name for name, reason in status().items() if reason is None]
 
 

@@ -41,20 +41,38 @@ class AttentionDims:
 
 
 def check_blocksparse(
-    block_size: int, tp_rank: object, local_blocks: object, vert_stride: object,
-    sparse_block_size: object, sliding_step: object,
+    block_size: int, num_heads: int, max_seq_len: int, tp_rank: object, local_blocks: object,
+    vert_stride: object, sparse_block_size: object, sliding_step: object,
 ) -> None:
-    """Block-sparse parameters; sparsity is on when vert_stride > 1 (as in vLLM's kernel)."""
+    """Block-sparse parameters; sparsity is on when vert_stride > 1 (as in vLLM's kernel).
+
+    Each is an int within int32 (kernels hold them in 32-bit registers). With sparsity on,
+    the pattern offset `(tp_rank * H + h) * |step| + 1` plus a sparse block index must stay
+    within int32 too, or the kernels' modulo would wrap while the reference's would not.
+    """
     v.check_int("tp_rank", tp_rank, 0)
     v.check_int("blocksparse_local_blocks", local_blocks, 0)
     v.check_int("blocksparse_vert_stride", vert_stride, 0)
     v.check_int("blocksparse_block_size", sparse_block_size, 1)
     v.check_int("blocksparse_head_sliding_step", sliding_step)
-    if vert_stride > 1 and sparse_block_size % block_size:
+    if vert_stride <= 1:
+        return
+    if sparse_block_size % block_size:
         # Kernels keep or skip whole cache blocks, so a sparse block must be made of them.
         raise v.fail("blocksparse_block_size",
                      f"must be a multiple of block_size {block_size} when block-sparse "
                      f"attention is on, got {sparse_block_size}")
+    room = v.INT32_MAX - 1 - max_seq_len  # what is left for the offset beside a block index
+    heads = max(num_heads, 1)
+    if (tp_rank + 1) * heads > room:
+        raise v.fail("tp_rank", f"({tp_rank}) times the {num_heads} heads leaves the sparse "
+                                f"pattern's offsets outside int32 (need (tp_rank + 1) * "
+                                f"num_heads <= {room})")
+    if (tp_rank + 1) * heads * abs(sliding_step) > room:
+        raise v.fail("blocksparse_head_sliding_step",
+                     f"({sliding_step}) with tp_rank {tp_rank} and {num_heads} heads gives "
+                     f"sparse-pattern offsets outside int32 (need (tp_rank + 1) * num_heads * "
+                     f"|step| <= {room})")
 
 
 def check_attention(
@@ -152,8 +170,7 @@ def check_attention(
     v.check_packed("seq_lens", seq_lens, 0, "[num_seqs]")
     v.check_int("max_seq_len", max_seq_len, 1)
 
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise v.fail("scale", f"must be a float, got {type(scale).__name__}")
+    scale = v.check_float("scale", scale)
     if not math.isfinite(scale) or scale <= 0:
         raise v.fail("scale", f"must be finite and > 0, got {scale!r}")
     if alibi_slopes is not None:
@@ -164,8 +181,9 @@ def check_attention(
         v.check_packed("alibi_slopes", alibi_slopes, 0, "[num_heads]")
     v.check_scale("k_scale", k_scale, device)
     v.check_scale("v_scale", v_scale, device)
-    check_blocksparse(block_size, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
-                      blocksparse_block_size, blocksparse_head_sliding_step)
+    check_blocksparse(block_size, num_heads, max_seq_len, tp_rank, blocksparse_local_blocks,
+                      blocksparse_vert_stride, blocksparse_block_size,
+                      blocksparse_head_sliding_step)
     return AttentionDims(
         num_seqs=num_seqs, num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size,
         block_size=block_size, num_blocks=num_blocks, max_blocks_per_seq=block_tables.shape[1],

@@ -7,7 +7,14 @@ agree, dtypes are the supported ones, block ids are inside the cache, and every 
 a device the backend accepted through `device_reason`.
 
 Outputs are written in place into the tensors passed in (`out`, `exp_sums`, caches, ...), as
-vLLM's ops do, so callers can preallocate and capture them in CUDA graphs.
+vLLM's ops do, so callers can preallocate and capture them in CUDA graphs. A backend is never
+called with nothing to write (zero sequences, heads, tokens or block pairs): `kvpager.ops`
+returns after its checks.
+
+Attention backends meet the reference's contract on what is not read and on non-finite
+values (`kvpager.backends.reference.attention`): bytes a head does not read, NaN included,
+never reach an output (select them away; 0 * NaN is NaN), and NaN or inf in what it reads
+propagates as the softmax formula gives, never as a silent 0.
 """
 
 from __future__ import annotations
@@ -53,6 +60,16 @@ class Backend(abc.ABC):
 
         Must be cheap after the first call and must not raise: the registry calls it to list
         backends and to explain why one is missing.
+        """
+        return None
+
+    def usable_reason(self) -> str | None:
+        """Why no tensor on this machine can use this backend as things stand, or None.
+
+        Unlike `unavailable_reason` (fixed for the process: a missing package, no GPU) this
+        may change while the process runs, so the registry asks it on every `available()` /
+        `status()`; it must be cheap and must not raise. Example: Triton without a CUDA GPU
+        runs only when its interpreter is on.
         """
         return None
 

@@ -199,6 +199,8 @@ def check_merge_attn_states(
     v.check_ndim("output", output, 3, "[num_tokens, num_heads, head_size]")
     v.check_dtype("output", output, attention_dtypes())
     num_tokens, num_heads, head_size = output.shape
+    if head_size < 1:
+        raise v.fail("output", f"must have head_size >= 1, got shape {tuple(output.shape)}")
     device = output.device
     for name, t in (("output", output), ("prefix_output", prefix_output),
                     ("suffix_output", suffix_output)):

@@ -4,7 +4,10 @@
 registers them as the real implementations (see `torch_library`), so a call checks its
 arguments the same way whichever door it came through. Order of work: static checks (raise
 before anything else), backend resolution, data checks (one device->host sync, skipped with
-`check_indices=False`), then the backend writes the outputs. Signatures are the schema's:
+`check_indices=False`), then the backend writes the outputs. A call with nothing to write
+(zero sequences, tokens, heads or block pairs) stops after the checks: zero-size tensors are
+valid arguments, and backends never see them. Meta tensors are refused here, naming the
+argument (they hold no data to compute on). Signatures are the schema's:
 vLLM's arguments plus keyword-only `backend` and `check_indices`; see `kvpager.ops` for the
 tensor shapes.
 """
@@ -26,7 +29,12 @@ from kvpager.backends.cache_checks import (
     check_swap_blocks,
     queue_reshape_and_cache_data_checks,
 )
-from kvpager.backends.validation import DataChecks, check_block_pairs, same_tensor_storage
+from kvpager.backends.validation import (
+    DataChecks,
+    check_block_pairs,
+    check_real_device,
+    same_tensor_storage,
+)
 
 Tensor = torch.Tensor
 Scale = float | torch.Tensor
@@ -46,6 +54,7 @@ def paged_attention_v1(
         blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
         blocksparse_head_sliding_step,
     )
+    check_real_device("query", dims.device)
     impl = registry.resolve(backend, dims.device, head_size=dims.head_size,
                             block_size=dims.block_size, dtype=dims.dtype,
                             kv_cache_dtype=dims.kv_cache_dtype)
@@ -54,6 +63,8 @@ def paged_attention_v1(
         queue_attention_data_checks(checks, dims, block_tables, seq_lens, max_seq_len,
                                     k_scale, v_scale)
         checks.verify()
+    if dims.num_seqs == 0 or dims.num_heads == 0:
+        return
     impl.paged_attention_v1(
         out, query, key_cache, value_cache, num_kv_heads, float(scale), block_tables, seq_lens,
         block_size, max_seq_len, alibi_slopes, dims.kv_cache_dtype, k_scale, v_scale, tp_rank,
@@ -78,6 +89,7 @@ def paged_attention_v2(
         blocksparse_head_sliding_step,
     )
     check_v2_workspace(dims, exp_sums, max_logits, tmp_out, max_seq_len)
+    check_real_device("query", dims.device)
     impl = registry.resolve(backend, dims.device, head_size=dims.head_size,
                             block_size=dims.block_size, dtype=dims.dtype,
                             kv_cache_dtype=dims.kv_cache_dtype)
@@ -86,6 +98,8 @@ def paged_attention_v2(
         queue_attention_data_checks(checks, dims, block_tables, seq_lens, max_seq_len,
                                     k_scale, v_scale)
         checks.verify()
+    if dims.num_seqs == 0 or dims.num_heads == 0:
+        return
     impl.paged_attention_v2(
         out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads,
         float(scale), block_tables, seq_lens, block_size, max_seq_len, alibi_slopes,
@@ -101,6 +115,7 @@ def reshape_and_cache(
 ) -> None:
     dims = check_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
                                    kv_cache_dtype, k_scale, v_scale)
+    check_real_device("key", dims.device)
     impl = registry.resolve(backend, dims.device, head_size=dims.head_size,
                             block_size=dims.block_size, dtype=dims.dtype,
                             kv_cache_dtype=dims.kv_cache_dtype)
@@ -108,6 +123,8 @@ def reshape_and_cache(
         checks = DataChecks()
         queue_reshape_and_cache_data_checks(checks, dims, slot_mapping, k_scale, v_scale)
         checks.verify()
+    if dims.num_tokens == 0 or key.numel() == 0:
+        return
     impl.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
                            dims.kv_cache_dtype, k_scale, v_scale)
 
@@ -118,6 +135,7 @@ def copy_blocks(
 ) -> None:
     num_blocks = check_copy_blocks(key_caches, value_caches, block_mapping)
     device = key_caches[0].device if key_caches else block_mapping.device
+    check_real_device("key_caches[0]" if key_caches else "block_mapping", device)
     impl = registry.resolve(backend, device)
     if not key_caches:
         return
@@ -126,6 +144,8 @@ def copy_blocks(
         check_block_pairs(checks, "block_mapping", block_mapping, num_blocks, num_blocks,
                           disjoint=True)
         checks.verify()
+    if block_mapping.shape[0] == 0:
+        return
     impl.copy_blocks(list(key_caches), list(value_caches), block_mapping)
 
 
@@ -139,12 +159,16 @@ def swap_blocks(
     check_indices: bool = True,
 ) -> None:
     check_swap_blocks(src, dst, block_mapping)
+    check_real_device("src", src.device)
+    check_real_device("dst", dst.device)
     impl = registry.resolve(backend, _swap_device(src, dst))
     if check_indices:
         checks = DataChecks()
         check_block_pairs(checks, "block_mapping", block_mapping, src.shape[0], dst.shape[0],
                           disjoint=same_tensor_storage(src, dst))
         checks.verify()
+    if block_mapping.shape[0] == 0:
+        return
     impl.swap_blocks(src, dst, block_mapping)
 
 
@@ -154,7 +178,10 @@ def merge_attn_states(
 ) -> None:
     check_merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
                             output_lse)
+    check_real_device("output", output.device)
     impl = registry.resolve(backend, output.device)
+    if output.shape[0] == 0 or output.shape[1] == 0:
+        return
     impl.merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
                            output_lse)
 

@@ -53,11 +53,43 @@ def is_int(value: object) -> bool:
     )
 
 
-def check_int(name: str, value: object, minimum: int | None = None) -> None:
+#: Largest value of the int32 that kernels keep sizes, lengths and ids in.
+INT32_MAX = 2**31 - 1
+
+
+def check_int(
+    name: str, value: object, minimum: int | None = None, maximum: int | None = INT32_MAX
+) -> None:
+    """An int (not a bool) in [minimum, maximum]. The default maximum is INT32_MAX: kernels
+    hold these values in 32-bit registers, so a larger one would wrap there silently."""
     if not is_int(value):
         raise fail(name, f"must be an int, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
         raise fail(name, f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise fail(name, f"must be <= {maximum}, got {value}")
+    if minimum is None and maximum is not None and value < -maximum:
+        raise fail(name, f"must be >= {-maximum}, got {value}")
+
+
+def check_float(name: str, value: object) -> float:
+    """A real number (int or float, not a bool) that converts to a float without overflow."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail(name, f"must be a float, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise fail(name, f"must fit a float, got an int of {len(str(abs(value)))} "
+                         f"digits") from None
+
+
+def check_real_device(name: str, device: torch.device) -> None:
+    """Refuse the meta device where an op must compute: it holds no data to read or write
+    (meta tensors do trace through `torch.ops.kvpager.*`, whose fake implementations run
+    only the static checks)."""
+    if device.type == "meta":
+        raise fail(name, "is on the meta device, which holds no data; the ops compute on "
+                         "real tensors (meta tensors only trace through torch.ops.kvpager)")
 
 
 def check_tensor(name: str, value: object) -> torch.Tensor:
@@ -94,8 +126,12 @@ def packed_after(t: torch.Tensor, first: int) -> bool:
     """True when dims `first`.. are laid out contiguously (row-major, no gaps).
 
     Kernels index those dims with arithmetic on the shape, so only the strides of the leading
-    dims (a block stride, a row stride) may be free. Dims of size 1 have no meaningful stride.
+    dims (a block stride, a row stride) may be free. Dims of size 1 have no meaningful stride,
+    and neither has a tensor without elements (torch gives an empty [4, 0] the strides
+    (1, 1)): nothing of it is ever read, so it counts as packed.
     """
+    if t.numel() == 0:
+        return True
     expected = 1
     for dim in range(t.dim() - 1, first - 1, -1):
         size = t.shape[dim]
@@ -121,6 +157,7 @@ def check_scale(name: str, value: object, device: torch.device) -> None:
     if isinstance(value, bool):
         raise fail(name, f"must be a float or a 0-d float32 tensor, got {value!r}")
     if isinstance(value, (int, float)):
+        value = check_float(name, value)
         if not math.isfinite(value) or value <= 0:
             raise fail(name, f"must be finite and > 0, got {value!r}")
         return
@@ -234,14 +271,17 @@ def check_block_pairs(
 
 
 __all__ = [
+    "INT32_MAX",
     "DataChecks",
     "OpArgumentError",
     "check_block_pairs",
     "check_device",
     "check_dtype",
+    "check_float",
     "check_int",
     "check_ndim",
     "check_packed",
+    "check_real_device",
     "check_scale",
     "check_scale_values",
     "check_shape",

@@ -16,12 +16,20 @@ if TYPE_CHECKING:
 INT32_MAX = 2**31 - 1
 
 
-def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
-    """`value` as an int; bools and floats are refused because they hide caller bugs."""
+def check_int(
+    name: str, value: object, *, minimum: int | None = None, maximum: int | None = INT32_MAX
+) -> int:
+    """`value` as an int; bools and floats are refused because they hide caller bugs.
+
+    The default maximum is INT32_MAX: the kernels keep these values in 32-bit integers, and
+    the reference's int64 arithmetic on a larger one would overflow (or differ from them).
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -54,7 +62,8 @@ def check_tensor(
 
 
 def check_same_device(named: dict[str, torch.Tensor]) -> torch.device:
-    """The one device every tensor in `named` lives on."""
+    """The one device every tensor in `named` lives on; never the meta device, which holds
+    no data for the ops to read (they read lengths back to the host)."""
     items = list(named.items())
     first_name, first = items[0]
     for name, tensor in items[1:]:
@@ -63,6 +72,9 @@ def check_same_device(named: dict[str, torch.Tensor]) -> torch.device:
                 f"{name} is on {tensor.device} but {first_name} is on {first.device}; "
                 "all tensors of one call must share a device"
             )
+    if first.device.type == "meta":
+        raise ValueError(f"{first_name} is on the meta device, which holds no data; the "
+                         "sparse ops compute on real tensors")
     return first.device
 
 

@@ -55,6 +55,8 @@ def top_k_per_row_prefill(
     stride0, stride1: logits' strides in elements; vLLM's kernel reads a raw pointer with
     them, kvpager reads the tensor, so they must equal ``logits.stride()``.
     """
+    import torch
+
     _check_common(logits, indices, num_rows, stride0, stride1, top_k)
     starts = _check_row_bounds("row_starts", row_starts, num_rows)
     ends = _check_row_bounds("row_ends", row_ends, num_rows)
@@ -63,6 +65,11 @@ def top_k_per_row_prefill(
     )
     check_range("row_starts", starts, low=0)
     check_range("row_ends", ends, high=logits.shape[1])
+    # A row whose end is at or before its start is empty: make it [0, 0) before any
+    # subtraction, which for an end near -2^63 would wrap around int64.
+    empty = ends <= starts
+    starts = torch.where(empty, 0, starts.to(torch.int64))
+    ends = torch.where(empty, 0, ends.to(torch.int64))
     _run(select_backend(backend, device), logits, starts, ends, indices, num_rows, top_k)
 
 
@@ -103,7 +110,9 @@ def top_k_per_row_decode(
                 f"seq_lens must have >= cdiv(num_rows, next_n) = {needed} entries, "
                 f"got {seq_lens.shape[0]}"
             )
-        ends = seq_lens.to(torch.int64)[row // next_n] - next_n + row % next_n + 1
+        # Clamped at 0 first: subtracting from a length near -2^63 would wrap around int64.
+        lens = seq_lens.to(torch.int64).clamp(min=0)
+        ends = lens[row // next_n] - next_n + row % next_n + 1
     else:
         if seq_lens.shape[1] != next_n or seq_lens.numel() < num_rows:
             raise ValueError(
@@ -132,7 +141,7 @@ def _check_common(
     for name, given, actual in (
         ("stride0", stride0, logits.stride(0)), ("stride1", stride1, logits.stride(1)),
     ):
-        check_int(name, given)
+        check_int(name, given, maximum=None)
         if given != actual:
             raise ValueError(
                 f"{name} must equal logits.stride({name[-1]}) = {actual}, got {given}"

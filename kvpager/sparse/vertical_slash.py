@@ -163,6 +163,15 @@ def _convert(
             f"block_size_M ({block_size_M}) must be a multiple of block_size_N "
             f"({block_size_N}) so that key blocks tile each slash range exactly"
         )
+    # Key positions up to kv_seqlen + context_size + 2 * block_size_M are int32 in the
+    # kernels and in the tables.
+    if 2 * block_size_M > INT32_MAX:
+        raise ValueError(f"block_size_M must be <= {INT32_MAX // 2} (key positions are int32), "
+                         f"got {block_size_M}")
+    if context_size > INT32_MAX - 2 * block_size_M:
+        raise ValueError(f"context_size must be <= {INT32_MAX - 2 * block_size_M} with "
+                         f"block_size_M {block_size_M} (key positions are int32), got "
+                         f"{context_size}")
     named = _check_tensors(
         q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, vertical_indices_count,
         slash_indices_count,
@@ -171,6 +180,7 @@ def _convert(
     q_seqlens, kv_seqlens = named["q_seqlens"], named["kv_seqlens"]
     batch, num_heads, nnz_s = named["slash_indexes"].shape
     nnz_v = named["vertical_indexes"].shape[2]
+    _check_table_sizes(batch, num_heads, nnz_s, nnz_v, context_size, block_size_M, block_size_N)
     # Values: one host sync. Key positions and frontiers are int32 in the kernels.
     check_range("q_seqlens", q_seqlens, low=0, high=context_size)
     check_range("kv_seqlens", kv_seqlens, low=0, high=INT32_MAX - context_size - 2 * block_size_M)
@@ -213,6 +223,29 @@ def _convert(
         block_size_M, block_size_N, causal,
     )
     return block_count, block_offset, column_count, column_index
+
+
+def _check_table_sizes(
+    batch: int, num_heads: int, nnz_s: int, nnz_v: int, context_size: int, block_size_M: int,
+    block_size_N: int,
+) -> None:
+    """Each output table within INT32_MAX entries (8 GiB of int32), checked before any is
+    allocated, naming what makes it large: context_size (its rows) or block_size_N (the
+    block_size_M // block_size_N blocks per slash of block_offset)."""
+    rows = batch * num_heads * -(-context_size // block_size_M)
+    per_slash = block_size_M // block_size_N
+    if rows * max(nnz_s, 1) * per_slash <= INT32_MAX and rows * nnz_v <= INT32_MAX:
+        return
+    if rows * max(nnz_s, nnz_v, 1) > INT32_MAX:
+        raise ValueError(
+            f"context_size ({context_size}) with block_size_M {block_size_M} gives {rows} table "
+            f"rows of up to {max(nnz_s, nnz_v)} entries, more than {INT32_MAX} entries in all"
+        )
+    raise ValueError(
+        f"block_size_N ({block_size_N}) splits each slash into block_size_M // block_size_N = "
+        f"{per_slash} blocks: block_offset would hold {rows * max(nnz_s, 1) * per_slash} "
+        f"entries, more than {INT32_MAX}"
+    )
 
 
 def _check_tensors(

@@ -4,6 +4,9 @@ Written from docs/architecture.md's formulas with Python loops and float64 arith
 no code with kvpager: it gathers each sequence's keys and values block by block through its block
 table, decodes FP8 bytes with torch's float8 dtypes, applies ALiBi and the block-sparse rule
 token by token, and also produces the per-partition max / sum / output that v2 must write.
+It reads only the tokens each head attends (slots past seq_len are never gathered; tokens
+masked by sparsity are removed by selection), and NaN or inf in what it reads propagates
+as torch.softmax propagates it.
 """
 
 from __future__ import annotations
@@ -102,8 +105,9 @@ def dense_attention(inp: AttentionInputs) -> DenseResult:
             if inp.alibi_slopes is not None:
                 logits = logits + float(inp.alibi_slopes[h]) * (positions - length + 1)
             mask = token_mask(inp, length, h)
-            logits = logits.masked_fill(~mask, -math.inf)
-            vals = values[:, kv_head]  # [L, D]
+            logits = torch.where(mask, logits, -math.inf)
+            # Tokens the head skips are removed by selection: 0 * a stale NaN would be NaN.
+            vals = torch.where(mask[:, None], values[:, kv_head], 0.0)  # [L, D]
             if mask.any():
                 out[s, h] = torch.softmax(logits, 0) @ vals
             for p in range(math.ceil(length / PARTITION_SIZE)):

@@ -143,3 +143,35 @@ def test_cpu_auto_is_the_reference(monkeypatch) -> None:
     backend = registry.resolve("auto", torch.device("cpu"), head_size=64, block_size=16,
                                dtype=torch.float32)
     assert backend.name == "reference"
+
+
+def test_available_lists_only_what_is_usable_as_it_is(monkeypatch) -> None:
+    """Triton without a CUDA GPU runs only in its interpreter: without TRITON_INTERPRET=1 it
+    is not listed (selecting it would fail), and status() says why; with it, it is."""
+    pytest.importorskip("triton")
+    from kvpager.backends.triton import runtime
+
+    monkeypatch.setattr(registry, "_loaded", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "_state", {k: v for k, v in runtime._state.items()
+                                            if k != "interpreted"})
+    monkeypatch.delenv(runtime.INTERPRET_ENV, raising=False)
+    assert "triton" not in registry.available()
+    assert "reference" in registry.available()
+    reason = registry.status()["triton"]
+    assert "no CUDA GPU" in reason and "TRITON_INTERPRET=1" in reason
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
+        registry.resolve("triton", torch.device("cpu"), head_size=64, block_size=16,
+                         dtype=torch.float32)
+    monkeypatch.setenv(runtime.INTERPRET_ENV, "1")
+    assert "triton" in registry.available()
+    assert registry.status()["triton"] is None
+
+
+def test_a_backend_whose_usability_check_raises_is_listed_as_unusable(fake, monkeypatch) -> None:
+    def broken() -> str | None:
+        raise RuntimeError("driver exploded")
+
+    monkeypatch.setattr(fake, "usable_reason", broken)
+    assert registry.available() == ["reference"]
+    assert "driver exploded" in registry.status()["fake"]

@@ -62,7 +62,8 @@ def attention(arch, dtype, kv, heads, kv_heads, head, bs, partitioned, ptrs):
                k_scale="*fp32" if ptrs else "fp32", v_scale="*fp32" if ptrs else "fp32",
                qk_factor="fp32", v_factor="fp32", q_seq_stride="i32", k_block_stride="i32",
                v_block_stride="i32", table_stride="i32", max_partitions="i32",
-               num_kv_heads="i32", group="i32", has_alibi="i32", tp_rank="i32",
+               num_kv_heads="i32", group="i32", per_program="i32", has_alibi="i32",
+               tp_rank="i32",
                sparse_local="i32", sparse_vert="i32", sparse_block="i32", sparse_step="i32")
     const = dict(HEAD_SIZE=head, HEAD_PAD=cfg.head_pad, BLOCK_SIZE=bs, X=16 if kv else X[dtype],
                  GROUP_PAD=cfg.group_pad, TILE=cfg.tile, PARTITION_SIZE=512,

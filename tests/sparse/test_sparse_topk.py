@@ -172,6 +172,15 @@ def prefill_args() -> dict:
         (dict(row_starts=i32([0, -1, 0])), "row_starts must be >= 0 everywhere, found -1"),
         (dict(row_ends=i32([10, 11, 0])), "row_ends must be <= 10 everywhere, found 11"),
         (dict(row_ends=[10, 5, 0]), "row_ends must be a torch.Tensor"),
+        # integers beyond int32 and bools are refused by name, before anything is written
+        (dict(top_k=2**63), "top_k must be <= 2147483647"),
+        (dict(num_rows=2**63), "num_rows must be <= 2147483647"),
+        (dict(top_k=True), "top_k must be an int, got bool"),
+        (dict(stride1=True), "stride1 must be an int, got bool"),
+        (dict(logits=torch.zeros(3, 10, device="meta"), row_starts=i32([0, 0, 0]).to("meta"),
+              row_ends=i32([10, 5, 0]).to("meta"),
+              indices=torch.zeros(3, 4, dtype=torch.int32, device="meta")),
+         "logits is on the meta device"),
     ],
 )
 def test_prefill_bad_arguments_name_the_argument(change: dict, message: str) -> None:
@@ -187,6 +196,9 @@ def test_prefill_bad_arguments_name_the_argument(change: dict, message: str) -> 
         (2, i32([[3, 3]]), "a 2-D seq_lens must be [num_seqs, next_n=2] with >= num_rows=3"),
         (3, i32([11]), "seq_lens (as row ends) must be <= 10 everywhere, found 11"),
         (1, torch.tensor([3.0, 3.0, 3.0]), "seq_lens must have dtype"),
+        (2**63, i32([3, 3]), "next_n must be <= 2147483647"),
+        (2**31, i32([3, 3]), "next_n must be <= 2147483647"),
+        (True, i32([3, 3, 3]), "next_n must be an int, got bool"),
     ],
 )
 def test_decode_bad_arguments_name_the_argument(next_n, seq_lens, message) -> None:
@@ -195,3 +207,24 @@ def test_decode_bad_arguments_name_the_argument(next_n, seq_lens, message) -> No
         top_k_per_row_decode(
             args["logits"], next_n, seq_lens, args["indices"], 3, 10, 1, 4
         )
+
+
+def test_prefill_rows_whose_end_is_far_before_their_start_are_empty(backend: str) -> None:
+    """An end near -2^63 once wrapped around int64 in end - start and gave garbage (-6);
+    the contract is an empty row: all -1."""
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    starts = torch.tensor([1, 3, 0, 2**40])
+    ends = torch.tensor([-(2**63), -(2**62), 10, 5])
+    indices = torch.full((4, 3), -7, dtype=torch.int32)
+    top_k_per_row_prefill(logits, starts, ends, indices, 4, 10, 1, 3, backend=backend)
+    assert indices[[0, 1, 3]].eq(-1).all()
+    assert indices[2].tolist() == top_k_row(logits[2].tolist(), 3)
+
+
+def test_decode_lengths_far_below_zero_give_empty_rows(backend: str) -> None:
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(1))
+    indices = torch.full((4, 3), -7, dtype=torch.int32)
+    seq_lens = torch.tensor([-(2**63), 9])
+    top_k_per_row_decode(logits, 2, seq_lens, indices, 4, 10, 1, 3, backend=backend)
+    assert indices[:2].eq(-1).all()
+    assert indices[3].tolist() == top_k_row(logits[3, :9].tolist(), 3)

@@ -296,6 +296,27 @@ def good_args() -> dict:
         (dict(kv_seqlens=i32([31])), "kv_seqlens must be >= q_seqlens"),
         (dict(q_seqlens=i32([-1])), "q_seqlens must be >= 0"),
         (dict(causal=1), "causal must be a bool"),
+        # too large for int32 key positions: the argument at fault is named, not kv_seqlens,
+        # and nothing is allocated
+        (dict(block_size_M=2**40), "block_size_M must be <= 2147483647"),
+        (dict(block_size_M=2**30, block_size_N=2**30), "block_size_M must be <= 1073741823"),
+        (dict(context_size=2**40), "context_size must be <= 2147483647"),
+        (dict(context_size=2**31 - 20), "context_size must be <= 2147483615 with block_size_M"),
+        (dict(block_size_M=True), "block_size_M must be an int, got bool"),
+        # tables beyond INT32_MAX entries (sizes chosen so that, unchecked, even the first
+        # allocation would fail at once rather than fill the memory)
+        (dict(block_size_M=2**29, block_size_N=1,
+              slash_indexes=torch.zeros(1, 1, 40, dtype=torch.int32)),
+         "block_size_N (1) splits each slash into"),
+        (dict(context_size=2**31 - 64, block_size_M=1, block_size_N=1,
+              vertical_indexes=torch.zeros(1, 64, 2, dtype=torch.int32),
+              slash_indexes=torch.zeros(1, 64, 2, dtype=torch.int32)),
+         "context_size (2147483584) with block_size_M 1"),
+        (dict(q_seqlens=torch.zeros(1, dtype=torch.int32, device="meta"),
+              kv_seqlens=torch.zeros(1, dtype=torch.int32, device="meta"),
+              vertical_indexes=torch.zeros(1, 1, 2, dtype=torch.int32, device="meta"),
+              slash_indexes=torch.zeros(1, 1, 2, dtype=torch.int32, device="meta")),
+         "q_seqlens is on the meta device"),
     ],
 )
 def test_bad_arguments_name_the_argument(change: dict, message: str) -> None:

@@ -19,11 +19,19 @@ Semantics (the contract other backends meet):
   `k_bs = b * block_size // sparse_block`, `q_bs = (seq_len - 1) // sparse_block` and
   `offset = (tp_rank * H + h) * step + 1` (step >= 0) or `(tp_rank * K + h // G) * -step + 1`.
 - a head that attends no token (seq_len 0, or every block masked) outputs 0.
+- what a head does not read never reaches the arithmetic: slots past seq_len in its last
+  block, blocks that sparsity masks for it, and the blocks behind table entries past
+  ceil(seq_len / block_size) (gathered as block 0) are removed by selection (`torch.where`),
+  not multiplied by a zero probability, so stale bytes there (NaN, inf) change nothing.
+- what a head does read is IEEE arithmetic of the stable softmax: a NaN or inf in the query,
+  a read key or value, or an ALiBi slope gives what the formula gives (NaN as soon as a
+  logit is NaN or +inf, or every attended logit is -inf), never a silent 0.
 - v2 splits the tokens into partitions of 512. For each partition p below
   ceil(seq_len / 512) it writes `max_logits` (the partition's max logit, -inf if it attends
   nothing), `exp_sums` (sum of exp(logit - max), 0 if nothing) and `tmp_out` (the
-  partition's softmax-weighted values, 0 if nothing). Entries of later partitions are not
-  written (other backends may write them; nobody may rely on their content). The reduce
+  partition's softmax-weighted values, 0 if nothing; a NaN logit shows in exp_sums and
+  tmp_out, a NaN value in tmp_out). Entries of later partitions are not written (other
+  backends may write them; nobody may rely on their content). The reduce
   weighs partition p by `exp_sums_p * exp(max_logits_p - global max)`, reading only
   partitions below ceil(seq_len / 512), so leftovers there never matter.
 - only the block-table entries a sequence reads (the first ceil(seq_len / block_size)) are
@@ -157,8 +165,13 @@ def gather_kv(
 def attention_logits(
     query: torch.Tensor, keys: torch.Tensor, seq_lens: torch.Tensor, scale: float,
     alibi_slopes: torch.Tensor | None, sparse: BlockSparse | None, block_size: int,
-) -> torch.Tensor:
-    """float32 logits [S, H, T]; -inf where a token is past seq_len or masked by sparsity."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, attended): float32 logits [S, H, T], and bool attended [S, 1, T] (dense) or
+    [S, H, T] (block-sparse), True where head h of sequence s reads token t.
+
+    Positions not attended (past seq_len, or masked by sparsity) hold -inf, put there by
+    selection (`torch.where`), so whatever their keys hold, NaN included, is dropped.
+    """
     seqs, num_heads, head_size = query.shape
     num_kv_heads, num_tokens = keys.shape[1], keys.shape[2]
     group = num_heads // num_kv_heads
@@ -173,24 +186,69 @@ def attention_logits(
         blocks = sparse.block_mask(seq_lens, num_heads, num_kv_heads,
                                    num_tokens // block_size, block_size)
         attended = attended & blocks.repeat_interleave(block_size, dim=-1)
-    return logits.masked_fill(~attended, _NEG_INF)
+    return torch.where(attended, logits, _NEG_INF), attended
 
 
-def _softmax_parts(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(probabilities, max, sum of exp) over the last dim; all-masked rows give 0, -inf, 0."""
-    top = logits.amax(-1)
-    shifted = torch.exp(logits - top.masked_fill(top == _NEG_INF, 0.0)[..., None])
+def _softmax_parts(
+    logits: torch.Tensor, attended: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probabilities, max, sum of exp) over the attended positions of the last dim.
+
+    A row that attends nothing gives 0, -inf, 0. Any other row is the IEEE arithmetic of
+    the usual stable softmax, so a NaN or +inf logit, or attended logits that are all -inf,
+    give NaN, as softmax does: the oracle does not hide a model's NaN. Positions not
+    attended are left out by selection, never multiplied by a zero weight.
+    """
+    anything = attended.any(-1)  # [..., 1 or H]
+    top = logits.amax(-1)  # propagates NaN; -inf where nothing is attended
+    shift = torch.where(anything, top, 0.0)
+    shifted = torch.where(attended, torch.exp(logits - shift[..., None]), 0.0)
     total = shifted.sum(-1)
-    probs = torch.where(total[..., None] > 0, shifted / total[..., None], 0.0)
+    probs = torch.where(anything[..., None], shifted / total[..., None], 0.0)
     return probs, top, total
 
 
-def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """probs [S, H, T] x values [S, K, T, D] -> [S, H, D], each head using its kv head."""
+def _value_masks(
+    attended: torch.Tensor, num_kv_heads: int
+) -> list[tuple[int | None, torch.Tensor]]:
+    """Which value positions each query head reads, per kv head: pairs (g, mask).
+
+    attended: [S, 1 or H, T]. mask: bool [S, 1 or K, T]. g None: every query head of a kv
+    head's group reads mask[:, k] (dense attention, or a sparse pattern that slides with
+    the kv head); g = 0..G-1: query head k * G + g reads mask[:, k] (a pattern that slides
+    with the query head, so heads sharing values read different tokens).
+    """
+    if attended.shape[1] == 1:
+        return [(None, attended)]
+    seqs, num_heads, num_tokens = attended.shape
+    group = num_heads // num_kv_heads
+    grouped = attended.reshape(seqs, num_kv_heads, group, num_tokens)
+    if group == 1 or torch.equal(grouped, grouped[:, :, :1].expand_as(grouped)):
+        return [(None, grouped[:, :, 0])]
+    return [(g, grouped[:, :, g]) for g in range(group)]
+
+
+def _weighted_values(
+    probs: torch.Tensor, values: torch.Tensor, attended: torch.Tensor
+) -> torch.Tensor:
+    """probs [S, H, T] x values [S, K, T, D] -> [S, H, D], each head using its kv head.
+
+    Values a head does not read are replaced by 0 (selection) before the product: a zero
+    probability times a stale NaN would otherwise be NaN. `values` is the caller's own copy
+    (gathered from the cache) and may be zeroed in place.
+    """
     seqs, num_heads, num_tokens = probs.shape
-    num_kv_heads = values.shape[1]
+    num_kv_heads, head_size = values.shape[1], values.shape[-1]
     grouped = probs.reshape(seqs, num_kv_heads, num_heads // num_kv_heads, num_tokens)
-    return (grouped @ values).reshape(seqs, num_heads, values.shape[-1])
+    masks = _value_masks(attended, num_kv_heads)
+    if masks[0][0] is None:  # one mask for every head: zero in place (values is a copy)
+        values.masked_fill_(~masks[0][1][..., None], 0.0)
+        return (grouped @ values).reshape(seqs, num_heads, head_size)
+    out = torch.empty(seqs, num_kv_heads, grouped.shape[2], head_size, device=probs.device)
+    for g, mask in masks:
+        read = torch.where(mask[..., None], values, 0.0)
+        out[:, :, g] = (grouped[:, :, g, None, :] @ read)[:, :, 0]
+    return out.reshape(seqs, num_heads, head_size)
 
 
 def _bytes_per_token(num_heads: int, num_kv_heads: int, head_size: int) -> int:
@@ -218,10 +276,10 @@ def paged_attention_v1(
         num_blocks = min(-(-longest // block_size), block_tables.shape[1])
         keys, values = gather_kv(key_cache, value_cache, block_tables[rows], lens, num_blocks,
                                  kv_cache_dtype, k_scale, v_scale)
-        logits = attention_logits(query[rows], keys, lens, scale, alibi_slopes, sparse,
-                                  block_size)
-        probs, _, _ = _softmax_parts(logits)
-        out[rows] = _weighted_values(probs, values).to(out.dtype)
+        logits, attended = attention_logits(query[rows], keys, lens, scale, alibi_slopes,
+                                            sparse, block_size)
+        probs, _, _ = _softmax_parts(logits, attended)
+        out[rows] = _weighted_values(probs, values, attended).to(out.dtype)
 
 
 def paged_attention_v2(
@@ -250,18 +308,31 @@ def paged_attention_v2(
         num_blocks = min(-(-longest // block_size), block_tables.shape[1])
         keys, values = gather_kv(key_cache, value_cache, block_tables[rows], lens, num_blocks,
                                  kv_cache_dtype, k_scale, v_scale)
-        logits = attention_logits(query[rows], keys, lens, scale, alibi_slopes, sparse,
-                                  block_size)
+        logits, attended = attention_logits(query[rows], keys, lens, scale, alibi_slopes,
+                                            sparse, block_size)
         parts = max_num_partitions(longest)
         extra = parts * PARTITION_SIZE - logits.shape[-1]  # >= 0: block sizes divide 512
         logits = torch.nn.functional.pad(logits, (0, extra), value=_NEG_INF)
+        attended = torch.nn.functional.pad(attended, (0, extra), value=False)
         values = torch.nn.functional.pad(values, (0, 0, 0, extra))
         n = logits.shape[0]
-        probs, top, total = _softmax_parts(logits.reshape(n, num_heads, parts, PARTITION_SIZE))
-        # [n, K, G, P, 512] x [n, K, P, 512, D] -> [n, H, P, D]: head h reads kv head h // G
-        grouped = probs.reshape(n * num_kv_heads, group, parts, PARTITION_SIZE)
-        by_part = values.reshape(n * num_kv_heads, parts, PARTITION_SIZE, head_size)
-        partial = torch.einsum("bgpt,bptd->bgpd", grouped, by_part)
+        by_part = (n, attended.shape[1], parts, PARTITION_SIZE)
+        probs, top, total = _softmax_parts(
+            logits.reshape(n, num_heads, parts, PARTITION_SIZE), attended.reshape(by_part))
+        # [n, K, G, P, 512] x [n, K, P, 512, D] -> [n, H, P, D]: head h reads kv head h // G,
+        # its values selected by what it attends (see `_weighted_values`)
+        grouped = probs.reshape(n, num_kv_heads, group, parts, PARTITION_SIZE)
+        partial = torch.empty(n, num_kv_heads, group, parts, head_size, device=probs.device)
+        for g, mask in _value_masks(attended, num_kv_heads):
+            if g is None:  # one mask for every head: zero in place (values is padded, a copy)
+                read = values.masked_fill_(~mask[..., None], 0.0)
+            else:
+                read = torch.where(mask[..., None], values, 0.0)
+            read = read.reshape(n, num_kv_heads, parts, PARTITION_SIZE, head_size)
+            if g is None:
+                partial = torch.einsum("nkgpt,nkptd->nkgpd", grouped, read)
+            else:
+                partial[:, :, g] = torch.einsum("nkpt,nkptd->nkpd", grouped[:, :, g], read)
         partial = partial.reshape(n, num_heads, parts, head_size)
         used = _used_partitions(lens, parts)  # [n, 1, P]
         window = (rows, slice(None), slice(0, parts))
@@ -289,14 +360,16 @@ def reduce_partitions(
     leftovers there cannot leak into `out`.
     """
     used = _used_partitions(seq_lens, exp_sums.shape[-1])  # [S, 1, P]
-    maxes = max_logits.masked_fill(~used, _NEG_INF)
-    top = maxes.amax(-1, keepdim=True)
-    top = top.masked_fill(top == _NEG_INF, 0.0)
+    maxes = torch.where(used, max_logits, _NEG_INF)
+    top = maxes.amax(-1, keepdim=True)  # NaN when a used partition's max is NaN
+    top = torch.where(top == _NEG_INF, 0.0, top)
     weights = torch.where(used, exp_sums * torch.exp(maxes - top), 0.0)  # [S, H, P]
     total = weights.sum(-1)[..., None]  # [S, H, 1]
     parts = torch.where(used[..., None], tmp_out.float(), 0.0)
     merged = (weights[..., None] * parts).sum(-2)  # [S, H, D]
-    out.copy_(torch.where(total > 0, merged / total, 0.0).to(out.dtype))
+    # total is 0 only when no partition attends anything (the partition holding the global
+    # max weighs its exp_sum >= 1); NaN from any used partition stays NaN.
+    out.copy_(torch.where(total == 0, 0.0, merged / total).to(out.dtype))
 
 
 __all__ = [

@@ -22,19 +22,21 @@ def merge_attn_states(
 
     An infinite LSE, +inf or -inf, marks a part that attended nothing (vLLM reads +inf the
     same way); such a part's output is not read at all, so it may be uninitialised memory.
-    When both parts are empty the output is 0 and the LSE -inf. `output` may alias either
+    When both parts are empty the output is 0 and the LSE -inf. A NaN LSE is not an empty
+    part: the merged output and LSE are NaN, as the formula gives. `output` may alias either
     input: everything is computed before it is written.
     """
-    p_lse = prefix_lse.masked_fill(torch.isinf(prefix_lse), _NEG_INF)
-    s_lse = suffix_lse.masked_fill(torch.isinf(suffix_lse), _NEG_INF)
-    top = torch.maximum(p_lse, s_lse)
-    top = top.masked_fill(top == _NEG_INF, 0.0)
+    p_lse = torch.where(torch.isinf(prefix_lse), _NEG_INF, prefix_lse)
+    s_lse = torch.where(torch.isinf(suffix_lse), _NEG_INF, suffix_lse)
+    top = torch.maximum(p_lse, s_lse)  # NaN if either LSE is NaN
+    top = torch.where(top == _NEG_INF, 0.0, top)
     p_weight, s_weight = torch.exp(p_lse - top), torch.exp(s_lse - top)  # [H, N]
     total = p_weight + s_weight
 
     def share(weight: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-        fraction = torch.where(total > 0, weight / total, 0.0).t()[..., None]  # [N, H, 1]
-        return torch.where(fraction > 0, part.float() * fraction, 0.0)
+        # total is 0 only when both parts are empty; a NaN LSE makes every share NaN.
+        fraction = torch.where(total == 0, 0.0, weight / total).t()[..., None]  # [N, H, 1]
+        return torch.where(fraction == 0, 0.0, part.float() * fraction)
 
     merged = share(p_weight, prefix_output) + share(s_weight, suffix_output)
     if output_lse is not None:

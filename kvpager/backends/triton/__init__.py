@@ -45,6 +45,15 @@ class TritonBackend(Backend):
     def unavailable_reason(self) -> str | None:
         return runtime.import_error()
 
+    def usable_reason(self) -> str | None:
+        """None with a CUDA GPU, or on the CPU when the interpreter is on; else why not."""
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+        reason = runtime.cpu_reason()
+        return None if reason is None else f"no CUDA GPU here; {reason}"
+
     def device_reason(self, device: torch.device) -> str | None:
         if device.type == "cuda":
             return None

@@ -133,10 +133,15 @@ def _launch_attention(
     sliding_step: int,
 ) -> None:
     num_seqs, num_heads, head_size = query.shape
-    if num_seqs == 0:
+    if num_seqs == 0 or num_heads == 0:
         return
-    cfg = attention_config(head_size, block_size, num_heads, num_kv_heads, query.dtype,
-                           interpreted=runtime.interpreted())
+    sparse = vert_stride > 1
+    group = num_heads // num_kv_heads
+    # A sparse pattern that slides with the query head gives the heads of a group different
+    # tokens: one program per query head then, so no head multiplies values it skips.
+    per_program = 1 if sparse and sliding_step > 0 else group
+    cfg = attention_config(head_size, block_size, num_heads, num_heads // per_program,
+                           query.dtype, interpreted=runtime.interpreted())
     fmt = FORMAT_CODES[kv_cache_dtype]
     device = query.device
     if fmt:
@@ -152,13 +157,13 @@ def _launch_attention(
     tmp_out = out if tmp_out is None else tmp_out
     # A float32 placeholder (never read) keeps one pointer type with and without ALiBi.
     alibi = seq_lens.view(torch.float32) if alibi_slopes is None else alibi_slopes
-    sparse = vert_stride > 1
-    paged_attention_kernel[(num_seqs, num_kv_heads, parts)](
+    paged_attention_kernel[(num_seqs, num_heads // per_program, parts)](
         out, exp_sums, max_logits, tmp_out,
         query, key_cache, value_cache, block_tables, seq_lens, alibi,
         k_arg, v_arg, float(scale) * factor, factor,
         query.stride(0), key_cache.stride(0), value_cache.stride(0), block_tables.stride(0),
-        parts, num_kv_heads, cfg.group, int(alibi_slopes is not None), tp_rank, local_blocks,
+        parts, num_kv_heads, group, per_program, int(alibi_slopes is not None), tp_rank,
+        local_blocks,
         vert_stride if sparse else 1, sparse_block_size, sliding_step,
         HEAD_SIZE=head_size, HEAD_PAD=cfg.head_pad, BLOCK_SIZE=block_size,
         X=key_cache.shape[4], GROUP_PAD=cfg.group_pad, TILE=cfg.tile,

@@ -27,7 +27,12 @@ Why these choices:
   reads whole 16-byte vectors;
 - loads are masked by token validity and, with block sparsity, by the sparse rule, so a
   skipped block or a token past seq_len costs no memory traffic and stale bytes there (even
-  NaN) never reach the arithmetic;
+  NaN) never reach the arithmetic; when the sparse pattern slides with the query head
+  (head_sliding_step > 0) the heads of a group read different blocks, so each program then
+  takes one query head (a tile's values are multiplied only by heads that read them);
+- NaN and inf in what is read propagate as in the reference (NaN logits, +inf logits and
+  all-(-inf) attended logits give NaN, never a silent 0); max_logits skips NaN logits (the
+  max is NaN-ignoring), exp_sums and tmp_out carry the NaN;
 - FP8 bytes are decoded to float16 bits by integer ops (`fp8_codec.decode_fp8`, inlined
   here because the interpreter pays ~0.2 ms per nested jit call) and the products run in
   the query dtype; `k_scale` (and e4m3's 2^8) is applied to the float32 logits and
@@ -50,24 +55,29 @@ import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["group", "has_alibi", "num_kv_heads", "tp_rank", "sparse_local",
-                                "sparse_vert", "sparse_block", "sparse_step"])
+@triton.jit(do_not_specialize=["group", "per_program", "has_alibi", "num_kv_heads", "tp_rank",
+                                "sparse_local", "sparse_vert", "sparse_block", "sparse_step"])
 def paged_attention_kernel(
     out_ptr, exp_sums_ptr, max_logits_ptr, tmp_out_ptr,
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, alibi_ptr,
     k_scale, v_scale, qk_factor, v_factor,
     q_seq_stride, k_block_stride, v_block_stride, table_stride, max_partitions,
-    num_kv_heads, group, has_alibi, tp_rank, sparse_local, sparse_vert, sparse_block,
-    sparse_step,
+    num_kv_heads, group, per_program, has_alibi, tp_rank, sparse_local, sparse_vert,
+    sparse_block, sparse_step,
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     X: tl.constexpr, GROUP_PAD: tl.constexpr, TILE: tl.constexpr,
     PARTITION_SIZE: tl.constexpr, PARTITIONED: tl.constexpr, KV_FP8: tl.constexpr,
     K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr, USE_DOT: tl.constexpr,
     DOT_F32: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    """Grid (num_seqs, num_kv_heads, P): P = 1 for v1, max_num_partitions for v2.
+    """Grid (num_seqs, num_heads // per_program, P): P = 1 for v1, max_num_partitions for v2.
 
-    v1 (PARTITIONED False) writes out[seq, head, :] for the group's heads. v2 writes, for a
+    A program computes `per_program` consecutive query heads of one kv head's group: the
+    whole group (per_program = group), or one head (per_program = 1) when block sparsity
+    slides with the query head, so that heads sharing a value tile read different tokens and
+    a head must never multiply values it does not read (0 * a stale NaN is NaN).
+
+    v1 (PARTITIONED False) writes out[seq, head, :] for the program's heads. v2 writes, for a
     partition below ceil(seq_len / PARTITION_SIZE), max_logits / exp_sums [S, H, P] and
     tmp_out [S, H, P, D]; programs of later partitions return at once. qk_factor = softmax
     scale (times 2^8 for e4m3); v_factor = 1 (2^8 for e4m3); with an FP8 cache the logits
@@ -80,7 +90,8 @@ def paged_attention_kernel(
     multiply the kernels a deployment (or the GPU test matrix) compiles by twelve.
     """
     seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    first_head = tl.program_id(1) * per_program
+    kv_head = first_head // group
     seq_len = tl.load(seq_lens_ptr + seq)
     if PARTITIONED:
         part = tl.program_id(2)
@@ -93,8 +104,8 @@ def paged_attention_kernel(
         end = seq_len
 
     rows = tl.arange(0, GROUP_PAD)
-    row_ok = rows < group
-    heads = kv_head * group + rows  # [G] query heads of this kv head
+    row_ok = rows < per_program
+    heads = first_head + rows  # [G] query heads of this program
     dims = tl.arange(0, HEAD_PAD)
     dim_ok = dims < HEAD_SIZE
     q = tl.load(q_ptr + seq.to(tl.int64) * q_seq_stride + heads[:, None] * HEAD_SIZE
@@ -108,18 +119,32 @@ def paged_attention_kernel(
         v_factor = v_factor * (tl.load(v_scale) if V_SCALE_PTR else v_scale)
     # Without ALiBi the load is masked off entirely (alibi_ptr is a placeholder) and the
     # slopes are 0, so the bias below adds nothing.
-    slopes = tl.load(alibi_ptr + heads, mask=rows < group * has_alibi, other=0.0)
+    slopes = tl.load(alibi_ptr + heads, mask=rows < per_program * has_alibi, other=0.0)
+    # Every row of a program shares one sparse pattern: with sparse_step > 0 the pattern
+    # slides with the query head, and the launcher then gives each program one head
+    # (per_program = 1); step 0 is one pattern for all heads, step < 0 one per kv head.
     q_sparse_block = (seq_len - 1) // sparse_block
     if sparse_step >= 0:  # the pattern slides with the query head
-        offset = (tp_rank * num_kv_heads * group + heads) * sparse_step + 1
-    else:  # ... or with the kv head: one pattern for the whole group
-        offset = (tp_rank * num_kv_heads + kv_head) * -sparse_step + 1 + rows * 0
+        offset = (tp_rank * num_kv_heads * group + first_head) * sparse_step + 1
+    else:  # ... or with the kv head
+        offset = (tp_rank * num_kv_heads + kv_head) * -sparse_step + 1
 
     head_base = kv_head.to(tl.int64) * (HEAD_SIZE * BLOCK_SIZE)
     key_dim_offsets = (dims // X) * (BLOCK_SIZE * X) + dims % X  # [D]
     value_dim_offsets = dims * BLOCK_SIZE  # [D]
     table_row = block_tables_ptr + seq.to(tl.int64) * table_stride
 
+    # Whether the program's rows attend any token: always when dense (the program has
+    # tokens). With sparsity the sparse blocks of [start, end) are the consecutive values
+    # lo..hi (a sparse block is whole cache blocks), so they attend something iff hi is
+    # local or some k in lo..hi has (k + offset) % vert == 0 (offset >= 1). A scalar computed
+    # before the loop, not carried through it, which would cost registers there.
+    attends_any = end > start
+    if sparse_vert > 1:
+        lo = (start // BLOCK_SIZE) * BLOCK_SIZE // sparse_block
+        hi = ((end - 1) // BLOCK_SIZE) * BLOCK_SIZE // sparse_block
+        first_remote = lo + (sparse_vert - (lo + offset) % sparse_vert) % sparse_vert
+        attends_any = attends_any & ((hi > q_sparse_block - sparse_local) | (first_remote <= hi))
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
@@ -132,10 +157,10 @@ def paged_attention_kernel(
         attend = row_ok[:, None] & token_ok[None, :]  # [G, T]
         if sparse_vert > 1:
             k_sparse_block = block_idx * BLOCK_SIZE // sparse_block
-            remote = (k_sparse_block[None, :] + offset[:, None]) % sparse_vert == 0
+            remote = (k_sparse_block + offset) % sparse_vert == 0
             local = k_sparse_block > q_sparse_block - sparse_local
-            attend = attend & (remote | local[None, :])
-            load_ok = tl.max(attend.to(tl.int32), axis=0) > 0  # any head of the group reads it
+            load_ok = token_ok & (remote | local)
+            attend = attend & load_ok[None, :]
         else:
             load_ok = token_ok
 
@@ -183,8 +208,13 @@ def paged_attention_kernel(
             pv = tl.sum(p[:, :, None] * v[None, :, :], axis=1)
         acc = acc * alpha[:, None] + pv
 
-    # l_i is 0 for a head that attended nothing: divide by 1 there, output 0.
-    result = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)
+    # A row that attended nothing outputs 0 (and max -inf, sum 0). For the others the
+    # division is IEEE: the max ignores NaN logits, but their exp(NaN) makes l_i and acc NaN;
+    # a +inf logit gives exp(inf - inf) = NaN; and attended logits that are all -inf leave
+    # l_i = 0, which is stored as NaN (the softmax is 0 / 0), as the reference does.
+    seen = row_ok & attends_any
+    l_i = tl.where(seen & (l_i == 0.0), float("nan"), l_i)
+    result = tl.where(seen[:, None], acc / tl.where(seen, l_i, 1.0)[:, None], 0.0)
     result = result * v_factor
     store_ok = row_ok[:, None] & dim_ok[None, :]
     row_ids = seq.to(tl.int64) * num_kv_heads * group + heads  # [G] rows of [S * H]
@@ -211,7 +241,9 @@ def reduce_partitions_kernel(
 
     Reads only the partitions below ceil(seq_len / PARTITION_SIZE) (masked loads), so
     leftovers in later ones, NaN included, are never touched. Walks the partitions in
-    chunks of CHUNK: two passes, one for the global max, one for the weighted sum.
+    chunks of CHUNK: two passes, one for the global max, one for the weighted sum. NaN in a
+    used partition's sum or output reaches `out` (0 * NaN included), as in the reference;
+    the output is 0 only when no partition attended anything (all weights exactly 0).
     """
     seq = tl.program_id(0)
     head = tl.program_id(1)
@@ -241,10 +273,11 @@ def reduce_partitions_kernel(
         weights = tl.where(ok, sums * tl.exp(maxes - global_max), 0.0)
         total += weights
         partial = tl.load(tmp_out_ptr + (base + parts)[:, None] * HEAD_SIZE + dims[None, :],
-                          mask=(ok & (weights > 0))[:, None] & dim_ok[None, :], other=0.0)
+                          mask=ok[:, None] & dim_ok[None, :], other=0.0)
         acc += tl.sum(weights[:, None] * partial.to(tl.float32), axis=0)
     denominator = tl.sum(total, axis=0)
-    result = tl.where(denominator > 0, acc / tl.where(denominator > 0, denominator, 1.0), 0.0)
+    result = tl.where(denominator == 0.0, 0.0,
+                      acc / tl.where(denominator == 0.0, 1.0, denominator))
     tl.store(out_ptr + row * HEAD_SIZE + dims, result.to(out_ptr.dtype.element_ty),
              mask=dim_ok)
 

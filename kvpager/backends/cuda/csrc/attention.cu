@@ -88,9 +88,12 @@ __global__ void __launch_bounds__(kReduceThreads)
   for (int i = tid; i < num_parts; i += kReduceThreads) m = fmaxf(m, max_logits[i]);
   m = block_max<kReduceWarps>(m, red_max);
   float total = 0.f;
+  // Shift by 0 when every max is -inf, so that exp(-inf - shift) = 0, not NaN.
+  const float shift = m == -INFINITY ? 0.f : m;
   for (int i = tid; i < num_parts; i += kReduceThreads) {
-    // A partition with no attended token has max_logit -inf and exp_sum 0: weight 0.
-    const float w = m == -INFINITY ? 0.f : exp_sums[i] * __expf(max_logits[i] - m);
+    // A partition with no attended token has max_logit -inf and exp_sum 0: weight 0 * 0. A
+    // NaN exp_sum (NaN in the partition's logits) gives a NaN weight: NaN reaches `out`.
+    const float w = exp_sums[i] * __expf(max_logits[i] - shift);
     weights[i] = w;
     total += w;
   }

@@ -12,7 +12,9 @@
 //     warp reads it as 16-byte packs; lane l always gets the same token columns, which lets it
 //     hold that block's probabilities in registers. Partial rows are summed across the lanes
 //     that share a row (shuffles) and then across warps (shared memory).
-// Skipped blocks (block-sparse) load neither K nor V nor the block table entry.
+// Skipped blocks (block-sparse) load neither K nor V nor the block table entry; slots past
+// seq_len get logit -inf and their values are selected away (never 0 * a stale NaN). NaN and
+// inf in what the head reads propagate as in the reference: NaN, never a silent 0.
 //
 // v1 (partition_size == 0) covers the whole sequence in one CTA and writes `out`; v2 covers
 // 512 tokens per CTA and writes tmp_out / exp_sums / max_logits for the reduce kernel.
@@ -142,6 +144,7 @@ __global__ void __launch_bounds__(kAttnThreads, 4)
   const cache_t* k_head_base = static_cast<const cache_t*>(a.key_cache) +
                                static_cast<int64_t>(kv_head) * a.k_head_stride + group * X;
   float qk_max = -INFINITY;
+  bool read_any = false;  // this thread computed the logit of a token the head attends
   for (int b = start_block + warp; b < end_block; b += kAttnWarps) {
     const int token = b * BS + group;
     float* logit = logits + (token - start_token);
@@ -169,10 +172,15 @@ __global__ void __launch_bounds__(kAttnThreads, 4)
       const bool valid = token < seq_len;
       const float qk = dot * qk_scale + alibi * static_cast<float>(token - seq_len + 1);
       *logit = valid ? qk : -INFINITY;
-      if (valid) qk_max = fmaxf(qk_max, qk);
+      if (valid) {
+        qk_max = fmaxf(qk_max, qk);  // fmaxf skips NaN; exp(NaN - max) carries it below
+        read_any = true;
+      }
     }
   }
   qk_max = block_max<kAttnWarps>(qk_max, red_max);  // its __syncthreads publishes the logits
+  // Whether the head attends any token here (false for a partition sparsity skips entirely).
+  const bool attends = __syncthreads_or(read_any) != 0;
 
   // ---- softmax over this CTA's tokens ----
   // A partition whose blocks were all skipped has qk_max = -inf: subtract 0 so that every
@@ -185,6 +193,10 @@ __global__ void __launch_bounds__(kAttnThreads, 4)
     exp_sum += w;
   }
   exp_sum = block_sum<kAttnWarps>(exp_sum, red_sum);
+  // Attended logits that are all -inf: the softmax is 0 / 0, NaN as in the reference (not a
+  // silent 0). NaN and +inf logits already made exp_sum NaN. A head attending nothing keeps
+  // exp_sum 0 and outputs 0.
+  if (attends && exp_sum == 0.f) exp_sum = NAN;
   const float inv_sum = __fdividef(1.f, exp_sum + 1e-6f);
   for (int i = tid; i < num_tokens; i += kAttnThreads) logits[i] *= inv_sum;
   __syncthreads();
