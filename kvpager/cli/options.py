@@ -13,6 +13,7 @@ from kvpager.sim.config import STRATEGIES, SimConfig
 
 Model = Annotated[str, typer.Option(
     help="Model preset (llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b, "
+         "llama-3.1-8b, llama-3.1-70b, "
          "mistral-7b, opt-13b) or a model spec JSON file.")]
 Gpu = Annotated[str, typer.Option(
     help="GPU preset (a100-40gb, a100-80gb, h100-80gb, h200) or a GPU spec JSON file.")]
