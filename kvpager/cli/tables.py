@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from kvpager.sim.summary import BRIEF, SUMMARY_ROWS, get_path
+from kvpager.sim.summary import brief_rows, get_path
 
 
 def comparison_table(metrics: dict, title: str = "") -> Table:
@@ -14,7 +14,6 @@ def comparison_table(metrics: dict, title: str = "") -> Table:
     strategies = metrics["strategies"]
     for name in strategies:
         table.add_column(name, justify="right")
-    for label, path, fmt in SUMMARY_ROWS:
-        if label in BRIEF:
-            table.add_row(label, *(fmt(get_path(strategies[n], path)) for n in strategies))
+    for label, path, fmt in brief_rows(strategies):
+        table.add_row(label, *(fmt(get_path(strategies[n], path)) for n in strategies))
     return table

@@ -20,6 +20,11 @@ def _num(fmt: str) -> Callable[[object], str]:
     return f
 
 
+def _gib(v: object) -> str:
+    return "-" if not isinstance(v, (int, float)) or isinstance(v, bool) else \
+        f"{v / (1 << 30):.1f}"
+
+
 def _pct(v: object) -> str:
     return "-" if v is None or isinstance(v, (dict, list, str)) else f"{100 * float(v):.1f}%"
 
@@ -52,6 +57,19 @@ SUMMARY_ROWS: list[tuple[str, tuple[str, ...], Callable[[object], str]]] = [
     ("recomputed tokens", ("recomputed_tokens",), _num("d")),
     ("copy-on-write copies", ("cow_copies",), _num("d")),
     ("prefix-cache hit rate", ("prefix_cache", "hit_rate"), _pct),
+    *[(label, ("prefix_tier", *path), fmt) for label, path, fmt in (
+        ("prefix hits from GPU", ("gpu_hit_rate",), _pct),
+        ("prefix hits from CPU tier", ("cpu_hit_rate",), _pct),
+        ("prompt tokens from GPU", ("prompt_tokens", "from_gpu"), _num("d")),
+        ("prompt tokens from CPU tier", ("prompt_tokens", "from_cpu"), _num("d")),
+        ("prompt tokens computed", ("prompt_tokens", "computed"), _num("d")),
+        ("GiB offloaded to CPU tier", ("offloaded_bytes",), _gib),
+        ("GiB loaded from CPU tier", ("loaded_bytes",), _gib),
+        ("TTFT p50 without the tier (s)", ("gpu_only", "ttft_s", "p50"), _num(".3f")),
+        ("TTFT p99 without the tier (s)", ("gpu_only", "ttft_s", "p99"), _num(".3f")),
+        ("TTFT p50 saved by the tier (s)", ("ttft_saved_s", "p50"), _num(".3f")),
+        ("TTFT p99 saved by the tier (s)", ("ttft_saved_s", "p99"), _num(".3f")),
+    )],
     ("simulated time (s)", ("time", "simulated_s"), _num(".1f")),
     ("simulation wall time (s)", ("time", "wall_s"), _num(".2f")),
 ]
@@ -74,3 +92,14 @@ BRIEF = (
     "KV: external fragmentation", "KV: free", "preemptions (swap)",
     "preemptions (recompute)", "copy-on-write copies", "simulation wall time (s)",
 )
+
+#: Rows the terminal table shows only when some strategy has a value (the prefix tier's).
+BRIEF_WHEN_SET = tuple(label for label, path, _ in SUMMARY_ROWS if path[0] == "prefix_tier")
+
+
+def brief_rows(strategies: dict[str, dict]) -> list[tuple[str, tuple[str, ...], Callable]]:
+    """The rows of the terminal table for these strategies' metrics: `BRIEF`, and the
+    `BRIEF_WHEN_SET` rows that some strategy has a value for."""
+    return [row for row in SUMMARY_ROWS if row[0] in BRIEF or (
+        row[0] in BRIEF_WHEN_SET
+        and any(get_path(m, row[1]) is not None for m in strategies.values()))]
