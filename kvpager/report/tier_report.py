@@ -94,7 +94,7 @@ def tier_section(run: RunData, max_points: int = 1000) -> Section | None:
     if not names:
         return None
     return Section(
-        "prefix-tier", "CPU prefix tier",
+        "tier", "CPU prefix tier",
         "Prompt blocks served from the GPU cache and loaded back from the CPU tier, as "
         "shares of looked-up blocks so far; below, TTFT with the tier against the same "
         "deployment without it (positive saved = faster with the tier).",
