@@ -1,0 +1,127 @@
+"""The CPU prefix tier study (issue 15): hit rate, TTFT and throughput against the tier's
+size on the full Mooncake conversation trace, with the trace's reuse ceiling, and the
+simulator's speed with the tier on.
+
+Deployment (see docs/prefix_tiers.md for why): Llama-3.1-8B (128k context) on one
+H100-80GB, fp16 KV, block size 16, prefix caching, chunked prefill (8,192 tokens a step),
+everything else kvpager's defaults. Every point is one whole `kvpager simulate ... --json`
+process (import, load, simulate, write), run one after another; the speed figure is the
+simulated time over that process's wall time.
+
+Usage: python benchmarks/prefix_tiers.py [--trace FILE] [--sizes 0,32,...,unlimited]
+       [--no-record]
+Writes benchmarks/results/prefix_tiers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    from benchmarks._common import record
+except ImportError:  # run as a script from benchmarks/
+    from _common import record  # type: ignore[no-redef]
+
+REPO = Path(__file__).resolve().parents[1]
+TRACE = REPO.parent / "shared" / "traces" / "mooncake_fast25" / "conversation_trace.jsonl"
+SIZES = "0,32,128,512,2048,unlimited"
+DEPLOYMENT = ["--model", "llama-3.1-8b", "--gpu", "h100-80gb", "--cache", "paged",
+              "--prefix-caching", "--chunked-prefill", "--block-size", "16"]
+
+
+def run_point(trace: Path, size: str) -> dict:
+    """One `kvpager simulate` process at tier `size` (GiB per GPU or "unlimited")."""
+    tier = [] if size == "0" else ["--cpu-prefix-cache", size, "--no-tier-baseline"]
+    args = [str(trace), *DEPLOYMENT, *tier]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "kvpager.cli", "simulate", *args, "--out", out, "--json"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+        metrics = json.loads(done.stdout)
+    m = metrics["strategies"]["paged"]
+    tier_section = m["prefix_tier"]
+    simulated = m["time"]["simulated_s"]
+    return {
+        "cpu_prefix_cache_gib": size,
+        "command": " ".join(["kvpager", "simulate", *args]),
+        "tier_blocks": metrics["capacity"]["cpu_prefix_blocks"],
+        "gpu_blocks": metrics["capacity"]["gpu_blocks"],
+        "hit_rate": tier_section["hit_rate"],
+        "gpu_hit_rate": tier_section["gpu_hit_rate"],
+        "cpu_hit_rate": tier_section["cpu_hit_rate"],
+        "prompt_tokens": tier_section["prompt_tokens"],
+        "offloaded_gib": tier_section["offloaded_bytes"] / (1 << 30),
+        "loaded_gib": tier_section["loaded_bytes"] / (1 << 30),
+        "tier_blocks_held": tier_section["blocks_held"],
+        "host_link_s": tier_section["host_link_s"],
+        "ttft_s": m["latency_s"]["ttft"],
+        "tpot_s": m["latency_s"]["tpot"],
+        "throughput": m["throughput"],
+        "requests": m["requests"],
+        "preemptions": m["preemptions"],
+        "simulated_s": simulated,
+        "process_wall_s": round(wall, 2),
+        "process_cpu_s": round((after.ru_utime - before.ru_utime)
+                               + (after.ru_stime - before.ru_stime), 2),
+        "peak_rss_mb": round(after.ru_maxrss / 1024, 1),
+        "simulation_wall_s": round(m["time"]["wall_s"], 2),
+        "speedup_vs_real_time": round(simulated / wall, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trace", type=Path, default=TRACE)
+    parser.add_argument("--sizes", default=SIZES, help="tier sizes, GiB per GPU")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    if not args.trace.is_file():
+        raise SystemExit(f"{args.trace}: no such trace file")
+    sys.path.insert(0, str(REPO))
+    from kvpager.sim.reuse import reuse_ceiling
+    from kvpager.sim.traces import load_trace
+
+    ceiling = reuse_ceiling(load_trace(args.trace), 16).to_dict()
+    print(f"reuse ceiling: {ceiling['block_rate']:.2%} of queried blocks, "
+          f"{ceiling['token_rate']:.2%} of prompt tokens", flush=True)
+    points = []
+    for size in [s.strip() for s in args.sizes.split(",")]:
+        p = run_point(args.trace, size)
+        points.append(p)
+        print(f"{size:>9}: hit {p['hit_rate']:.2%} (GPU {p['gpu_hit_rate']:.2%}, CPU "
+              f"{p['cpu_hit_rate']:.2%}), TTFT p50 {p['ttft_s']['p50']:.3f} s p99 "
+              f"{p['ttft_s']['p99']:.2f} s, {p['throughput']['requests_per_s']:.3f} req/s, "
+              f"wall {p['process_wall_s']} s ({p['speedup_vs_real_time']}x real time)",
+              flush=True)
+    load = os.getloadavg()
+    results = {
+        "trace": str(args.trace.relative_to(REPO.parent)) if args.trace.is_relative_to(
+            REPO.parent) else str(args.trace),
+        "deployment": " ".join(DEPLOYMENT),
+        "reuse_ceiling": ceiling,
+        "points": points,
+        "load_average_after": [round(x, 2) for x in load],
+        "note": "points run one after another, each a whole process; the machine is shared "
+                "with other work (load average above)",
+    }
+    if not args.no_record:
+        path = record("prefix_tiers", results)
+        print(f"recorded {path}")
+
+
+if __name__ == "__main__":
+    main()
