@@ -73,7 +73,8 @@ def test_simulate_with_a_tier_reports_hits_by_tier_and_the_ttft_saved(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert list(metrics["strategies"]) == ["paged"]  # the tier defaults to paged only
     tier = metrics["strategies"]["paged"]["prefix_tier"]
-    assert tier["size_gib"] == "unlimited" and tier["gpu_only"]["finished"] == 24
+    finished = metrics["strategies"]["paged"]["requests"]["finished"]
+    assert tier["size_gib"] == "unlimited" and tier["gpu_only"]["finished"] == finished > 20
     assert tier["hit_rate"] >= tier["gpu_only"]["hit_rate"]
     html = report.read_text()
     assert 'id="tier"' in html and "saved by the tier" in html
