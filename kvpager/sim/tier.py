@@ -101,7 +101,7 @@ def tier_metrics(prefix: PrefixCache, config: SimConfig, cost: CostModel, *, tie
     loads.
     """
     bs = config.block_size
-    block_bytes = bs * cost.kv_bytes_per_token
+    block_bytes = bs * cost.kv_bytes_per_token if tiered else 0
     tier = prefix.tier if tiered else None
     queried = prefix.queried_blocks
     gpu, cpu = hit_blocks_by_tier(prefix, tiered)
