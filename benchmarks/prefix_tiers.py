@@ -2,11 +2,12 @@
 size on the full Mooncake conversation trace, with the trace's reuse ceiling, and the
 simulator's speed with the tier on.
 
-Deployment (see docs/prefix_tiers.md for why): Llama-3.1-8B (128k context) on one
-H100-80GB, fp16 KV, block size 16, prefix caching, chunked prefill (8,192 tokens a step),
-everything else kvpager's defaults. Every point is one whole `kvpager simulate ... --json`
-process (import, load, simulate, write), run one after another; the speed figure is the
-simulated time over that process's wall time.
+Deployment (see docs/prefix_tiers.md for why): Llama-3.1-8B (128k context) on 4 x
+H100-80GB (tensor parallel 4), fp16 KV, block size 16, prefix caching, chunked prefill
+(8,192 tokens a step), everything else kvpager's defaults. Tier sizes are host memory per
+GPU (each GPU holds a quarter of every block's KV). Every point is one whole
+`kvpager simulate ... --json` process (import, load, simulate, write), run one after
+another; the speed figure is the simulated time over that process's wall time.
 
 Usage: python benchmarks/prefix_tiers.py [--trace FILE] [--sizes 0,32,...,unlimited]
        [--no-record]
@@ -32,8 +33,8 @@ except ImportError:  # run as a script from benchmarks/
 
 REPO = Path(__file__).resolve().parents[1]
 TRACE = REPO.parent / "shared" / "traces" / "mooncake_fast25" / "conversation_trace.jsonl"
-SIZES = "0,32,128,512,2048,unlimited"
-DEPLOYMENT = ["--model", "llama-3.1-8b", "--gpu", "h100-80gb", "--cache", "paged",
+SIZES = "0,16,64,256,1024,unlimited"
+DEPLOYMENT = ["--model", "llama-3.1-8b", "--gpu", "h100-80gb", "--tp", "4", "--cache", "paged",
               "--prefix-caching", "--chunked-prefill", "--block-size", "16"]
 
 
