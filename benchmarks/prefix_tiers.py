@@ -26,12 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's kvpager, not an installed one
+
 try:
     from benchmarks._common import record
 except ImportError:  # run as a script from benchmarks/
     from _common import record  # type: ignore[no-redef]
 
-REPO = Path(__file__).resolve().parents[1]
 TRACE = REPO.parent / "shared" / "traces" / "mooncake_fast25" / "conversation_trace.jsonl"
 SIZES = "0,16,64,256,1024,unlimited"
 DEPLOYMENT = ["--model", "llama-3.1-8b", "--gpu", "h100-80gb", "--tp", "4", "--cache", "paged",
@@ -92,7 +94,6 @@ def main() -> None:
     args = parser.parse_args()
     if not args.trace.is_file():
         raise SystemExit(f"{args.trace}: no such trace file")
-    sys.path.insert(0, str(REPO))
     from kvpager.sim.reuse import reuse_ceiling
     from kvpager.sim.traces import load_trace
 
