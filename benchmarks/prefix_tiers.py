@@ -80,7 +80,8 @@ def run_point(trace: Path, size: str) -> dict:
         "process_wall_s": round(wall, 2),
         "process_cpu_s": round((after.ru_utime - before.ru_utime)
                                + (after.ru_stime - before.ru_stime), 2),
-        "peak_rss_mb": round(after.ru_maxrss / 1024, 1),
+        # the largest resident set of any child so far (getrusage cannot isolate one)
+        "children_peak_rss_mb": round(after.ru_maxrss / 1024, 1),
         "simulation_wall_s": round(m["time"]["wall_s"], 2),
         "speedup_vs_real_time": round(simulated / wall, 1),
     }
