@@ -33,7 +33,8 @@ Scale = float | torch.Tensor
 
 
 class KVCache:
-    """K/V tensors of `num_layers` layers on `device`, plus `num_cpu_blocks` of swap space.
+    """K/V tensors of `num_layers` layers on `device`, plus `num_cpu_blocks` host blocks (the
+    swap area, then the host prefix tier when the manager has one).
 
     Args:
         num_layers, num_blocks, num_kv_heads, head_size, block_size: cache geometry.
@@ -88,10 +89,12 @@ class KVCache:
         cls, manager: KVCacheManager, num_layers: int, num_kv_heads: int, head_size: int,
         **kwargs,
     ) -> KVCache:
-        """A cache sized by a manager's configuration (blocks, block size, swap blocks)."""
+        """A cache sized by a manager's configuration: GPU blocks, block size, and one host
+        buffer holding the swap area and then the host prefix tier (the manager's host ids
+        index it directly)."""
         cfg = manager.config
         return cls(num_layers, cfg.num_gpu_blocks, num_kv_heads, head_size, cfg.block_size,
-                   num_cpu_blocks=cfg.num_cpu_blocks, **kwargs)
+                   num_cpu_blocks=cfg.num_cpu_blocks + cfg.num_cpu_prefix_blocks, **kwargs)
 
     @staticmethod
     def bytes_per_block(
@@ -109,10 +112,13 @@ class KVCache:
 
     # ---- plans --------------------------------------------------------------------------
     def execute(self, out: SchedulerOutput) -> None:
-        """Carry out one step's memory plans in the order that keeps them correct: swap out
-        (blocks freed now may be reused below), swap in, then copy-on-write."""
+        """Carry out one step's memory plans in the order that keeps them correct: offloads to
+        the host prefix tier (evicted blocks are about to be reused), swap out (blocks freed
+        now may be reused below), swap in, loads from the tier, then copy-on-write."""
+        self.swap_out(out.offload)
         self.swap_out(out.swap_out)
         self.swap_in(out.swap_in)
+        self.swap_in(out.load)
         self.copy(out.copies)
 
     def copy(self, pairs: np.ndarray) -> None:
@@ -135,7 +141,8 @@ class KVCache:
         if not len(pairs):
             return
         if not self.num_cpu_blocks:
-            raise ValueError("this KVCache has no CPU swap space (num_cpu_blocks=0)")
+            raise ValueError("this KVCache has no host blocks for swap space or a prefix tier "
+                             "(num_cpu_blocks=0)")
         mapping = torch.as_tensor(np.asarray(pairs, dtype=np.int64))
         for layer in range(self.num_layers):
             ops.swap_blocks(src_k[layer], dst_k[layer], mapping, backend=self.backend)

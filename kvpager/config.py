@@ -31,6 +31,11 @@ class CacheConfig:
             when their token ids are known) for reuse by content.
         max_model_len: tokens a sequence may hold at most (None: no limit). An append past
             it raises `SequenceTooLongError` instead of growing the table.
+        num_cpu_prefix_blocks: host blocks of a tier for prefix blocks the GPU evicts (0: no
+            tier; needs prefix caching). Host ids of the tier follow the swap area's
+            (`kvpager.prefix_tier`).
+        prefix_tier_write_through: copy each block to the tier when it is registered, not
+            only when the GPU evicts it (more host-link traffic, no copy on the eviction path).
     """
 
     num_gpu_blocks: int
@@ -39,6 +44,8 @@ class CacheConfig:
     watermark: float = 0.01
     enable_prefix_caching: bool = False
     max_model_len: int | None = None
+    num_cpu_prefix_blocks: int = 0
+    prefix_tier_write_through: bool = False
 
     def __post_init__(self) -> None:
         _check_int("num_gpu_blocks", self.num_gpu_blocks, 1)
@@ -52,6 +59,13 @@ class CacheConfig:
             )
         if self.max_model_len is not None:
             _check_int("max_model_len", self.max_model_len, 1)
+        _check_int("num_cpu_prefix_blocks", self.num_cpu_prefix_blocks, 0)
+        if self.num_cpu_prefix_blocks and not self.enable_prefix_caching:
+            raise ValueError("num_cpu_prefix_blocks needs enable_prefix_caching=True: the "
+                             "tier holds prefix-cached blocks")
+        if not isinstance(self.prefix_tier_write_through, bool):
+            raise ValueError(f"prefix_tier_write_through must be a bool, got "
+                             f"{self.prefix_tier_write_through!r}")
 
     @property
     def watermark_blocks(self) -> int:

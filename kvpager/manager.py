@@ -19,7 +19,7 @@ GPU while it runs, in the CPU swap area while it is swapped out.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +31,7 @@ from kvpager.config import CacheConfig
 from kvpager.errors import OutOfBlocksError, UnknownSequenceError, WrongDeviceError
 from kvpager.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 from kvpager.prefix import PrefixCache, hash_block_tokens
+from kvpager.prefix_tier import HostPrefixTier
 from kvpager.seq_store import DEVICE_NAMES, ON_CPU, ON_GPU, SequenceStore
 from kvpager.swap import distinct_blocks, group_rows, move_rows
 from kvpager.usage import paged_breakdown
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     import torch
 
 TokenIds = Sequence[int] | np.ndarray
+#: (tokens already cached on the GPU, blocks the host tier could load next) -> how many of
+#: those blocks to load; the rest are recomputed.
+TierLoadPolicy = Callable[[int, int], int]
 
 
 class KVCacheManager:
@@ -46,9 +50,13 @@ class KVCacheManager:
 
     Construct with a `CacheConfig` or its fields as keywords:
     `KVCacheManager(num_gpu_blocks=1024, block_size=16, num_cpu_blocks=256)`.
+    `tier_load_policy` decides, with a host prefix tier, how many matched host blocks to load
+    rather than recompute (default: all; a simulator compares the host link with the
+    prefill by its cost model).
     """
 
-    def __init__(self, config: CacheConfig | None = None, **fields: object) -> None:
+    def __init__(self, config: CacheConfig | None = None, *,
+                 tier_load_policy: TierLoadPolicy | None = None, **fields: object) -> None:
         if config is None:
             config = CacheConfig(**fields)  # type: ignore[arg-type]
         elif fields:
@@ -58,8 +66,12 @@ class KVCacheManager:
         self.max_model_len = config.max_model_len
         self.gpu = BlockPool(config.num_gpu_blocks, "gpu")
         self.cpu = BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
-        self.prefix_cache = (PrefixCache(self.gpu, self.block_size)
+        tier = (HostPrefixTier(config.num_cpu_prefix_blocks, base=config.num_cpu_blocks)
+                if config.num_cpu_prefix_blocks else None)
+        self.prefix_cache = (PrefixCache(self.gpu, self.block_size, tier,
+                                         config.prefix_tier_write_through)
                              if config.enable_prefix_caching else None)
+        self.tier_load_policy = tier_load_policy
         self._seqs = SequenceStore()
         self.num_cow_copies = 0
         self.num_blocks_swapped_out = 0
@@ -233,10 +245,14 @@ class KVCacheManager:
         need = total - hit_ids.size + self.gpu.count_free(hit_ids)
         if need > self.gpu.num_free:
             raise OutOfBlocksError("gpu", need, self.gpu.num_free)
+        loaded = self._tier_hits(keys, len(hits), num_tokens)
 
         if hits:
             self.gpu.touch(hit_ids)
         fresh = self.gpu.allocate(total - hit_ids.size)
+        if loaded:  # the blocks after the GPU hits come from the host tier
+            self.prefix_cache.load(keys[len(hits) : len(hits) + loaded],  # type: ignore[union-attr]
+                                   fresh[:loaded])
         seqs = self._seqs
         row = seqs.add(seq_id, ON_GPU)
         seqs.ensure_width(total)
@@ -249,13 +265,13 @@ class KVCacheManager:
         seqs.room[row] = self._room_after(num_tokens)
         if self.prefix_cache is not None:
             queried = min(len(keys), (num_tokens - 1) // self.block_size)
-            self.prefix_cache.record_query(queried, len(hits))
+            self.prefix_cache.record_query(queried, len(hits), loaded)
             tail = None
             if token_ids is not None:
                 full = num_tokens // self.block_size * self.block_size
                 tail = np.asarray(token_ids[full:num_tokens], dtype=np.int64)
             self.prefix_cache.start(row, keys, len(hits), tail)
-        return Allocation(seq_id, blocks, len(hits) * self.block_size)
+        return Allocation(seq_id, blocks, (len(hits) + loaded) * self.block_size)
 
     def mark_computed(self, seq_id: Hashable, num_computed_tokens: int) -> int:
         """Register the sequence's full blocks whose KV is now computed (prompt blocks, and
@@ -308,6 +324,30 @@ class KVCacheManager:
         if not keys or self.prefix_cache is None:
             return []
         return self.prefix_cache.match(keys, (num_tokens - 1) // self.block_size)
+
+    def _tier_hits(self, keys: list[Hashable], num_gpu_hits: int, num_tokens: int) -> int:
+        """Blocks to load from the host tier after `num_gpu_hits` GPU hits: the tier's run of
+        the following keys (never the block of the last prompt token), as the policy allows."""
+        prefix = self.prefix_cache
+        if prefix is None or prefix.tier is None:
+            return 0
+        limit = (num_tokens - 1) // self.block_size
+        held = len(prefix.match_tier(keys[num_gpu_hits:limit]))
+        if held and self.tier_load_policy is not None:
+            wanted = self.tier_load_policy(num_gpu_hits * self.block_size, held)
+            held = max(0, min(held, int(wanted)))
+        prefix.pin_tier(keys[num_gpu_hits : num_gpu_hits + held])
+        return held
+
+    def take_host_transfers(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies between the GPU and the host prefix tier planned since the last call:
+        (offloads int64 `[n, 2]` (gpu, host), loads int64 `[m, 2]` (host, gpu)). Carry out
+        the offloads before writing any block handed out since (they save evicted blocks),
+        and the loads before reading the allocated sequences' blocks. The scheduler puts
+        them in each `SchedulerOutput`."""
+        if self.prefix_cache is None:
+            return EMPTY_PAIRS, EMPTY_PAIRS
+        return self.prefix_cache.take_plans()
 
     def _room_after(self, num_tokens: int) -> int:
         """Room of a row whose last block is fresh and holds `num_tokens % block_size`."""

@@ -33,6 +33,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from kvpager.blocks import BlockPool
+from kvpager.prefix_tier import EMPTY, HostPrefixTier
 
 _ROOT = b"kvpager-prefix-v1"
 _blake2b = hashlib.blake2b
@@ -76,14 +77,18 @@ class PrefixCache:
     with one array write; Python work is done only for the rows whose block just filled.
     """
 
-    def __init__(self, pool: BlockPool, block_size: int) -> None:
+    def __init__(self, pool: BlockPool, block_size: int, tier: HostPrefixTier | None = None,
+                 write_through: bool = False) -> None:
         self._pool = pool
         self.block_size = block_size
+        self.tier = tier
+        self.write_through = write_through and tier is not None
         self._block_of: dict[Hashable, int] = {}
         self._key_of: dict[int, Hashable] = {}
         pool.set_evict_callback(self._forget)
         self.queried_blocks = 0
-        self.hit_blocks = 0
+        self.gpu_hit_blocks = 0
+        self.cpu_hit_blocks = 0
         # Per row: the keys of its full blocks (prompt keys, then keys made from recorded
         # tokens), how many are registered, whether the chain can go on, and the tokens
         # recorded past its last key (int64, -1 where unknown).
@@ -97,9 +102,24 @@ class PrefixCache:
         return len(self._block_of)
 
     @property
+    def hit_blocks(self) -> int:
+        """Queried blocks served from either tier (GPU hits and blocks loaded from host)."""
+        return self.gpu_hit_blocks + self.cpu_hit_blocks
+
+    @property
     def hit_rate(self) -> float:
         """Hit blocks / queried blocks over the cache's life (0.0 before any query)."""
         return self.hit_blocks / self.queried_blocks if self.queried_blocks else 0.0
+
+    @property
+    def offloaded_blocks(self) -> int:
+        """Blocks copied to the host tier (0 without one)."""
+        return 0 if self.tier is None else self.tier.offloaded_blocks
+
+    @property
+    def loaded_blocks(self) -> int:
+        """Blocks copied back from the host tier (0 without one)."""
+        return 0 if self.tier is None else self.tier.loaded_blocks
 
     def key_of(self, block: int) -> Hashable | None:
         """The key a cached block is registered under, or None."""
@@ -120,13 +140,36 @@ class PrefixCache:
             del hits[hits.index(None) :]
         return hits  # type: ignore[return-value]
 
-    def record_query(self, queried: int, hit: int) -> None:
-        """Count one lookup for the hit rate."""
+    def match_tier(self, keys: Sequence[Hashable]) -> list[int]:
+        """Host ids of the longest run of leading `keys` held by the host tier (the keys that
+        follow a GPU match); empty without a tier."""
+        return [] if self.tier is None or not keys else self.tier.match(keys)
+
+    def pin_tier(self, keys: Sequence[Hashable]) -> None:
+        """Keep the tier's blocks of `keys` until they are loaded (see `HostPrefixTier.pin`)."""
+        if self.tier is not None and keys:
+            self.tier.pin(keys)
+
+    def load(self, keys: Sequence[Hashable], gpu_blocks: np.ndarray) -> None:
+        """Plan loading the tier's (pinned) blocks of `keys` into fresh `gpu_blocks`. They are
+        registered on the GPU, like computed blocks, once `commit` says the step ran."""
+        if self.tier is not None and keys:
+            self.tier.load(keys, gpu_blocks)
+
+    def take_plans(self) -> tuple[np.ndarray, np.ndarray]:
+        """The host tier's (offloads `[n, 2]` (gpu, host), loads `[m, 2]` (host, gpu))
+        planned since the last call."""
+        return (EMPTY, EMPTY) if self.tier is None else self.tier.take_plans()
+
+    def record_query(self, queried: int, gpu_hits: int, cpu_hits: int = 0) -> None:
+        """Count one lookup for the hit rates: blocks asked for, found on the GPU, loaded
+        from the host tier."""
         self.queried_blocks += queried
-        self.hit_blocks += hit
+        self.gpu_hit_blocks += gpu_hits
+        self.cpu_hit_blocks += cpu_hits
 
     def reset_counters(self) -> None:
-        self.queried_blocks = self.hit_blocks = 0
+        self.queried_blocks = self.gpu_hit_blocks = self.cpu_hit_blocks = 0
 
     # ---- per-sequence chains ------------------------------------------------------------
     def start(self, row: int, keys: list[Hashable], num_hits: int,
@@ -266,6 +309,8 @@ class PrefixCache:
                 block_of[key] = block
                 key_of[block] = key
                 fresh.append(block)
+                if self.write_through:
+                    self.tier.offload(key, block)  # type: ignore[union-attr]
         self._num_keys[rows] = reg + 1
         self._registered[rows] = reg + 1
         self._pending[rows, :-bs] = self._pending[rows, bs:]
@@ -319,11 +364,17 @@ class PrefixCache:
         self._block_of[key] = block
         self._key_of[block] = key
         self._pool.mark_cached(block)
+        if self.write_through:
+            self.tier.offload(key, block)  # type: ignore[union-attr]
         return True
 
     def _forget(self, block: int) -> None:
+        """The pool evicts a cached block for reuse: its key goes (to the host tier, with a
+        copy of its content, when there is one)."""
         key = self._key_of.pop(block)
         del self._block_of[key]
+        if self.tier is not None:
+            self.tier.offload(key, block)
 
     def _ensure_rows(self, rows: int) -> None:
         size = self._num_keys.size

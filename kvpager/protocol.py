@@ -155,6 +155,12 @@ class KVManager(Protocol):
         """Move a swapped-out group back to the GPU, all or nothing; (cpu, gpu) pairs."""
         ...
 
+    def take_host_transfers(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies to and from a host prefix tier planned since the last call: offloads
+        (gpu, host) to do first in the step, loads (host, gpu) to do before the forward
+        pass. Empty for managers without a tier."""
+        ...
+
 
 @runtime_checkable
 class PagedKVManager(KVManager, Protocol):

@@ -134,21 +134,25 @@ class Scheduler:
             raise ValueError(f"num_decode_steps must be >= 1, got {num_decode_steps}")
         out = SchedulerOutput(num_decode_steps=num_decode_steps)
         if not self.config.chunked_prefill:
+            admitted = False
             if not self.swapped and self.waiting and self._may_admit():
                 self._admit(out)
                 if out.prefills:
                     out.num_decode_steps = 1
-                    return out
+                    admitted = True
+            if not admitted:
+                self._schedule_decodes(out)
+                if not out.preempted:
+                    self._swap_in(out)
+        else:
             self._schedule_decodes(out)
+            self._continue_prefills(out)
             if not out.preempted:
                 self._swap_in(out)
-            return out
-        self._schedule_decodes(out)
-        self._continue_prefills(out)
-        if not out.preempted:
-            self._swap_in(out)
-            if not self.swapped and self._may_admit():
-                self._admit(out)
+                if not self.swapped and self._may_admit():
+                    self._admit(out)
+        # Copies to and from the host prefix tier that this step's allocations caused.
+        out.offload, out.load = self.manager.take_host_transfers()
         return out
 
     def _may_admit(self) -> bool:

@@ -38,9 +38,10 @@ class PrefillChunk:
 class SchedulerOutput:
     """One step's work. Block pairs are int64 `[n, 2]` (src, dst).
 
-    The executor carries it out in this order: `swap_out`, `swap_in`, `copies`, then the
-    forward pass (writes at each prefill chunk's `slots` and at `decode_slots`), then
-    reports back with `Scheduler.complete_step`.
+    The executor carries it out in this order: `offload` (GPU blocks being reused are saved
+    to the host prefix tier first), `swap_out`, `swap_in`, `load` (prefix blocks back from
+    the host tier), `copies`, then the forward pass (writes at each prefill chunk's `slots`
+    and at `decode_slots`), then reports back with `Scheduler.complete_step`.
 
     Decode fields, for the `num_decode_steps` tokens each decoding sequence computes:
     decode_rows: int64 `[B]` manager rows. decode_slots: int64 `[B * num_decode_steps]`,
@@ -60,6 +61,8 @@ class SchedulerOutput:
     copies: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
     swap_in: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
     swap_out: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
+    offload: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)  # (gpu, host)
+    load: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)  # (host, gpu)
     admitted: list[SequenceGroup] = field(default_factory=list)
     swapped_in: list[SequenceGroup] = field(default_factory=list)
     preempted: list[tuple[SequenceGroup, str]] = field(default_factory=list)
@@ -81,7 +84,8 @@ class SchedulerOutput:
     def is_empty(self) -> bool:
         """Nothing computed, moved, preempted or rejected: the step changed nothing."""
         return not (self.prefills or self.decode_rows.size or self.swap_in.size
-                    or self.swap_out.size or self.preempted or self.rejected)
+                    or self.swap_out.size or self.offload.size or self.load.size
+                    or self.preempted or self.rejected)
 
 
 @dataclass

@@ -16,6 +16,11 @@ Appends name their tokens (or, at random, do not), and every write is followed b
 admits prompts that extend earlier sequences: hits on generated blocks must read back the
 values the shadow model holds, and a registered block is never written again.
 
+With a host prefix tier (small, so its LRU works), the executor carries out offloads and
+loads first, as a real one does: a block loaded back must read exactly what was offloaded
+(the read-back invariant), an offload never reads a block a live sequence has written, and a
+load never fills a block another sequence holds.
+
 CI runs 2,000 examples of up to 40 steps of the shadow machine and 60 of the tensor one.
 """
 
@@ -36,6 +41,7 @@ from .manager_helpers import state
 
 BLOCK = 4
 GPU_BLOCKS, CPU_BLOCKS = 24, 12  # small: forces sharing, eviction, swapping
+TIER_BLOCKS = 6  # a host prefix tier smaller than what the GPU evicts: forces its LRU
 PREFIXES = [[], [7, 7, 3, 1, 9], [7, 7, 3, 1, 9, 2, 2, 8, 4], [5] * 11]
 
 
@@ -48,13 +54,18 @@ def values_of(tokens: list[int]) -> list[int]:
 
 
 class ManagerMachine(RuleBasedStateMachine):
-    @initialize(prefix_caching=st.booleans(), watermark=st.sampled_from([0.0, 0.1]))
-    def setup(self, prefix_caching: bool, watermark: float) -> None:
+    @initialize(prefix_caching=st.booleans(), watermark=st.sampled_from([0.0, 0.1]),
+                tier=st.sampled_from([0, TIER_BLOCKS]), write_through=st.booleans())
+    def setup(self, prefix_caching: bool, watermark: float, tier: int = 0,
+              write_through: bool = False) -> None:
+        tier = tier if prefix_caching else 0
         self.m = KVCacheManager(num_gpu_blocks=GPU_BLOCKS, block_size=BLOCK,
                                 num_cpu_blocks=CPU_BLOCKS, watermark=watermark,
-                                enable_prefix_caching=prefix_caching)
+                                enable_prefix_caching=prefix_caching,
+                                num_cpu_prefix_blocks=tier,
+                                prefix_tier_write_through=write_through and bool(tier))
         self.mem = {"gpu": np.full((GPU_BLOCKS, BLOCK), -1, dtype=np.int64),
-                    "cpu": np.full((CPU_BLOCKS, BLOCK), -1, dtype=np.int64)}
+                    "cpu": np.full((CPU_BLOCKS + tier, BLOCK), -1, dtype=np.int64)}
         self.tokens: dict[int, list[int]] = {}
         self.next_id = 0
 
@@ -75,12 +86,34 @@ class ManagerMachine(RuleBasedStateMachine):
         return sorted(s for s in self.tokens if self.m.device_of(s) == device)
 
     def try_call(self, fn, *args, **kwargs):
+        self.transfer()  # write-through copies that mark_computed planned
         before = state(self.m)
+        free_before = set(np.flatnonzero(self.m.gpu.ref_counts == 0).tolist())
         try:
-            return fn(*args, **kwargs)
+            got = fn(*args, **kwargs)
         except OutOfBlocksError:
             assert state(self.m) == before, "a failed call changed the manager"
+            assert all(not p.size for p in self.m.take_host_transfers())
             return None
+        self.transfer(free_before)
+        return got
+
+    def transfer(self, free_before: set[int] | None = None) -> None:
+        """Carry out the host prefix tier's copies as an executor does, first in the step:
+        offloads, then loads. An offload reads either a registered (immutable) block or a
+        block that was free before the call (evicted: its new holder has not written it),
+        never a block a sequence may be writing; a load only fills a block that no sequence
+        held before the call and that one sequence holds now."""
+        offloads, loads = self.m.take_host_transfers()
+        for gpu, _host in offloads.tolist():
+            assert self.m.gpu.is_cached(gpu) or (
+                free_before is not None and gpu in free_before), \
+                f"offload of block {gpu}, which was in use and not cached"
+        self.copy(offloads, "gpu", "cpu")
+        for _host, gpu in loads.tolist():
+            assert free_before is not None and gpu in free_before, f"load into used {gpu}"
+            assert self.m.gpu.ref_count(gpu) == 1, f"load into shared block {gpu}"
+        self.copy(loads, "cpu", "gpu")
 
     # ---- rules --------------------------------------------------------------------------
     @rule(prefix=st.sampled_from(PREFIXES),
@@ -269,13 +302,15 @@ class KVCacheMachine(ManagerMachine):
     """The same machine, with the plans carried out by `KVCache` on real tensors through the
     reference ops: a token's value is stored as its K (and V) vector."""
 
-    @initialize(prefix_caching=st.booleans(), watermark=st.sampled_from([0.0, 0.1]))
-    def setup(self, prefix_caching: bool, watermark: float) -> None:
+    @initialize(prefix_caching=st.booleans(), watermark=st.sampled_from([0.0, 0.1]),
+                tier=st.sampled_from([0, TIER_BLOCKS]), write_through=st.booleans())
+    def setup(self, prefix_caching: bool, watermark: float, tier: int = 0,
+              write_through: bool = False) -> None:
         import torch
 
         from kvpager.cache import KVCache
 
-        super().setup(prefix_caching, watermark)
+        super().setup(prefix_caching, watermark, tier, write_through)
         self.torch = torch
         self.cache = KVCache.for_manager(self.m, 1, 1, 32, dtype=torch.float32)
 

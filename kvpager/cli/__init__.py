@@ -5,6 +5,9 @@ from __future__ import annotations
 
 def main() -> None:
     """Console-script entry point; explains the missing extra instead of a traceback."""
+    from kvpager.cli.console import widen_help_when_piped
+
+    widen_help_when_piped()
     try:
         from kvpager.cli.app import app
     except ImportError as exc:  # typer / rich are in the `sim` extra

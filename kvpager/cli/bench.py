@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from kvpager.cli.errors import INTERNAL, cli_errors, fail
+from kvpager.cli.outputs import check_out_file
 from kvpager.cli.progress import progress_bar
 
 app = typer.Typer(help="Benchmarks: the memory manager's decode step, and the attention "
@@ -48,8 +49,8 @@ def manager(
     from kvpager.bench.record import record
 
     with cli_errors():
-        if out is not None and out.suffix != ".json":
-            raise ValueError(f"--out {str(out)!r}: the file name must end in .json")
+        if out is not None:
+            check_out_file(out, "--out", (".json",))
         with progress_bar("manager scenarios", enabled=not json_output) as update:
             results = run(steps, repeats, scenario,
                           None if update is None else lambda _n, d, t: update(d, t))
@@ -67,8 +68,9 @@ def manager(
 
 
 def _print_table(results: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from kvpager.cli.console import make_console
 
     table = Table(title=f"KV-cache manager, block size {results['block_size']}",
                   title_justify="left")
@@ -84,7 +86,7 @@ def _print_table(results: dict) -> None:
                           f"{r['us_per_step_median']:.1f}", notes)
         else:
             table.add_row(name, "-", "-", ", ".join(f"{k}={v}" for k, v in r.items()))
-    Console().print(table)
+    make_console().print(table)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvpager.sim.traces import GammaArrivals, PoissonArrivals, Trace, load_trace
+from kvpager.sim.traces import GammaArrivals, PoissonArrivals, Trace, TraceError, load_trace
+from kvpager.sim.traces.csv_formats import NeedsArrivalsError
+
+#: Library argument names (as error messages start) -> the command-line options setting them.
+_OPTIONS = {"rate": "--arrival-rate", "cv": "--arrival-cv", "seed": "--seed",
+            "limit": "--limit", "rate_scale": "--rate-scale"}
 
 
 @dataclass(frozen=True)
@@ -29,4 +34,18 @@ class ArrivalOptions:
 def load(path: Path, arrivals: ArrivalOptions, *, limit: int | None = None,
          rate_scale: float = 1.0) -> Trace:
     """Read a trace file, re-timed by the arrival options, limited and rate-scaled."""
-    return load_trace(path, arrivals=arrivals.process(), limit=limit, rate_scale=rate_scale)
+    try:
+        return load_trace(path, arrivals=arrivals.process(), limit=limit,
+                          rate_scale=rate_scale)
+    except NeedsArrivalsError as exc:  # the library's hint names a Python argument
+        raise TraceError(exc.path, "a length-only CSV has no arrival times: give "
+                         "--arrival-rate REQ_PER_S (and --arrival-cv for burstier gaps "
+                         "than Poisson)") from None
+    except TraceError:
+        raise
+    except ValueError as exc:  # an argument's message: name the option instead
+        text = str(exc)
+        for argument, option in _OPTIONS.items():
+            if text.startswith(f"{argument}:"):
+                raise ValueError(f"{option}{text[len(argument):]}") from None
+        raise

@@ -33,7 +33,8 @@ MaxNumBatchedTokens = Annotated[int | None, typer.Option(
     help="Tokens per step; default vLLM's (8192, or max-model-len without chunked "
          "prefill).")]
 MaxModelLen = Annotated[int | None, typer.Option(
-    help="Longest prompt + output; default the trace's longest.")]
+    help="Longest prompt + output a request may have; default the model's context length. "
+         "Longer requests are rejected (counted, with the reason) and the run goes on.")]
 KvCacheDtype = Annotated[str, typer.Option(help="auto, fp8 or fp8_e5m2.")]
 GpuMemoryUtilization = Annotated[float, typer.Option(help="Fraction of GPU memory used.")]
 Calibration = Annotated[Path | None, typer.Option(

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from kvpager.cli.errors import cli_errors, fail
+from kvpager.cli.outputs import check_out_file
 from kvpager.cli.progress import spinner
 
 
@@ -52,9 +53,15 @@ def report(
     with cli_errors():
         if not source.exists():
             raise fail(f"{source}: no such run directory or sweep file")
+        if source.is_dir() and not any((source / name).is_file()
+                                       for name in ("metrics.json", "sweep.json")):
+            raise fail(f"{source}: not a run or sweep directory: it holds no metrics.json "
+                       f"(write a run with `kvpager simulate TRACE --out {source}`) and no "
+                       "sweep.json (`kvpager sweep TRACE --out DIR`)")
         if output is None:
             base = source if source.is_dir() else source.parent
             output = base / ("sweep.html" if is_sweep(source) else "report.html")
+        check_out_file(output, "--output", (".html", ".htm"))
         with spinner(f"writing {output}", enabled=not json_output):
             kind, path = write_any(source, output, max_points)
     size = path.stat().st_size

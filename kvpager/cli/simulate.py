@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 
 from kvpager.cli import options as opts
+from kvpager.cli.console import make_console
 from kvpager.cli.errors import cli_errors
 from kvpager.cli.loading import ArrivalOptions, load
-from kvpager.cli.tables import comparison_table
+from kvpager.cli.outputs import check_out_dir, check_out_file
+from kvpager.cli.tables import comparison_table, run_summary
 from kvpager.sim.config import DEFAULT_STRATEGIES, PAGED
 
 
@@ -64,10 +66,9 @@ def simulate(
     from kvpager.sim.run import simulate as run_simulation
 
     with cli_errors():
+        run_dir = check_out_dir(out if out is not None else Path("runs") / trace.stem)
         if report is not None:
-            from kvpager.report.run_report import check_output
-
-            check_output(report)
+            check_out_file(report, "--report", (".html", ".htm"))
         tier_gib = opts.tier_size(cpu_prefix_cache, prefix_caching, cache)
         strategies = tuple(cache) if cache else (
             (PAGED,) if tier_gib else DEFAULT_STRATEGIES)
@@ -82,7 +83,6 @@ def simulate(
             cpu_prefix_cache_gib=tier_gib)
         data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed), limit=limit,
                     rate_scale=rate_scale)
-        run_dir = out if out is not None else Path("runs") / trace.stem
         with _progress(enabled=not json_output) as report_progress:
             metrics = run_simulation(data, config, strategies, out_dir=run_dir,
                                      progress=report_progress, tier_baseline=tier_baseline)
@@ -95,23 +95,19 @@ def simulate(
     if json_output:
         print(json.dumps(json.loads((run_dir / "metrics.json").read_text()), indent=2))
         return
-    from rich.console import Console
-
-    console = Console()
-    console.print(comparison_table(metrics, title=f"{trace.name}: {len(data)} requests, "
-                                                  f"{config.model} on {tp} x {config.gpu}"))
-    console.print(f"run directory: {run_dir}")
-    if report is not None:
-        console.print(f"report: {report}")
+    console = make_console()
+    console.print(f"{trace.name}: {len(data)} requests, {config.model} on {tp} x {config.gpu}",
+                  markup=False, highlight=False)
+    console.print(comparison_table(metrics))
+    for line in run_summary(metrics, run_dir, report):
+        console.print(line, markup=False, highlight=False)
 
 
 class _progress:
     """A Rich progress bar per strategy on stderr, when stderr is a terminal."""
 
     def __init__(self, enabled: bool) -> None:
-        from rich.console import Console
-
-        console = Console(stderr=True)
+        console = make_console(stderr=True)
         self.enabled = enabled and console.is_terminal
         self.console = console
         self.bars: dict[str, int] = {}

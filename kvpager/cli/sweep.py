@@ -10,6 +10,7 @@ import typer
 
 from kvpager.cli import options as opts
 from kvpager.cli.errors import INTERNAL, cli_errors, fail
+from kvpager.cli.outputs import check_out_dir, check_out_file
 from kvpager.cli.progress import progress_bar, spinner
 from kvpager.sim.config import DEFAULT_STRATEGIES, PAGED
 from kvpager.sweep.spec import DEFAULT_NORMALIZED_BOUND, METRICS, TIER_AXIS
@@ -97,10 +98,10 @@ def sweep(
         if (rates is None) == (rate_scale is None):
             raise ValueError("give exactly one of --rates (req/s) and --rate-scale (factors "
                              "on the trace's own rate)")
+        out_dir = check_out_dir(out if out is not None
+                                else Path("runs") / f"{trace.stem}-sweep")
         if report is not None:
-            from kvpager.report.run_report import check_output
-
-            check_output(report)
+            check_out_file(report, "--report", (".html", ".htm"))
         config = opts.sim_config(
             model=model, gpu=gpu, tp=tp, block_size=block_size, swap_space=swap_space,
             preemption=preemption, prefix_caching=prefix_caching,
@@ -120,7 +121,6 @@ def sweep(
             arrival_cv=arrival_cv, seed=seed, limit=limit, metric=metric,
             latency_bound=latency_bound,
             cpu_prefix_caches=tiers if tiers is not None and len(tiers) > 1 else None)
-        out_dir = out if out is not None else Path("runs") / f"{trace.stem}-sweep"
         points = len(spec.values) * len(spec.strategies)
         try:
             with progress_bar(f"{points} points", enabled=not json_output) as update:
@@ -183,14 +183,14 @@ def _print_tier_table(doc: dict, trace: Path, path: Path, report: Path | None) -
 
 
 def _print_tables(doc: dict, trace: Path, path: Path, report: Path | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from kvpager.cli.console import make_console
     from kvpager.sweep import metric_label, metric_value
 
     spec = doc["spec"]
     names = list(spec["strategies"])
-    console = Console()
+    console = make_console()
     axis = "rate (req/s)" if spec["axis"] == "rate" else "rate scale"
     console.print(f"{trace.name}: {metric_label(spec['metric'])} per strategy")
     table = Table()

@@ -1,19 +1,131 @@
-"""Rich tables of simulation results: strategies side by side."""
+"""What `kvpager simulate` prints: strategies side by side, then what a planner needs to read
+them (the offered load, the KV capacity, what each strategy means, why requests were
+rejected, which files were written and what to run next)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from rich.table import Table
 
-from kvpager.sim.summary import brief_rows, get_path
+from kvpager.sim.config import DESCRIPTIONS
+from kvpager.sim.summary import BRIEF, BRIEF_PREFIX, BRIEF_TIER, SUMMARY_ROWS, get_path
+
+GiB = 1 << 30
 
 
-def comparison_table(metrics: dict, title: str = "") -> Table:
-    """One column per strategy, one row per headline metric of `metrics.json`."""
-    table = Table(title=title, title_justify="left")
+def comparison_table(metrics: dict) -> Table:
+    """One column per strategy, one row per headline metric of `metrics.json` (plus the
+    prefix-cache hit rate when the run used prefix caching, and the CPU prefix tier's rows
+    when it had one)."""
+    table = Table()
     table.add_column("metric")
     strategies = metrics["strategies"]
     for name in strategies:
         table.add_column(name, justify="right")
-    for label, path, fmt in brief_rows(strategies):
-        table.add_row(label, *(fmt(get_path(strategies[n], path)) for n in strategies))
+    shown = BRIEF + (BRIEF_PREFIX if get_path(metrics, ("config", "prefix_caching")) else ())
+    if get_path(metrics, ("config", "cpu_prefix_cache_gib")) not in (None, 0, 0.0):
+        shown += BRIEF_TIER
+    for label, path, fmt in SUMMARY_ROWS:
+        if label in shown:
+            table.add_row(label, *(fmt(get_path(strategies[n], path)) for n in strategies))
     return table
+
+
+def load_lines(metrics: dict) -> list[str]:
+    """The offered load and, per saturated strategy, when it fell behind."""
+    trace = metrics.get("trace", {})
+    rate = trace.get("rate_per_s")
+    duration = trace.get("duration_s") or 0.0
+    span = f"{duration:,.1f}" if duration < 1e12 else f"{duration:.3g}"
+    lines = [f"offered load: {trace.get('requests', 0):,} requests over {span} s"
+             + ("" if rate is None else f" = {rate:.3g} req/s")]
+    for name, m in metrics["strategies"].items():
+        load = m.get("load") or {}
+        if load.get("saturated"):
+            served = load.get("served_rate_per_s")
+            lines.append(
+                f"SATURATED: {name} fell behind at {load['behind_since_s']:.1f} s: its queue "
+                f"never emptied again and held {load['queued_at_last_arrival']:,} waiting "
+                "requests at the last arrival"
+                + ("" if served is None else f"; it served {served:.3f} req/s"))
+    return lines
+
+
+def capacity_line(metrics: dict) -> str:
+    """The KV cache every strategy shares: GiB, blocks and tokens per GPU."""
+    cap, cfg = metrics.get("capacity", {}), metrics.get("config", {})
+    gib, blocks = cap.get("kv_capacity_gib"), cap.get("gpu_blocks")
+    tokens, size = cap.get("kv_tokens"), cap.get("block_size")
+    if gib is None or blocks is None or tokens is None:
+        return "KV capacity: not recorded"
+    limit = cfg.get("max_model_len")
+    return (f"KV capacity: {gib:,.1f} GiB per GPU = {blocks:,} blocks of {size} tokens = "
+            f"{tokens:,} tokens" + ("" if limit is None else f"; max_model_len {limit:,} "
+                                                              "tokens per request"))
+
+
+def strategy_lines(metrics: dict) -> list[str]:
+    """One line per strategy of the run saying what it does."""
+    names = list(metrics["strategies"])
+    width = max(map(len, names))
+    return [f"  {n:<{width}}  {DESCRIPTIONS.get(n, '')}" for n in names]
+
+
+def rejection_lines(metrics: dict) -> list[str]:
+    """Rejected requests per strategy with their reasons (numbers as N; each request's
+    exact reason is in requests_<strategy>.csv)."""
+    by_strategy = {name: get_path(m, ("requests", "rejected_reasons")) or {}
+                   for name, m in metrics["strategies"].items()}
+    distinct = {json.dumps(r, sort_keys=True) for r in by_strategy.values()}
+    if len(by_strategy) > 1 and len(distinct) == 1:  # the same requests, before any memory
+        by_strategy = {"every strategy": next(iter(by_strategy.values()))}
+    return [f"  {name}: {count:,} x {reason}" for name, reasons in by_strategy.items()
+            for reason, count in reasons.items()]
+
+
+def prefix_line(metrics: dict) -> str | None:
+    """The prefix-cache hit rate of each strategy that had a prefix cache, or None."""
+    if not get_path(metrics, ("config", "prefix_caching")):
+        return None
+    rates, without = [], []
+    for name, m in metrics["strategies"].items():
+        hit = get_path(m, ("prefix_cache", "hit_rate"))
+        if hit is None:
+            without.append(name)
+        else:
+            rates.append(f"{name} {100 * float(hit):.1f}% of queried prompt blocks")
+    line = "prefix-cache hit rate: " + (", ".join(rates) or "none")
+    if without:
+        line += (f"; {', '.join(without)}: no prefix cache (one contiguous region per "
+                 "sequence cannot share blocks)")
+    return line
+
+
+def files_lines(metrics: dict, run_dir: Path, report: Path | None) -> list[str]:
+    """The files the run wrote, and the next command to run."""
+    names = list(metrics["strategies"])
+    kinds = ", ".join(f"{kind}_{{{','.join(names)}}}.csv" if len(names) > 1
+                      else f"{kind}_{names[0]}.csv" for kind in ("requests", "memory", "events"))
+    lines = [f"run directory: {run_dir} (metrics.json, {kinds})"]
+    if report is not None:
+        lines.append(f"report: {report} (self-contained HTML: open it in a browser)")
+    else:
+        lines.append(f"next: kvpager report {run_dir} -o report.html   (memory over time, "
+                     "waste, queues, latency CDFs)")
+    return lines
+
+
+def run_summary(metrics: dict, run_dir: Path, report: Path | None) -> list[str]:
+    """Everything printed under the table, in reading order."""
+    lines = load_lines(metrics) + [capacity_line(metrics)]
+    prefix = prefix_line(metrics)
+    if prefix is not None:
+        lines.append(prefix)
+    lines += ["strategies:", *strategy_lines(metrics)]
+    rejected = rejection_lines(metrics)
+    if rejected:
+        lines += ["rejected requests (reason, per strategy; each one in requests_*.csv):",
+                  *rejected]
+    return lines + files_lines(metrics, run_dir, report)

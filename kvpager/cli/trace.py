@@ -10,6 +10,7 @@ import typer
 
 from kvpager.cli.errors import cli_errors
 from kvpager.cli.loading import ArrivalOptions, load
+from kvpager.cli.outputs import check_out_file
 
 app = typer.Typer(help="Inspect and convert request traces.", no_args_is_help=True)
 
@@ -57,8 +58,7 @@ def convert(
     from kvpager.sim.traces import write_json, write_jsonl
 
     with cli_errors():
-        if output.suffix not in (".json", ".jsonl"):
-            raise ValueError(f"{output}: the output name must end in .json or .jsonl")
+        check_out_file(output, "OUTPUT", (".json", ".jsonl"))
         data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed), limit=limit,
                     rate_scale=rate_scale)
         (write_jsonl if output.suffix == ".jsonl" else write_json)(data, output)

@@ -14,6 +14,23 @@ STRATEGIES = (PAGED, *CONTIGUOUS, STATIC)
 DEFAULT_STRATEGIES = (PAGED, *CONTIGUOUS)
 LONG_PROMPTS = ("reject", "truncate")
 UNLIMITED = "unlimited"
+#: What each strategy means, in one line (printed under the comparison table).
+DESCRIPTIONS = {
+    PAGED: "kvpager's paged cache: blocks allocated on demand, shared by reference, "
+           "swapped or recomputed under pressure (vLLM)",
+    "orca-max": "contiguous region per request reserved for max_model_len tokens at "
+                "admission (Orca, worst case)",
+    "orca-pow2": "contiguous region reserved for the next power of two of the true length "
+                 "(Orca, over-reserving up to 2x)",
+    "orca-oracle": "contiguous region reserved for exactly the true length, known in advance "
+                   "(Orca's unreachable best case)",
+    STATIC: "max_model_len regions and request-level batching: a new batch starts when the "
+            "last one ends (FasterTransformer)",
+}
+#: The default of `max_num_seqs` (vLLM's).
+DEFAULT_MAX_NUM_SEQS = 256
+#: vLLM's default tokens per step (with chunked prefill, and the floor without it).
+DEFAULT_BATCHED_TOKENS = 8192
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> None:
@@ -35,10 +52,11 @@ class SimConfig:
         preemption: "auto", "swap" or "recompute".
         prefix_caching: share prompt blocks by content (paged strategy only).
         max_num_seqs, max_num_batched_tokens, max_model_len, chunked_prefill: scheduler
-            limits (`kvpager.config.SchedulerConfig`). `max_model_len` None means the largest
-            prompt + output of the trace, so that no request is cut; `max_num_batched_tokens`
-            None means vLLM's default: 8192 with chunked prefill, else
-            max(8192, max_model_len) so that every prompt fits a step.
+            limits (`kvpager.config.SchedulerConfig`). `max_model_len` None means the
+            model's context length (`ModelSpec.max_context`), as in vLLM; a request whose
+            prompt + output exceeds it is rejected with a reason and the run goes on.
+            `max_num_batched_tokens` None means vLLM's default: 8192 with chunked prefill,
+            else max(8192, max_model_len) so that every prompt fits a step.
         max_window_steps: the most decode steps simulated in one go between events (steps
             are still timed one by one; a window never crosses an arrival or a finish).
         sample_interval_s: simulated seconds between samples of the memory time series;
@@ -71,7 +89,7 @@ class SimConfig:
     swap_space_gib: float = 4.0
     preemption: str = "auto"
     prefix_caching: bool = False
-    max_num_seqs: int = 256
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     max_num_batched_tokens: int | None = None
     max_model_len: int | None = None
     chunked_prefill: bool = False
@@ -146,12 +164,14 @@ class SimConfig:
             out["cpu_prefix_cache_gib"] = UNLIMITED
         return out
 
-    def resolved(self, trace_max_len: int) -> SimConfig:
-        """This configuration with the trace-dependent defaults filled in."""
-        max_len = self.max_model_len if self.max_model_len is not None else max(2, trace_max_len)
+    def resolved(self, model_context: int) -> SimConfig:
+        """This configuration with the defaults filled in: `max_model_len` from the model's
+        context length `model_context`, then `max_num_batched_tokens` from it."""
+        max_len = self.max_model_len if self.max_model_len is not None else max(2, model_context)
         budget = self.max_num_batched_tokens
         if budget is None:
-            budget = 8192 if self.chunked_prefill else max(8192, max_len)
+            budget = (DEFAULT_BATCHED_TOKENS if self.chunked_prefill
+                      else max(DEFAULT_BATCHED_TOKENS, max_len))
         return replace(self, max_model_len=max_len, max_num_batched_tokens=budget)
 
 

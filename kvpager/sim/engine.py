@@ -38,6 +38,7 @@ from kvpager.sim.metrics import (
     StepLog,
     summarize,
 )
+from kvpager.sim.saturation import assess
 from kvpager.sim.strategies import Deployment, build
 from kvpager.sim.tier import hit_blocks_by_tier, tier_blocks, tier_metrics
 from kvpager.sim.traces import Trace
@@ -92,6 +93,9 @@ class Simulation:
         env.process(self._server(env))
         env.run()
         result = summarize(self.requests, self.memory, self.steps, self._final_counters())
+        req = self.requests
+        result["load"] = assess(req.arrival, req.admitted, req.status == REJECTED,
+                                result["requests"]["finished"], result["time"]["simulated_s"])
         result["time"]["wall_s"] = time.perf_counter() - wall
         return result
 
@@ -101,12 +105,28 @@ class Simulation:
         for i in range(len(trace)):
             if arrival[i] > env.now:
                 yield env.timeout(arrival[i] - env.now)
-            group = self.scheduler.add_request(self._request(i))
             self._arrived += 1
-            if group.status is GroupStatus.FINISHED:
-                self._reject(i, group)
+            too_long = self._too_long(i)
+            if too_long is not None:
+                self._reject_reason(i, too_long, 0)
+            else:
+                group = self.scheduler.add_request(self._request(i))
+                if group.status is GroupStatus.FINISHED:
+                    self._reject(i, group)
             if self._wake is not None and not self._wake.triggered:
                 self._wake.succeed()
+
+    def _too_long(self, i: int) -> str | None:
+        """Why request i can never be served whole, or None. A serving engine refuses a
+        request whose prompt plus requested output exceeds max_model_len (vLLM answers 400)
+        instead of cutting it short; the trace's output length is the output requested.
+        With `long_prompts="truncate"` such a request is cut to fit instead (`_request`)."""
+        t, limit = self.trace, self.config.max_model_len
+        prompt, output = int(t.prompt_tokens[i]), int(t.output_tokens[i])
+        if limit is None or prompt + output <= limit or self.config.long_prompts == "truncate":
+            return None
+        return (f"rejected: prompt of {prompt} + output of {output} tokens exceeds "
+                f"max_model_len={limit}")
 
     def _request(self, i: int) -> Request:
         t = self.trace
@@ -119,10 +139,14 @@ class Simulation:
                 output_ids = None
                 hashes = t.block_keys(i, self.config.block_size).tolist() or None
         prompt = int(t.prompt_tokens[i])
-        if self.config.long_prompts == "truncate" and prompt >= self.config.max_model_len:
-            prompt = self.config.max_model_len - 1  # room for one output token
-            self.requests.prompt_tokens[i] = prompt
+        limit = self.config.max_model_len
+        if self.config.long_prompts == "truncate" and prompt + int(t.output_tokens[i]) > limit:
+            # Cut to fit, as simulators that truncate do: the prompt to leave room for one
+            # output token, the output (by the scheduler) at max_model_len.
             self.counters["truncated_prompts"] += 1
+        if self.config.long_prompts == "truncate" and prompt >= limit:
+            prompt = limit - 1  # room for one output token
+            self.requests.prompt_tokens[i] = prompt
             if hashes is not None:  # keys of the full blocks that remain
                 hashes = hashes[:prompt // self.config.block_size] or None
             if prompt_ids is not None:
@@ -272,12 +296,15 @@ class Simulation:
         return out if limit is None else min(out, limit - request.prompt_tokens)
 
     def _reject(self, i: int, group: SequenceGroup) -> None:
+        self._reject_reason(i, group.finish_reason or "rejected", group.num_preemptions)
+
+    def _reject_reason(self, i: int, reason: str, preemptions: int) -> None:
         req = self.requests
         if req.status[i] == REJECTED:
             return
         req.status[i] = REJECTED
-        req.reasons[i] = group.finish_reason or "rejected"
-        req.preemptions[i] = group.num_preemptions
+        req.reasons[i] = reason
+        req.preemptions[i] = preemptions
         self._tick()
 
     def _tick(self) -> None:

@@ -23,15 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from kvpager.sim.config import (
+    DEFAULT_BATCHED_TOKENS,
+    DEFAULT_MAX_NUM_SEQS,
     DEFAULT_STRATEGIES,
     PAGED,
     SimConfig,
     check_strategies,
     check_tier_strategies,
 )
-from kvpager.sim.cost_model import CostModel, load_calibration
+from kvpager.sim.cost_model import CostModel, ModelDoesNotFitError, load_calibration
 from kvpager.sim.engine import Simulation
 from kvpager.sim.metrics import FINISHED, REJECTED
+from kvpager.sim.presets import get_model
 from kvpager.sim.tier import add_gpu_only
 from kvpager.sim.traces import Trace, summarize
 from kvpager.usage import FIELDS as MEMORY_FIELDS
@@ -40,10 +43,22 @@ StrategyProgress = Callable[[str, int, int], None]  # (strategy, done, total)
 SCHEMA_VERSION = 1
 
 
-def cost_model(config: SimConfig) -> CostModel:
-    """The cost model a configuration describes (raises ValueError on bad names/values).
-    `num_gpu_blocks` / `kv_cache_memory_gib` set its KV capacity outright."""
+def cost_model(config: SimConfig, given: SimConfig | None = None) -> CostModel:
+    """The cost model a resolved configuration describes (raises ValueError on bad
+    names/values). `num_gpu_blocks` / `kv_cache_memory_gib` set its KV capacity outright.
+    `given` is the configuration before `resolve`: when the model does not fit because of a
+    limit the user set there, the message says which and how to lower it."""
     calibration = load_calibration(config.calibration) if config.calibration else None
+    try:
+        return _cost(config, calibration)
+    except ModelDoesNotFitError as exc:
+        hint = None if given is None else _limit_hint(config, given)
+        if hint is None:
+            raise
+        raise ModelDoesNotFitError(f"{exc}; {hint}") from None
+
+
+def _cost(config: SimConfig, calibration=None) -> CostModel:
     cost = CostModel(config.model, config.gpu, tp=config.tp,
                      kv_cache_dtype=config.kv_cache_dtype,
                      gpu_memory_utilization=config.gpu_memory_utilization,
@@ -66,12 +81,49 @@ def capacity_source(config: SimConfig) -> str:
     return "computed (memory x utilisation - weights - activation reserve)"
 
 
-def resolve(trace: Trace, config: SimConfig) -> SimConfig:
-    """`config` with `max_model_len` / `max_num_batched_tokens` defaults taken from the trace
-    (its longest prompt + output)."""
-    longest = 2 if len(trace) == 0 else int(
-        (np.asarray(trace.prompt_tokens) + np.asarray(trace.output_tokens)).max())
-    return config.resolved(longest)
+def _fits(config: SimConfig) -> bool:
+    try:
+        _cost(config)
+    except ModelDoesNotFitError:
+        return False
+    return True
+
+
+def _limit_hint(config: SimConfig, given: SimConfig) -> str | None:
+    """The user-set limit without which the model would fit (its default would), if any:
+    the activation reserve grows with max_num_batched_tokens (set directly, or through
+    max_model_len without chunked prefill) and with max_num_seqs (the logits)."""
+    tries = []
+    if given.max_num_seqs != DEFAULT_MAX_NUM_SEQS:
+        tries.append((replace(config, max_num_seqs=DEFAULT_MAX_NUM_SEQS),
+                      f"max_num_seqs = {given.max_num_seqs:,} (--max-num-seqs) reserves "
+                      "memory for the logits of that many sequences: lower it"))
+    if given.max_num_batched_tokens is not None:
+        tries.append((resolve(replace(given, max_num_batched_tokens=None)),
+                      f"max_num_batched_tokens = {given.max_num_batched_tokens:,} "
+                      "(--max-num-batched-tokens) reserves activations for that many tokens "
+                      "per step: lower it"))
+    elif given.max_model_len is not None:
+        tries.append((resolve(replace(given, max_model_len=None)),
+                      f"--max-model-len {given.max_model_len} makes each step hold up to "
+                      f"{config.max_num_batched_tokens:,} prompt tokens (max_num_batched_tokens "
+                      f"= max({DEFAULT_BATCHED_TOKENS}, max_model_len) without chunked "
+                      "prefill), and the activation reserve grows with it: lower "
+                      "--max-model-len, or add --chunked-prefill or --max-num-batched-tokens"))
+    for alternative, hint in tries:
+        if _fits(alternative):
+            return hint
+    return None
+
+
+def resolve(config: SimConfig) -> SimConfig:
+    """`config` with the defaults of `max_model_len` (the model's context length, as vLLM
+    takes it from the model's configuration) and `max_num_batched_tokens` filled in.
+
+    Requests longer than `max_model_len` are rejected by the simulation with a reason; the
+    trace does not size the deployment, so one outlier cannot make the model not fit.
+    """
+    return config.resolved(get_model(config.model).max_context)
 
 
 def simulate(
@@ -94,8 +146,8 @@ def simulate(
     """
     names = check_strategies(tuple(strategies))
     check_tier_strategies(config, names)
-    config = resolve(trace, config)
-    cost = cost_model(config)
+    given, config = config, resolve(config)
+    cost = cost_model(config, given)
     started = time.perf_counter()
     results: dict[str, dict] = {}
     sims: dict[str, Simulation] = {}

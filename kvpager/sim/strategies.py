@@ -9,7 +9,8 @@
   batching (a new batch starts only when the previous one has finished).
 
 Every strategy runs the same `Scheduler` with the same limits; only memory management and
-(for `static`) the batching policy differ.
+(for `static`) the batching policy differ. `prefix_caching` applies to `paged` alone: the
+contiguous strategies keep one region per sequence, cannot share, and run without it.
 """
 
 from __future__ import annotations
@@ -60,9 +61,8 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
                               else KVCacheManager(CacheConfig(**cache)))
         return Deployment(strategy, manager, Scheduler(manager, sched, kernel_inputs=False), bs,
                           cost.num_gpu_blocks(bs) * bs)
-    if config.prefix_caching:
-        raise ValueError(f"prefix caching needs the paged strategy; {strategy!r} keeps one "
-                         "contiguous region per sequence and cannot share")
+    # prefix caching applies to the paged strategy only: a contiguous region per sequence
+    # cannot share blocks, so these strategies run without a prefix cache (and say so)
     from kvpager.sim.contiguous import ContiguousManager
 
     policy = "orca-max" if strategy == STATIC else strategy

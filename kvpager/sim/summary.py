@@ -29,12 +29,26 @@ def _pct(v: object) -> str:
     return "-" if v is None or isinstance(v, (dict, list, str)) else f"{100 * float(v):.1f}%"
 
 
+def load_verdict(load: object) -> str:
+    """'SATURATED since 12.3 s' or 'keeps up' from a strategy's `load` metrics
+    (`kvpager.sim.saturation.assess`); '-' for runs written before it existed."""
+    if not isinstance(load, dict) or "saturated" not in load:
+        return "-"
+    if not load["saturated"]:
+        return "keeps up"
+    since = load.get("behind_since_s")
+    return "SATURATED" + ("" if since is None else f" since {since:.1f} s")
+
+
 # (label, path into one strategy's metrics, formatter)
 SUMMARY_ROWS: list[tuple[str, tuple[str, ...], Callable[[object], str]]] = [
     ("requests arrived", ("requests", "arrived"), _num("d")),
     ("finished", ("requests", "finished"), _num("d")),
     ("rejected", ("requests", "rejected"), _num("d")),
+    ("offered rate (req/s)", ("load", "offered_rate_per_s"), _num(".3f")),
     ("throughput (req/s)", ("throughput", "requests_per_s"), _num(".3f")),
+    ("load", ("load",), load_verdict),
+    ("waiting at the last arrival", ("load", "queued_at_last_arrival"), _num("d")),
     ("output tokens/s", ("throughput", "output_tokens_per_s"), _num(".0f")),
     ("normalized latency mean (s/token)", ("latency_s", "normalized", "mean"), _num(".4f")),
     ("normalized latency p99 (s/token)", ("latency_s", "normalized", "p99"), _num(".4f")),
@@ -86,20 +100,15 @@ def get_path(metrics: object, path: tuple[str, ...]) -> object:
 
 #: Labels of the rows the terminal table shows.
 BRIEF = (
-    "finished", "rejected", "throughput (req/s)", "output tokens/s",
+    "finished", "rejected", "offered rate (req/s)", "throughput (req/s)", "load",
+    "output tokens/s",
     "normalized latency mean (s/token)", "TTFT p50 (s)", "TTFT p99 (s)", "TPOT p50 (s)",
     "mean batch (seqs)", "KV: token states", "KV: reserved", "KV: internal fragmentation",
     "KV: external fragmentation", "KV: free", "preemptions (swap)",
     "preemptions (recompute)", "copy-on-write copies", "simulation wall time (s)",
 )
 
-#: Rows the terminal table shows only when some strategy has a value (the prefix tier's).
-BRIEF_WHEN_SET = tuple(label for label, path, _ in SUMMARY_ROWS if path[0] == "prefix_tier")
-
-
-def brief_rows(strategies: dict[str, dict]) -> list[tuple[str, tuple[str, ...], Callable]]:
-    """The rows of the terminal table for these strategies' metrics: `BRIEF`, and the
-    `BRIEF_WHEN_SET` rows that some strategy has a value for."""
-    return [row for row in SUMMARY_ROWS if row[0] in BRIEF or (
-        row[0] in BRIEF_WHEN_SET
-        and any(get_path(m, row[1]) is not None for m in strategies.values()))]
+#: Rows the terminal table adds when the run used prefix caching.
+BRIEF_PREFIX = ("prefix-cache hit rate",)
+#: Rows the terminal table adds when the run had a CPU prefix tier.
+BRIEF_TIER = tuple(label for label, path, _ in SUMMARY_ROWS if path[0] == "prefix_tier")

@@ -84,7 +84,7 @@ def run_sweep(spec: SweepSpec, workers: int | None = None, ray_address: str | No
     configs = {v: spec.config_at(v) for v in spec.values}
     from kvpager.sim.run import cost_model, resolve
 
-    cost_model(resolve(next(iter(traces.values())), spec.config))  # bad model/GPU: fail now
+    cost_model(resolve(spec.config), spec.config)  # bad model/GPU: fail now
     tasks = [(v, s) for v in spec.values for s in spec.strategies]
     if ray_address is not None:
         results = _run_ray(ray_address, tasks, traces, configs, n_workers, progress)

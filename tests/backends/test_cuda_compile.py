@@ -6,9 +6,9 @@
   function it calls is defined by one of the .cu objects (the plain C++ interface is
   consistent).
 
-Marked slow (measured on two cores shared with other work: 150-270 s wall and about 180
+Marked `compile` (measured on two cores shared with other work: 150-270 s wall and about 180
 CPU-seconds for the .cu files, plus about a minute for the binding's three .cpp files):
-deselect with `-m "not slow"`; CI runs it.
+deselected by default, run with `python -m pytest -m compile`; CI runs it as its own step.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _HOME_NVCC = os.path.join(os.environ.get("CUDA_HOME", "/nonexistent"), "bin", "n
 NVCC = shutil.which("nvcc") or (_HOME_NVCC if os.path.isfile(_HOME_NVCC) else None)
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.compile,
     pytest.mark.skipif(NVCC is None, reason="nvcc not found (set CUDA_HOME or put nvcc on PATH)"),
 ]
 

@@ -20,6 +20,9 @@ import pytest
 
 pytest.importorskip("triton")
 
+# builds for real GPU targets take minutes on a small CPU: `python -m pytest -m compile`
+pytestmark = pytest.mark.compile
+
 SCRIPT = r"""
 import subprocess, sys, tempfile
 from pathlib import Path

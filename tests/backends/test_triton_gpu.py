@@ -141,30 +141,11 @@ def test_capture_in_a_cuda_graph_and_replay_on_new_data() -> None:
 @pytest.mark.slow
 def test_block_offsets_beyond_two_to_the_31_elements() -> None:
     """A cache of more than 2^31 elements per tensor (8.6 GB in fp16): blocks at its end
-    are addressed with 64-bit offsets."""
-    num_kv_heads, head_size, block_size = 8, 128, 16
-    per_block = num_kv_heads * head_size * block_size
-    num_blocks = 2**31 // per_block + 64
+    are addressed with 64-bit offsets (the check gpu_verify.py also runs)."""
+    from kvpager.verify.steps_attention import check_large_cache
+
     try:
-        key_cache, value_cache = ops.allocate_kv_cache(num_blocks, num_kv_heads, head_size,
-                                                       block_size, dtype=torch.float16,
-                                                       device=CUDA)
+        found = check_large_cache("triton", CUDA)
     except torch.OutOfMemoryError:
         pytest.skip("not enough GPU memory for a 2 x 4.3 GB cache")
-    gen = torch.Generator(device=CUDA).manual_seed(5)
-    blocks = torch.arange(num_blocks - 40, num_blocks, device=CUDA, dtype=torch.int32)
-    key_cache[blocks.long()] = torch.randn(key_cache[:40].shape, generator=gen,
-                                           device=CUDA).half()
-    value_cache[blocks.long()] = torch.randn(value_cache[:40].shape, generator=gen,
-                                             device=CUDA).half()
-    query = torch.randn(2, 32, head_size, generator=gen, device=CUDA).half()
-    tables = blocks.reshape(2, 20)
-    lens = torch.tensor([320, 301], dtype=torch.int32, device=CUDA)
-    outs = []
-    for backend in ("reference", "triton"):
-        out = torch.empty_like(query)
-        ops.paged_attention_v1(out, query, key_cache, value_cache, num_kv_heads, 0.088,
-                               tables, lens, block_size, 320, None, "auto", 1.0, 1.0,
-                               backend=backend)
-        outs.append(out)
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-3, rtol=1e-3)
+    assert found["elements_per_tensor"] > 2**31

@@ -80,3 +80,27 @@ def test_the_next_turn_hits_the_blocks_the_answer_filled(hf_model):
     # Turn 1 holds KV for its 13 prompt tokens and 19 of its 20 answer tokens: 4 full
     # blocks of 8, three of them filled during decode. Prompt-only caching would hit one.
     assert engine.stats.prefix_hit_blocks == 4
+
+
+def test_a_host_tier_loads_evicted_prefix_blocks_back_token_exact(hf_model):
+    """A GPU cache too small to keep a prompt's blocks cached while other requests run: with a
+    host tier they are offloaded on eviction and loaded back (swap_blocks on the real cache)
+    for the next request that shares them, and every output stays transformers' output."""
+    from kvpager.config import CacheConfig, SchedulerConfig
+    from kvpager.engine import LLMEngine
+
+    shared, tail, other = make_prompts((32, 5, 40), seed=25)
+    first, again = shared + [3, 3], shared + tail
+    cache = CacheConfig(num_gpu_blocks=8, block_size=BLOCK_SIZE, watermark=0.0,
+                        enable_prefix_caching=True, num_cpu_prefix_blocks=8)
+    engine = LLMEngine.from_hf(hf_model, cache, SchedulerConfig())
+    outs = {}
+    for rid, prompt in (("first", first), ("other", other), ("again", again)):
+        (out,) = engine.generate([prompt], PARAMS)  # one after another: evicts first's blocks
+        outs[rid] = list(out.outputs[0].token_ids)
+        assert outs[rid] == hf_greedy(hf_model, prompt, MAX_NEW)[0], rid
+    prefix = engine.manager.prefix_cache
+    # "again" shares 4 full blocks with "first": all served, some from the host tier
+    # (the GPU evicted them for "other"), none recomputed
+    assert prefix.gpu_hit_blocks + prefix.cpu_hit_blocks == 4
+    assert 1 <= prefix.cpu_hit_blocks <= prefix.offloaded_blocks

@@ -48,7 +48,8 @@ def tiny_trace(rows: list[tuple[float, int, int]]) -> Trace:
 
 
 def run_tiny(rows, blocks=10, **cfg):
-    config = resolve(tiny := tiny_trace(rows), SimConfig(block_size=4, **cfg))
+    tiny = tiny_trace(rows)
+    config = resolve(SimConfig(block_size=4, **cfg))
     sim = Simulation(tiny, config, "paged", ConstantCost(blocks))
     return sim, sim.run()
 
@@ -84,7 +85,7 @@ def test_windows_change_no_result(tmp_path):
     trace = load_trace(EXAMPLES / "azure_conv_sample.csv", limit=150)
     runs = []
     for window in (1, 64):
-        config = resolve(trace, SimConfig(max_window_steps=window))
+        config = resolve(SimConfig(max_window_steps=window))
         sim = Simulation(trace, config, "paged", cost_model(config))
         sim.run()
         runs.append(sim.requests)
@@ -96,7 +97,7 @@ def test_windows_change_no_result(tmp_path):
 def test_conservation_and_one_block_of_slack_per_sequence(tmp_path):
     trace = load_trace(EXAMPLES / "azure_conv_sample.csv", limit=300)
     cfg = SimConfig(gpu_memory_utilization=0.3, sample_interval_s=0.2)
-    config = resolve(trace, cfg)
+    config = resolve(cfg)
     sim = Simulation(trace, config, "paged", cost_model(config))
     m = sim.run()
     req = m["requests"]

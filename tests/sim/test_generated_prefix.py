@@ -29,7 +29,7 @@ def write_conversation(path, with_outputs: bool) -> None:
 
 def hit_blocks(path) -> int:
     trace = load_trace(path)
-    config = resolve(trace, SimConfig(block_size=4, prefix_caching=True, max_window_steps=8))
+    config = resolve(SimConfig(block_size=4, prefix_caching=True, max_window_steps=8))
     sim = Simulation(trace, config, "paged", ConstantCost(200))
     sim.run()
     return sim.manager.prefix_cache.hit_blocks

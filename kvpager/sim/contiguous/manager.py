@@ -142,6 +142,10 @@ class ContiguousManager(ContiguousSwapMixin):
         """Nothing to register: a contiguous cache shares no content."""
         return 0
 
+    def take_host_transfers(self) -> tuple[np.ndarray, np.ndarray]:
+        """No host prefix tier: nothing to copy."""
+        return EMPTY_PAIRS, EMPTY_PAIRS
+
     @property
     def has_swap_space(self) -> bool:
         return self.cpu is not None

@@ -18,13 +18,26 @@ import numpy as np
 
 from kvpager.sim.traces.arrivals import ArrivalProcess
 from kvpager.sim.traces.build import make_trace
-from kvpager.sim.traces.errors import Locator, TraceError
+from kvpager.sim.traces.errors import TOKENS_LIMIT, Locator, TraceError
+from kvpager.sim.traces.limits import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_REQUEST_TOKENS,
+    parse_count,
+    too_large,
+)
 from kvpager.sim.traces.trace import Trace
 
 AZURE_HEADER = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 LENGTH_COLUMNS = ("num_prefill_tokens", "num_decode_tokens")
 _EPOCH = dt.date(1970, 1, 1).toordinal()  # int64 ns since 1970 last until 2262
+_FIRST, _LAST = "1677-09-21 00:12:43.145224192", "2262-04-11 23:47:16.854775807"
 _TIME = re.compile(r"(\d{4}-\d{2}-\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
+
+
+class NeedsArrivalsError(TraceError):
+    """A length-only CSV read without an arrival process (callers may word the remedy in
+    their own terms, e.g. a command-line option)."""
 
 
 def split_header(text: str) -> tuple[list[str], list[str]]:
@@ -53,16 +66,16 @@ def _rows(lines: list[str], path: str, width: int, names: tuple[str, ...]):
 
 
 def _positive_ints(rows, col: int, loc: Locator, name: str) -> np.ndarray:
-    values = [r[col] for r in rows]
-    try:
-        out = np.array(values, dtype=np.int64)  # parses decimal strings in C
-    except (ValueError, OverflowError):
-        out = None
-    if out is None or bool(np.any(out <= 0)):
+    """int64 column `col`: every cell plain ASCII digits, 1..MAX_REQUEST_TOKENS."""
+    values = [parse_count(r[col]) for r in rows]
+    if None in values or not 0 < min(values) <= max(values) <= MAX_REQUEST_TOKENS:
         for k, v in enumerate(values):
-            if not v.strip().isdigit() or int(v) <= 0:
-                raise loc.bad(k, name, v, "an integer > 0", raw=True)
-    return out
+            if v is None or v <= 0:
+                raise loc.bad(k, name, rows[k][col], "an integer > 0", raw=True)
+            if v > MAX_REQUEST_TOKENS:
+                raise loc.error(k, name, too_large(rows[k][col], MAX_REQUEST_TOKENS,
+                                                   TOKENS_LIMIT))
+    return np.array(values, dtype=np.int64)
 
 
 def read_azure(text: str, path: str) -> Trace:
@@ -89,8 +102,15 @@ def read_azure(text: str, path: str) -> Trace:
         frac = m.group(5) or ""
         seconds = day + int(m.group(2)) * 3600 + int(m.group(3)) * 60 + int(m.group(4))
         ns[k] = seconds * 1_000_000_000 + int(frac.ljust(9, "0"))
-    stamps = np.array(ns, dtype=np.int64)
-    arrival = (stamps - stamps.min()).astype(np.float64) / 1e9
+        if not INT64_MIN <= ns[k] <= INT64_MAX:
+            raise loc.error(k, "TIMESTAMP", f"{r[0].strip()!r} is outside the range of int64 "
+                            f"nanoseconds since 1970 ({_FIRST} .. {_LAST})")
+    first = min(ns)
+    if max(ns) - first > INT64_MAX:
+        k = ns.index(max(ns))
+        raise loc.error(k, "TIMESTAMP", f"{rows[k][0].strip()!r} is more than 2^63 ns (292 "
+                        "years) after the trace's earliest timestamp")
+    arrival = (np.array(ns, dtype=np.int64) - first).astype(np.float64) / 1e9
     prompt = _positive_ints(rows, 1, loc, "ContextTokens")
     output = _positive_ints(rows, 2, loc, "GeneratedTokens")
     return make_trace(loc, "azure-csv", arrival, prompt, output)
@@ -101,8 +121,9 @@ def read_lengths(text: str, path: str, arrivals: ArrivalProcess | None) -> Trace
     with arrival times drawn from `arrivals`, in row order."""
     header, lines = split_header(text)
     if arrivals is None:
-        raise TraceError(path, "a length-only CSV has no arrival times: pass an arrival "
-                         "process, e.g. arrivals=PoissonArrivals(rate=5.0, seed=0)")
+        raise NeedsArrivalsError(path, "a length-only CSV has no arrival times: pass an "
+                                 "arrival process, e.g. arrivals=PoissonArrivals(rate=5.0, "
+                                 "seed=0)")
     cols = [header.index(name) for name in LENGTH_COLUMNS]
     numbers, rows = _rows(lines, path, max(cols) + 1, tuple(header))
     loc = Locator(path, lines=numbers)

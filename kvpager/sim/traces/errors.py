@@ -12,8 +12,12 @@ import json
 from dataclasses import dataclass
 
 from kvpager.errors import KVPagerError
+from kvpager.sim.traces.limits import too_large
 
 _MAX_SHOWN = 40
+#: What the limits of `kvpager.sim.traces.limits` are, in the words of an error message.
+TOKENS_LIMIT = "tokens per request (kvpager.sim.traces.limits.MAX_REQUEST_TOKENS)"
+WIDTH_LIMIT = "sequences per request (int32)"
 
 
 class TraceError(KVPagerError, ValueError):
@@ -52,8 +56,8 @@ def show(value: object, *, raw: bool = False) -> str:
     else:
         try:
             text = json.dumps(value, allow_nan=True)
-        except (TypeError, ValueError):
-            text = repr(value)
+        except (TypeError, ValueError, RecursionError):
+            text = f"a {type(value).__name__}"
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
@@ -77,6 +81,15 @@ class Locator:
 
     def error(self, k: int, field: str | None, message: str) -> TraceError:
         return TraceError(self.path, message, record=k + 1, where=self.where(k), field=field)
+
+    def count(
+        self, k: int, field: str, value: object, high: int, what: str,
+        expected: str = "an integer > 0", *, raw: bool = False,
+    ) -> TraceError:
+        """The error for a count outside 1..high: above the limit, or not a count at all."""
+        if type(value) is int and value > high:
+            return self.error(k, field, too_large(value, high, what))
+        return self.bad(k, field, value, expected, raw=raw)
 
     def bad(
         self, k: int, field: str, value: object, expected: str, *, raw: bool = False

@@ -12,6 +12,7 @@ lines parsed one by one, to report the first bad one by its line number.
 from __future__ import annotations
 
 import json
+import re
 
 from kvpager.sim.traces.errors import Locator, TraceError
 
@@ -25,6 +26,9 @@ def parse_records(path: str, text: str) -> tuple[list, Locator, str]:
             doc = json.loads(body)
         except json.JSONDecodeError as exc:
             raise _shifted(path, exc, text, body) from None
+        except (ValueError, RecursionError) as exc:
+            raise TraceError(path, f"cannot read the JSON document{_line_of(exc, text)}: "
+                                   f"{_unreadable(exc)}") from None
         if not doc:
             raise TraceError(path, "the JSON list holds no requests")
         return doc, Locator(path), "json"
@@ -34,6 +38,13 @@ def parse_records(path: str, text: str) -> tuple[list, Locator, str]:
         if exc.msg != "Extra data" and exc.lineno > 1 and not _first_line_is_object(body):
             raise _shifted(path, exc, text, body) from None
         return (*_parse_lines(path, text), "jsonl")
+    except (ValueError, RecursionError):
+        # one line too deep or with a too-long integer: JSON Lines, found line by line
+        # (a single pretty-printed document is reported as a whole)
+        if _first_line_is_object(body) or "\n" not in body.strip():
+            return (*_parse_lines(path, text), "jsonl")
+        raise TraceError(path, "cannot read the JSON document: nested too deeply or an "
+                               "integer too long to read") from None
     if isinstance(doc, dict) and "requests" not in doc and "\n" in body.strip():
         fields = ", ".join(list(doc)[:6]) or "none"
         raise TraceError(path, "a JSON document must be a list of requests or an object with "
@@ -52,8 +63,26 @@ def parse_records(path: str, text: str) -> tuple[list, Locator, str]:
 def _first_line_is_object(body: str) -> bool:
     try:
         return isinstance(json.loads(body.split("\n", 1)[0]), dict)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         return False
+
+
+def _line_of(exc: BaseException, text: str) -> str:
+    """' at line N' of the first over-long integer (the one error whose place Python does
+    not report), else ''."""
+    if isinstance(exc, RecursionError) or "digits" not in str(exc):
+        return ""
+    found = re.search(r"[0-9]{4301}", text)
+    return "" if found is None else f" at line {text.count(chr(10), 0, found.start()) + 1}"
+
+
+def _unreadable(exc: BaseException) -> str:
+    """Python's words for a JSON text it parses but cannot hold, made about the file."""
+    if isinstance(exc, RecursionError):
+        return "arrays or objects nested too deeply"
+    if "digits" in str(exc):
+        return "an integer of more than 4,300 digits"
+    return " ".join(str(exc).split())
 
 
 def _shifted(path: str, exc: json.JSONDecodeError, text: str, body: str) -> TraceError:
@@ -77,7 +106,7 @@ def _parse_lines(path: str, text: str) -> tuple[list, Locator]:
         records = json.loads("[" + ",".join(kept) + "]")
         if len(records) == len(kept):
             return records, loc
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         pass
     records = []
     for k, raw in enumerate(kept):
@@ -85,4 +114,6 @@ def _parse_lines(path: str, text: str) -> tuple[list, Locator]:
             records.append(json.loads(raw))
         except json.JSONDecodeError as exc:
             raise loc.error(k, None, f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:
+            raise loc.error(k, None, f"cannot read the JSON: {_unreadable(exc)}") from None
     return records, loc

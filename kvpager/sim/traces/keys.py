@@ -135,6 +135,42 @@ class BlockKeyer:
             offsets[~covered] = ends[~covered]
         return (nodes << _SHIFT) | offsets
 
+    def coverage(self, i: int) -> list[tuple[int, int]]:
+        """(node, blocks) pairs of request i's shareable prompt blocks, without building them:
+        request i has the keys of that node's first `blocks` KV blocks (the blocks keyed
+        by a node always form the same sequence, so a longer prompt covers a longer prefix
+        of it). Private blocks, which no other request can have, are left out.
+
+        Work and memory are O(hash ids or prompt blocks of token ids in the file), not
+        O(prompt tokens / block size): a few bytes of `prefix_tokens` cannot cost
+        gigabytes (`kvpager.sim.traces.summary` counts reuse with this).
+        """
+        trace, bs = self.trace, self.block_size
+        prompt = int(trace.prompt_tokens[i])
+        count = prompt // bs
+        pre = trace.prefix
+        kind = int(pre.kind[i])
+        if kind == _GROUP:
+            shared = min(int(pre.shared_tokens[i]) // bs, count)
+            group = int(pre.group[i])
+            node = self._groups.get(group)
+            if node is None:
+                node = self._groups[group] = self._new()
+            return [(node, shared)] if shared else []
+        if kind == _HASHES:
+            size = int(pre.hash_block_size[i])
+            parent, out = self._intern((0, ("hash_block_size", size))), []
+            for h, label in enumerate(pre.row(i).tolist()):
+                parent = self._intern((parent, label))
+                # KV blocks ending in (h * size, (h + 1) * size], within the prompt
+                blocks = min((h + 1) * size, prompt) // bs - (h * size) // bs
+                if blocks > 0:
+                    out.append((parent, blocks))
+            return out
+        if kind == _TOKENS:
+            return [(int(node), 1) for node in self.keys(i) >> _SHIFT]
+        return []
+
     def keys_list(self, i: int) -> list[int]:
         """`keys(i)` as Python ints, the form dict-based prefix caches hash fastest."""
         return self.keys(i).tolist()

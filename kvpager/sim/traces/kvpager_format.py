@@ -24,12 +24,11 @@ can carry their own annotations.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from kvpager.sim.traces.build import check_unique_ids, make_trace, ragged_ints
-from kvpager.sim.traces.errors import MISSING, Locator, show
+from kvpager.sim.traces.errors import MISSING, TOKENS_LIMIT, WIDTH_LIMIT, Locator, show
+from kvpager.sim.traces.limits import MAX_REQUEST_TOKENS, MAX_WIDTH, finite_seconds, is_count
 from kvpager.sim.traces.trace import PrefixKind, PrefixTable, Trace
 
 DEFAULT_HASH_BLOCK_SIZE = 512
@@ -60,17 +59,20 @@ def read_kvpager(records: list, loc: Locator, container: str) -> Trace:
             raise loc.error(k, None, f"expected a JSON object, got {show(rec)}")
         get = rec.get
         a = get("arrival_time", MISSING)
-        if not ((type(a) is float or type(a) is int) and 0 <= a < math.inf):
+        seconds = finite_seconds(a)
+        if seconds is None:
             if type(a) in (int, float):
-                raise loc.error(k, "arrival_time", f"expected a finite number >= 0, got {a!r}")
+                raise loc.error(k, "arrival_time",
+                                "expected a finite number >= 0, got "
+                                f"{repr(a) if type(a) is float else show(a)}")
             raise loc.bad(k, "arrival_time", a, "a number of seconds >= 0")
         p = get("prompt_tokens", MISSING)
-        if type(p) is not int or p <= 0:
-            raise loc.bad(k, "prompt_tokens", p, "an integer > 0")
+        if not is_count(p, 1, MAX_REQUEST_TOKENS):
+            raise loc.count(k, "prompt_tokens", p, MAX_REQUEST_TOKENS, TOKENS_LIMIT)
         o = get("output_tokens", MISSING)
-        if type(o) is not int or o <= 0:
-            raise loc.bad(k, "output_tokens", o, "an integer > 0")
-        arrival[k], prompt[k], output[k] = a, p, o
+        if not is_count(o, 1, MAX_REQUEST_TOKENS):
+            raise loc.count(k, "output_tokens", o, MAX_REQUEST_TOKENS, TOKENS_LIMIT)
+        arrival[k], prompt[k], output[k] = seconds, p, o
         if len(rec) > 3:
             _optional(rec, k, loc, ns, beams, ids, explicit)
             given = [f for f in _PREFIX_FIELDS if get(f) is not None]
@@ -97,13 +99,13 @@ def _optional(rec: dict, k: int, loc: Locator, ns, beams, ids, explicit) -> None
     get = rec.get
     nn = get("n")
     if nn is not None:
-        if type(nn) is not int or nn < 1:
-            raise loc.bad(k, "n", nn, "an integer >= 1")
+        if not is_count(nn, 1, MAX_WIDTH):
+            raise loc.count(k, "n", nn, MAX_WIDTH, WIDTH_LIMIT, "an integer >= 1")
         ns[k] = nn
     bw = get("beam_width")
     if bw is not None:
-        if type(bw) is not int or bw < 1:
-            raise loc.bad(k, "beam_width", bw, "an integer >= 1")
+        if not is_count(bw, 1, MAX_WIDTH):
+            raise loc.count(k, "beam_width", bw, MAX_WIDTH, WIDTH_LIMIT, "an integer >= 1")
         beams[k] = bw
     if ns[k] > 1 and beams[k] > 1:
         raise loc.error(k, "beam_width", f"n = {ns[k]} and beam_width = {beams[k]} are both > 1:"
@@ -141,8 +143,8 @@ def _prefix(rec, k, loc, p, given, kind, group, shared, hbs, labels,
     elif which == "block_hashes":
         bh = get("block_hashes")
         size = get("hash_block_size", DEFAULT_HASH_BLOCK_SIZE)
-        if type(size) is not int or size <= 0:
-            raise loc.bad(k, "hash_block_size", size, "an integer > 0")
+        if not is_count(size, 1, MAX_REQUEST_TOKENS):
+            raise loc.count(k, "hash_block_size", size, MAX_REQUEST_TOKENS, TOKENS_LIMIT)
         if type(bh) is not list:
             raise loc.bad(k, "block_hashes", bh, "a list of block ids")
         most = -(-p // size)

@@ -82,6 +82,17 @@ def _csv_schema(name: str, header: list[str]) -> str:
         return "azure"
     if all(col in header for col in LENGTH_COLUMNS):
         return "lengths"
+    # A header holding some of a format's columns is that format with a column missing.
+    for schema, columns, how in (("Azure", AZURE_HEADER, "first three columns "),
+                                 ("length-only", LENGTH_COLUMNS, "columns ")):
+        if any(col in header for col in columns):
+            lacking = [col for col in columns if col not in header]
+            if lacking:
+                raise TraceError(name, f"{schema} CSV header {','.join(header)[:60]!r} lacks "
+                                       f"the column(s) {', '.join(lacking)}; expected the "
+                                       f"{how}{','.join(columns)}")
+            raise TraceError(name, f"{schema} CSV header {','.join(header)[:60]!r}: expected "
+                                   f"the {how}{','.join(columns)} in this order")
     shown = ",".join(header)[:60]
     raise TraceError(name, f"unknown trace format: not JSON, and the first line {shown!r} is "
                            f"no known CSV header; {ACCEPTED}")

@@ -4,14 +4,14 @@ ids): the same checks, field names from a `TimedIdsSchema`."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from kvpager.sim.traces.build import ragged_ints
-from kvpager.sim.traces.errors import MISSING, Locator, show
+from kvpager.sim.traces.errors import MISSING, TOKENS_LIMIT, Locator, show
+from kvpager.sim.traces.limits import MAX_REQUEST_TOKENS, finite_seconds, is_count
 
 
 @dataclass(frozen=True)
@@ -44,21 +44,22 @@ def read_timed_ids(records: list, loc: Locator, schema: TimedIdsSchema):
             raise loc.error(k, None, f"expected a JSON object, got {show(rec)}")
         get = rec.get
         t = get(schema.time, MISSING)
-        if not ((type(t) is int or type(t) is float) and 0 <= t < math.inf):
+        seconds = finite_seconds(t, schema.per_second)
+        if seconds is None:
             raise loc.bad(k, schema.time, t, f"a finite number of {schema.time_unit} >= 0")
         p = get(schema.prompt, MISSING)
-        if type(p) is not int or p <= 0:
-            raise loc.bad(k, schema.prompt, p, "an integer > 0")
+        if not is_count(p, 1, MAX_REQUEST_TOKENS):
+            raise loc.count(k, schema.prompt, p, MAX_REQUEST_TOKENS, TOKENS_LIMIT)
         o = get(schema.output, MISSING)
-        if type(o) is not int or o <= 0:
-            raise loc.bad(k, schema.output, o, "an integer > 0")
+        if not is_count(o, 1, MAX_REQUEST_TOKENS):
+            raise loc.count(k, schema.output, o, MAX_REQUEST_TOKENS, TOKENS_LIMIT)
         ids = get(schema.ids, MISSING)
         if type(ids) is not list:
             raise loc.bad(k, schema.ids, ids, f"a list of {schema.ids_kind}")
         problem = schema.ids_check(p, len(ids))
         if problem is not None:
             raise loc.error(k, schema.ids, problem)
-        arrival[k], prompt[k], output[k], rows[k] = t, p, o, ids
+        arrival[k], prompt[k], output[k], rows[k] = seconds, p, o, ids
     offsets, data = ragged_ints(rows, range(count), loc, schema.ids)
-    return (np.array(arrival, dtype=np.float64) / schema.per_second,
+    return (np.array(arrival, dtype=np.float64),
             np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64), offsets, data)

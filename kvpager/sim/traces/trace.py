@@ -277,7 +277,13 @@ class Trace:
             trace = trace.take(np.arange(limit))
         if shift == 0.0 and rate_scale == 1.0:
             return trace
-        return trace.with_arrival_times((trace.arrival - shift) / rate_scale)
+        with np.errstate(over="ignore"):
+            arrival = (trace.arrival - shift) / rate_scale
+        if not bool(np.all(np.isfinite(arrival))):
+            raise ValueError(f"rate_scale: {rate_scale!r} stretches the arrival times of "
+                             f"{self.source or 'the trace'} (up to {self.arrival[-1]:.3g} s) "
+                             "past the largest float")
+        return trace.with_arrival_times(arrival)
 
     def with_arrival_times(self, arrival: np.ndarray) -> Trace:
         """The same requests at new arrival times (float64 [N], seconds, finite, >= 0), e.g.

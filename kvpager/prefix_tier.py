@@ -1,0 +1,115 @@
+"""A host-memory tier for prefix blocks: where cached blocks go when the GPU evicts them.
+
+A cached prefix block that the GPU pool evicts is normally lost, and the next request that
+shares it recomputes it. With a tier, its content is first copied to host memory and its key
+kept there, LRU, in a capacity of its own; a later prefix match that runs past the GPU's
+blocks continues into the tier, and the matched blocks are loaded back into fresh GPU blocks
+instead of recomputed (a host-link copy of a long prefix is far cheaper than its prefill).
+
+The tier is inclusive: a block loaded back stays in the tier too, so evicting it from the GPU
+again copies nothing. Host block ids are those of one host buffer shared with the swap area
+of preempted sequences, divided statically: the swap area holds ids `0 .. num_cpu_blocks - 1`
+and the tier `num_cpu_blocks .. num_cpu_blocks + capacity - 1` (see `KVCache.for_manager`),
+so the two never compete for a block.
+
+The tier only decides and records; the copies are plans, `(gpu, host)` offloads and
+`(host, gpu)` loads, which an executor carries out at the start of the step they belong to:
+offloads first (an evicted block is about to be reused), loads after swaps and before any
+kernel reads the loaded blocks. A host block that a pending load reads is pinned until the
+plans are taken, so no offload of the same step overwrites it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+EMPTY = np.zeros((0, 2), dtype=np.int64)
+
+
+class HostPrefixTier:
+    """Prefix-block keys held in host memory, LRU, with their pending copies.
+
+    Args:
+        capacity: host blocks the tier may hold, > 0.
+        base: the first host block id of the tier (the swap area's size).
+    """
+
+    def __init__(self, capacity: int, base: int = 0) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or (
+                capacity <= 0):
+            raise ValueError(f"capacity must be an int > 0, got {capacity!r}")
+        self.capacity = int(capacity)
+        self.base = int(base)
+        self._host_of: OrderedDict[Hashable, int] = OrderedDict()  # oldest first
+        self._next = 0  # ids base + next .. are untouched (allocated lazily)
+        self._pinned: set[int] = set()
+        self._offloads: list[tuple[int, int]] = []
+        self._loads: list[tuple[int, int]] = []
+        self.offloaded_blocks = 0
+        self.loaded_blocks = 0
+
+    def __len__(self) -> int:
+        return len(self._host_of)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._host_of
+
+    def match(self, keys: Sequence[Hashable]) -> list[int]:
+        """Host ids of the longest run of leading `keys` held here; no side effects."""
+        hits = list(map(self._host_of.get, keys))
+        if None in hits:
+            del hits[hits.index(None) :]
+        return hits  # type: ignore[return-value]
+
+    def pin(self, keys: Sequence[Hashable]) -> None:
+        """Held `keys` are about to be loaded: they become the most recently used and their
+        host blocks are pinned until the plans are taken, so no offload (of blocks the GPU
+        evicts to make room for the load) overwrites them."""
+        for key in keys:
+            self._host_of.move_to_end(key)
+            self._pinned.add(self._host_of[key])
+
+    def load(self, keys: Sequence[Hashable], gpu_blocks: np.ndarray) -> None:
+        """Plan copies of pinned `keys` into `gpu_blocks` (int32, fresh GPU blocks)."""
+        for key, gpu in zip(keys, gpu_blocks.tolist(), strict=True):
+            self._loads.append((self._host_of[key], gpu))
+        self.loaded_blocks += len(keys)
+
+    def offload(self, key: Hashable, gpu_block: int) -> bool:
+        """Keep the content of `gpu_block`, cached under `key`, in the tier: a copy is planned
+        unless the tier holds the key already. Makes room by dropping the least recently
+        used unpinned key; returns False (nothing kept) when every held block is pinned."""
+        if key in self._host_of:
+            self._host_of.move_to_end(key)
+            return True
+        host = self._take_host_block()
+        if host is None:
+            return False
+        self._host_of[key] = host
+        self._offloads.append((gpu_block, host))
+        self.offloaded_blocks += 1
+        return True
+
+    def take_plans(self) -> tuple[np.ndarray, np.ndarray]:
+        """(offloads int64 `[n, 2]` (gpu, host), loads int64 `[m, 2]` (host, gpu)) planned
+        since the last call, in order; unpins the loads' host blocks."""
+        offloads = np.asarray(self._offloads, dtype=np.int64).reshape(-1, 2) \
+            if self._offloads else EMPTY
+        loads = np.asarray(self._loads, dtype=np.int64).reshape(-1, 2) \
+            if self._loads else EMPTY
+        self._offloads, self._loads = [], []
+        self._pinned.clear()
+        return offloads, loads
+
+    def _take_host_block(self) -> int | None:
+        if self._next < self.capacity:
+            self._next += 1
+            return self.base + self._next - 1
+        for key, host in self._host_of.items():  # oldest first
+            if host not in self._pinned:
+                del self._host_of[key]
+                return host
+        return None
