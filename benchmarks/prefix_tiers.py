@@ -40,10 +40,12 @@ DEPLOYMENT = ["--model", "llama-3.1-8b", "--gpu", "h100-80gb", "--tp", "4", "--c
               "--prefix-caching", "--chunked-prefill", "--block-size", "16"]
 
 
-def run_point(trace: Path, size: str) -> dict:
-    """One `kvpager simulate` process at tier `size` (GiB per GPU or "unlimited")."""
+def run_point(trace: Path, size: str, rate_scale: float = 1.0) -> dict:
+    """One `kvpager simulate` process at tier `size` (GiB per GPU or "unlimited"), with the
+    trace's arrivals sped up `rate_scale` times."""
     tier = [] if size == "0" else ["--cpu-prefix-cache", size, "--no-tier-baseline"]
-    args = [str(trace), *DEPLOYMENT, *tier]
+    scale = [] if rate_scale == 1.0 else ["--rate-scale", f"{rate_scale:g}"]
+    args = [str(trace), *DEPLOYMENT, *tier, *scale]
     env = os.environ | {"PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "kvpager.cli", "simulate", *args, "--out", out, "--json"]
@@ -60,6 +62,7 @@ def run_point(trace: Path, size: str) -> dict:
     simulated = m["time"]["simulated_s"]
     return {
         "cpu_prefix_cache_gib": size,
+        "rate_scale": rate_scale,
         "command": " ".join(["kvpager", "simulate", *args]),
         "tier_blocks": metrics["capacity"]["cpu_prefix_blocks"],
         "gpu_blocks": metrics["capacity"]["gpu_blocks"],
@@ -74,6 +77,7 @@ def run_point(trace: Path, size: str) -> dict:
         "ttft_s": m["latency_s"]["ttft"],
         "tpot_s": m["latency_s"]["tpot"],
         "throughput": m["throughput"],
+        "load": m.get("load"),
         "requests": m["requests"],
         "preemptions": m["preemptions"],
         "simulated_s": simulated,
@@ -91,6 +95,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", type=Path, default=TRACE)
     parser.add_argument("--sizes", default=SIZES, help="tier sizes, GiB per GPU")
+    parser.add_argument("--headroom", type=float, default=1.3,
+                        help="also run --headroom-sizes with arrivals this much faster "
+                             "(0: skip): does the tier let the deployment keep up with more?")
+    parser.add_argument("--headroom-sizes", default="0,1024")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     if not args.trace.is_file():
@@ -110,6 +118,15 @@ def main() -> None:
               f"{p['ttft_s']['p99']:.2f} s, {p['throughput']['requests_per_s']:.3f} req/s, "
               f"wall {p['process_wall_s']} s ({p['speedup_vs_real_time']}x real time)",
               flush=True)
+    headroom = []
+    if args.headroom > 0:
+        for size in [s.strip() for s in args.headroom_sizes.split(",")]:
+            p = run_point(args.trace, size, args.headroom)
+            headroom.append(p)
+            busy = (p["load"] or {}).get("saturated")
+            print(f"x{args.headroom:g} {size:>9}: TTFT p50 {p['ttft_s']['p50']:.3f} s p99 "
+                  f"{p['ttft_s']['p99']:.2f} s, {p['throughput']['requests_per_s']:.3f} req/s"
+                  f"{', SATURATED' if busy else ''}", flush=True)
     load = os.getloadavg()
     results = {
         "trace": str(args.trace.relative_to(REPO.parent)) if args.trace.is_relative_to(
@@ -117,6 +134,7 @@ def main() -> None:
         "deployment": " ".join(DEPLOYMENT),
         "reuse_ceiling": ceiling,
         "points": points,
+        "headroom_points": headroom,
         "load_average_after": [round(x, 2) for x in load],
         "note": "points run one after another, each a whole process; the machine is shared "
                 "with other work (load average above)",
