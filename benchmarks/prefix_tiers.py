@@ -40,12 +40,13 @@ DEPLOYMENT = ["--model", "llama-3.1-8b", "--gpu", "h100-80gb", "--tp", "4", "--c
               "--prefix-caching", "--chunked-prefill", "--block-size", "16"]
 
 
-def run_point(trace: Path, size: str, rate_scale: float = 1.0) -> dict:
+def run_point(trace: Path, size: str, rate_scale: float = 1.0, tp: int = 4) -> dict:
     """One `kvpager simulate` process at tier `size` (GiB per GPU or "unlimited"), with the
-    trace's arrivals sped up `rate_scale` times."""
+    trace's arrivals sped up `rate_scale` times, at tensor parallelism `tp`."""
     tier = [] if size == "0" else ["--cpu-prefix-cache", size, "--no-tier-baseline"]
     scale = [] if rate_scale == 1.0 else ["--rate-scale", f"{rate_scale:g}"]
-    args = [str(trace), *DEPLOYMENT, *tier, *scale]
+    deployment = [a if a != "4" else str(tp) for a in DEPLOYMENT]
+    args = [str(trace), *deployment, *tier, *scale]
     env = os.environ | {"PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "kvpager.cli", "simulate", *args, "--out", out, "--json"]
@@ -63,6 +64,7 @@ def run_point(trace: Path, size: str, rate_scale: float = 1.0) -> dict:
     return {
         "cpu_prefix_cache_gib": size,
         "rate_scale": rate_scale,
+        "tp": tp,
         "command": " ".join(["kvpager", "simulate", *args]),
         "tier_blocks": metrics["capacity"]["cpu_prefix_blocks"],
         "gpu_blocks": metrics["capacity"]["gpu_blocks"],
@@ -99,6 +101,9 @@ def main() -> None:
                         help="also run --headroom-sizes with arrivals this much faster "
                              "(0: skip): does the tier let the deployment keep up with more?")
     parser.add_argument("--headroom-sizes", default="0,1024")
+    parser.add_argument("--sizing", default="1,2",
+                        help="also run GPU-only at these tensor-parallel degrees (empty: "
+                             "skip): why the study uses 4 GPUs")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     if not args.trace.is_file():
@@ -127,6 +132,14 @@ def main() -> None:
             print(f"x{args.headroom:g} {size:>9}: TTFT p50 {p['ttft_s']['p50']:.3f} s p99 "
                   f"{p['ttft_s']['p99']:.2f} s, {p['throughput']['requests_per_s']:.3f} req/s"
                   f"{', SATURATED' if busy else ''}", flush=True)
+    sizing = []
+    for tp in [int(t) for t in args.sizing.split(",") if t.strip()]:
+        p = run_point(args.trace, "0", tp=tp)
+        sizing.append(p)
+        busy = (p["load"] or {}).get("saturated")
+        print(f"GPU only, tp {tp}: simulated {p['simulated_s']:.0f} s, TTFT p50 "
+              f"{p['ttft_s']['p50']:.1f} s, {p['throughput']['requests_per_s']:.3f} req/s"
+              f"{', SATURATED' if busy else ''}", flush=True)
     load = os.getloadavg()
     results = {
         "trace": str(args.trace.relative_to(REPO.parent)) if args.trace.is_relative_to(
@@ -135,6 +148,7 @@ def main() -> None:
         "reuse_ceiling": ceiling,
         "points": points,
         "headroom_points": headroom,
+        "sizing_points": sizing,
         "load_average_after": [round(x, 2) for x in load],
         "note": "points run one after another, each a whole process; the machine is shared "
                 "with other work (load average above)",
