@@ -36,17 +36,17 @@ except ImportError:  # run as a script from benchmarks/
 
 TRACE = REPO.parent / "shared" / "traces" / "mooncake_fast25" / "conversation_trace.jsonl"
 SIZES = "0,16,64,256,1024,unlimited"
-DEPLOYMENT = ["--model", "llama-3.1-8b", "--gpu", "h100-80gb", "--tp", "4", "--cache", "paged",
+TP = 4
+DEPLOYMENT = ["--model", "llama-3.1-8b", "--gpu", "h100-80gb", "--cache", "paged",
               "--prefix-caching", "--chunked-prefill", "--block-size", "16"]
 
 
-def run_point(trace: Path, size: str, rate_scale: float = 1.0, tp: int = 4) -> dict:
+def run_point(trace: Path, size: str, rate_scale: float = 1.0, tp: int = TP) -> dict:
     """One `kvpager simulate` process at tier `size` (GiB per GPU or "unlimited"), with the
     trace's arrivals sped up `rate_scale` times, at tensor parallelism `tp`."""
     tier = [] if size == "0" else ["--cpu-prefix-cache", size, "--no-tier-baseline"]
     scale = [] if rate_scale == 1.0 else ["--rate-scale", f"{rate_scale:g}"]
-    deployment = [a if a != "4" else str(tp) for a in DEPLOYMENT]
-    args = [str(trace), *deployment, *tier, *scale]
+    args = [str(trace), *DEPLOYMENT, "--tp", str(tp), *tier, *scale]
     env = os.environ | {"PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "kvpager.cli", "simulate", *args, "--out", out, "--json"]
@@ -144,7 +144,7 @@ def main() -> None:
     results = {
         "trace": str(args.trace.relative_to(REPO.parent)) if args.trace.is_relative_to(
             REPO.parent) else str(args.trace),
-        "deployment": " ".join(DEPLOYMENT),
+        "deployment": " ".join([*DEPLOYMENT, "--tp", str(TP)]),
         "reuse_ceiling": ceiling,
         "points": points,
         "headroom_points": headroom,
