@@ -183,7 +183,10 @@ def test_an_unlimited_tier_behind_a_small_gpu_cache_reaches_the_ceiling(tmp_path
     assert tier["loaded_bytes"] == tier["loaded_blocks"] * block_bytes
     assert tier["offloaded_blocks"] >= tier["loaded_blocks"] > 0
     assert tier["prompt_tokens"]["from_cpu"] == 16 * tier["hit_blocks"]["cpu"]
-    assert tier["host_link_s"] > 0
+    # every offload and load pair is timed over the host link once, in its step
+    cost = CostModel("llama-3.1-8b", "h100-80gb")
+    assert tier["host_link_s"] == pytest.approx(
+        cost.swap_time(tier["offloaded_blocks"] + tier["loaded_blocks"], 16))
     # the GPU-only baseline run beside it: the same as the run above, and slower to first token
     base = tier["gpu_only"]
     assert base["hit_rate"] == pytest.approx(gpu_only["prefix_cache"]["hit_rate"])
