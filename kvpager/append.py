@@ -84,7 +84,7 @@ def plan_append(
         raise SequenceTooLongError(
             f"sequence {store.seq_of[int(rows[i])]!r} holds {int(ntokens[i])} tokens: "
             f"{k} more would pass max_model_len={max_model_len}")
-    slow = np.flatnonzero(store.room.take(rows) < k + lookahead)
+    slow = (store.room.take(rows) < k + lookahead).nonzero()[0]
     if slow.size == 0:
         return AppendPlan(rows, k, ntokens, nblocks, _EMPTY, _EMPTY, 0, _EMPTY, _EMPTY, _EMPTY)
     if slow.size == rows.size:
@@ -165,8 +165,7 @@ def _room_after_write(store: SequenceStore, rows: np.ndarray, ntokens: np.ndarra
     """Room of rows that were just written up to `ntokens`: the block holding their next
     token, when it is not a fresh boundary, is the block they wrote last, which a write
     leaves theirs alone (copied first if it was shared or cached)."""
-    offset = ntokens % block_size
-    room = np.where(offset != 0, block_size - offset, 0)
+    room = (block_size - ntokens % block_size) % block_size  # 0 at a block boundary
     if max_model_len is not None:
         np.minimum(room, max_model_len - ntokens, out=room)
     store.room[rows] = room
@@ -185,8 +184,8 @@ def _take_blocks(
     ids = pool.allocate(plan.num_blocks)
     if plan.num_new:
         grown = nblocks + extra
-        store.ensure_width(int(grown.max()))
-        if plan.num_new == rows.size and int(extra.max()) == 1:  # the decode step's case
+        store.ensure_width(grown.max().item())
+        if plan.num_new == rows.size and extra.max().item() == 1:  # the decode step's case
             store.table[rows, nblocks] = ids[: plan.num_new]
         else:
             starts = np.repeat(np.cumsum(extra) - extra, extra)

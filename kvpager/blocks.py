@@ -129,6 +129,11 @@ class BlockPool:
             raise ValueError(f"num must be >= 0, got {num}")
         if num > self.num_free:
             raise OutOfBlocksError(self.device, num, self.num_free)
+        if num == 1 and self._num_clean:  # one block, the common growth of a sequence
+            self._num_clean -= 1
+            block = self._clean.item(self._num_clean)
+            self._ref[block] = 1
+            return np.array((block,), dtype=np.int32)
         take = min(num, self._num_clean)
         top = self._num_clean
         ids = self._clean[top - take : top][::-1].copy()
@@ -208,8 +213,7 @@ class BlockPool:
             return
         cached = self._cached[released]
         if cached.any():
-            for block in released[cached].tolist():
-                self._evictable[block] = None
+            self._evictable.update(dict.fromkeys(released[cached].tolist()))
             released = released[~cached]
         top = self._num_clean
         self._clean[top : top + released.size] = released
@@ -295,8 +299,9 @@ class BlockPool:
             raise ValueError(f"touch: {self.device} block {bad} holds no cached content")
         refs = self._ref.take(ids)
         revived = ids[refs == 0]
+        evictable = self._evictable
         for block in revived.tolist():
-            del self._evictable[block]
+            del evictable[block]
         self._ref[ids] = refs + 1
 
     # ---- validation ---------------------------------------------------------------------

@@ -380,23 +380,11 @@ class KVCacheManager:
             row = seqs.row_of[seq_id]
         except (KeyError, TypeError):
             raise UnknownSequenceError(f"unknown sequence {seq_id!r}") from None
-        room = seqs.room
-        left = room.item(row)
-        if (left > 0 and num_new_tokens == 1 and num_lookahead_slots == 0
+        if (num_new_tokens == 1 and num_lookahead_slots == 0
                 and (token_ids is None or len(token_ids) == 1)):
-            # The decode step of most sequences: the next slot of a block that is theirs
-            # (`room`, which only a plan sets); scalar reads and writes, no planning.
-            n = seqs.ntokens.item(row)
-            bs = self.block_size
-            slot = seqs.table.item(row, n // bs) * bs + n % bs
-            seqs.ntokens[row] = n + 1
-            room[row] = left - 1
-            if self.prefix_cache is not None:
-                if token_ids is None:
-                    self.prefix_cache.end_chain(row)
-                else:
-                    self.prefix_cache.record_token(row, n, int(token_ids[0]))
-            return AppendResult(np.array((slot,), dtype=np.int64), EMPTY_PAIRS)
+            slot = self._append_one(row, None if token_ids is None else int(token_ids[0]))
+            if slot is not None:
+                return AppendResult(np.array((slot,), dtype=np.int64), EMPTY_PAIRS)
         tokens = None if token_ids is None else np.asarray(token_ids, dtype=np.int64)
         if tokens is not None and tokens.shape != (num_new_tokens,):
             raise ValueError(f"token_ids has shape {tokens.shape}, expected "
@@ -404,6 +392,42 @@ class KVCacheManager:
         rows = np.asarray([row], dtype=np.int64)
         return self._append(rows, num_new_tokens, num_lookahead_slots,
                             None if tokens is None else tokens[None, :], allow_zero=True)
+
+    def _append_one(self, row: int, token: int | None) -> int | None:
+        """The decode step of one sequence when it needs no plan: returns the new token's slot,
+        or None when the planner must decide (a shared or cached block is written, or a
+        lookahead block lies ahead).
+
+        Two cases need none, and they are most steps of most sequences: the next slot is in
+        the row's own last block (its `room`, which only a plan sets), or the token starts a
+        new block past the row's table, which only takes a free block from the pool (no
+        existing block is written, so nothing can need copying). Scalar reads and writes.
+        """
+        seqs, bs = self._seqs, self.block_size
+        left = seqs.room.item(row)
+        n = seqs.ntokens.item(row)
+        if left > 0:
+            slot = seqs.table.item(row, n // bs) * bs + n % bs
+            seqs.room[row] = left - 1
+        else:
+            nb = seqs.nblocks.item(row)
+            if n != nb * bs or seqs.where.item(row) != ON_GPU or (
+                    self.max_model_len is not None and n >= self.max_model_len):
+                return None
+            block = self.gpu.allocate(1).item(0)  # raises OutOfBlocksError, nothing changed
+            seqs.ensure_width(nb + 1)
+            seqs.table[row, nb] = block
+            seqs.nblocks[row] = nb + 1
+            seqs.room[row] = min(bs - 1, self.max_model_len - n - 1) \
+                if self.max_model_len is not None else bs - 1
+            slot = block * bs
+        seqs.ntokens[row] = n + 1
+        if self.prefix_cache is not None:
+            if token is None:
+                self.prefix_cache.end_chain(row)
+            else:
+                self.prefix_cache.record_token(row, n, token)
+        return slot
 
     def append_slots_batch(
         self, rows: np.ndarray, num_new_tokens: int = 1, num_lookahead_slots: int = 0, *,
@@ -468,8 +492,15 @@ class KVCacheManager:
             return AppendResult(np.zeros(0, dtype=np.int64), EMPTY_PAIRS)
         result = apply_append(self._seqs, self.gpu, plan, self.block_size, self.max_model_len)
         self.num_cow_copies += result.num_copies
-        if self.prefix_cache is not None and k:
-            self.prefix_cache.record_tokens(rows, plan.ntokens, tokens)
+        prefix = self.prefix_cache
+        if prefix is not None and k:
+            if rows.size == 1 and k == 1:  # a per-sequence append: scalar writes
+                if tokens is None:
+                    prefix.end_chain(rows.item(0))
+                else:
+                    prefix.record_token(rows.item(0), plan.ntokens.item(0), tokens.item(0))
+            else:
+                prefix.record_tokens(rows, plan.ntokens, tokens)
         return result
 
     # ---- sharing ------------------------------------------------------------------------
