@@ -15,7 +15,7 @@ contiguous strategies keep one region per sequence, cannot share, and run withou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from kvpager.config import CacheConfig, SchedulerConfig
 from kvpager.manager import KVCacheManager
@@ -78,8 +78,5 @@ def _tiered_manager(cache: dict, tier_blocks: int, cost: CostModel,
     """A paged manager with a CPU prefix tier whose loads follow the cost model."""
     from kvpager.sim.tier import load_policy
 
-    if "num_cpu_prefix_blocks" not in {f.name for f in fields(CacheConfig)}:
-        raise ValueError("cpu_prefix_cache_gib: this kvpager's manager has no CPU prefix tier "
-                         "(CacheConfig.num_cpu_prefix_blocks)")
     config = CacheConfig(**cache, num_cpu_prefix_blocks=tier_blocks)
     return KVCacheManager(config, tier_load_policy=load_policy(cost, block_size))

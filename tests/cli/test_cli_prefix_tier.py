@@ -1,24 +1,18 @@
 """`kvpager simulate --cpu-prefix-cache` and `kvpager sweep --cpu-prefix-cache`: bad sizes
-exit 2 naming the option before any work; runs with the tier report it (these skip on a
-kvpager whose manager has no tier)."""
+exit 2 naming the option before any work; runs with the tier report it."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from kvpager.cli.app import app
-from kvpager.config import CacheConfig
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MOONCAKE = EXAMPLES / "mooncake_conv_sample.jsonl"
-HAS_TIER = "num_cpu_prefix_blocks" in {f.name for f in fields(CacheConfig)}
-needs_tier = pytest.mark.skipif(not HAS_TIER, reason="the manager has no CPU prefix tier "
-                                "(CacheConfig.num_cpu_prefix_blocks) in this kvpager")
 runner = CliRunner()
 SMALL = ("--model", "llama-3.1-8b", "--gpu", "h100-80gb", "--num-gpu-blocks", "3000",
          "--max-model-len", "65536", "--limit", "24")
@@ -61,7 +55,6 @@ def test_sweep_bad_tiers_exit_2_naming_the_option(tmp_path, args, expect):
     assert not (tmp_path / "sweep").exists()
 
 
-@needs_tier
 def test_simulate_with_a_tier_reports_hits_by_tier_and_the_ttft_saved(tmp_path):
     report = tmp_path / "r.html"
     result = invoke("simulate", MOONCAKE, *SMALL, "--prefix-caching", "--cpu-prefix-cache",
@@ -80,7 +73,6 @@ def test_simulate_with_a_tier_reports_hits_by_tier_and_the_ttft_saved(tmp_path):
     assert 'id="tier"' in html and "saved by the tier" in html
 
 
-@needs_tier
 def test_sweep_over_tier_sizes(tmp_path):
     report = tmp_path / "s.html"
     result = invoke("sweep", MOONCAKE, *SMALL, "--prefix-caching", "--cpu-prefix-cache",

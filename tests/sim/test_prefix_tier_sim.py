@@ -1,20 +1,16 @@
 """The CPU prefix tier in the simulator: sizing, the load-or-recompute rule, the reuse
 ceiling, and runs on a Mooncake sample that reach the ceiling with an unlimited tier.
-
-Tests that run the tier need the manager's tier (`CacheConfig.num_cpu_prefix_blocks`) and
-skip with that reason on a kvpager without it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from kvpager.config import CacheConfig
 from kvpager.sim import SimConfig
 from kvpager.sim.config import parse_tier_size, tier_label
 from kvpager.sim.cost_model import CostModel
@@ -26,9 +22,6 @@ from kvpager.sim.traces import load_trace
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MOONCAKE = EXAMPLES / "mooncake_conv_sample.jsonl"
-HAS_TIER = "num_cpu_prefix_blocks" in {f.name for f in fields(CacheConfig)}
-needs_tier = pytest.mark.skipif(not HAS_TIER, reason="the manager has no CPU prefix tier "
-                                "(CacheConfig.num_cpu_prefix_blocks) in this kvpager")
 GiB = 1 << 30
 
 
@@ -166,7 +159,6 @@ def test_an_unbounded_gpu_cache_hits_exactly_the_ceiling(tmp_path):
 
 
 # ---- runs with the tier -------------------------------------------------------------------
-@needs_tier
 def test_an_unlimited_tier_behind_a_small_gpu_cache_reaches_the_ceiling(tmp_path):
     trace = load_trace(spaced_mooncake(tmp_path, 17))
     ceiling = reuse_ceiling(trace, 16)
@@ -196,7 +188,6 @@ def test_an_unlimited_tier_behind_a_small_gpu_cache_reaches_the_ceiling(tmp_path
     assert tier["ttft_saved_s"]["mean"] > 0
 
 
-@needs_tier
 def test_a_tier_that_never_pays_off_is_never_loaded(tmp_path):
     trace = load_trace(spaced_mooncake(tmp_path, 17))
     slow = _gpu_with_link(1e6)  # 1 MB/s: recomputing always wins
@@ -207,7 +198,6 @@ def test_a_tier_that_never_pays_off_is_never_loaded(tmp_path):
     assert "gpu_only" not in tier
 
 
-@needs_tier
 def test_tier_hit_rates_are_sampled_over_time(tmp_path):
     trace = load_trace(spaced_mooncake(tmp_path, 17))
     cfg = config(num_gpu_blocks=4_000, cpu_prefix_cache_gib=math.inf, sample_interval_s=50.0)
