@@ -9,10 +9,11 @@ from typing import Annotated
 
 import typer
 
-from kvpager.sim.config import STRATEGIES, SimConfig
+from kvpager.sim.config import PAGED, STRATEGIES, SimConfig, parse_tier_size
 
 Model = Annotated[str, typer.Option(
     help="Model preset (llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b, "
+         "llama-3.1-8b, llama-3.1-70b, "
          "mistral-7b, opt-13b) or a model spec JSON file.")]
 Gpu = Annotated[str, typer.Option(
     help="GPU preset (a100-40gb, a100-80gb, h100-80gb, h200) or a GPU spec JSON file.")]
@@ -49,6 +50,15 @@ KvCacheMemory = Annotated[float | None, typer.Option(
                               "budget.")]
 LongPrompts = Annotated[str, typer.Option(
     help="Prompts longer than max-model-len: reject (as vLLM) or truncate.")]
+# The CPU prefix tier (issue 15).
+CpuPrefixCache = Annotated[str | None, typer.Option(
+    "--cpu-prefix-cache", metavar="SIZE",
+    help="CPU prefix tier: host memory per GPU, GiB, or 'unlimited'. Cached prompt blocks "
+         "the GPU evicts are offloaded there and loaded back on a hit. Needs "
+         "--prefix-caching and the paged strategy.")]
+TierBaseline = Annotated[bool, typer.Option(
+    help="With --cpu-prefix-cache: also run paged without the tier and report what the tier "
+         "saved in TTFT (doubles the paged run's time).")]
 ArrivalCv = Annotated[float | None, typer.Option(
     help="Coefficient of variation of generated gaps (Gamma; default 1 = Poisson).")]
 
@@ -59,7 +69,7 @@ def sim_config(
     max_num_batched_tokens: int | None, max_model_len: int | None, kv_cache_dtype: str,
     gpu_memory_utilization: float, calibration: Path | None, seed: int,
     num_gpu_blocks: int | None = None, kv_cache_memory: float | None = None,
-    long_prompts: str = "reject",
+    long_prompts: str = "reject", cpu_prefix_cache_gib: float = 0.0,
 ) -> SimConfig:
     """The `SimConfig` the shared options describe (raises ValueError naming a bad one)."""
     return SimConfig(
@@ -70,4 +80,22 @@ def sim_config(
         max_model_len=max_model_len, chunked_prefill=chunked_prefill, seed=seed,
         calibration=None if calibration is None else str(calibration),
         num_gpu_blocks=num_gpu_blocks, kv_cache_memory_gib=kv_cache_memory,
-        long_prompts=long_prompts)
+        long_prompts=long_prompts, cpu_prefix_cache_gib=cpu_prefix_cache_gib)
+
+
+def tier_size(text: str | None, prefix_caching: bool, cache: list[str] | None) -> float:
+    """GiB of the CPU prefix tier that `--cpu-prefix-cache` asks for (0.0 when not given;
+    math.inf for 'unlimited'). Raises ValueError naming the option for a bad size, without
+    --prefix-caching, or with a strategy other than paged in --cache."""
+    if text is None:
+        return 0.0
+    size = parse_tier_size(text)
+    if size > 0 and not prefix_caching:
+        raise ValueError("--cpu-prefix-cache: the CPU prefix tier holds prefix-cache blocks; "
+                         "add --prefix-caching")
+    others = [c for c in cache or () if c != PAGED]
+    if size > 0 and others:
+        raise ValueError(f"--cpu-prefix-cache: the CPU prefix tier needs --cache paged only; "
+                         f"{others[0]!r} keeps one contiguous region per sequence and caches "
+                         "no prefix blocks")
+    return size

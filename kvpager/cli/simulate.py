@@ -14,7 +14,7 @@ from kvpager.cli.errors import cli_errors
 from kvpager.cli.loading import ArrivalOptions, load
 from kvpager.cli.outputs import check_out_dir, check_out_file
 from kvpager.cli.tables import comparison_table, run_summary
-from kvpager.sim.config import DEFAULT_STRATEGIES
+from kvpager.sim.config import DEFAULT_STRATEGIES, PAGED
 
 
 def simulate(
@@ -39,6 +39,8 @@ def simulate(
     num_gpu_blocks: opts.NumGpuBlocks = None,
     kv_cache_memory: opts.KvCacheMemory = None,
     long_prompts: opts.LongPrompts = "reject",
+    cpu_prefix_cache: opts.CpuPrefixCache = None,
+    tier_baseline: opts.TierBaseline = True,
     rate_scale: Annotated[float, typer.Option(help="Multiply the request rate (compress "
                                                    "arrival times by this factor).")] = 1.0,
     limit: Annotated[int | None, typer.Option(help="Replay only the first N requests.")]
@@ -67,7 +69,9 @@ def simulate(
         run_dir = check_out_dir(out if out is not None else Path("runs") / trace.stem)
         if report is not None:
             check_out_file(report, "--report", (".html", ".htm"))
-        strategies = tuple(cache) if cache else DEFAULT_STRATEGIES
+        tier_gib = opts.tier_size(cpu_prefix_cache, prefix_caching, cache)
+        strategies = tuple(cache) if cache else (
+            (PAGED,) if tier_gib else DEFAULT_STRATEGIES)
         config = opts.sim_config(
             model=model, gpu=gpu, tp=tp, block_size=block_size, swap_space=swap_space,
             preemption=preemption, prefix_caching=prefix_caching,
@@ -75,12 +79,13 @@ def simulate(
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=gpu_memory_utilization,
             calibration=calibration, seed=seed, num_gpu_blocks=num_gpu_blocks,
-            kv_cache_memory=kv_cache_memory, long_prompts=long_prompts)
+            kv_cache_memory=kv_cache_memory, long_prompts=long_prompts,
+            cpu_prefix_cache_gib=tier_gib)
         data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed), limit=limit,
                     rate_scale=rate_scale)
         with _progress(enabled=not json_output) as report_progress:
             metrics = run_simulation(data, config, strategies, out_dir=run_dir,
-                                     progress=report_progress)
+                                     progress=report_progress, tier_baseline=tier_baseline)
         if report is not None:
             from kvpager.cli.progress import spinner
             from kvpager.report import write_report

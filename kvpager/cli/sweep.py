@@ -12,8 +12,8 @@ from kvpager.cli import options as opts
 from kvpager.cli.errors import INTERNAL, cli_errors, fail
 from kvpager.cli.outputs import check_out_dir, check_out_file
 from kvpager.cli.progress import progress_bar, spinner
-from kvpager.sim.config import DEFAULT_STRATEGIES
-from kvpager.sweep.spec import DEFAULT_NORMALIZED_BOUND, METRICS
+from kvpager.sim.config import DEFAULT_STRATEGIES, PAGED
+from kvpager.sweep.spec import DEFAULT_NORMALIZED_BOUND, METRICS, TIER_AXIS
 
 
 def sweep(
@@ -54,6 +54,15 @@ def sweep(
     kv_cache_dtype: opts.KvCacheDtype = "auto",
     gpu_memory_utilization: opts.GpuMemoryUtilization = 0.9,
     calibration: opts.Calibration = None,
+    num_gpu_blocks: opts.NumGpuBlocks = None,
+    kv_cache_memory: opts.KvCacheMemory = None,
+    cpu_prefix_cache: Annotated[str | None, typer.Option(
+        "--cpu-prefix-cache", metavar="SIZES",
+        help="CPU prefix tier sizes, GiB per GPU or 'unlimited', e.g. 0,64,256,unlimited: "
+             "sweeps the tier size at one load (one --rates value or one --rate-scale, "
+             "default the trace's own arrivals) and plots hit rate, TTFT and throughput "
+             "against it. One size: every rate point runs with that tier. Needs "
+             "--prefix-caching and --cache paged.")] = None,
     limit: Annotated[int | None, typer.Option(help="Replay only the first N requests at "
                                                    "each point.")] = None,
     arrival_cv: Annotated[float | None, typer.Option(
@@ -78,6 +87,14 @@ def sweep(
     from kvpager.sweep.results import write_sweep
 
     with cli_errors():
+        tiers = _tier_sizes(cpu_prefix_cache, prefix_caching, cache)
+        if tiers is not None and len(tiers) > 1 and rates is None and rate_scale is None:
+            rate_scale = "1"
+        if tiers is not None and len(tiers) > 1 and "," in (rates or rate_scale or ""):
+            raise ValueError("--cpu-prefix-cache: a sweep of several tier sizes runs at one "
+                             "load; give one --rates value or one --rate-scale")
+        if tiers is not None and not cache:
+            cache = [PAGED]
         if (rates is None) == (rate_scale is None):
             raise ValueError("give exactly one of --rates (req/s) and --rate-scale (factors "
                              "on the trace's own rate)")
@@ -91,7 +108,9 @@ def sweep(
             chunked_prefill=chunked_prefill, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=gpu_memory_utilization,
-            calibration=calibration, seed=seed)
+            calibration=calibration, seed=seed, num_gpu_blocks=num_gpu_blocks,
+            kv_cache_memory=kv_cache_memory,
+            cpu_prefix_cache_gib=tiers[0] if tiers is not None and len(tiers) == 1 else 0.0)
         if not trace.is_file():
             raise FileNotFoundError(2, "no such trace file", str(trace))
         spec = SweepSpec(
@@ -100,7 +119,8 @@ def sweep(
             rate_scales=None if rate_scale is None else parse_values(rate_scale,
                                                                      "--rate-scale"),
             arrival_cv=arrival_cv, seed=seed, limit=limit, metric=metric,
-            latency_bound=latency_bound)
+            latency_bound=latency_bound,
+            cpu_prefix_caches=tiers if tiers is not None and len(tiers) > 1 else None)
         points = len(spec.values) * len(spec.strategies)
         try:
             with progress_bar(f"{points} points", enabled=not json_output) as update:
@@ -116,7 +136,50 @@ def sweep(
     if json_output:
         print(path.read_text(encoding="utf-8"), end="")
         return
+    if doc["spec"]["axis"] == TIER_AXIS:
+        _print_tier_table(doc, trace, path, report)
+        return
     _print_tables(doc, trace, path, report)
+
+
+def _tier_sizes(text: str | None, prefix_caching: bool,
+                cache: list[str] | None) -> tuple[float, ...] | None:
+    """The sizes of --cpu-prefix-cache (None when not given), each checked as `simulate`
+    checks one; ValueError naming the option."""
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise ValueError(f"--cpu-prefix-cache: empty item in {text!r}")
+    sizes = [opts.tier_size(item, prefix_caching, cache) for item in items]
+    return tuple(sorted(set(sizes)))
+
+
+def _print_tier_table(doc: dict, trace: Path, path: Path, report: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kvpager.sim.summary import get_path
+
+    console = Console()
+    table = Table(title=f"{trace.name}: CPU prefix tier size (GiB per GPU)",
+                  title_justify="left")
+    columns = (("tier", None, "{}"), ("hit rate", ("prefix_tier", "hit_rate"), "{:.1%}"),
+               ("from CPU", ("prefix_tier", "cpu_hit_rate"), "{:.1%}"),
+               ("TTFT p50 (s)", ("latency_s", "ttft", "p50"), "{:.3f}"),
+               ("TTFT p99 (s)", ("latency_s", "ttft", "p99"), "{:.3f}"),
+               ("req/s", ("throughput", "requests_per_s"), "{:.3f}"),
+               ("output tok/s", ("throughput", "output_tokens_per_s"), "{:.0f}"))
+    for label, _, _ in columns:
+        table.add_column(label, justify="right")
+    for p in doc["points"]:
+        cells = [str(p["value"])]
+        for _, key, fmt in columns[1:]:
+            v = get_path(p["metrics"], key)
+            cells.append("-" if not isinstance(v, (int, float)) else fmt.format(v))
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"sweep: {path}" + (f"\nreport: {report}" if report is not None else ""))
 
 
 def _print_tables(doc: dict, trace: Path, path: Path, report: Path | None) -> None:

@@ -10,20 +10,23 @@ from pathlib import Path
 from rich.table import Table
 
 from kvpager.sim.config import DESCRIPTIONS
-from kvpager.sim.summary import BRIEF, BRIEF_PREFIX, SUMMARY_ROWS, get_path
+from kvpager.sim.summary import BRIEF, BRIEF_PREFIX, BRIEF_TIER, SUMMARY_ROWS, get_path
 
 GiB = 1 << 30
 
 
 def comparison_table(metrics: dict) -> Table:
     """One column per strategy, one row per headline metric of `metrics.json` (plus the
-    prefix-cache hit rate when the run used prefix caching)."""
+    prefix-cache hit rate when the run used prefix caching, and the CPU prefix tier's rows
+    when it had one)."""
     table = Table()
     table.add_column("metric")
     strategies = metrics["strategies"]
     for name in strategies:
         table.add_column(name, justify="right")
     shown = BRIEF + (BRIEF_PREFIX if get_path(metrics, ("config", "prefix_caching")) else ())
+    if get_path(metrics, ("config", "cpu_prefix_cache_gib")) not in (None, 0, 0.0):
+        shown += BRIEF_TIER
     for label, path, fmt in SUMMARY_ROWS:
         if label in shown:
             table.add_row(label, *(fmt(get_path(strategies[n], path)) for n in strategies))

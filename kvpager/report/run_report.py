@@ -44,6 +44,7 @@ def run_sections(run: RunData, max_points: int = 1000) -> list[Section]:
         prefix_figure,
         waste_figure,
     )
+    from kvpager.report.tier_report import tier_section
 
     m = run.metrics
     sections = [
@@ -73,6 +74,9 @@ def run_sections(run: RunData, max_points: int = 1000) -> list[Section]:
             "prefix", "Prefix-cache hit rate",
             "Share of looked-up prompt blocks found in the prefix cache so far.",
             figure=prefix_figure(run, max_points)))
+    tier = tier_section(run, max_points)
+    if tier is not None:
+        sections.append(tier)
     sections += [
         Section("slowest", "Slowest requests",
                 "Highest normalized latency per strategy.", body_html=slowest_html(run)),

@@ -27,6 +27,7 @@ from kvpager.usage import FIELDS as MEMORY_FIELDS
 
 MEMORY_COLUMNS = ("time_s", *MEMORY_FIELDS, "running_seqs", "waiting", "swapped",
                   "prefix_hit_rate")
+TIER_COLUMNS = ("prefix_gpu_hit_rate", "prefix_cpu_hit_rate")  # optional
 REQUEST_COLUMNS = ("index", "id", "arrival_s", "prompt_tokens", "output_tokens",
                    "first_token_s", "finish_s", "ttft_s", "e2e_s", "preemptions", "status",
                    "reason")
@@ -45,6 +46,9 @@ class MemoryColumns:
         order (rows sum to 1).
     running, waiting, swapped: float64 [T] sequences running, groups waiting, groups swapped.
     prefix_hit_rate: float64 [T] cumulative prefix-cache hit rate (0 without a cache).
+    tier_hit_rates: float64 [T, 2] the same split by where the hit blocks came from (GPU
+        cache, CPU prefix tier), or None for a run directory written before the split
+        (columns "prefix_gpu_hit_rate", "prefix_cpu_hit_rate" are optional).
     """
 
     time_s: np.ndarray
@@ -53,6 +57,7 @@ class MemoryColumns:
     waiting: np.ndarray
     swapped: np.ndarray
     prefix_hit_rate: np.ndarray
+    tier_hit_rates: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -258,8 +263,12 @@ def _read_memory(path: Path) -> MemoryColumns:
     col = {c: _floats(path, header, rows, c) for c in MEMORY_COLUMNS}
     fractions = np.stack([col[f] for f in MEMORY_FIELDS], axis=1) if rows \
         else np.zeros((0, len(MEMORY_FIELDS)))
+    tiers = None
+    if all(c in header for c in TIER_COLUMNS):
+        tiers = np.stack([_floats(path, header, rows, c) for c in TIER_COLUMNS], axis=1) \
+            if rows else np.zeros((0, 2))
     return MemoryColumns(col["time_s"], fractions, col["running_seqs"], col["waiting"],
-                         col["swapped"], col["prefix_hit_rate"])
+                         col["swapped"], col["prefix_hit_rate"], tiers)
 
 
 def _read_requests(path: Path) -> RequestColumns:

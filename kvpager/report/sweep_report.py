@@ -202,7 +202,14 @@ def write_sweep_report(sweep: str | Path | dict, out: str | Path) -> Path:
 
     path = check_output(out)
     doc = sweep if isinstance(sweep, dict) else read_sweep(sweep)
-    text = render_sweep_report(doc)
+    from kvpager.sweep.spec import TIER_AXIS
+
+    if doc["spec"].get("axis") == TIER_AXIS:
+        from kvpager.report.tier_sweep_report import render_tier_sweep_report
+
+        text = render_tier_sweep_report(doc)
+    else:
+        text = render_sweep_report(doc)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path

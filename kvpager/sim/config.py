@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 from kvpager.config import PREEMPTION_MODES
@@ -12,6 +13,7 @@ STATIC = "static"
 STRATEGIES = (PAGED, *CONTIGUOUS, STATIC)
 DEFAULT_STRATEGIES = (PAGED, *CONTIGUOUS)
 LONG_PROMPTS = ("reject", "truncate")
+UNLIMITED = "unlimited"
 #: What each strategy means, in one line (printed under the comparison table).
 DESCRIPTIONS = {
     PAGED: "kvpager's paged cache: blocks allocated on demand, shared by reference, "
@@ -71,6 +73,11 @@ class SimConfig:
             (memory x utilisation - weights - activation reserve). At most one of the two.
         long_prompts: "reject" prompts longer than max_model_len (as vLLM does) or
             "truncate" them to max_model_len - 1 tokens (as some simulators do).
+        cpu_prefix_cache_gib: host memory per GPU, GiB, of the CPU prefix tier: cached
+            prompt blocks the GPU evicts are offloaded there and loaded back on a hit
+            (`kvpager.sim.tier`). 0 disables it; `math.inf` is "unlimited": room for every
+            block the trace can register. Needs prefix_caching and the paged strategy. It
+            is host memory on top of `swap_space_gib` (the two are separate areas).
     """
 
     model: str = "llama-2-7b"
@@ -94,6 +101,7 @@ class SimConfig:
     num_gpu_blocks: int | None = None
     kv_cache_memory_gib: float | None = None
     long_prompts: str = "reject"
+    cpu_prefix_cache_gib: float = 0.0
 
     def __post_init__(self) -> None:
         _positive_int("tp", self.tp)
@@ -120,6 +128,7 @@ class SimConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         self._check_capacity_choices()
+        self._check_prefix_tier()
 
     def _check_capacity_choices(self) -> None:
         if self.num_gpu_blocks is not None:
@@ -135,8 +144,25 @@ class SimConfig:
             raise ValueError(f"long_prompts must be one of {', '.join(LONG_PROMPTS)}, got "
                              f"{self.long_prompts!r}")
 
+    def _check_prefix_tier(self) -> None:
+        size = self.cpu_prefix_cache_gib
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or not size >= 0:
+            raise ValueError(f"cpu_prefix_cache_gib must be a number of GiB >= 0 or inf "
+                             f"(unlimited), got {size!r}")
+        if size > 0 and not self.prefix_caching:
+            raise ValueError("cpu_prefix_cache_gib: the CPU prefix tier holds prefix-cache "
+                             "blocks; it needs prefix_caching")
+
+    @property
+    def has_prefix_tier(self) -> bool:
+        return self.cpu_prefix_cache_gib > 0
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as JSON values (an unlimited tier as the string "unlimited")."""
+        out = asdict(self)
+        if math.isinf(self.cpu_prefix_cache_gib):
+            out["cpu_prefix_cache_gib"] = UNLIMITED
+        return out
 
     def resolved(self, model_context: int) -> SimConfig:
         """This configuration with the defaults filled in: `max_model_len` from the model's
@@ -147,6 +173,37 @@ class SimConfig:
             budget = (DEFAULT_BATCHED_TOKENS if self.chunked_prefill
                       else max(DEFAULT_BATCHED_TOKENS, max_len))
         return replace(self, max_model_len=max_len, max_num_batched_tokens=budget)
+
+
+def check_tier_strategies(config: SimConfig, names: tuple[str, ...]) -> None:
+    """A CPU prefix tier runs only under the paged strategy: raise ValueError otherwise
+    (before any simulation starts)."""
+    others = [n for n in names if n != PAGED]
+    if config.has_prefix_tier and others:
+        raise ValueError(f"cpu_prefix_cache_gib: the CPU prefix tier needs the paged strategy "
+                         f"only; {others[0]!r} keeps one contiguous region per sequence and "
+                         "caches no prefix blocks")
+
+
+def parse_tier_size(text: str, name: str = "--cpu-prefix-cache") -> float:
+    """"64" -> 64.0 GiB, "unlimited" -> math.inf; ValueError naming `name` for anything
+    else (negative, not a number, NaN or inf spelt as a number)."""
+    item = str(text).strip()
+    if item.lower() == UNLIMITED:
+        return math.inf
+    try:
+        value = float(item)
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is not a size in GiB or 'unlimited'") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: {text!r} must be a finite number of GiB >= 0, or "
+                         "'unlimited'")
+    return value
+
+
+def tier_label(gib: float) -> str:
+    """64.0 -> "64", math.inf -> "unlimited"."""
+    return UNLIMITED if math.isinf(gib) else f"{gib:g}"
 
 
 def check_strategies(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:

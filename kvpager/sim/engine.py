@@ -40,6 +40,7 @@ from kvpager.sim.metrics import (
 )
 from kvpager.sim.saturation import assess
 from kvpager.sim.strategies import Deployment, build
+from kvpager.sim.tier import hit_blocks_by_tier, tier_blocks, tier_metrics
 from kvpager.sim.traces import Trace
 
 Progress = Callable[[int, int], None]  # (requests done, requests total)
@@ -58,7 +59,9 @@ class Simulation:
     ) -> None:
         """`config` must be resolved (`SimConfig.resolved`): limits are numbers, not None."""
         self.trace, self.config, self.cost = trace, config, cost
-        self.deploy: Deployment = build(strategy, config, cost)
+        tiered = strategy == PAGED and config.has_prefix_tier
+        self.tier_blocks = tier_blocks(config, cost, trace) if tiered else 0
+        self.deploy: Deployment = build(strategy, config, cost, self.tier_blocks)
         self.scheduler = self.deploy.scheduler
         self.manager = self.deploy.manager
         self.progress = progress
@@ -73,6 +76,8 @@ class Simulation:
                          "swapped_in_blocks": 0, "recomputed_tokens": 0, "cow_copies": 0,
                          "fork_copied_slots": 0, "truncated_prompts": 0}
         self._pending_copy_s = 0.0
+        self._prefill_tokens = 0  # computed by prefill chunks (for the prefix-tier section)
+        self._tier_link_s = 0.0  # spent on the tier's offloads and loads
         self.events: list[tuple[float, str, int]] = []  # (time, kind, count)
         self._done = 0
         self._next_sample = 0.0
@@ -202,6 +207,7 @@ class Simulation:
         prefill = attn = completes = 0
         for chunk in out.prefills:
             prefill += chunk.count
+            self._prefill_tokens += chunk.count
             attn += prefill_attention_work(chunk.count, chunk.start)
             completes += chunk.completes
         batch = int(out.decode_rows.size)
@@ -215,6 +221,12 @@ class Simulation:
             seconds = k * cost.step_time(prefill, max(attn, float(prefill)), batch,
                                          max(context, batch), completes)
         moved = out.swap_in.shape[0] + out.swap_out.shape[0]
+        if self.tier_blocks:  # offloads (first) and loads (before the forward pass)
+            tier_moved = out.offload.shape[0] + out.load.shape[0]
+            if tier_moved:
+                link = cost.swap_time(tier_moved, self.deploy.slots_per_block)
+                self._tier_link_s += link
+                seconds += link
         if moved:
             seconds += cost.swap_time(moved, self.deploy.slots_per_block)
         if out.copies.shape[0]:
@@ -307,12 +319,15 @@ class Simulation:
         slots = self.manager.memory_breakdown(
             rows, final, None if head is None else head[1],
             next_num_tokens=None if head is None else head[0])
-        hit = 0.0
+        hit = gpu_hit = cpu_hit = 0.0
         prefix = getattr(self.manager, "prefix_cache", None)
         if prefix is not None:
             hit = prefix.hit_rate
+            if prefix.queried_blocks:
+                gpu, cpu = hit_blocks_by_tier(prefix, self.tier_blocks > 0)
+                gpu_hit, cpu_hit = gpu / prefix.queried_blocks, cpu / prefix.queried_blocks
         self.memory.add(now, slots, sched.num_running_seqs, len(sched.waiting),
-                        len(sched.swapped), hit)
+                        len(sched.swapped), hit, (gpu_hit, cpu_hit))
         self._next_sample = now + self.sample_interval
 
     def _final_counters(self) -> dict:
@@ -321,5 +336,8 @@ class Simulation:
         counters["prefix_cache"] = None if prefix is None else {
             "hit_rate": prefix.hit_rate, "hit_blocks": prefix.hit_blocks,
             "queried_blocks": prefix.queried_blocks}
+        counters["prefix_tier"] = None if prefix is None else tier_metrics(
+            prefix, self.config, self.cost, tiered=self.tier_blocks > 0,
+            prefill_tokens=self._prefill_tokens, link_seconds=self._tier_link_s)
         counters["beams_replaced"] = self.beams.replaced
         return counters

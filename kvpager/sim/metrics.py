@@ -69,15 +69,21 @@ class MemorySeries:
     waiting: list[int] = field(default_factory=list)
     swapped: list[int] = field(default_factory=list)
     prefix_hit_rate: list[float] = field(default_factory=list)
+    # the hit rate split by where the hit blocks came from: the GPU cache, the CPU tier
+    prefix_gpu_hit_rate: list[float] = field(default_factory=list)
+    prefix_cpu_hit_rate: list[float] = field(default_factory=list)
 
     def add(self, t: float, slots: dict[str, int], running: int, waiting: int, swapped: int,
-            hit_rate: float) -> None:
+            hit_rate: float, tier_hit_rates: tuple[float, float] = (0.0, 0.0)) -> None:
+        """One sample; `tier_hit_rates` = (GPU, CPU) hit blocks / queried blocks so far."""
         self.time.append(t)
         self.slots.append(tuple(int(slots[f]) for f in MEMORY_FIELDS))
         self.running.append(running)
         self.waiting.append(waiting)
         self.swapped.append(swapped)
         self.prefix_hit_rate.append(hit_rate)
+        self.prefix_gpu_hit_rate.append(tier_hit_rates[0])
+        self.prefix_cpu_hit_rate.append(tier_hit_rates[1])
 
     def fractions(self) -> np.ndarray:
         """float64 `[num_samples, 5]`: each kind's fraction of capacity (rows sum to 1)."""

@@ -156,6 +156,10 @@ MODELS: dict[str, ModelSpec] = {m.name.lower(): m for m in (
     ModelSpec("Llama-2-70B", 80, 8192, 64, 8, 128, 28672, 32000, 68_976_648_192, 4096),
     ModelSpec("Llama-3-8B", 32, 4096, 32, 8, 128, 14336, 128256, 8_030_261_248, 8192),
     ModelSpec("Llama-3-70B", 80, 8192, 64, 8, 128, 28672, 128256, 70_553_706_496, 8192),
+    # meta-llama/Llama-3.1-8B and -70B: the Llama 3 shapes, 128k context
+    # (max_position_embeddings 131072, rope_scaling "llama3", which changes no shape)
+    ModelSpec("Llama-3.1-8B", 32, 4096, 32, 8, 128, 14336, 128256, 8_030_261_248, 131072),
+    ModelSpec("Llama-3.1-70B", 80, 8192, 64, 8, 128, 28672, 128256, 70_553_706_496, 131072),
     # mistralai/Mistral-7B-v0.1
     ModelSpec("Mistral-7B", 32, 4096, 32, 8, 128, 14336, 32000, 7_241_732_096, 32768,
               sliding_window=4096),

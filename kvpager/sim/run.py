@@ -26,13 +26,16 @@ from kvpager.sim.config import (
     DEFAULT_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
     DEFAULT_STRATEGIES,
+    PAGED,
     SimConfig,
     check_strategies,
+    check_tier_strategies,
 )
 from kvpager.sim.cost_model import CostModel, ModelDoesNotFitError, load_calibration
 from kvpager.sim.engine import Simulation
 from kvpager.sim.metrics import FINISHED, REJECTED
 from kvpager.sim.presets import get_model
+from kvpager.sim.tier import add_gpu_only
 from kvpager.sim.traces import Trace, summarize
 from kvpager.usage import FIELDS as MEMORY_FIELDS
 
@@ -129,13 +132,20 @@ def simulate(
     strategies: Sequence[str] = DEFAULT_STRATEGIES,
     out_dir: str | Path | None = None,
     progress: StrategyProgress | None = None,
+    tier_baseline: bool = True,
 ) -> dict:
     """Simulate every strategy on the trace; write the run directory when `out_dir` is set.
+
+    With a CPU prefix tier (`config.cpu_prefix_cache_gib`) and `tier_baseline`, the paged
+    strategy is also run without the tier, and its `prefix_tier` section gets that run's
+    figures (`gpu_only`) and what the tier saved in TTFT (`ttft_saved_s`, GPU-only minus
+    tiered; positive = faster with the tier). It doubles the paged run's time.
 
     Returns the `metrics.json` content: {"schema", "config", "trace", "capacity",
     "strategies": {name: metrics}}.
     """
     names = check_strategies(tuple(strategies))
+    check_tier_strategies(config, names)
     given, config = config, resolve(config)
     cost = cost_model(config, given)
     started = time.perf_counter()
@@ -146,6 +156,12 @@ def simulate(
         sim = Simulation(trace, config, name, cost, report)
         results[name] = sim.run()
         sims[name] = sim
+    if config.has_prefix_tier and tier_baseline:
+        report = None if progress is None else (
+            lambda d, t: progress(f"{PAGED} (GPU only)", d, t))
+        plain = Simulation(trace, replace(config, cpu_prefix_cache_gib=0.0), PAGED, cost,
+                           report).run()
+        add_gpu_only(results[PAGED], plain)
     metrics = {
         "schema": SCHEMA_VERSION,
         "config": config.to_dict() | {"strategies": list(names)},
@@ -159,6 +175,7 @@ def simulate(
             "block_size": config.block_size,
             "source": capacity_source(config),
             "long_prompts": config.long_prompts,
+            "cpu_prefix_blocks": sims[PAGED].tier_blocks if PAGED in sims else 0,
         },
         "cost_model": cost.calibration_notes or {"step_time": "roofline"},
         "strategies": results,
@@ -200,10 +217,11 @@ def _write_memory(path: Path, sim: Simulation) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["time_s", *MEMORY_FIELDS, "running_seqs", "waiting", "swapped",
-                    "prefix_hit_rate"])
+                    "prefix_hit_rate", "prefix_gpu_hit_rate", "prefix_cpu_hit_rate"])
         for j, t in enumerate(m.time):
             w.writerow([_num(t), *(f"{x:.6f}" for x in frac[j]), m.running[j], m.waiting[j],
-                        m.swapped[j], f"{m.prefix_hit_rate[j]:.6f}"])
+                        m.swapped[j], f"{m.prefix_hit_rate[j]:.6f}",
+                        f"{m.prefix_gpu_hit_rate[j]:.6f}", f"{m.prefix_cpu_hit_rate[j]:.6f}"])
 
 
 def _write_events(path: Path, sim: Simulation) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvpager.config import SchedulerConfig
+from kvpager.config import CacheConfig, SchedulerConfig
 from kvpager.manager import KVCacheManager
 from kvpager.protocol import KVManager
 from kvpager.scheduler import Scheduler
@@ -38,9 +38,10 @@ class Deployment:
     capacity_slots: int  # KV token slots of the GPU cache
 
 
-def build(strategy: str, config: SimConfig, cost: CostModel) -> Deployment:
+def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 0) -> Deployment:
     """The manager and scheduler of `strategy` for a deployment described by a resolved
-    `config` (`SimConfig.resolved`)."""
+    `config` (`SimConfig.resolved`); `tier_blocks` > 0 gives the paged manager a CPU prefix
+    tier of that many blocks (`kvpager.sim.tier`)."""
     max_model_len = config.max_model_len
     sched = SchedulerConfig(
         max_num_seqs=config.max_num_seqs,
@@ -53,10 +54,11 @@ def build(strategy: str, config: SimConfig, cost: CostModel) -> Deployment:
     swap_bytes = config.swap_space_gib * GiB
     if strategy == PAGED:
         bs = config.block_size
-        manager: KVManager = KVCacheManager(
-            num_gpu_blocks=cost.num_gpu_blocks(bs), block_size=bs,
-            num_cpu_blocks=cost.num_cpu_blocks(swap_bytes, bs),
-            enable_prefix_caching=config.prefix_caching)
+        cache = {"num_gpu_blocks": cost.num_gpu_blocks(bs), "block_size": bs,
+                 "num_cpu_blocks": cost.num_cpu_blocks(swap_bytes, bs),
+                 "enable_prefix_caching": config.prefix_caching}
+        manager: KVManager = (_tiered_manager(cache, tier_blocks, cost, bs) if tier_blocks
+                              else KVCacheManager(CacheConfig(**cache)))
         return Deployment(strategy, manager, Scheduler(manager, sched, kernel_inputs=False), bs,
                           cost.num_gpu_blocks(bs) * bs)
     # prefix caching applies to the paged strategy only: a contiguous region per sequence
@@ -69,3 +71,12 @@ def build(strategy: str, config: SimConfig, cost: CostModel) -> Deployment:
                                 num_cpu_tokens=cost.num_cpu_blocks(swap_bytes, 1))
     scheduler = Scheduler(manager, sched, kernel_inputs=False)
     return Deployment(strategy, manager, scheduler, 1, capacity)
+
+
+def _tiered_manager(cache: dict, tier_blocks: int, cost: CostModel,
+                    block_size: int) -> KVCacheManager:
+    """A paged manager with a CPU prefix tier whose loads follow the cost model."""
+    from kvpager.sim.tier import load_policy
+
+    config = CacheConfig(**cache, num_cpu_prefix_blocks=tier_blocks)
+    return KVCacheManager(config, tier_load_policy=load_policy(cost, block_size))

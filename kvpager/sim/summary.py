@@ -20,6 +20,11 @@ def _num(fmt: str) -> Callable[[object], str]:
     return f
 
 
+def _gib(v: object) -> str:
+    return "-" if not isinstance(v, (int, float)) or isinstance(v, bool) else \
+        f"{v / (1 << 30):.1f}"
+
+
 def _pct(v: object) -> str:
     return "-" if v is None or isinstance(v, (dict, list, str)) else f"{100 * float(v):.1f}%"
 
@@ -66,6 +71,19 @@ SUMMARY_ROWS: list[tuple[str, tuple[str, ...], Callable[[object], str]]] = [
     ("recomputed tokens", ("recomputed_tokens",), _num("d")),
     ("copy-on-write copies", ("cow_copies",), _num("d")),
     ("prefix-cache hit rate", ("prefix_cache", "hit_rate"), _pct),
+    *[(label, ("prefix_tier", *path), fmt) for label, path, fmt in (
+        ("prefix hits from GPU", ("gpu_hit_rate",), _pct),
+        ("prefix hits from CPU tier", ("cpu_hit_rate",), _pct),
+        ("prompt tokens from GPU", ("prompt_tokens", "from_gpu"), _num("d")),
+        ("prompt tokens from CPU tier", ("prompt_tokens", "from_cpu"), _num("d")),
+        ("prompt tokens computed", ("prompt_tokens", "computed"), _num("d")),
+        ("GiB offloaded to CPU tier", ("offloaded_bytes",), _gib),
+        ("GiB loaded from CPU tier", ("loaded_bytes",), _gib),
+        ("TTFT p50 without the tier (s)", ("gpu_only", "ttft_s", "p50"), _num(".3f")),
+        ("TTFT p99 without the tier (s)", ("gpu_only", "ttft_s", "p99"), _num(".3f")),
+        ("TTFT p50 saved by the tier (s)", ("ttft_saved_s", "p50"), _num(".3f")),
+        ("TTFT p99 saved by the tier (s)", ("ttft_saved_s", "p99"), _num(".3f")),
+    )],
     ("simulated time (s)", ("time", "simulated_s"), _num(".1f")),
     ("simulation wall time (s)", ("time", "wall_s"), _num(".2f")),
 ]
@@ -92,3 +110,5 @@ BRIEF = (
 
 #: Rows the terminal table adds when the run used prefix caching.
 BRIEF_PREFIX = ("prefix-cache hit rate",)
+#: Rows the terminal table adds when the run had a CPU prefix tier.
+BRIEF_TIER = tuple(label for label, path, _ in SUMMARY_ROWS if path[0] == "prefix_tier")

@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from kvpager.sim.config import SimConfig
 from kvpager.sweep.analysis import sustained
-from kvpager.sweep.spec import SweepSpec
+from kvpager.sweep.spec import TIER_AXIS, SweepSpec, value_label
 
 Progress = Callable[[int, int], None]  # (points done, points total)
 SCHEMA = 1
@@ -32,10 +32,11 @@ class RayUnavailableError(RuntimeError):
 
 def run_point(trace, config: SimConfig, strategy: str) -> dict:
     """One simulation (executed in a worker). Returns the strategy's metrics and the
-    resolved configuration and capacity it ran with."""
+    resolved configuration and capacity it ran with. A tiered point runs without its own
+    GPU-only baseline: the sweep's 0 point is that."""
     from kvpager.sim.run import simulate
 
-    m = simulate(trace, config, [strategy])
+    m = simulate(trace, config, [strategy], tier_baseline=False)
     return {"metrics": m["strategies"][strategy], "config": m["config"],
             "capacity": m["capacity"]}
 
@@ -75,21 +76,26 @@ def run_sweep(spec: SweepSpec, workers: int | None = None, ray_address: str | No
         raise ValueError(f"ray_address must be 'local' or a cluster address, got "
                          f"{ray_address!r}")
     started = time.perf_counter()
-    traces = {v: spec.load(v) for v in spec.values}
+    if spec.axis == TIER_AXIS:  # one load: one trace shared by every tier size
+        one = spec.load(spec.values[0])
+        traces = dict.fromkeys(spec.values, one)
+    else:
+        traces = {v: spec.load(v) for v in spec.values}
+    configs = {v: spec.config_at(v) for v in spec.values}
     from kvpager.sim.run import cost_model, resolve
 
     cost_model(resolve(spec.config), spec.config)  # bad model/GPU: fail now
     tasks = [(v, s) for v in spec.values for s in spec.strategies]
     if ray_address is not None:
-        results = _run_ray(ray_address, tasks, traces, spec.config, n_workers, progress)
+        results = _run_ray(ray_address, tasks, traces, configs, n_workers, progress)
         executor = {"kind": "ray", "address": ray_address,
                     "workers": n_workers if ray_address == "local" else None}
     elif n_workers == 1 or len(tasks) == 1:
-        results = _run_inline(tasks, traces, spec.config, progress)
+        results = _run_inline(tasks, traces, configs, progress)
         executor = {"kind": "inline", "workers": 1}
     else:
         n_workers = min(n_workers, len(tasks))
-        results = _run_processes(tasks, traces, spec.config, n_workers, progress)
+        results = _run_processes(tasks, traces, configs, n_workers, progress)
         executor = {"kind": "processes", "workers": n_workers}
     return _document(spec, traces, tasks, results, executor, time.perf_counter() - started)
 
@@ -98,15 +104,19 @@ def _document(spec: SweepSpec, traces: dict, tasks: list, results: dict, executo
               wall_s: float) -> dict:
     first = next(iter(traces.values()))
     native = None
-    if spec.axis == "rate_scale":
-        scale = spec.values[0]
+    tiers = spec.axis == TIER_AXIS
+    if spec.rate_scales is not None:
+        scale = spec.rate_scales[0]
         measured = _measured_rate(first)
         native = None if measured is None else measured / scale
     points = []
     for value, strategy in tasks:
         r = results[(value, strategy)]
-        nominal = value if spec.axis == "rate" else (None if native is None else native * value)
-        points.append({"value": value, "strategy": strategy, "rate_per_s": nominal,
+        load = spec.load_values[0] if tiers else value
+        nominal = load if spec.rates is not None else (
+            None if native is None else native * load)
+        points.append({"value": value_label(value) if tiers else value, "strategy": strategy,
+                       "rate_per_s": nominal,
                        "measured_rate_per_s": _measured_rate(traces[value]),
                        "metrics": r["metrics"]})
     any_result = results[tasks[0]]
@@ -119,29 +129,30 @@ def _document(spec: SweepSpec, traces: dict, tasks: list, results: dict, executo
         "trace": {"source": spec.trace, "requests": len(first),
                   "native_rate_per_s": native},
         "points": points,
-        "sustained": sustained(points, spec.strategies, spec.metric, spec.latency_bound),
+        "sustained": {} if tiers else sustained(points, spec.strategies, spec.metric,
+                                                spec.latency_bound),
         "executor": executor,
         "wall_s": wall_s,
     }
 
 
-def _run_inline(tasks, traces, config, progress) -> dict:
+def _run_inline(tasks, traces, configs, progress) -> dict:
     out = {}
     for done, (value, strategy) in enumerate(tasks, start=1):
-        out[(value, strategy)] = run_point(traces[value], config, strategy)
+        out[(value, strategy)] = run_point(traces[value], configs[value], strategy)
         if progress is not None:
             progress(done, len(tasks))
     return out
 
 
-def _run_processes(tasks, traces, config, workers, progress) -> dict:
+def _run_processes(tasks, traces, configs, workers, progress) -> dict:
     import multiprocessing
 
     out = {}
     pool = ProcessPoolExecutor(max_workers=workers,
                                mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = {pool.submit(run_point, traces[v], config, s): (v, s) for v, s in tasks}
+        futures = {pool.submit(run_point, traces[v], configs[v], s): (v, s) for v, s in tasks}
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -156,7 +167,7 @@ def _run_processes(tasks, traces, config, workers, progress) -> dict:
     return out
 
 
-def _run_ray(address, tasks, traces, config, workers, progress) -> dict:
+def _run_ray(address, tasks, traces, configs, workers, progress) -> dict:
     try:
         import ray
     except ImportError:
@@ -171,8 +182,8 @@ def _run_ray(address, tasks, traces, config, workers, progress) -> dict:
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(run_point)
         trace_refs = {v: ray.put(t) for v, t in traces.items()}
-        config_ref = ray.put(config)
-        refs = {remote.remote(trace_refs[v], config_ref, s): (v, s) for v, s in tasks}
+        config_refs = {v: ray.put(c) for v, c in configs.items()}
+        refs = {remote.remote(trace_refs[v], config_refs[v], s): (v, s) for v, s in tasks}
         pending, out = list(refs), {}
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)

@@ -6,15 +6,29 @@ Two ways to set the load, as capacity planners ask two questions:
   or Gamma with `arrival_cv` (the vLLM paper's method for its Figure 12);
 - `rate_scales`: "if this exact traffic grew s-fold?": the trace's own arrival times
   divided by s, so its burstiness is kept.
+
+A third question, "how much host memory buys how much?", sweeps the size of the CPU prefix
+tier (`cpu_prefix_caches`, GiB per GPU, `math.inf` = unlimited) at one load: one rate, or
+one rate scale (default: the trace's own arrivals). Its axis is "cpu_prefix_cache" and it
+has no sustained rate.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kvpager.sim.config import DEFAULT_STRATEGIES, SimConfig, check_strategies
+from kvpager.sim.config import (
+    DEFAULT_STRATEGIES,
+    PAGED,
+    UNLIMITED,
+    SimConfig,
+    check_strategies,
+    tier_label,
+)
+
+TIER_AXIS = "cpu_prefix_cache"
 
 LATENCY_KINDS = ("normalized", "ttft", "tpot", "e2e")
 LATENCY_STATS = ("mean", "p50", "p90", "p99")
@@ -94,6 +108,7 @@ class SweepSpec:
     limit: int | None = None
     metric: str = DEFAULT_METRIC
     latency_bound: float | None = None
+    cpu_prefix_caches: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, SimConfig):
@@ -131,21 +146,61 @@ class SweepSpec:
         if not (isinstance(bound, (int, float)) and math.isfinite(bound) and bound > 0):
             raise ValueError(f"latency_bound must be a positive number, got {bound!r}")
         object.__setattr__(self, "latency_bound", float(bound))
+        if self.cpu_prefix_caches is not None:
+            self._check_tiers()
+
+    def _check_tiers(self) -> None:
+        sizes = self.cpu_prefix_caches
+        if not isinstance(sizes, tuple) or not sizes:
+            raise ValueError("cpu_prefix_caches: give a tuple of at least one size in GiB")
+        for v in sizes:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"cpu_prefix_caches: {v!r} must be a number of GiB >= 0 or "
+                                 "inf (unlimited)")
+        object.__setattr__(self, "cpu_prefix_caches", tuple(sorted({float(v) for v in sizes})))
+        if not self.config.prefix_caching and max(sizes) > 0:
+            raise ValueError("cpu_prefix_caches: the CPU prefix tier holds prefix-cache "
+                             "blocks; it needs prefix caching")
+        if self.strategies != (PAGED,):
+            raise ValueError("cpu_prefix_caches: the CPU prefix tier needs the paged strategy "
+                             "only")
+        if len(self.load_values) > 1:
+            raise ValueError("cpu_prefix_caches: a tier-size sweep runs at one load; give one "
+                             "rate or one rate scale")
+
+    @property
+    def load_values(self) -> tuple[float, ...]:
+        """The rates or rate scales given."""
+        return self.rates if self.rates is not None else self.rate_scales  # type: ignore
 
     @property
     def axis(self) -> str:
-        """"rate" (generated arrivals at req/s) or "rate_scale"."""
+        """"rate" (generated arrivals at req/s), "rate_scale", or "cpu_prefix_cache" (tier
+        sizes at one load)."""
+        if self.cpu_prefix_caches is not None:
+            return TIER_AXIS
         return "rate" if self.rates is not None else "rate_scale"
 
     @property
     def values(self) -> tuple[float, ...]:
-        return self.rates if self.rates is not None else self.rate_scales  # type: ignore
+        """The swept values: rates, rate scales, or tier sizes in GiB (inf: unlimited)."""
+        if self.cpu_prefix_caches is not None:
+            return self.cpu_prefix_caches
+        return self.load_values
+
+    def config_at(self, value: float) -> SimConfig:
+        """The deployment of one sweep value (its tier size on the tier axis)."""
+        if self.axis != TIER_AXIS:
+            return self.config
+        return replace(self.config, cpu_prefix_cache_gib=value)
 
     def load(self, value: float):
-        """The trace of one sweep value (a `Trace`)."""
+        """The trace of one sweep value (a `Trace`); on the tier axis, of the one load."""
         from kvpager.sim.traces import GammaArrivals, PoissonArrivals, load_trace
 
-        if self.axis == "rate":
+        if self.axis == TIER_AXIS:
+            value = self.load_values[0]
+        if self.rates is not None:
             cv = self.arrival_cv
             process = (PoissonArrivals(value, seed=self.seed) if cv is None or cv == 1.0
                        else GammaArrivals(value, cv, seed=self.seed))
@@ -153,8 +208,22 @@ class SweepSpec:
         return load_trace(self.trace, limit=self.limit, rate_scale=value)
 
     def to_dict(self) -> dict:
+        tiers = self.axis == TIER_AXIS
         return {"trace": self.trace, "config": self.config.to_dict(),
                 "strategies": list(self.strategies), "axis": self.axis,
-                "values": list(self.values), "arrival_cv": self.arrival_cv,
+                "values": [value_label(v) if tiers else v for v in self.values],
+                "rates": None if self.rates is None else list(self.rates),
+                "rate_scales": None if self.rate_scales is None else list(self.rate_scales),
+                "arrival_cv": self.arrival_cv,
                 "seed": self.seed, "limit": self.limit, "metric": self.metric,
                 "latency_bound": self.latency_bound}
+
+
+def value_label(value: float) -> float | str:
+    """A tier size as sweep.json holds it: GiB, or "unlimited"."""
+    return UNLIMITED if tier_label(value) == UNLIMITED else value
+
+
+def value_number(value: float | str) -> float:
+    """The inverse of `value_label`: "unlimited" -> inf."""
+    return math.inf if value == UNLIMITED else float(value)

@@ -34,6 +34,7 @@ def test_parameter_counts_follow_from_the_shapes(name):
 @pytest.mark.parametrize(("name", "billions"), [
     ("OPT-13B", 12.85), ("Llama-2-7B", 6.74), ("Llama-2-13B", 13.02), ("Llama-2-70B", 68.98),
     ("Llama-3-8B", 8.03), ("Llama-3-70B", 70.55), ("Mistral-7B", 7.24),
+    ("Llama-3.1-8B", 8.03), ("Llama-3.1-70B", 70.55),
 ])
 def test_parameter_counts_match_model_cards(name, billions):
     assert get_model(name).num_params / 1e9 == pytest.approx(billions, abs=0.005)
@@ -45,6 +46,8 @@ def test_parameter_counts_match_model_cards(name, billions):
     ("OPT-13B", 800),      # "800 KB" per token in the vLLM paper (SOSP'23)
     ("Llama-3-8B", 128),
     ("Mistral-7B", 128),
+    ("Llama-3.1-8B", 128),  # 2 * 32 layers * 8 KV heads * 128 * 2 bytes
+    ("Llama-3.1-70B", 320),
 ])
 def test_kv_bytes_per_token_fp16(name, kib):
     assert get_model(name).kv_bytes_per_token(2) == kib * KiB
@@ -131,3 +134,15 @@ def test_model_validation():
         ModelSpec(**{**base, "sliding_window": 0})
     with pytest.raises(SpecError, match="field 'tie_word_embeddings'"):
         ModelSpec(**{**base, "tie_word_embeddings": 1})
+
+
+@pytest.mark.parametrize(("name", "hidden", "layers", "heads", "inter"), [
+    ("Llama-3.1-8B", 4096, 32, 32, 14336), ("Llama-3.1-70B", 8192, 80, 64, 28672),
+])
+def test_llama_3_1_presets_are_the_published_128k_configurations(name, hidden, layers, heads,
+                                                                  inter):
+    m = get_model(name.lower())
+    assert (m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_size,
+            m.vocab_size, m.head_size) == (hidden, layers, heads, 8, inter, 128256, 128)
+    assert m.max_context == 131072
+    assert not m.tie_word_embeddings and m.sliding_window is None
