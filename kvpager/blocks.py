@@ -144,13 +144,19 @@ class BlockPool:
         return ids
 
     def _evict(self, num: int) -> np.ndarray:
-        evicted = np.empty(num, dtype=np.int32)
-        for i in range(num):
-            block, _ = self._evictable.popitem(last=False)
-            self._cached[block] = False
-            if self._on_evict is not None:
-                self._on_evict(block)
-            evicted[i] = block
+        """The `num` oldest evictable blocks, taken out of the eviction order; the callback
+        hears about all of them at once (a long prompt evicts hundreds per allocation)."""
+        evictable = self._evictable
+        if num == len(evictable):
+            blocks = list(evictable)
+            evictable.clear()
+        else:
+            pop = evictable.popitem
+            blocks = [pop(last=False)[0] for _ in range(num)]
+        evicted = np.asarray(blocks, dtype=np.int32)
+        self._cached[evicted] = False
+        if self._on_evict is not None:
+            self._on_evict(blocks)
         return evicted
 
     def share(self, blocks: BlockIds) -> None:
@@ -269,8 +275,9 @@ class BlockPool:
         return must
 
     # ---- prefix-cache support ---------------------------------------------------------------
-    def set_evict_callback(self, callback: Callable[[int], None] | None) -> None:
-        """Call `callback(block)` whenever a cached free block is evicted for reuse."""
+    def set_evict_callback(self, callback: Callable[[list[int]], None] | None) -> None:
+        """Call `callback(blocks)` with the cached free blocks evicted for reuse, oldest first,
+        once per allocation that evicts any."""
         self._on_evict = callback
 
     def mark_cached(self, block: int) -> None:

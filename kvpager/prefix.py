@@ -310,14 +310,15 @@ class PrefixCache:
                 block_of[key] = block
                 key_of[block] = key
                 fresh.append(block)
-                if self.write_through:
-                    self.tier.offload(key, block)  # type: ignore[union-attr]
         self._num_keys[rows] = reg + 1
         self._registered[rows] = reg + 1
         self._pending[rows, :-bs] = self._pending[rows, bs:]
         self._pending[rows, -bs:] = -1
         if fresh:
             self._pool.mark_cached_many(np.asarray(fresh, dtype=np.int64))
+            if self.write_through:
+                self.tier.offload_many(list(map(key_of.__getitem__, fresh)),  # type: ignore
+                                       fresh)
         return added + len(fresh)
 
     def commit(self, row: int, blocks: np.ndarray, num_computed: int) -> int:
@@ -335,12 +336,10 @@ class PrefixCache:
                 pass
         done = min(done, len(keys))
         start = self._registered.item(row)
-        added = 0
-        for i in range(start, done):
-            added += self._register(int(blocks[i]), keys[i])
-        if done > start:
-            self._registered[row] = done
-        return added
+        if done <= start:
+            return 0
+        self._registered[row] = done
+        return self._register_many(blocks[start:done].tolist(), keys[start:done])
 
     def _extend(self, row: int, keys: list[Hashable]) -> bool:
         """Make the row's next key from its recorded tokens; False if any is unknown."""
@@ -356,26 +355,33 @@ class PrefixCache:
         pending[-bs:] = -1
         return True
 
-    def _register(self, block: int, key: Hashable) -> bool:
-        """Cache an in-use full block under `key`. Returns False, caching nothing, when `key`
-        is already cached under another block (two sequences computed the same prefix at
-        once): the duplicate stays private and is simply freed later."""
-        if key in self._block_of:
-            return False
-        self._block_of[key] = block
-        self._key_of[block] = key
-        self._pool.mark_cached(block)
+    def _register_many(self, blocks: list[int], keys: list[Hashable]) -> int:
+        """Cache in-use full blocks under their keys; returns how many were cached. A key
+        already cached under another block (two sequences computed the same prefix at once)
+        caches nothing: the duplicate stays private and is simply freed later."""
+        block_of = self._block_of
+        fresh = [(k, b) for k, b in zip(keys, blocks, strict=True) if k not in block_of]
+        if not fresh:
+            return 0
+        if len(fresh) > 1 and len({k for k, _ in fresh}) < len(fresh):
+            fresh = list(dict(reversed(fresh)).items())[::-1]  # a key twice: its first block
+        block_of.update(fresh)
+        self._key_of.update((b, k) for k, b in fresh)
+        ids = [b for _, b in fresh]
+        self._pool.mark_cached_many(np.asarray(ids, dtype=np.int64))
         if self.write_through:
-            self.tier.offload(key, block)  # type: ignore[union-attr]
-        return True
+            self.tier.offload_many([k for k, _ in fresh], ids)  # type: ignore[union-attr]
+        return len(fresh)
 
-    def _forget(self, block: int) -> None:
-        """The pool evicts a cached block for reuse: its key goes (to the host tier, with a
-        copy of its content, when there is one)."""
-        key = self._key_of.pop(block)
-        del self._block_of[key]
+    def _forget(self, blocks: list[int]) -> None:
+        """The pool evicts cached blocks for reuse: their keys go (to the host tier, with a
+        copy of their content, when there is one)."""
+        keys = list(map(self._key_of.pop, blocks))
+        block_of = self._block_of
+        for key in keys:
+            del block_of[key]
         if self.tier is not None:
-            self.tier.offload(key, block)
+            self.tier.offload_many(keys, blocks)
 
     def _ensure_rows(self, rows: int) -> None:
         size = self._num_keys.size

@@ -79,19 +79,31 @@ class HostPrefixTier:
         self.loaded_blocks += len(keys)
 
     def offload(self, key: Hashable, gpu_block: int) -> bool:
-        """Keep the content of `gpu_block`, cached under `key`, in the tier: a copy is planned
-        unless the tier holds the key already. Makes room by dropping the least recently
-        used unpinned key; returns False (nothing kept) when every held block is pinned."""
-        if key in self._host_of:
-            self._host_of.move_to_end(key)
-            return True
-        host = self._take_host_block()
-        if host is None:
-            return False
-        self._host_of[key] = host
-        self._offloads.append((gpu_block, host))
-        self.offloaded_blocks += 1
-        return True
+        """`offload_many` for one block; returns whether the tier keeps it."""
+        return self.offload_many([key], [gpu_block]) == 1
+
+    def offload_many(self, keys: Sequence[Hashable], gpu_blocks: Sequence[int]) -> int:
+        """Keep the contents of `gpu_blocks`, cached under `keys`, in the tier: a copy is
+        planned for each key the tier does not hold yet (a held key just becomes the most
+        recently used). Room is made by dropping the least recently used unpinned keys;
+        when every held block is pinned, the remaining blocks are not kept. Returns how many
+        of the blocks the tier holds now."""
+        host_of = self._host_of
+        new = [(k, b) for k, b in zip(keys, gpu_blocks, strict=True) if k not in host_of]
+        if len(new) < len(keys):  # held keys become the most recently used
+            for key in keys:
+                if key in host_of:
+                    host_of.move_to_end(key)
+        new_keys = [k for k, _ in new]
+        new_blocks = [b for _, b in new]
+        if not new_keys:
+            return len(keys)
+        hosts = self._take_host_blocks(len(new_keys))
+        kept = len(hosts)
+        host_of.update(zip(new_keys[:kept], hosts, strict=True))
+        self._offloads.extend(zip(new_blocks[:kept], hosts, strict=True))
+        self.offloaded_blocks += kept
+        return len(keys) - len(new_keys) + kept
 
     def take_plans(self) -> tuple[np.ndarray, np.ndarray]:
         """(offloads int64 `[n, 2]` (gpu, host), loads int64 `[m, 2]` (host, gpu)) planned
@@ -104,12 +116,24 @@ class HostPrefixTier:
         self._pinned.clear()
         return offloads, loads
 
-    def _take_host_block(self) -> int | None:
-        if self._next < self.capacity:
-            self._next += 1
-            return self.base + self._next - 1
-        for key, host in self._host_of.items():  # oldest first
-            if host not in self._pinned:
-                del self._host_of[key]
-                return host
-        return None
+    def _take_host_blocks(self, num: int) -> list[int]:
+        """Up to `num` host blocks: untouched ones first, then those of the least recently
+        used unpinned keys, whose keys are dropped."""
+        fresh = min(num, self.capacity - self._next)
+        hosts = list(range(self.base + self._next, self.base + self._next + fresh))
+        self._next += fresh
+        if fresh == num:
+            return hosts
+        host_of, pinned = self._host_of, self._pinned
+        skipped: list[tuple[Hashable, int]] = []
+        pop = host_of.popitem
+        while len(hosts) < num and host_of:
+            key, host = pop(last=False)  # the least recently used
+            if host in pinned:
+                skipped.append((key, host))
+            else:
+                hosts.append(host)
+        for key, host in reversed(skipped):  # pinned keys keep their place, oldest first
+            host_of[key] = host
+            host_of.move_to_end(key, last=False)
+        return hosts

@@ -84,7 +84,7 @@ def test_bad_sizes_are_rejected(bad):
 def test_cached_blocks_are_evicted_oldest_first_and_only_when_needed():
     pool = BlockPool(4)
     evicted = []
-    pool.set_evict_callback(evicted.append)
+    pool.set_evict_callback(evicted.extend)  # one call per allocation that evicts
     blocks = pool.allocate(4).tolist()
     for b in blocks[:3]:
         pool.mark_cached(b)
