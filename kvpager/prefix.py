@@ -33,7 +33,8 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from kvpager.blocks import BlockPool
-from kvpager.prefix_tier import EMPTY, HostPrefixTier
+from kvpager.plans import EMPTY_PAIRS
+from kvpager.prefix_tier import HostPrefixTier
 
 _ROOT = b"kvpager-prefix-v1"
 _blake2b = hashlib.blake2b
@@ -159,7 +160,7 @@ class PrefixCache:
     def take_plans(self) -> tuple[np.ndarray, np.ndarray]:
         """The host tier's (offloads `[n, 2]` (gpu, host), loads `[m, 2]` (host, gpu))
         planned since the last call."""
-        return (EMPTY, EMPTY) if self.tier is None else self.tier.take_plans()
+        return (EMPTY_PAIRS, EMPTY_PAIRS) if self.tier is None else self.tier.take_plans()
 
     def record_query(self, queried: int, gpu_hits: int, cpu_hits: int = 0) -> None:
         """Count one lookup for the hit rates: blocks asked for, found on the GPU, loaded
@@ -302,9 +303,8 @@ class PrefixCache:
         block_of, key_of, keys_of = self._block_of, self._key_of, self._keys
         for row, block, start in zip(rows.tolist(), blocks, range(0, len(raw), step),
                                      strict=True):
-            keys = keys_of[row]  # chain_key, inlined: this loop is the decode step's cost
-            key = _blake2b((keys[-1] if keys else _ROOT) + raw[start : start + step],
-                           digest_size=16).digest()
+            keys = keys_of[row]
+            key = chain_key(keys[-1] if keys else None, raw[start : start + step])
             keys.append(key)
             if key not in block_of:
                 block_of[key] = block

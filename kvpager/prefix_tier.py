@@ -26,7 +26,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-EMPTY = np.zeros((0, 2), dtype=np.int64)
+from kvpager.plans import EMPTY_PAIRS
 
 
 class HostPrefixTier:
@@ -109,9 +109,9 @@ class HostPrefixTier:
         """(offloads int64 `[n, 2]` (gpu, host), loads int64 `[m, 2]` (host, gpu)) planned
         since the last call, in order; unpins the loads' host blocks."""
         offloads = np.asarray(self._offloads, dtype=np.int64).reshape(-1, 2) \
-            if self._offloads else EMPTY
+            if self._offloads else EMPTY_PAIRS
         loads = np.asarray(self._loads, dtype=np.int64).reshape(-1, 2) \
-            if self._loads else EMPTY
+            if self._loads else EMPTY_PAIRS
         self._offloads, self._loads = [], []
         self._pinned.clear()
         return offloads, loads
