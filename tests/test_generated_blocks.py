@@ -101,8 +101,12 @@ def test_truncation_unregisters_from_the_chain_and_never_writes_a_cached_block()
     m.truncate("a", 6)  # inside block 1, a registered block
     got = m.append_slots("a", token_ids=[9])
     assert got.copies.tolist() == [[cached, table(m, "a")[1]]]  # copied, not written
+    m.append_slots("a", token_ids=[10])  # block 1 is full again: [5, 6, 9, 10]
     m.mark_computed("a", m.num_tokens("a"))
-    assert m.prefix_cache.block_of(hash_block_tokens([1, 2, 3, 4, 5, 6, 9, 0], BS)[1]) is None
+    # The cut key's tokens are gone, so the chain ended: the rewritten block is not
+    # registered (under any key), and the two original blocks stay cached as they were.
+    assert len(m.prefix_cache) == 2 and not m.gpu.is_cached(table(m, "a")[1])
+    assert m.prefix_cache.key_of(cached) == hash_block_tokens([1, 2, 3, 4, 5, 6, 7, 8], BS)[1]
 
 
 def test_forked_samples_keep_their_own_chains():
