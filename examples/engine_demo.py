@@ -21,7 +21,7 @@ import argparse
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kvpager.config import CacheConfig, SchedulerConfig
+from kvpager.core.config import CacheConfig, SchedulerConfig
 from kvpager.engine import LLMEngine, SamplingParams
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

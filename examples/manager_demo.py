@@ -8,7 +8,7 @@ the simulator) carries the plans out.
 
 from __future__ import annotations
 
-from kvpager.manager import KVCacheManager
+from kvpager.core.memory.manager import KVCacheManager
 
 
 def show(m: KVCacheManager, *seqs: str) -> None:

@@ -4,7 +4,7 @@ Importing this package needs only numpy: torch, Triton, SimPy and Plotly are imp
 parts that use them (kernels, `KVCache`, the simulator, reports), never here.
 """
 
-from kvpager.errors import (
+from kvpager.core.errors import (
     DoubleFreeError,
     DuplicateSequenceError,
     KVPagerError,

@@ -26,8 +26,8 @@ from kvpager.backends.layout import allocate_kv_cache, cache_dtype_for, x_for
 from kvpager.backends.validation import OpArgumentError
 
 if TYPE_CHECKING:
-    from kvpager.manager import KVCacheManager
-    from kvpager.scheduler_output import SchedulerOutput
+    from kvpager.core.memory.manager import KVCacheManager
+    from kvpager.core.sched.output import SchedulerOutput
 
 Scale = float | torch.Tensor
 

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kvpager.cache import KVCache  # noqa: E402
-from kvpager.manager import KVCacheManager  # noqa: E402
+from kvpager.core.memory.manager import KVCacheManager  # noqa: E402
 
 HEADS, HEAD, BS = 2, 16, 4
 

@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kvpager.errors import KVPagerError
+from kvpager.core.errors import KVPagerError
 
 if TYPE_CHECKING:
     import torch

@@ -31,9 +31,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kvpager.blocks import BlockPool
-from kvpager.manager import KVCacheManager
-from kvpager.prefix import hash_block_tokens
+from kvpager.core.memory.block_pool import BlockPool
+from kvpager.core.memory.manager import KVCacheManager
+from kvpager.core.memory.prefix import hash_block_tokens
 
 BLOCK = 16
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import typer
 
-from kvpager.errors import KVPagerError
+from kvpager.core.errors import KVPagerError
 
 BAD_INPUT = 2
 INTERNAL = 1

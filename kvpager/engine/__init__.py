@@ -4,7 +4,7 @@
 library's own `Scheduler` and `KVCacheManager`, executing their plans through `KVCache` and
 the `kvpager.ops` kernels: the real executor that the simulator stands in for.
 
-    from kvpager.config import CacheConfig
+    from kvpager.core.config import CacheConfig
     from kvpager.engine import LLMEngine, SamplingParams
 
     engine = LLMEngine.from_hf(hf_model, CacheConfig(num_gpu_blocks=256, block_size=16))

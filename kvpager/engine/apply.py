@@ -18,11 +18,11 @@ from collections.abc import Hashable
 
 import torch
 
+from kvpager.core.memory.manager import KVCacheManager
+from kvpager.core.sched.request import SequenceState
+from kvpager.core.sched.scheduler import Scheduler
 from kvpager.engine.outputs import EngineStats
 from kvpager.engine.tracking import RequestState
-from kvpager.manager import KVCacheManager
-from kvpager.request import SequenceState
-from kvpager.scheduler import Scheduler
 
 
 def decide_beam_step(

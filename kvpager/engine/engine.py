@@ -30,7 +30,11 @@ import torch
 from kvpager import backends
 from kvpager.backends.layout import BLOCK_SIZES, HEAD_SIZES
 from kvpager.cache import KVCache
-from kvpager.config import CacheConfig, SchedulerConfig
+from kvpager.core.config import CacheConfig, SchedulerConfig
+from kvpager.core.memory.manager import KVCacheManager
+from kvpager.core.sched.output import SchedulerOutput
+from kvpager.core.sched.request import Request, SequenceState
+from kvpager.core.sched.scheduler import Scheduler
 from kvpager.engine.apply import apply_beam_step, apply_samples, decide_beam_step
 from kvpager.engine.inputs import build_step_inputs
 from kvpager.engine.llama import PagedLlama
@@ -38,10 +42,6 @@ from kvpager.engine.outputs import EngineStats, RequestOutput
 from kvpager.engine.params import SamplingParams
 from kvpager.engine.sampler import choose_tokens
 from kvpager.engine.tracking import RequestState, SampleState
-from kvpager.manager import KVCacheManager
-from kvpager.request import Request, SequenceState
-from kvpager.scheduler import Scheduler
-from kvpager.scheduler_output import SchedulerOutput
 
 
 def _eos_of(hf_model: object) -> tuple[int, ...]:

@@ -2,11 +2,11 @@
 
 The scheduler's output says which tokens of which sequences to compute and where their K/V
 goes (slots, block tables); this module only reads it, never the manager. Token accounting
-(see `kvpager.request`): a prefill chunk computes known tokens `start .. start + count - 1`
-and yields logits only when it reaches the sequence's last known token; a decode computes
-the token sampled last, whose slot the scheduler has just appended, so the sequence's
-attention length (`decode_seq_lens`) equals the number of known tokens and the token sits
-at position `len(token_ids) - 1`.
+(see `kvpager.core.sched.request`): a prefill chunk computes known tokens `start .. start +
+count - 1` and yields logits only when it reaches the sequence's last known token; a decode
+computes the token sampled last, whose slot the scheduler has just appended, so the
+sequence's attention length (`decode_seq_lens`) equals the number of known tokens and the
+token sits at position `len(token_ids) - 1`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kvpager.block_table import num_blocks_for
+from kvpager.core.memory.block_table import num_blocks_for
+from kvpager.core.sched.output import SchedulerOutput
+from kvpager.core.sched.request import SequenceState
 from kvpager.engine.attention import PrefillSegment, StepInputs
-from kvpager.request import SequenceState
-from kvpager.scheduler_output import SchedulerOutput
 
 
 def build_step_inputs(

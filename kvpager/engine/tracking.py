@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kvpager.core.sched.request import GroupStatus, SequenceGroup, SequenceState
 from kvpager.engine.beam import BeamSearch, BeamStep
 from kvpager.engine.outputs import CompletionOutput, RequestOutput
 from kvpager.engine.params import SamplingParams
 from kvpager.engine.sampler import sample_generator
-from kvpager.request import GroupStatus, SequenceGroup, SequenceState
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kvpager.usage import FIELDS as MEMORY_FIELDS
+from kvpager.core.memory.usage import FIELDS as MEMORY_FIELDS
 
 MEMORY_COLUMNS = ("time_s", *MEMORY_FIELDS, "running_seqs", "waiting", "swapped",
                   "prefix_hit_rate")

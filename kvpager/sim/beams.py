@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvpager.request import GroupStatus
-from kvpager.scheduler import Scheduler
+from kvpager.core.sched.request import GroupStatus
+from kvpager.core.sched.scheduler import Scheduler
 
 
 class BeamModel:

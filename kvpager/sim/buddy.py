@@ -35,7 +35,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from kvpager.errors import DoubleFreeError, OutOfBlocksError, UnknownBlockError
+from kvpager.core.errors import DoubleFreeError, OutOfBlocksError, UnknownBlockError
 
 
 class NoFreeBlockError(OutOfBlocksError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from kvpager.config import PREEMPTION_MODES
+from kvpager.core.config import PREEMPTION_MODES
 
 PAGED = "paged"
 CONTIGUOUS = ("orca-max", "orca-pow2", "orca-oracle")
@@ -52,7 +52,7 @@ class SimConfig:
         preemption: "auto", "swap" or "recompute".
         prefix_caching: share prompt blocks by content (paged strategy only).
         max_num_seqs, max_num_batched_tokens, max_model_len, chunked_prefill: scheduler
-            limits (`kvpager.config.SchedulerConfig`). `max_model_len` None means the
+            limits (`kvpager.core.config.SchedulerConfig`). `max_model_len` None means the
             model's context length (`ModelSpec.max_context`), as in vLLM; a request whose
             prompt + output exceeds it is rejected with a reason and the run goes on.
             `max_num_batched_tokens` None means vLLM's default: 8192 with chunked prefill,

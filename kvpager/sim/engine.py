@@ -25,8 +25,8 @@ from collections.abc import Callable
 import numpy as np
 import simpy
 
-from kvpager.request import GroupStatus, Request, SequenceGroup
-from kvpager.scheduler import SchedulerOutput
+from kvpager.core.sched.request import GroupStatus, Request, SequenceGroup
+from kvpager.core.sched.scheduler import SchedulerOutput
 from kvpager.sim.beams import BeamModel
 from kvpager.sim.config import PAGED, SimConfig
 from kvpager.sim.cost_model import CostModel, prefill_attention_work

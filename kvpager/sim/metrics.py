@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvpager.usage import FIELDS as MEMORY_FIELDS
+from kvpager.core.memory.usage import FIELDS as MEMORY_FIELDS
 
 FINISHED, REJECTED, PENDING = 0, 1, 2
 

@@ -24,7 +24,7 @@ import os
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-from kvpager.errors import KVPagerError
+from kvpager.core.errors import KVPagerError
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kvpager.core.memory.usage import FIELDS as MEMORY_FIELDS
 from kvpager.sim.config import (
     DEFAULT_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
@@ -37,7 +38,6 @@ from kvpager.sim.metrics import FINISHED, REJECTED
 from kvpager.sim.presets import get_model
 from kvpager.sim.tier import add_gpu_only
 from kvpager.sim.traces import Trace, summarize
-from kvpager.usage import FIELDS as MEMORY_FIELDS
 
 StrategyProgress = Callable[[str, int, int], None]  # (strategy, done, total)
 SCHEMA_VERSION = 1

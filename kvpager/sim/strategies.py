@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvpager.config import CacheConfig, SchedulerConfig
-from kvpager.manager import KVCacheManager
-from kvpager.protocol import KVManager
-from kvpager.scheduler import Scheduler
+from kvpager.core.config import CacheConfig, SchedulerConfig
+from kvpager.core.memory.manager import KVCacheManager
+from kvpager.core.protocol import KVManager
+from kvpager.core.sched.scheduler import Scheduler
 from kvpager.sim.config import PAGED, STATIC, SimConfig
 from kvpager.sim.cost_model import CostModel
 

@@ -22,7 +22,7 @@ from kvpager.sim.config import SimConfig, tier_label
 from kvpager.sim.cost_model import CostModel, prefill_attention_work
 
 if TYPE_CHECKING:
-    from kvpager.prefix import PrefixCache
+    from kvpager.core.memory.prefix import PrefixCache
     from kvpager.sim.traces import Trace
 
 GiB = 1 << 30

@@ -19,7 +19,7 @@ BLOCK_SIZE = 8
 
 
 def _engine(hf_model, backend: str):
-    from kvpager.config import CacheConfig, SchedulerConfig
+    from kvpager.core.config import CacheConfig, SchedulerConfig
     from kvpager.engine import LLMEngine
 
     cache = CacheConfig(num_gpu_blocks=256, block_size=BLOCK_SIZE, watermark=0.0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kvpager import backends
-from kvpager.config import CacheConfig, SchedulerConfig
+from kvpager.core.config import CacheConfig, SchedulerConfig
 
 BLOCK_SIZE = 8
 

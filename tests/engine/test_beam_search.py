@@ -7,7 +7,7 @@ import pytest
 from engine_helpers import BLOCK_SIZE, make_engine
 from hf_reference import hf_beams, make_prompts
 
-from kvpager.block_table import num_blocks_for
+from kvpager.core.memory.block_table import num_blocks_for
 from kvpager.engine import SamplingParams
 
 MAX_NEW = 12

@@ -7,7 +7,7 @@ import pytest
 from engine_helpers import make_engine
 from hf_reference import tiny_llama
 
-from kvpager.config import CacheConfig
+from kvpager.core.config import CacheConfig
 from kvpager.engine import LLMEngine, SamplingParams
 
 

@@ -10,7 +10,7 @@ import torch
 from engine_helpers import BLOCK_SIZE, make_engine
 from hf_reference import hf_greedy, hf_logprobs, make_prompts
 
-from kvpager.block_table import num_blocks_for
+from kvpager.core.memory.block_table import num_blocks_for
 from kvpager.engine import SamplingParams
 from kvpager.engine.sampler import choose_tokens, filtered_logits, sample_generator
 

@@ -86,7 +86,7 @@ def test_a_host_tier_loads_evicted_prefix_blocks_back_token_exact(hf_model):
     """A GPU cache too small to keep a prompt's blocks cached while other requests run: with a
     host tier they are offloaded on eviction and loaded back (swap_blocks on the real cache)
     for the next request that shares them, and every output stays transformers' output."""
-    from kvpager.config import CacheConfig, SchedulerConfig
+    from kvpager.core.config import CacheConfig, SchedulerConfig
     from kvpager.engine import LLMEngine
 
     shared, tail, other = make_prompts((32, 5, 40), seed=25)

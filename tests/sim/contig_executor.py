@@ -1,9 +1,10 @@
 """A test executor for the scheduler over a `ContiguousManager`, on numpy "device memory".
 
-Adapted from `tests/shadow_executor.py` (whose block tables and reference counts are paged):
-each token of each sequence has a value (a hash of the sequence and position, inherited on
-fork); the executor carries out swaps and the copies forks make, writes every computed token
-at the slot the plans give, and checks after each step that
+Adapted from `tests/core/sched/shadow_executor.py` (whose block tables and reference counts
+are paged): each token of each sequence has a value (a hash of the sequence and position,
+inherited on fork); the executor carries out swaps and the copies forks make, writes every
+computed token at the slot the plans give, and checks after each step that
+
 
 - every write lands inside the writing sequence's own region;
 - regions (and spares) never overlap, and the allocator holds exactly them: no leak;
@@ -18,9 +19,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from kvpager.errors import OutOfBlocksError
-from kvpager.request import SequenceGroup
-from kvpager.scheduler import Scheduler, SchedulerOutput, StepResult
+from kvpager.core.errors import OutOfBlocksError
+from kvpager.core.sched.request import SequenceGroup
+from kvpager.core.sched.scheduler import Scheduler, SchedulerOutput, StepResult
 from kvpager.sim.contiguous import ContiguousManager
 
 

@@ -9,7 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from kvpager.errors import DoubleFreeError, OutOfBlocksError, UnknownBlockError
+from kvpager.core.errors import DoubleFreeError, OutOfBlocksError, UnknownBlockError
 from kvpager.sim.buddy import BuddyAllocator, NoFreeBlockError
 
 

@@ -4,14 +4,14 @@ hand-computed memory breakdowns, forks that copy, swaps of whole regions, and er
 import numpy as np
 import pytest
 
-from kvpager.errors import (
+from kvpager.core.errors import (
     DuplicateSequenceError,
     OutOfBlocksError,
     UnknownSequenceError,
     WrongDeviceError,
 )
-from kvpager.plans import AllocStatus
-from kvpager.protocol import KVManager
+from kvpager.core.plans import AllocStatus
+from kvpager.core.protocol import KVManager
 from kvpager.sim.buddy import NoFreeBlockError
 from kvpager.sim.contiguous import POLICIES, ContiguousManager, ReservationExceededError
 

@@ -8,8 +8,8 @@ from contig_executor import ContigExecutor, PressuredManager, generated_per_grou
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvpager.request import GroupStatus, Request
-from kvpager.scheduler import Scheduler
+from kvpager.core.sched.request import GroupStatus, Request
+from kvpager.core.sched.scheduler import Scheduler
 from kvpager.sim.contiguous import POLICIES, ContiguousManager
 
 

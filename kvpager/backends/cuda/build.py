@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-from kvpager.errors import KVPagerError
+from kvpager.core.errors import KVPagerError
 
 ENV_ARCH = "KVPAGER_CUDA_ARCH"
 ENV_CACHE = "KVPAGER_CUDA_CACHE"

@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kvpager.errors import KVPagerError, WrongDeviceError
-from kvpager.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
-from kvpager.seq_store import DEVICE_NAMES, ON_GPU, SequenceStore
+from kvpager.core.errors import KVPagerError, WrongDeviceError
+from kvpager.core.memory.seq_store import DEVICE_NAMES, ON_GPU, SequenceStore
+from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 from kvpager.sim.buddy import BuddyAllocator, NoFreeBlockError
 from kvpager.sim.contiguous.policy import POLICIES, check_int, reserve
 from kvpager.sim.contiguous.swap import ContiguousSwapMixin
@@ -45,7 +45,7 @@ class _Group:
 
 
 class ContiguousManager(ContiguousSwapMixin):
-    """A `kvpager.protocol.KVManager` that reserves one contiguous region per sequence.
+    """A `kvpager.core.protocol.KVManager` that reserves one contiguous region per sequence.
 
     Args:
         capacity_tokens: token slots of the GPU KV cache, >= 1.

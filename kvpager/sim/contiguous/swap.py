@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kvpager.plans import AllocStatus
-from kvpager.seq_store import ON_CPU, ON_GPU
+from kvpager.core.memory.seq_store import ON_CPU, ON_GPU
+from kvpager.core.memory.swap import group_rows
+from kvpager.core.plans import AllocStatus
 from kvpager.sim.buddy import BuddyAllocator, NoFreeBlockError
-from kvpager.swap import group_rows
 
 if TYPE_CHECKING:
     from kvpager.sim.contiguous.manager import ContiguousManager

@@ -1,4 +1,4 @@
-"""Where the KV memory of a contiguous cache goes, in the same terms as `kvpager.usage`.
+"""Where the KV memory of a contiguous cache goes, in the same terms as `kvpager.core.memory.usage`.
 
 The slot counts sum to the cache's capacity:
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kvpager.errors import KVPagerError
+from kvpager.core.errors import KVPagerError
 from kvpager.sim.cost_model.gpu_model import GpuFit
 
 if TYPE_CHECKING:

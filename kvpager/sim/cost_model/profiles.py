@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvpager.errors import KVPagerError
+from kvpager.core.errors import KVPagerError
 
 #: kvpager GPU preset -> the profiles' folder name.
 PROFILE_GPUS = {"a100-80gb": "a100", "h100-80gb": "h100"}

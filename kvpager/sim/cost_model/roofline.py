@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kvpager.errors import KVPagerError
+from kvpager.core.errors import KVPagerError
 from kvpager.sim.cost_model.calibration import BoundCalibration, Calibration
 from kvpager.sim.cost_model.fitted_terms import FittedTerms
 from kvpager.sim.presets import GiB, GPUSpec, ModelSpec, get_gpu, get_model

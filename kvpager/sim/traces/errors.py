@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from kvpager.errors import KVPagerError
+from kvpager.core.errors import KVPagerError
 from kvpager.sim.traces.limits import too_large
 
 _MAX_SHOWN = 40

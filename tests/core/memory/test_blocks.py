@@ -5,8 +5,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from kvpager.blocks import BlockPool
-from kvpager.errors import DoubleFreeError, OutOfBlocksError, UnknownBlockError
+from kvpager.core.errors import DoubleFreeError, OutOfBlocksError, UnknownBlockError
+from kvpager.core.memory.block_pool import BlockPool
 
 
 def snapshot(pool: BlockPool):

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from kvpager.manager import KVCacheManager
-from kvpager.protocol import KVManager
+from kvpager.core.memory.manager import KVCacheManager
+from kvpager.core.protocol import KVManager
 
 
 def test_paged_manager_implements_the_scheduler_protocol():

@@ -4,8 +4,8 @@ chain, once computed; the next turn of a conversation hits them."""
 import numpy as np
 import pytest
 
-from kvpager.manager import KVCacheManager
-from kvpager.prefix import hash_block_tokens
+from kvpager.core.memory.manager import KVCacheManager
+from kvpager.core.memory.prefix import hash_block_tokens
 
 from .manager_helpers import table
 

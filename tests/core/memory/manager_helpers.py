@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvpager.manager import KVCacheManager
+from kvpager.core.memory.manager import KVCacheManager
 
 
 def state(m: KVCacheManager):

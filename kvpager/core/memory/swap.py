@@ -12,9 +12,9 @@ from collections.abc import Hashable, Iterable
 
 import numpy as np
 
-from kvpager.blocks import BlockPool
-from kvpager.errors import OutOfBlocksError, WrongDeviceError
-from kvpager.seq_store import DEVICE_NAMES, SequenceStore
+from kvpager.core.errors import OutOfBlocksError, WrongDeviceError
+from kvpager.core.memory.block_pool import BlockPool
+from kvpager.core.memory.seq_store import DEVICE_NAMES, SequenceStore
 
 
 def group_rows(seqs: SequenceStore, seq_ids: Iterable[Hashable], where: int) -> np.ndarray:

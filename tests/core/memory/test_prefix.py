@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from kvpager.manager import KVCacheManager
-from kvpager.plans import AllocStatus
-from kvpager.prefix import hash_block_tokens
+from kvpager.core.memory.manager import KVCacheManager
+from kvpager.core.memory.prefix import hash_block_tokens
+from kvpager.core.plans import AllocStatus
 
 from .manager_helpers import table
 

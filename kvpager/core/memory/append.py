@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvpager.blocks import BlockPool
-from kvpager.errors import OutOfBlocksError, SequenceTooLongError
-from kvpager.plans import EMPTY_PAIRS, AppendResult
-from kvpager.seq_store import SequenceStore
+from kvpager.core.errors import OutOfBlocksError, SequenceTooLongError
+from kvpager.core.memory.block_pool import BlockPool
+from kvpager.core.memory.seq_store import SequenceStore
+from kvpager.core.plans import EMPTY_PAIRS, AppendResult
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from kvpager.errors import (
+from kvpager.core.errors import (
     DuplicateSequenceError,
     SequenceTooLongError,
     UnknownSequenceError,
     WrongDeviceError,
 )
-from kvpager.manager import KVCacheManager
+from kvpager.core.memory.manager import KVCacheManager
 
 from .manager_helpers import state
 

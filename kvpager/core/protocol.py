@@ -32,7 +32,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from kvpager.plans import Allocation, AllocStatus, AppendResult
+from kvpager.core.plans import Allocation, AllocStatus, AppendResult
 
 
 @runtime_checkable

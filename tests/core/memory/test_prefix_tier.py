@@ -4,10 +4,10 @@ LRU with its own capacity, pinned while a load is pending, write-through as an o
 import numpy as np
 import pytest
 
-from kvpager.config import CacheConfig
-from kvpager.manager import KVCacheManager
-from kvpager.prefix import hash_block_tokens
-from kvpager.prefix_tier import HostPrefixTier
+from kvpager.core.config import CacheConfig
+from kvpager.core.memory.manager import KVCacheManager
+from kvpager.core.memory.prefix import hash_block_tokens
+from kvpager.core.memory.prefix_tier import HostPrefixTier
 
 from .manager_helpers import table
 

@@ -32,9 +32,9 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from kvpager.blocks import BlockPool
-from kvpager.plans import EMPTY_PAIRS
-from kvpager.prefix_tier import HostPrefixTier
+from kvpager.core.memory.block_pool import BlockPool
+from kvpager.core.memory.prefix_tier import HostPrefixTier
+from kvpager.core.plans import EMPTY_PAIRS
 
 _ROOT = b"kvpager-prefix-v1"
 _blake2b = hashlib.blake2b

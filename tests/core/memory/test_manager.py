@@ -9,9 +9,9 @@ from kvpager import (
     UnknownSequenceError,
     WrongDeviceError,
 )
-from kvpager.config import CacheConfig
-from kvpager.manager import KVCacheManager
-from kvpager.plans import AllocStatus
+from kvpager.core.config import CacheConfig
+from kvpager.core.memory.manager import KVCacheManager
+from kvpager.core.plans import AllocStatus
 
 from .manager_helpers import canonical, pairs, state, table
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvpager.blocks import BlockPool
-from kvpager.seq_store import SequenceStore
+from kvpager.core.memory.block_pool import BlockPool
+from kvpager.core.memory.seq_store import SequenceStore
 
 FIELDS = ("token", "reserved", "internal", "external", "free")
 

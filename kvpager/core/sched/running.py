@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from kvpager.request import SequenceGroup, SequenceState
+from kvpager.core.sched.request import SequenceGroup, SequenceState
 
 
 class RunningSet:

@@ -34,8 +34,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from kvpager.errors import OutOfBlocksError, WrongDeviceError
-from kvpager.manager import KVCacheManager
+from kvpager.core.errors import OutOfBlocksError, WrongDeviceError
+from kvpager.core.memory.manager import KVCacheManager
 
 from .manager_helpers import state
 

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvpager.manager import KVCacheManager
-from kvpager.request import GroupStatus, Request
-from kvpager.scheduler import Scheduler
+from kvpager.core.memory.manager import KVCacheManager
+from kvpager.core.sched.request import GroupStatus, Request
+from kvpager.core.sched.scheduler import Scheduler
 
 from .shadow_executor import ShadowExecutor, generated_per_group
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvpager.plans import EMPTY_PAIRS
-from kvpager.request import SequenceGroup, SequenceState
+from kvpager.core.plans import EMPTY_PAIRS
+from kvpager.core.sched.request import SequenceGroup, SequenceState
 
 _NO_TABLES = np.zeros((0, 0), dtype=np.int32)
 _NO_TABLES.flags.writeable = False

@@ -1,7 +1,7 @@
 """KVCacheManager: the policy layer over the block pools and the prefix cache.
 
 The manager decides which physical blocks each sequence uses and answers with *plans*, plain
-data that an executor carries out (`kvpager.plans`): slots for new tokens, copy-on-write
+data that an executor carries out (`kvpager.core.plans`): slots for new tokens, copy-on-write
 pairs, swap pairs. It never touches K/V memory, so the same object drives a real engine
 (through `KVCache` and the kernels) and the simulator.
 
@@ -24,17 +24,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kvpager.append import AppendPlan, apply_append, plan_append, refresh_room
-from kvpager.block_table import BlockTable, num_blocks_for
-from kvpager.blocks import BlockPool
-from kvpager.config import CacheConfig
-from kvpager.errors import OutOfBlocksError, UnknownSequenceError, WrongDeviceError
-from kvpager.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
-from kvpager.prefix import PrefixCache, hash_block_tokens
-from kvpager.prefix_tier import HostPrefixTier
-from kvpager.seq_store import DEVICE_NAMES, ON_CPU, ON_GPU, SequenceStore
-from kvpager.swap import distinct_blocks, group_rows, move_rows
-from kvpager.usage import paged_breakdown
+from kvpager.core.config import CacheConfig
+from kvpager.core.errors import OutOfBlocksError, UnknownSequenceError, WrongDeviceError
+from kvpager.core.memory.append import AppendPlan, apply_append, plan_append, refresh_room
+from kvpager.core.memory.block_pool import BlockPool
+from kvpager.core.memory.block_table import BlockTable, num_blocks_for
+from kvpager.core.memory.prefix import PrefixCache, hash_block_tokens
+from kvpager.core.memory.prefix_tier import HostPrefixTier
+from kvpager.core.memory.seq_store import DEVICE_NAMES, ON_CPU, ON_GPU, SequenceStore
+from kvpager.core.memory.swap import distinct_blocks, group_rows, move_rows
+from kvpager.core.memory.usage import paged_breakdown
+from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 
 if TYPE_CHECKING:
     import torch
@@ -165,10 +165,10 @@ class KVCacheManager:
         self, rows: np.ndarray, final_slots: np.ndarray, next_reservation: int | None = None,
         *, next_num_tokens: int | None = None,
     ) -> dict[str, int]:
-        """GPU slots by kind (token, reserved, internal, external, free), summing to capacity;
-        see `kvpager.usage`. `next_reservation` / `next_num_tokens` (the waiting head's final
-        and current length, which contiguous managers need) are unused: paging has no
-        external fragmentation."""
+        """GPU slots by kind (token, reserved, internal, external, free), summing to
+        capacity; see `kvpager.core.memory.usage`. `next_reservation` / `next_num_tokens`
+        (the waiting head's final and current length, which contiguous managers need) are
+        unused: paging has no external fragmentation."""
         return paged_breakdown(self._seqs, self.gpu, self.block_size, rows, final_slots)
 
     # ---- admission ----------------------------------------------------------------------
@@ -181,7 +181,7 @@ class KVCacheManager:
 
         Prefix hits reduce the need: a hit on a block in use costs nothing, a hit on an
         evictable cached block still takes one free block. `max_tokens` and `num_seqs`
-        (reservation hints, see `kvpager.protocol`) are ignored: blocks come on demand and
+        (reservation hints, see `kvpager.core.protocol`) are ignored: blocks come on demand and
         the samples of a request share its prompt.
         """
         _check_positive("num_tokens", num_tokens)

@@ -17,7 +17,7 @@ A step, in priority order (FCFS by admission):
    admitted only when nothing waits in swap, so preempted work finishes first.
 
 The step comes out as a `SchedulerOutput` holding everything the executor needs (see
-`kvpager.scheduler_output`); the executor reports back with `complete_step`, naming
+`kvpager.core.sched.output`); the executor reports back with `complete_step`, naming
 sequences that stopped for their own reasons (end of sequence). Length limits
 (`max_output_tokens`, `max_model_len`) are enforced here. `docs/architecture.md` draws the
 whole flow.
@@ -30,18 +30,18 @@ from collections.abc import Hashable, Iterable
 
 import numpy as np
 
-from kvpager.config import PREEMPTION_MODES, SchedulerConfig
-from kvpager.errors import OutOfBlocksError
-from kvpager.plans import AllocStatus
-from kvpager.protocol import KVManager, PagedKVManager
-from kvpager.request import GroupStatus, Request, SequenceGroup, SequenceState
-from kvpager.running import RunningSet
-from kvpager.scheduler_output import PrefillChunk, SchedulerOutput, StepResult
+from kvpager.core.config import PREEMPTION_MODES, SchedulerConfig
+from kvpager.core.errors import OutOfBlocksError
+from kvpager.core.plans import AllocStatus
+from kvpager.core.protocol import KVManager, PagedKVManager
+from kvpager.core.sched.output import PrefillChunk, SchedulerOutput, StepResult
+from kvpager.core.sched.request import GroupStatus, Request, SequenceGroup, SequenceState
+from kvpager.core.sched.running import RunningSet
 
 
 class Scheduler:
     """FCFS continuous batching over one memory manager (`KVCacheManager` or any
-    `kvpager.protocol.KVManager`).
+    `kvpager.core.protocol.KVManager`).
 
     Construct with a `SchedulerConfig` or its fields as keywords. `kernel_inputs`: whether
     `SchedulerOutput` carries the prefill slot mappings and the block tables; by default

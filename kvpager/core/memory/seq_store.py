@@ -19,7 +19,7 @@ from collections.abc import Hashable, Iterable
 
 import numpy as np
 
-from kvpager.errors import DuplicateSequenceError, UnknownSequenceError, WrongDeviceError
+from kvpager.core.errors import DuplicateSequenceError, UnknownSequenceError, WrongDeviceError
 
 ON_GPU = 0
 ON_CPU = 1

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kvpager.block_table import BlockTable, block_tables_to_tensor, num_blocks_for
+from kvpager.core.memory.block_table import BlockTable, block_tables_to_tensor, num_blocks_for
 
 
 @pytest.mark.parametrize(("tokens", "bs", "blocks"), [(0, 16, 0), (1, 16, 1), (16, 16, 1),

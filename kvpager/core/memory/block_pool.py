@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from kvpager.errors import DoubleFreeError, OutOfBlocksError, UnknownBlockError
+from kvpager.core.errors import DoubleFreeError, OutOfBlocksError, UnknownBlockError
 
 BlockIds = Iterable[int] | np.ndarray
 

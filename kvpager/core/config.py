@@ -1,6 +1,6 @@
 """Configuration of the memory manager (`CacheConfig`) and the scheduler (`SchedulerConfig`).
 
-The manager's result types live in `kvpager.plans`."""
+The manager's result types live in `kvpager.core.plans`."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class CacheConfig:
             it raises `SequenceTooLongError` instead of growing the table.
         num_cpu_prefix_blocks: host blocks of a tier for prefix blocks the GPU evicts (0: no
             tier; needs prefix caching). Host ids of the tier follow the swap area's
-            (`kvpager.prefix_tier`).
+            (`kvpager.core.memory.prefix_tier`).
         prefix_tier_write_through: copy each block to the tier when it is registered, not
             only when the GPU evicts it (more host-link traffic, no copy on the eviction path).
     """

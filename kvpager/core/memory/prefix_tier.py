@@ -26,7 +26,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from kvpager.plans import EMPTY_PAIRS
+from kvpager.core.plans import EMPTY_PAIRS
 
 
 class HostPrefixTier:

@@ -13,9 +13,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from kvpager.manager import KVCacheManager
-from kvpager.request import GroupStatus, SequenceGroup
-from kvpager.scheduler import Scheduler, SchedulerOutput, StepResult
+from kvpager.core.memory.manager import KVCacheManager
+from kvpager.core.sched.request import GroupStatus, SequenceGroup
+from kvpager.core.sched.scheduler import Scheduler, SchedulerOutput, StepResult
 
 
 def token_value(seq_id, position: int) -> int:
