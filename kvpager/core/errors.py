@@ -14,7 +14,8 @@ class KVPagerError(Exception):
 class OutOfBlocksError(KVPagerError, MemoryError):
     """A pool has fewer free blocks than a call needs.
 
-    Not a bug: the scheduler asks `can_allocate` / `blocks_needed` first, or catches it and preempts.
+    Not a bug: the scheduler asks `can_allocate` / `blocks_needed` first, or catches it and
+    preempts.
     """
 
     def __init__(self, device: str, needed: int, free: int) -> None:
