@@ -331,15 +331,16 @@ class KVCacheManager:
             todo = todo[on_gpu]
         return prefix.commit_batch(rows[todo], computed[todo], seqs.table)
 
-    def _prompt_keys(self, num_tokens: int, token_ids, block_hashes) -> list[Hashable]:
+    def _prompt_keys(self, num_tokens: int, token_ids: TokenIds | None,
+                     block_hashes: Sequence[Hashable] | None) -> list[Hashable]:
         if self.prefix_cache is None:
             return []
         full = num_tokens // self.block_size
         if block_hashes is not None:
             return list(block_hashes[:full])
         if token_ids is not None:
-            return hash_block_tokens(np.asarray(token_ids)[: full * self.block_size],
-                                     self.block_size)
+            return list(hash_block_tokens(np.asarray(token_ids)[: full * self.block_size],
+                                          self.block_size))
         return []
 
     def _match(self, keys: list[Hashable], num_tokens: int) -> list[int]:

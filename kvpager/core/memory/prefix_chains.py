@@ -66,11 +66,15 @@ class PrefixChains:
         return None if keys is None else list(keys)
 
     def snapshot(self, row: int) -> tuple[tuple[Hashable, ...] | None, int, bool, list[int]]:
-        """(keys, registered, open, pending tokens) of a row: for tests and tools."""
+        """(keys, registered, open, pending tokens up to the last recorded one) of a row:
+        for tests and tools."""
         t = self._rows
         keys = t.chain_keys[row]
+        pending = t.chain_pending[row]
+        known = np.flatnonzero(pending >= 0)
+        end = int(known[-1]) + 1 if known.size else 0
         return (None if keys is None else tuple(keys), int(t.chain_registered[row]),
-                bool(t.chain_open[row]), t.chain_pending[row].tolist())
+                bool(t.chain_open[row]), pending[:end].tolist())
 
     # ---- changes ------------------------------------------------------------------------
     def start(self, row: int, keys: list[Hashable], num_hits: int,
@@ -233,8 +237,9 @@ class PrefixChains:
         if (tokens < 0).any():
             t.chain_open[row] = False
             return False
-        keys.append(chain_key(keys[-1] if keys else None,  # an open chain's keys are bytes
-                              tokens.astype("<i8").tobytes()))
+        last = keys[-1] if keys else None
+        assert last is None or isinstance(last, bytes)  # an open chain's keys are digests
+        keys.append(chain_key(last, tokens.astype("<i8").tobytes()))
         t.chain_num_keys[row] = len(keys)
         pending[:-bs] = pending[bs:].copy()
         pending[-bs:] = -1
