@@ -397,8 +397,17 @@ class KVCacheManager:
             raise UnknownSequenceError(f"unknown sequence {seq_id!r}") from None
         if (num_new_tokens == 1 and num_lookahead_slots == 0
                 and (token_ids is None or len(token_ids) == 1)):
-            slot = self._append_one(row, None if token_ids is None else int(token_ids[0]))
+            # The per-sequence decode step that needs no plan (most steps): one call into
+            # the append module, then the token's record in the row's chain.
+            slot = append_one(seqs, self.gpu, row, self.block_size, self.max_model_len)
             if slot is not None:
+                chains = self._chains
+                if chains is not None:
+                    if token_ids is None:
+                        chains.end_chain(row)
+                    else:
+                        chains.record_token(row, seqs.ntokens.item(row) - 1,
+                                            int(token_ids[0]))
                 return AppendResult(np.array((slot,), dtype=np.int64), EMPTY_PAIRS)
         tokens = None if token_ids is None else np.asarray(token_ids, dtype=np.int64)
         if tokens is not None and tokens.shape != (num_new_tokens,):
@@ -407,17 +416,6 @@ class KVCacheManager:
         rows = np.asarray([row], dtype=np.int64)
         return self._append(rows, num_new_tokens, num_lookahead_slots,
                             None if tokens is None else tokens[None, :], allow_zero=True)
-
-    def _append_one(self, row: int, token: int | None) -> int | None:
-        """`append.append_one` (the per-sequence decode step that needs no plan) and the
-        token's record in the row's chain; None when the planner must decide."""
-        slot = append_one(self._seqs, self.gpu, row, self.block_size, self.max_model_len)
-        if slot is not None and (chains := self._chains) is not None:
-            if token is None:
-                chains.end_chain(row)
-            else:
-                chains.record_token(row, self._seqs.ntokens.item(row) - 1, token)
-        return slot
 
     def append_slots_batch(
         self, rows: np.ndarray, num_new_tokens: int = 1, num_lookahead_slots: int = 0, *,
