@@ -19,6 +19,14 @@ Promises every implementation keeps (the scheduler relies on them):
   after `mark_computed` says its KV is written, so no sequence reads KV still being
   written in the same step.
 
+- **One row table.** `rows` is the manager's `kvpager.core.rows.RowTable`: the one owner of
+  per-sequence state by row. A row's every column is reset when the row is reused, so no
+  layer grows an array of its own indexed by rows or depends on clean-up order. Other
+  layers register their own per-row columns on it (`rows.add_column`, e.g. the
+  scheduler's per-row stop lengths) and write only those; rows are added and removed only
+  by the manager (`allocate`, `fork`, `free`). Read a column afresh after the manager may
+  have added rows (growth replaces the arrays).
+
 Reservation hints: `max_tokens` is the most tokens a sequence can reach (prompt plus its
 output limit) and `num_seqs` the sequences a request will fork into after its prompt
 (parallel samples, beams). A paged manager ignores both, since it allocates on demand and
@@ -33,6 +41,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from kvpager.core.plans import Allocation, AllocStatus, AppendResult
+from kvpager.core.rows import RowTable
 
 
 @runtime_checkable
@@ -41,6 +50,12 @@ class KVManager(Protocol):
     own allocation unit; the scheduler only compares them with each other."""
 
     block_size: int
+
+    @property
+    def rows(self) -> RowTable:
+        """The row table behind `rows_of` (see "One row table" above): register a layer's
+        own per-row columns here; never add or remove rows."""
+        ...
 
     @property
     def has_swap_space(self) -> bool:

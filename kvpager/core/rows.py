@@ -17,6 +17,9 @@ Growing the table replaces the arrays: read a column afresh after `add` / `add_m
 than holding on to an array across them. A 2-D column (`width=`) keeps a row of values per
 sequence and can be widened (`widen`).
 
+A column may hold Python objects (`dtype=object`, e.g. fill None): a reused row then starts
+with the fill object, never with its previous owner's.
+
 Rows are handles like file descriptors: meaningful only while their sequence lives.
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -52,6 +56,11 @@ class RowTable:
         self.row_of: dict[Hashable, int] = {}
         self.seq_of: list[Hashable | None] = [None] * capacity
         self._spare: list[int] = list(range(capacity - 1, -1, -1))
+
+    if TYPE_CHECKING:
+        # Columns registered at run time are instance attributes; to the type checker any
+        # other attribute read is one (a typo still fails at run time: AttributeError).
+        def __getattr__(self, name: str) -> np.ndarray: ...
 
     # ---- columns ------------------------------------------------------------------------
     def add_column(self, name: str, dtype: np.dtype | type, fill: object = 0,

@@ -100,3 +100,16 @@ def test_rows_match_a_dict_model(ops: list[tuple[bool, int]]) -> None:
     for seq, row in model.items():
         assert table.row(seq) == row
         assert table.value[row] == seq
+
+
+def test_an_object_column_resets_to_its_fill_on_reuse() -> None:
+    table = RowTable(capacity=1)
+    table.add_column("keys", object, fill=None)
+    row = table.add("a")
+    table.keys[row] = [b"k1", b"k2"]
+    table.remove(row)
+    rows = table.add_many(["b", "c"])  # reuses `row` and grows the table
+    assert row in rows.tolist()
+    assert table.keys[rows].tolist() == [None, None]
+    table.keys[rows[0]] = ["x"]
+    assert table.keys[rows[0]] == ["x"] and table.keys[rows[1]] is None

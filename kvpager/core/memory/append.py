@@ -1,4 +1,9 @@
-"""Planning appends: the one implementation behind `append_slots` and `append_slots_batch`.
+"""Appends: the one module that writes a row's blocks and token count as it grows, and `room`.
+
+`set_prompt` fills a new row, `append_one` is the per-sequence decode step that needs no
+plan, `plan_append` / `apply_append` are the one implementation behind `append_slots` and
+`append_slots_batch`, `shrink` cuts a row back (truncation), and `clear_room` /
+`refresh_room` are the only other writers of `room`.
 
 An append of `k` tokens (+ lookahead slots) to a set of rows needs, per row: new blocks
 when the tokens outgrow its table, and a copy-on-write copy of every existing block the
@@ -21,7 +26,7 @@ import numpy as np
 
 from kvpager.core.errors import OutOfBlocksError, SequenceTooLongError
 from kvpager.core.memory.block_pool import BlockPool
-from kvpager.core.memory.seq_store import SequenceStore
+from kvpager.core.memory.seq_store import ON_GPU, SequenceStore
 from kvpager.core.plans import EMPTY_PAIRS, AppendResult
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -222,3 +227,83 @@ def refresh_room(
     if max_model_len is not None:
         np.minimum(room, max_model_len - n, out=room)
     store.room[rows] = room
+
+
+def room_after_fresh(num_tokens: int, block_size: int, max_model_len: int | None) -> int:
+    """Room of a row whose last block is fresh (its own) and holds
+    `num_tokens % block_size` tokens, capped by `max_model_len`."""
+    offset = num_tokens % block_size
+    room = block_size - offset if offset else 0
+    if max_model_len is not None:
+        room = min(room, max_model_len - num_tokens)
+    return room
+
+
+def set_prompt(store: SequenceStore, row: int, blocks: np.ndarray, num_tokens: int,
+               block_size: int, max_model_len: int | None) -> None:
+    """Fill a new row with its prompt's `blocks` (int32, the last one fresh: prefix hits
+    stop before the last token, so its free slots are this sequence's to write)."""
+    total = blocks.size
+    store.ensure_width(total)
+    store.table[row, :total] = blocks
+    store.nblocks[row] = total
+    store.ntokens[row] = num_tokens
+    store.room[row] = room_after_fresh(num_tokens, block_size, max_model_len)
+
+
+def append_one(store: SequenceStore, pool: BlockPool, row: int, block_size: int,
+               max_model_len: int | None) -> int | None:
+    """The decode step of one GPU row when it needs no plan: returns the new token's slot,
+    or None (nothing changed) when the planner must decide (a shared or cached block is
+    written, or a lookahead block lies ahead).
+
+    Two cases need none, and they are most steps of most sequences: the next slot is in
+    the row's own last block (its `room`, which only a plan sets), or the token starts a
+    new block past the row's table, which only takes a free block from the pool (no
+    existing block is written, so nothing can need copying). Scalar reads and writes.
+
+    Raises:
+        OutOfBlocksError: the pool has no free block (nothing changed).
+    """
+    bs = block_size
+    left = store.room.item(row)
+    n = store.ntokens.item(row)
+    if left > 0:
+        slot = store.table.item(row, n // bs) * bs + n % bs
+        store.room[row] = left - 1
+    else:
+        nb = store.nblocks.item(row)
+        if n != nb * bs or store.where.item(row) != ON_GPU or (
+                max_model_len is not None and n >= max_model_len):
+            return None
+        block = pool.allocate(1).item(0)
+        if nb + 1 > store.table.shape[1]:
+            store.ensure_width(nb + 1)
+        store.table[row, nb] = block
+        store.nblocks[row] = nb + 1
+        store.room[row] = min(bs - 1, max_model_len - n - 1) \
+            if max_model_len is not None else bs - 1
+        slot = block * bs
+    store.ntokens[row] = n + 1
+    return slot
+
+
+def clear_room(store: SequenceStore, rows: np.ndarray | int) -> None:
+    """The rows' sharing changed (fork, swap): their next append plans again."""
+    store.room[rows] = 0
+
+
+def shrink(store: SequenceStore, pool: BlockPool, row: int, num_tokens: int,
+           block_size: int, max_model_len: int | None, on_gpu: bool) -> None:
+    """Cut a row back to its first `num_tokens` (<= what it holds) tokens, releasing the
+    blocks past them to `pool` (the row's own) tail first."""
+    keep = -(-num_tokens // block_size)
+    nb = int(store.nblocks[row])
+    if keep < nb:
+        pool.free(store.table[row, keep:nb][::-1])
+        store.nblocks[row] = keep
+    store.ntokens[row] = num_tokens
+    if on_gpu:
+        refresh_room(store, pool, np.asarray([row], dtype=np.int64), block_size, max_model_len)
+    else:
+        clear_room(store, row)

@@ -21,12 +21,19 @@ Free blocks come in two kinds:
 
 `allocate` takes clean blocks first and evicts cached ones only when no clean block is left,
 so cached prefixes live as long as memory allows.
+
+The pool is the one owner of "is this block cached": its key index (key <-> block, the
+prefix cache's content keys) and the cached / evictable flags change together, here, and
+eviction never leaves the class (as vLLM v1's block pool keeps its cached-block hash map).
+The prefix cache asks it to `register` computed blocks and to `match` keys; a host prefix
+tier learns which keys were evicted by `drain_evicted` (recorded only once
+`record_evictions` is switched on, so a pool without a tier keeps no such list).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -61,7 +68,12 @@ class BlockPool:
         self._num_clean = self.num_blocks
         self._cached = np.zeros(self.num_blocks, dtype=bool)
         self._evictable: OrderedDict[int, None] = OrderedDict()
-        self._on_evict: Callable[[int], None] | None = None
+        # The key index: a block is in it exactly when `_cached` says so.
+        self._block_of: dict[Hashable, int] = {}
+        self._key_of: dict[int, Hashable] = {}
+        self._record_evictions = False
+        self._evicted_keys: list[Hashable] = []
+        self._evicted_blocks: list[int] = []
 
     # ---- queries ------------------------------------------------------------------------
     @property
@@ -144,8 +156,9 @@ class BlockPool:
         return ids
 
     def _evict(self, num: int) -> np.ndarray:
-        """The `num` oldest evictable blocks, taken out of the eviction order; the callback
-        hears about all of them at once (a long prompt evicts hundreds per allocation)."""
+        """The `num` oldest evictable blocks, taken out of the eviction order and the key
+        index (their keys recorded for `drain_evicted` when asked: a long prompt evicts
+        hundreds per allocation)."""
         evictable = self._evictable
         if num == len(evictable):
             blocks = list(evictable)
@@ -155,8 +168,13 @@ class BlockPool:
             blocks = [pop(last=False)[0] for _ in range(num)]
         evicted = np.asarray(blocks, dtype=np.int32)
         self._cached[evicted] = False
-        if self._on_evict is not None:
-            self._on_evict(blocks)
+        keys = list(map(self._key_of.pop, blocks))
+        block_of = self._block_of
+        for key in keys:
+            del block_of[key]
+        if self._record_evictions:
+            self._evicted_keys.extend(keys)
+            self._evicted_blocks.extend(blocks)
         return evicted
 
     def share(self, blocks: BlockIds) -> None:
@@ -274,24 +292,70 @@ class BlockPool:
             must[idx[src.size - 1 - first_rev[keeps]]] = False
         return must
 
-    # ---- prefix-cache support ---------------------------------------------------------------
-    def set_evict_callback(self, callback: Callable[[list[int]], None] | None) -> None:
-        """Call `callback(blocks)` with the cached free blocks evicted for reuse, oldest first,
-        once per allocation that evicts any."""
-        self._on_evict = callback
+    # ---- the cached-block index --------------------------------------------------------
+    @property
+    def num_cached(self) -> int:
+        """Blocks registered under a key (in use or evictable)."""
+        return len(self._block_of)
 
-    def mark_cached(self, block: int) -> None:
-        """Register a block in use as holding cached content (kept after its last release)."""
-        if self._ref[block] <= 0:
-            raise ValueError(f"mark_cached: {self.device} block {block} is free")
-        self._cached[block] = True
+    def block_of(self, key: Hashable) -> int | None:
+        """The cached block registered under `key`, or None."""
+        return self._block_of.get(key)
 
-    def mark_cached_many(self, ids: np.ndarray) -> None:
-        """`mark_cached` for distinct in-use blocks at once."""
+    def key_of(self, block: int) -> Hashable | None:
+        """The key a cached block is registered under, or None."""
+        return self._key_of.get(block)
+
+    def cached_items(self) -> list[tuple[int, Hashable]]:
+        """(block, key) of every cached block, by block id: for tests and tools."""
+        return sorted(self._key_of.items(), key=lambda item: item[0])
+
+    def match(self, keys: Sequence[Hashable], max_blocks: int) -> list[int]:
+        """Blocks of the longest run of leading `keys` (at most `max_blocks`) that are
+        cached; no side effects."""
+        hits = list(map(self._block_of.get, keys[:max_blocks]))
+        if None in hits:
+            del hits[hits.index(None) :]
+        return hits  # type: ignore[return-value]  # the Nones are cut above
+
+    def register(self, keys: Sequence[Hashable], blocks: Sequence[int]) -> list[int]:
+        """Cache in-use `blocks` (ints) under `keys`, pairwise; returns the blocks cached now,
+        in order. A key already cached (two sequences computed the same prefix at once) or
+        listed twice caches only its first block, and a block already cached keeps its key:
+        the others stay private and are simply freed later.
+
+        Raises:
+            ValueError: a block is free (nothing changed).
+        """
+        block_of, key_of = self._block_of, self._key_of
+        fresh: dict[Hashable, int] = {}
+        for key, block in zip(keys, blocks, strict=True):
+            if key not in block_of and key not in fresh and block not in key_of:
+                fresh[key] = block
+        if not fresh:
+            return []
+        ids = np.fromiter(fresh.values(), dtype=np.int64, count=len(fresh))
         if (self._ref.take(ids) <= 0).any():
             bad = int(ids[self._ref.take(ids) <= 0][0])
-            raise ValueError(f"mark_cached: {self.device} block {bad} is free")
+            raise ValueError(f"register: {self.device} block {bad} is free")
+        block_of.update(fresh)
+        key_of.update(zip(fresh.values(), fresh.keys(), strict=True))
         self._cached[ids] = True
+        return list(fresh.values())
+
+    def record_evictions(self, enabled: bool = True) -> None:
+        """Keep the keys of evicted blocks for `drain_evicted` (a host tier wants them)."""
+        self._record_evictions = enabled
+        if not enabled:
+            self._evicted_keys, self._evicted_blocks = [], []
+
+    def drain_evicted(self) -> tuple[list[Hashable], list[int]]:
+        """(keys, blocks) evicted since the last call, oldest first; the blocks' ids are
+        being reused, so a copy of their content must happen before anything writes them."""
+        keys, blocks = self._evicted_keys, self._evicted_blocks
+        if keys:
+            self._evicted_keys, self._evicted_blocks = [], []
+        return keys, blocks
 
     def touch(self, blocks: BlockIds) -> None:
         """Take a reference on each of distinct cached blocks for a prefix hit, reviving the

@@ -6,9 +6,12 @@ pairs, swap pairs. It never touches K/V memory, so the same object drives a real
 (through `KVCache` and the kernels) and the simulator.
 
 Who owns what (`docs/architecture.md`): the `BlockPool`s own reference counts and free /
-cached state, and are the only code that changes them; the `PrefixCache` owns keys, their
-blocks and each sequence's chain; the `SequenceStore` holds each sequence's row (table,
-counts, location); this class owns the policy that ties them together. Every check comes
+cached state and the cached-block index (key <-> block), and are the only code that changes
+them; the `SequenceStore` is the manager's `RowTable` (`rows`): each sequence's row (table,
+counts, location), with the per-row columns other concepts register on it (the prefix
+chains of `PrefixChains`); `append.py` is the one writer of a row's growth and `room`; the
+`PrefixCache` registers computed chains in the pool and drives the host tier; this class
+owns the policy that ties them together. Every check comes
 first: a call that raises leaves everything as it was, so a caller (the scheduler) can
 catch `OutOfBlocksError`, preempt someone and try again.
 
@@ -26,10 +29,20 @@ import numpy as np
 
 from kvpager.core.config import CacheConfig
 from kvpager.core.errors import OutOfBlocksError, UnknownSequenceError, WrongDeviceError
-from kvpager.core.memory.append import AppendPlan, apply_append, plan_append, refresh_room
+from kvpager.core.memory.append import (
+    AppendPlan,
+    append_one,
+    apply_append,
+    clear_room,
+    plan_append,
+    refresh_room,
+    set_prompt,
+    shrink,
+)
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.block_table import BlockTable, num_blocks_for
 from kvpager.core.memory.prefix import PrefixCache, hash_block_tokens
+from kvpager.core.memory.prefix_chains import PrefixChains
 from kvpager.core.memory.prefix_tier import HostPrefixTier
 from kvpager.core.memory.seq_store import DEVICE_NAMES, ON_CPU, ON_GPU, SequenceStore
 from kvpager.core.memory.swap import distinct_blocks, group_rows, move_rows
@@ -68,16 +81,31 @@ class KVCacheManager:
         self.cpu = BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
         tier = (HostPrefixTier(config.num_cpu_prefix_blocks, base=config.num_cpu_blocks)
                 if config.num_cpu_prefix_blocks else None)
-        self.prefix_cache = (PrefixCache(self.gpu, self.block_size, tier,
-                                         config.prefix_tier_write_through)
-                             if config.enable_prefix_caching else None)
-        self.tier_load_policy = tier_load_policy
         self._seqs = SequenceStore()
+        self._chains = (PrefixChains(self._seqs, self.block_size)
+                        if config.enable_prefix_caching else None)
+        self.prefix_cache = (PrefixCache(self.gpu, self.block_size, self._chains, tier,
+                                         config.prefix_tier_write_through)
+                             if self._chains is not None else None)
+        self.tier_load_policy = tier_load_policy
         self.num_cow_copies = 0
         self.num_blocks_swapped_out = 0
         self.num_blocks_swapped_in = 0
 
     # ---- queries ------------------------------------------------------------------------
+    @property
+    def rows(self) -> SequenceStore:
+        """The manager's row table (`kvpager.core.rows.RowTable`), one row per sequence:
+        read its columns (`table`, `nblocks`, `ntokens`, `room`, `where`, `chain_*`), and
+        register a layer's own per-row columns on it (`add_column`); only the manager adds,
+        removes or writes its own columns' rows."""
+        return self._seqs
+
+    @property
+    def prefix_chains(self) -> PrefixChains | None:
+        """Each sequence's prefix-chain cursor (None without prefix caching)."""
+        return self._chains
+
     def __contains__(self, seq_id: object) -> bool:
         return seq_id in self._seqs
 
@@ -255,22 +283,16 @@ class KVCacheManager:
                                    fresh[:loaded])
         seqs = self._seqs
         row = seqs.add(seq_id, ON_GPU)
-        seqs.ensure_width(total)
         blocks = np.concatenate([hit_ids, fresh]) if hits else fresh
-        seqs.table[row, :total] = blocks
-        seqs.nblocks[row] = total
-        seqs.ntokens[row] = num_tokens
-        # The last block is always fresh (hits stop before the last token): its free slots
-        # are this sequence's to write.
-        seqs.room[row] = self._room_after(num_tokens)
-        if self.prefix_cache is not None:
+        set_prompt(seqs, row, blocks, num_tokens, self.block_size, self.max_model_len)
+        if self.prefix_cache is not None and self._chains is not None:
             queried = min(len(keys), (num_tokens - 1) // self.block_size)
             self.prefix_cache.record_query(queried, len(hits), loaded)
             tail = None
             if token_ids is not None:
                 full = num_tokens // self.block_size * self.block_size
                 tail = np.asarray(token_ids[full:num_tokens], dtype=np.int64)
-            self.prefix_cache.start(row, keys, len(hits), tail)
+            self._chains.start(row, keys, len(hits), tail)
         return Allocation(seq_id, blocks, (len(hits) + loaded) * self.block_size)
 
     def mark_computed(self, seq_id: Hashable, num_computed_tokens: int) -> int:
@@ -309,15 +331,16 @@ class KVCacheManager:
             todo = todo[on_gpu]
         return prefix.commit_batch(rows[todo], computed[todo], seqs.table)
 
-    def _prompt_keys(self, num_tokens: int, token_ids, block_hashes) -> list[Hashable]:
+    def _prompt_keys(self, num_tokens: int, token_ids: TokenIds | None,
+                     block_hashes: Sequence[Hashable] | None) -> list[Hashable]:
         if self.prefix_cache is None:
             return []
         full = num_tokens // self.block_size
         if block_hashes is not None:
             return list(block_hashes[:full])
         if token_ids is not None:
-            return hash_block_tokens(np.asarray(token_ids)[: full * self.block_size],
-                                     self.block_size)
+            return list(hash_block_tokens(np.asarray(token_ids)[: full * self.block_size],
+                                          self.block_size))
         return []
 
     def _match(self, keys: list[Hashable], num_tokens: int) -> list[int]:
@@ -349,14 +372,6 @@ class KVCacheManager:
             return EMPTY_PAIRS, EMPTY_PAIRS
         return self.prefix_cache.take_plans()
 
-    def _room_after(self, num_tokens: int) -> int:
-        """Room of a row whose last block is fresh and holds `num_tokens % block_size`."""
-        offset = num_tokens % self.block_size
-        room = self.block_size - offset if offset else 0
-        if self.max_model_len is not None:
-            room = min(room, self.max_model_len - num_tokens)
-        return room
-
     # ---- growth -------------------------------------------------------------------------
     def append_slots(
         self, seq_id: Hashable, num_new_tokens: int = 1, num_lookahead_slots: int = 0, *,
@@ -382,8 +397,17 @@ class KVCacheManager:
             raise UnknownSequenceError(f"unknown sequence {seq_id!r}") from None
         if (num_new_tokens == 1 and num_lookahead_slots == 0
                 and (token_ids is None or len(token_ids) == 1)):
-            slot = self._append_one(row, None if token_ids is None else int(token_ids[0]))
+            # The per-sequence decode step that needs no plan (most steps): one call into
+            # the append module, then the token's record in the row's chain.
+            slot = append_one(seqs, self.gpu, row, self.block_size, self.max_model_len)
             if slot is not None:
+                chains = self._chains
+                if chains is not None:
+                    if token_ids is None:
+                        chains.end_chain(row)
+                    else:
+                        chains.record_token(row, seqs.ntokens.item(row) - 1,
+                                            int(token_ids[0]))
                 return AppendResult(np.array((slot,), dtype=np.int64), EMPTY_PAIRS)
         tokens = None if token_ids is None else np.asarray(token_ids, dtype=np.int64)
         if tokens is not None and tokens.shape != (num_new_tokens,):
@@ -392,42 +416,6 @@ class KVCacheManager:
         rows = np.asarray([row], dtype=np.int64)
         return self._append(rows, num_new_tokens, num_lookahead_slots,
                             None if tokens is None else tokens[None, :], allow_zero=True)
-
-    def _append_one(self, row: int, token: int | None) -> int | None:
-        """The decode step of one sequence when it needs no plan: returns the new token's slot,
-        or None when the planner must decide (a shared or cached block is written, or a
-        lookahead block lies ahead).
-
-        Two cases need none, and they are most steps of most sequences: the next slot is in
-        the row's own last block (its `room`, which only a plan sets), or the token starts a
-        new block past the row's table, which only takes a free block from the pool (no
-        existing block is written, so nothing can need copying). Scalar reads and writes.
-        """
-        seqs, bs = self._seqs, self.block_size
-        left = seqs.room.item(row)
-        n = seqs.ntokens.item(row)
-        if left > 0:
-            slot = seqs.table.item(row, n // bs) * bs + n % bs
-            seqs.room[row] = left - 1
-        else:
-            nb = seqs.nblocks.item(row)
-            if n != nb * bs or seqs.where.item(row) != ON_GPU or (
-                    self.max_model_len is not None and n >= self.max_model_len):
-                return None
-            block = self.gpu.allocate(1).item(0)  # raises OutOfBlocksError, nothing changed
-            seqs.ensure_width(nb + 1)
-            seqs.table[row, nb] = block
-            seqs.nblocks[row] = nb + 1
-            seqs.room[row] = min(bs - 1, self.max_model_len - n - 1) \
-                if self.max_model_len is not None else bs - 1
-            slot = block * bs
-        seqs.ntokens[row] = n + 1
-        if self.prefix_cache is not None:
-            if token is None:
-                self.prefix_cache.end_chain(row)
-            else:
-                self.prefix_cache.record_token(row, n, token)
-        return slot
 
     def append_slots_batch(
         self, rows: np.ndarray, num_new_tokens: int = 1, num_lookahead_slots: int = 0, *,
@@ -492,15 +480,15 @@ class KVCacheManager:
             return AppendResult(np.zeros(0, dtype=np.int64), EMPTY_PAIRS)
         result = apply_append(self._seqs, self.gpu, plan, self.block_size, self.max_model_len)
         self.num_cow_copies += result.num_copies
-        prefix = self.prefix_cache
-        if prefix is not None and k:
+        chains = self._chains
+        if chains is not None and k:
             if rows.size == 1 and k == 1:  # a per-sequence append: scalar writes
                 if tokens is None:
-                    prefix.end_chain(rows.item(0))
+                    chains.end_chain(rows.item(0))
                 else:
-                    prefix.record_token(rows.item(0), plan.ntokens.item(0), tokens.item(0))
+                    chains.record_token(rows.item(0), plan.ntokens.item(0), tokens.item(0))
             else:
-                prefix.record_tokens(rows, plan.ntokens, tokens)
+                chains.record_tokens(rows, plan.ntokens, tokens)
         return result
 
     # ---- sharing ------------------------------------------------------------------------
@@ -539,9 +527,9 @@ class KVCacheManager:
         seqs.table[children, :width] = seqs.table[parents, :width]
         seqs.nblocks[children] = seqs.nblocks[parents]
         seqs.ntokens[children] = seqs.ntokens[parents]
-        seqs.room[parents] = 0  # their last blocks are shared now
-        if self.prefix_cache is not None:
-            self.prefix_cache.fork(parents, children)
+        clear_room(seqs, parents)  # their last blocks are shared now (children start at 0)
+        if self._chains is not None:
+            self._chains.fork(parents, children)
 
     # ---- release ------------------------------------------------------------------------
     def free(self, seq_id: Hashable) -> int:
@@ -554,9 +542,7 @@ class KVCacheManager:
         row = seqs.row(seq_id)
         num_tokens = int(seqs.ntokens[row])
         self._pool_at(int(seqs.where[row])).free_distinct(seqs.blocks(row)[::-1])
-        if self.prefix_cache is not None:
-            self.prefix_cache.drop_row(row)
-        seqs.remove(row)
+        seqs.remove(row)  # its chain goes with the row (reset when the row is reused)
         return num_tokens
 
     #: Recompute preemption frees everything; the scheduler re-queues the tokens.
@@ -576,8 +562,6 @@ class KVCacheManager:
             on = rows[seqs.where[rows] == where]
             if on.size:
                 self._pool_at(where).free(seqs.gather_blocks(on, tail_first=True))
-        if self.prefix_cache is not None:
-            self.prefix_cache.drop(rows)
         seqs.remove_many(rows)
         return counts
 
@@ -591,18 +575,11 @@ class KVCacheManager:
         if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)) or (
                 not 0 <= num_tokens <= current):
             raise ValueError(f"num_tokens must be an int in [0, {current}], got {num_tokens!r}")
-        keep = num_blocks_for(num_tokens, self.block_size)
-        nb = int(seqs.nblocks[row])
-        if keep < nb:
-            self._pool_at(int(seqs.where[row])).free(seqs.table[row, keep:nb][::-1])
-            seqs.nblocks[row] = keep
-        seqs.ntokens[row] = num_tokens
-        seqs.room[row] = 0
-        if self.prefix_cache is not None:
-            self.prefix_cache.truncate(row, num_tokens)
-        if seqs.where[row] == ON_GPU:
-            refresh_room(seqs, self.gpu, np.asarray([row], dtype=np.int64), self.block_size,
-                         self.max_model_len)
+        where = int(seqs.where[row])
+        shrink(seqs, self._pool_at(where), row, num_tokens, self.block_size,
+               self.max_model_len, where == ON_GPU)
+        if self._chains is not None:
+            self._chains.truncate(row, num_tokens)
 
     # ---- swapping -----------------------------------------------------------------------
     def can_swap_out(self, seq_ids: Iterable[Hashable]) -> bool:

@@ -57,6 +57,18 @@ class HostPrefixTier:
     def __contains__(self, key: object) -> bool:
         return key in self._host_of
 
+    def lru(self) -> list[tuple[Hashable, int]]:
+        """(key, host block) of every held key, least recently used first."""
+        return list(self._host_of.items())
+
+    def pinned(self) -> list[int]:
+        """Host blocks pinned by pending loads, sorted."""
+        return sorted(self._pinned)
+
+    def pending_plans(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Copies of the offloads and loads planned and not yet taken, in order."""
+        return list(self._offloads), list(self._loads)
+
     def match(self, keys: Sequence[Hashable]) -> list[int]:
         """Host ids of the longest run of leading `keys` held here; no side effects."""
         hits = list(map(self._host_of.get, keys))

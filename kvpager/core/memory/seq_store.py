@@ -1,25 +1,28 @@
-"""Per-sequence state of the manager as rows of arrays.
+"""Per-sequence state of the manager: the memory layer's columns of the manager's RowTable.
 
-Every sequence the manager holds owns one *row*: its block table is `table[row, :nblocks]`,
-its token count `ntokens[row]`, and `where[row]` says which pool its blocks belong to. A
-decode step touches hundreds of rows at once; keeping them in arrays lets the manager do
-that with a handful of numpy operations instead of Python work per sequence. Rows are
-reused after a sequence is freed, so a row number is only meaningful while its sequence is
-alive (like a file descriptor).
+Every sequence the manager holds owns one *row* (`kvpager.core.rows.RowTable`): its block
+table is `table[row, :nblocks]`, its token count `ntokens[row]`, and `where[row]` says which
+pool its blocks belong to. A decode step touches hundreds of rows at once; keeping them in
+arrays lets the manager do that with a handful of numpy operations instead of Python work
+per sequence. Rows are reused after a sequence is freed, so a row number is only meaningful
+while its sequence is alive (like a file descriptor).
 
-The store is a plain container: the manager that holds it decides what goes in (see
-`docs/architecture.md`). It also answers the read-only questions every manager is asked
-(`num_tokens`, `device_of`, `rows_of`, `seq_lens`), so the managers delegate to it instead
-of inheriting them.
+`SequenceStore` *is* the table: other concepts (the prefix chains, later the scheduler's
+stop lengths) register their own per-row columns on it, so a reused row starts with all of
+them at their fill values. The store is a plain container: the manager that holds it
+decides what goes in (see `docs/architecture.md`); only `append.py` writes `room`. It also
+answers the read-only questions every manager is asked (`num_tokens`, `device_of`,
+`rows`, `seq_lens`), so the managers delegate to it instead of inheriting them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 
 import numpy as np
 
-from kvpager.core.errors import DuplicateSequenceError, UnknownSequenceError, WrongDeviceError
+from kvpager.core.errors import UnknownSequenceError, WrongDeviceError
+from kvpager.core.rows import RowTable
 
 ON_GPU = 0
 ON_CPU = 1
@@ -27,137 +30,68 @@ UNUSED = -1
 DEVICE_NAMES = {ON_GPU: "gpu", ON_CPU: "cpu"}
 
 
-class SequenceStore:
-    """Rows of block tables, block counts, token counts and locations, growing on demand.
+class SequenceStore(RowTable):
+    """A RowTable with the memory layer's columns, one entry per row:
 
-    Arrays, one entry per row:
-        table: int32 `[rows, width]` physical block ids, logical order.
+        table: int32 `[rows, width]` physical block ids, logical order (`widen`s on demand).
         nblocks: int32 blocks held. ntokens: int64 tokens held (slots written or being
-        written). where: int8 ON_GPU / ON_CPU / UNUSED.
+        written). where: int8 ON_GPU / ON_CPU / UNUSED (a dead row reads UNUSED: the
+        batched calls' liveness check).
         room: int64 tokens the row can still append with no planning at all: the free
         slots of its last block when that block is its alone and not prefix-cached (0 when
-        unknown). The paged manager keeps it; it is what makes a per-sequence decode
-        append a few scalar operations.
+        unknown). Kept by `kvpager.core.memory.append`; it is what makes a per-sequence
+        decode append a few scalar operations.
     """
 
+    table: np.ndarray
+    nblocks: np.ndarray
+    ntokens: np.ndarray
+    room: np.ndarray
+    where: np.ndarray
+
     def __init__(self, rows: int = 64, width: int = 16) -> None:
-        self.table = np.zeros((rows, width), dtype=np.int32)
-        self.nblocks = np.zeros(rows, dtype=np.int32)
-        self.ntokens = np.zeros(rows, dtype=np.int64)
-        self.room = np.zeros(rows, dtype=np.int64)
-        self.where = np.full(rows, UNUSED, dtype=np.int8)
-        self.row_of: dict[Hashable, int] = {}
-        self.seq_of: list[Hashable | None] = [None] * rows
-        self._spare: list[int] = list(range(rows - 1, -1, -1))
+        super().__init__(rows)
+        self.add_column("table", np.int32, 0, width=width)
+        self.add_column("nblocks", np.int32, 0)
+        self.add_column("ntokens", np.int64, 0)
+        self.add_column("room", np.int64, 0)
+        self.add_column("where", np.int8, UNUSED)
         self._scratch = np.zeros(rows, dtype=np.int64)
 
-    def __len__(self) -> int:
-        return len(self.row_of)
-
-    def row(self, seq_id: Hashable) -> int:
-        try:
-            return self.row_of[seq_id]
-        except (KeyError, TypeError):
-            raise UnknownSequenceError(f"unknown sequence {seq_id!r}") from None
-
-    def rows(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
-        try:
-            return np.fromiter((self.row_of[s] for s in seq_ids), dtype=np.int64)
-        except (KeyError, TypeError):
-            missing = next(s for s in seq_ids if s not in self.row_of)
-            raise UnknownSequenceError(f"unknown sequence {missing!r}") from None
-
-    def check_new(self, seq_id: Hashable) -> None:
-        try:
-            present = seq_id in self.row_of
-        except TypeError:
-            raise ValueError(f"sequence id must be hashable, got {seq_id!r}") from None
-        if present:
-            raise DuplicateSequenceError(f"sequence {seq_id!r} already exists")
-
-    def add(self, seq_id: Hashable, where: int) -> int:
-        """Give `seq_id` an empty row on `where`; the caller checked `check_new`."""
-        if not self._spare:
-            self._grow_rows()
-        row = self._spare.pop()
-        self.row_of[seq_id] = row
-        self.seq_of[row] = seq_id
+    def add(self, seq_id: Hashable, where: int = ON_GPU) -> int:
+        """Give `seq_id` an empty row on `where` (every column at its fill); the caller
+        checked `check_new`."""
+        row = super().add(seq_id)
         self.where[row] = where
-        self.nblocks[row] = 0
-        self.ntokens[row] = 0
-        self.room[row] = 0
         return row
 
-    def add_many(self, seq_ids: list[Hashable], where: np.ndarray) -> np.ndarray:
+    def add_many(self, seq_ids: list[Hashable], where: np.ndarray | int = ON_GPU
+                 ) -> np.ndarray:
         """`add` for many new ids at once (caller checked them); returns their rows, int64."""
-        while len(self._spare) < len(seq_ids):
-            self._grow_rows()
-        rows = [self._spare.pop() for _ in seq_ids]
-        for seq_id, row in zip(seq_ids, rows, strict=True):
-            self.row_of[seq_id] = row
-            self.seq_of[row] = seq_id
-        out = np.asarray(rows, dtype=np.int64)
-        self.where[out] = where
-        self.nblocks[out] = 0
-        self.ntokens[out] = 0
-        self.room[out] = 0
-        return out
+        rows = super().add_many(seq_ids)
+        self.where[rows] = where
+        return rows
+
+    def remove(self, row: int) -> None:
+        """Release one row; it reads UNUSED until reused."""
+        super().remove(row)
+        self.where[row] = UNUSED
 
     def remove_many(self, rows: np.ndarray) -> None:
         """`remove` for many distinct rows at once."""
-        for row in rows.tolist():
-            del self.row_of[self.seq_of[row]]
-            self.seq_of[row] = None
-            self._spare.append(row)
+        super().remove_many(rows)
         self.where[rows] = UNUSED
-        self.nblocks[rows] = 0
-        self.ntokens[rows] = 0
-        self.room[rows] = 0
-
-    def remove(self, row: int) -> None:
-        """`remove_many` for one row, with scalar writes (a per-request free)."""
-        del self.row_of[self.seq_of[row]]
-        self.seq_of[row] = None
-        self.where[row] = UNUSED
-        self.nblocks[row] = 0
-        self.ntokens[row] = 0
-        self.room[row] = 0
-        self._spare.append(row)
 
     def blocks(self, row: int) -> np.ndarray:
         """View of the row's block ids, int32 `[nblocks]`."""
         return self.table[row, : self.nblocks[row]]
 
     def ensure_width(self, width: int) -> None:
+        """Make the block tables at least `width` wide (doubling)."""
         if width > self.table.shape[1]:
-            new_width = max(width, 2 * self.table.shape[1])
-            grown = np.zeros((self.table.shape[0], new_width), dtype=np.int32)
-            grown[:, : self.table.shape[1]] = self.table
-            self.table = grown
-
-    def _grow_rows(self) -> None:
-        old = self.table.shape[0]
-        new = 2 * old
-        table = np.zeros((new, self.table.shape[1]), dtype=np.int32)
-        table[:old] = self.table
-        self.table = table
-        self.nblocks = np.concatenate([self.nblocks, np.zeros(old, dtype=np.int32)])
-        self.ntokens = np.concatenate([self.ntokens, np.zeros(old, dtype=np.int64)])
-        self.room = np.concatenate([self.room, np.zeros(old, dtype=np.int64)])
-        self.where = np.concatenate([self.where, np.full(old, UNUSED, dtype=np.int8)])
-        self.seq_of.extend([None] * old)
-        self._spare.extend(range(new - 1, old - 1, -1))
+            self.widen("table", width)
 
     # ---- read-only queries every manager answers ----------------------------------------
-    def __contains__(self, seq_id: object) -> bool:
-        try:
-            return seq_id in self.row_of
-        except TypeError:
-            return False
-
-    def seq_ids(self) -> list[Hashable]:
-        return list(self.row_of)
-
     def num_tokens(self, seq_id: Hashable) -> int:
         return int(self.ntokens[self.row(seq_id)])
 

@@ -13,6 +13,7 @@ from collections.abc import Hashable, Iterable
 import numpy as np
 
 from kvpager.core.errors import OutOfBlocksError, WrongDeviceError
+from kvpager.core.memory.append import clear_room
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.seq_store import DEVICE_NAMES, SequenceStore
 
@@ -63,5 +64,5 @@ def move_rows(
         nb = int(seqs.nblocks[r])
         seqs.table[r, :nb] = new[np.searchsorted(distinct, seqs.table[r, :nb])]
         seqs.where[r] = where
-    seqs.room[rows] = 0  # sharing changed; the next append plans the row again
+    clear_room(seqs, rows)  # sharing changed; the next append plans the row again
     return np.stack([distinct.astype(np.int64), new.astype(np.int64)], axis=1)

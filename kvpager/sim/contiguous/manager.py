@@ -112,6 +112,11 @@ class ContiguousManager(ContiguousSwapMixin):
         return r
 
     # ---- queries ------------------------------------------------------------------------
+    @property
+    def rows(self) -> SequenceStore:
+        """The row table (`kvpager.core.protocol.KVManager.rows`)."""
+        return self._seqs
+
     def __contains__(self, seq_id: object) -> bool:
         return seq_id in self._seqs
 

@@ -8,14 +8,27 @@ from kvpager.core.memory.manager import KVCacheManager
 
 
 def state(m: KVCacheManager):
-    """Everything observable about a manager, for `assert state(m) == before`."""
-    tables = {s: (m.block_table(s).blocks.tolist(), m.num_tokens(s), m.device_of(s))
+    """Everything observable about a manager, for `assert state(m) == before`: each
+    sequence's table, count, device, `room` and prefix chain; each pool's counts, free
+    lists and cached-block index; the prefix counters; the host tier's LRU order, pins and
+    pending plans (blocks evicted but not yet drained count as the tier's)."""
+    rows = m.rows
+    chains = m.prefix_chains
+    tables = {s: (m.block_table(s).blocks.tolist(), m.num_tokens(s), m.device_of(s),
+                  int(rows.room[rows.row(s)]),
+                  None if chains is None else chains.snapshot(rows.row(s)))
               for s in m.seq_ids()}
-    pools = [(p.ref_counts.tolist(), p.free_blocks()[0].tolist(), p.free_blocks()[1])
+    pools = [(p.ref_counts.tolist(), p.free_blocks()[0].tolist(), p.free_blocks()[1],
+              p.cached_items())
              for p in (m.gpu, m.cpu) if p is not None]
-    prefix = None if m.prefix_cache is None else (len(m.prefix_cache),
-                                                  m.prefix_cache.queried_blocks)
-    return tables, pools, prefix, m.num_cow_copies
+    prefix = tier = None
+    if m.prefix_cache is not None:
+        pc = m.prefix_cache
+        prefix = (len(pc), pc.queried_blocks, pc.gpu_hit_blocks, pc.cpu_hit_blocks)
+        if pc.tier is not None:  # reading `tier` drains evictions into it first
+            tier = (pc.tier.lru(), pc.tier.pinned(), pc.tier.pending_plans(),
+                    pc.tier.offloaded_blocks, pc.tier.loaded_blocks)
+    return tables, pools, prefix, tier, m.num_cow_copies
 
 
 def table(m: KVCacheManager, seq) -> list[int]:

@@ -83,25 +83,49 @@ def test_bad_sizes_are_rejected(bad):
 
 def test_cached_blocks_are_evicted_oldest_first_and_only_when_needed():
     pool = BlockPool(4)
-    evicted = []
-    pool.set_evict_callback(evicted.extend)  # one call per allocation that evicts
+    pool.record_evictions()
     blocks = pool.allocate(4).tolist()
-    for b in blocks[:3]:
-        pool.mark_cached(b)
+    assert pool.register(["k0", "k1", "k2"], blocks[:3]) == blocks[:3]
     pool.free([2, 0, 1, 3])  # 3 is not cached: it goes to the clean stack
     assert pool.free_blocks()[1] == [2, 0, 1]
     assert pool.num_free == 4 and pool.num_evictable == 3
     assert pool.allocate(1).tolist() == [3]  # clean first
-    assert evicted == []
+    assert pool.drain_evicted() == ([], [])
     assert pool.allocate(2).tolist() == [2, 0]  # then the least recently released
-    assert evicted == [2, 0]
+    assert pool.drain_evicted() == (["k2", "k0"], [2, 0])  # oldest first, drained once
+    assert pool.drain_evicted() == ([], [])
     assert not pool.is_cached(2) and pool.is_cached(1)
+    # the key index and the flags change together: the evicted keys are gone
+    assert pool.block_of("k2") is None and pool.key_of(0) is None
+    assert pool.cached_items() == [(1, "k1")] and pool.num_cached == 1
+    assert pool.match(["k1", "k0"], 2) == [1]
+
+
+def test_register_caches_only_a_keys_first_block_and_refuses_free_blocks():
+    pool = BlockPool(4)
+    a, b, c, _ = pool.allocate(4).tolist()
+    assert pool.register(["x", "x", "y"], [a, b, c]) == [a, c]
+    assert pool.register(["x", "z"], [b, a]) == []  # x is cached; a keeps its key
+    assert pool.key_of(a) == "x" and pool.key_of(b) is None and not pool.is_cached(b)
+    pool.free([b])
+    with pytest.raises(ValueError, match="block 1 is free"):
+        pool.register(["w"], [b])
+    assert pool.block_of("w") is None
+
+
+def test_a_pool_records_evicted_keys_only_when_asked():
+    pool = BlockPool(2)
+    blocks = pool.allocate(2).tolist()
+    pool.register(["a", "b"], blocks)
+    pool.free(blocks)
+    pool.allocate(2)  # evicts both
+    assert pool.drain_evicted() == ([], []) and pool.num_cached == 0
 
 
 def test_touch_revives_a_cached_free_block():
     pool = BlockPool(3)
     (b,) = pool.allocate(1)
-    pool.mark_cached(b)
+    pool.register(["key"], [b])
     pool.free([b])
     pool.touch(b)
     assert pool.ref_count(b) == 1 and pool.num_evictable == 0
