@@ -134,15 +134,19 @@ class Replica:
     def _window(self, now: float) -> int:
         """Decode steps to take at once (see the module docstring)."""
         sched, cfg = self.scheduler, self.config
-        k = min(cfg.max_window_steps, queries.decode_headroom(sched))
-        if k <= 1 or self.has_beams or sched.swapped:
+        if self.has_beams or sched.swapped or cfg.max_window_steps <= 1:
+            return 1
+        rows = queries.decode_rows(sched)
+        if not rows.size:
+            return 1
+        lens = self.manager.seq_lens(rows)  # once: headroom and the window's step time
+        k = min(cfg.max_window_steps, int((sched.running.targets(rows) - lens).min()))
+        if k <= 1:
             return 1
         if cfg.chunked_prefill and (sched.waiting or queries.has_prefill_work(sched)):
             return 1
         arrival = self.run.next_arrival()
         if arrival is not None:
-            rows = queries.decode_rows(sched)
-            lens = self.manager.seq_lens(rows)
             one = self.cost.step_time(0, 0.0, rows.size, int(lens.sum()) + rows.size)
             k = min(k, max(1, int((arrival - now) / one))) if one > 0 else k
         return k  # the scheduler shrinks a window whose blocks do not fit to one step
