@@ -13,11 +13,17 @@ Scenarios:
   fit (`--calibration kvpager/sim/cost_model/calibrations/a100-80gb.json`), recorded as
   `simulator_calibration.json`: what the calibrated cost model costs in speed.
 
+- `--steploop [--against OLD_CHECKOUT]`: the step loop in-process, side by side: the full
+  Azure conversation trace, Llama-2-70B TP2 on A100-80GB, recompute preemption, no chunked
+  prefill, no prefix caching, 4,096 batched tokens, 128 sequences, utilization 0.9
+  (`benchmarks/_steploop.py`), in this checkout and in OLD_CHECKOUT (e.g. a worktree of
+  160aba0), alternating, best of `--repeats`. Recorded as `simulator_steploop.json`.
+
 Wall time is what a user waits; process CPU time (user + system) is reported beside it
 because it is far less sensitive to other work on a shared machine.
 
 Usage: python benchmarks/bench_simulator.py [--traces DIR] [--repeats 3] [--no-record]
-       [--calibration-only]
+       [--calibration-only] [--steploop [--against OLD_CHECKOUT]]
 """
 
 from __future__ import annotations
@@ -80,6 +86,46 @@ def best_of(args: list[str], repeats: int) -> dict:
     }
 
 
+def steploop(trace: Path, checkouts: dict[str, Path], repeats: int) -> dict:
+    """Best (by simulation wall time) of `repeats` in-process runs per checkout, alternating
+    checkouts so that machine load hits both alike."""
+    script = Path(__file__).resolve().parent / "_steploop.py"
+    runs: dict[str, list[dict]] = {name: [] for name in checkouts}
+    for _ in range(repeats):
+        for name, root in checkouts.items():
+            done = subprocess.run([sys.executable, str(script), str(trace.resolve())],
+                                  cwd=root, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{root}: step loop failed:\n{done.stderr}")
+            runs[name].append(json.loads(done.stdout))
+    out = {}
+    for name, rs in runs.items():
+        best = min(rs, key=lambda r: r["simulation_wall_s"])
+        commit = subprocess.run(["git", "-C", str(checkouts[name]), "rev-parse", "--short",
+                                 "HEAD"], capture_output=True, text=True).stdout.strip()
+        out[name] = best | {"commit": commit,
+                            "simulation_wall_s_all": [r["simulation_wall_s"] for r in rs]}
+    return out
+
+
+def _merge_into_simulator_json(key: str, results: dict) -> Path:
+    """Add one scenario to `results/simulator.json`, keeping the other scenarios' records;
+    the scenario carries its own command, date and environment."""
+    from datetime import datetime, timezone
+
+    try:
+        from benchmarks._common import RESULTS, environment
+    except ImportError:
+        from _common import RESULTS, environment  # type: ignore[no-redef]
+    path = RESULTS / "simulator.json"
+    data = json.loads(path.read_text())
+    data["results"][key] = {"command": "python " + " ".join(sys.argv),
+                            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            "environment": environment()} | results
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", default=os.environ.get("KVPAGER_TRACES_DIR",
@@ -87,10 +133,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--calibration-only", action="store_true")
+    parser.add_argument("--steploop", action="store_true")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="an old checkout to time beside this one (--steploop)")
     args = parser.parse_args()
     azure = Path(args.traces) / AZURE
     if not azure.exists():
         raise SystemExit(f"{azure}: not found (pass --traces DIR)")
+    if args.steploop:
+        here = Path(__file__).resolve().parents[1]
+        checkouts = {"this": here} | ({} if args.against is None else {"against": args.against})
+        results = {"azure-conv-70b-tp2-steploop": steploop(azure, checkouts, args.repeats),
+                   "load_average_1min_after": os.getloadavg()[0]}
+        print(json.dumps(results, indent=2))
+        if not args.no_record:
+            print("recorded", _merge_into_simulator_json("azure-conv-70b-tp2-steploop",
+                                                         results))
+        return
     if args.calibration_only:
         shipped = Path(__file__).resolve().parents[1] / "kvpager/sim/cost_model/calibrations"
         results = {

@@ -85,7 +85,12 @@ class SchedulerConfig:
         max_num_batched_tokens: tokens computed in one step (prefill tokens + decodes). Without
             chunked prefill, a recomputation that outgrew it runs alone in its step.
         max_model_len: prompt + output tokens a sequence may reach; longer prompts are
-            rejected, generation stops there. None: no limit.
+            rejected, generation stops there. None: the memory manager's limit
+            (`CacheConfig.max_model_len`), which owns it; a value that differs from the
+            manager's is an error (`Scheduler` raises), so there is one limit.
+        reject_over_length: refuse at `add_request` a request whose prompt plus
+            `max_output_tokens` exceeds max_model_len (as vLLM answers 400), instead of
+            stopping its generation at the limit.
         chunked_prefill: split prompts into chunks that share steps with decodes.
         preemption: "swap", "recompute", or "auto" (swap groups of several sequences, whose
             recomputation would lose their sharing, recompute single sequences).
@@ -99,6 +104,7 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     max_model_len: int | None = None
+    reject_over_length: bool = False
     chunked_prefill: bool = False
     preemption: str = "auto"
     num_lookahead_slots: int = 0
@@ -116,6 +122,9 @@ class SchedulerConfig:
         ):
             raise ValueError(f"max_model_len must be an int >= 2 or None, got "
                              f"{self.max_model_len!r}")
+        if not isinstance(self.reject_over_length, bool):
+            raise ValueError(f"reject_over_length must be a bool, got "
+                             f"{self.reject_over_length!r}")
         if self.preemption not in PREEMPTION_MODES:
             raise ValueError(f"preemption must be one of {PREEMPTION_MODES}, got "
                              f"{self.preemption!r}")

@@ -50,6 +50,9 @@ class KVManager(Protocol):
     own allocation unit; the scheduler only compares them with each other."""
 
     block_size: int
+    #: Tokens a sequence may hold at most (None: no limit). The manager owns the limit (it
+    #: refuses appends past it); the scheduler reads it here so that the two never disagree.
+    max_model_len: int | None
 
     @property
     def rows(self) -> RowTable:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -60,6 +60,9 @@ class LLMEngine:
         cache_config: blocks of the device cache and of the CPU swap area, block size
             (8, 16 or 32), prefix caching.
         scheduler_config: batching limits and preemption policy (default `SchedulerConfig()`).
+            `max_model_len` has one owner, the cache: set it in either config (a value given
+            only to the scheduler is handed to the cache); two different values raise
+            ValueError.
         backend: kernel backend of the cache ops and decode attention ("auto", "reference",
             "triton", "cuda"); resolved now, so an unusable one fails here.
         kv_cache_dtype, k_scale, v_scale: cache storage ("auto" = the model dtype, or FP8).
@@ -92,8 +95,11 @@ class LLMEngine:
                                         block_size=cache_config.block_size, dtype=model.dtype,
                                         kv_cache_dtype=kv_cache_dtype).name
         self.model = model
+        scheduler_config = scheduler_config or SchedulerConfig()
+        if cache_config.max_model_len is None and scheduler_config.max_model_len is not None:
+            cache_config = replace(cache_config, max_model_len=scheduler_config.max_model_len)
         self.manager = KVCacheManager(cache_config)
-        self.scheduler = Scheduler(self.manager, scheduler_config or SchedulerConfig())
+        self.scheduler = Scheduler(self.manager, scheduler_config)  # checks they agree
         self.cache = KVCache.for_manager(
             self.manager, shape.num_layers, shape.num_kv_heads, shape.head_size,
             dtype=model.dtype, kv_cache_dtype=kv_cache_dtype, device=model.device,
@@ -145,8 +151,9 @@ class LLMEngine:
         own = params.eos_ids()
         eos = frozenset(() if params.ignore_eos else self.eos_token_ids if own is None else own)
         max_new = params.max_tokens
-        if cfg.max_model_len is not None:
-            max_new = max(1, min(max_new, cfg.max_model_len - len(prompt)))
+        limit = self.scheduler.max_model_len  # the one limit: the manager's, or the config's
+        if limit is not None:
+            max_new = max(1, min(max_new, limit - len(prompt)))
         request = Request(request_id, len(prompt), params.max_tokens,
                           arrival_time=float(next(self._arrivals)), n=params.n,
                           beam_width=params.beam_width, prompt_token_ids=prompt)

@@ -18,11 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvpager.core.config import CacheConfig, SchedulerConfig
-from kvpager.core.memory.manager import KVCacheManager
-from kvpager.core.protocol import KVManager
 from kvpager.core.sched.scheduler import Scheduler
 from kvpager.sim.config import PAGED, STATIC, SimConfig
 from kvpager.sim.cost_model import CostModel
+from kvpager.sim.manager_protocol import PagedSimManager, SimManager
 
 GiB = 1 << 30
 
@@ -32,7 +31,7 @@ class Deployment:
     """A manager and the scheduler driving it, plus the unit sizes the engine needs."""
 
     strategy: str
-    manager: KVManager
+    manager: SimManager
     scheduler: Scheduler
     slots_per_block: int  # tokens one manager block holds (for swap and copy timing)
     capacity_slots: int  # KV token slots of the GPU cache
@@ -46,7 +45,8 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
     sched = SchedulerConfig(
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,
-        max_model_len=max_model_len,
+        # the limit's owner is the manager (below); the scheduler reads it from there
+        reject_over_length=config.long_prompts == "reject",
         chunked_prefill=config.chunked_prefill,
         preemption=config.preemption,
         batching="static" if strategy == STATIC else "continuous",
@@ -56,9 +56,10 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
         bs = config.block_size
         cache = {"num_gpu_blocks": cost.num_gpu_blocks(bs), "block_size": bs,
                  "num_cpu_blocks": cost.num_cpu_blocks(swap_bytes, bs),
-                 "enable_prefix_caching": config.prefix_caching}
-        manager: KVManager = (_tiered_manager(cache, tier_blocks, cost, bs) if tier_blocks
-                              else KVCacheManager(CacheConfig(**cache)))
+                 "enable_prefix_caching": config.prefix_caching,
+                 "max_model_len": max_model_len}
+        manager: SimManager = (_tiered_manager(cache, tier_blocks, cost, bs) if tier_blocks
+                               else PagedSimManager(CacheConfig(**cache)))
         return Deployment(strategy, manager, Scheduler(manager, sched, kernel_inputs=False), bs,
                           cost.num_gpu_blocks(bs) * bs)
     # prefix caching applies to the paged strategy only: a contiguous region per sequence
@@ -74,9 +75,9 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
 
 
 def _tiered_manager(cache: dict, tier_blocks: int, cost: CostModel,
-                    block_size: int) -> KVCacheManager:
+                    block_size: int) -> PagedSimManager:
     """A paged manager with a CPU prefix tier whose loads follow the cost model."""
     from kvpager.sim.tier import load_policy
 
     config = CacheConfig(**cache, num_cpu_prefix_blocks=tier_blocks)
-    return KVCacheManager(config, tier_load_policy=load_policy(cost, block_size))
+    return PagedSimManager(config, tier_load_policy=load_policy(cost, block_size))

@@ -22,6 +22,7 @@ import numpy as np
 from kvpager.core.errors import OutOfBlocksError
 from kvpager.core.sched.request import SequenceGroup
 from kvpager.core.sched.scheduler import Scheduler, SchedulerOutput, StepResult
+from kvpager.sim import queries
 from kvpager.sim.contiguous import ContiguousManager
 
 
@@ -132,8 +133,8 @@ class ContigExecutor:
             assert got == self.known(seq_id, computed)[:computed], f"{seq_id} reads wrong KV"
 
     def check_breakdown(self) -> dict[str, int]:
-        rows, final = self.s.resident()
-        head = self.s.next_waiting()
+        rows, final = queries.resident(self.s)
+        head = queries.next_waiting(self.s)
         got = self.m.memory_breakdown(rows, final, None if head is None else head[1],
                                       next_num_tokens=None if head is None else head[0])
         assert sum(got.values()) == self.m.capacity_tokens, got

@@ -48,8 +48,6 @@ class Request:
         prompt_token_ids: the prompt's token ids, for content-hashed prefix caching.
         block_hashes: chained keys of the prompt's full blocks: a caller's own, instead of
             token ids, or kvpager's digests of `prompt_token_ids` made once at arrival.
-        output_token_ids: the tokens the request will generate, when a simulator replays them
-            (so that generated blocks are prefix-cached as a real engine's would be).
     """
 
     request_id: Hashable
@@ -60,7 +58,6 @@ class Request:
     beam_width: int = 1
     prompt_token_ids: Sequence[int] | None = None
     block_hashes: Sequence[Hashable] | None = None
-    output_token_ids: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         _check_count("prompt_tokens", self.prompt_tokens, 1)
@@ -74,9 +71,6 @@ class Request:
             raise ValueError(f"request {self.request_id!r}: prompt_token_ids has "
                              f"{len(self.prompt_token_ids)} ids, prompt_tokens is "
                              f"{self.prompt_tokens}")
-        if self.output_token_ids is not None and self.prompt_token_ids is None:
-            raise ValueError(f"request {self.request_id!r}: output_token_ids needs "
-                             "prompt_token_ids")
 
     @property
     def width(self) -> int:
@@ -94,8 +88,9 @@ class SequenceState:
     phase. The scheduler hands them over with `start_decoding()` (prompt computed) and
     `restart(n)` (preempted for recomputation: n known tokens, none computed).
 
-    `token_ids` is for executors that know the tokens (a real engine appends what it
-    samples; a simulator replaying a trace's outputs knows them in advance); the scheduler
+    `token_ids` is for executors that know the tokens: a real engine appends what it
+    samples; a simulator replaying a trace's outputs sets the whole stream (prompt + outputs)
+    up front. Only the first `n` ids matter while the sequence holds `n` tokens; the scheduler
     passes them to the manager for prefix caching.
     """
 

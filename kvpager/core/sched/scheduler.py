@@ -47,6 +47,10 @@ class Scheduler:
     `SchedulerOutput` carries the prefill slot mappings and the block tables; by default
     whenever the manager is a `PagedKVManager`. An executor that runs no kernel (the
     simulator) passes False.
+
+    `max_model_len` has one owner, the manager (`CacheConfig.max_model_len`): the scheduler
+    takes it from there. `SchedulerConfig.max_model_len` may repeat it, or set it for a
+    manager without one; a value different from the manager's raises ValueError.
     """
 
     def __init__(self, manager: KVManager, config: SchedulerConfig | None = None, *,
@@ -57,6 +61,7 @@ class Scheduler:
             raise ValueError("pass either a SchedulerConfig or its fields, not both")
         self.manager = manager
         self.config = config
+        self.max_model_len = _one_limit(manager, config)
         paged = isinstance(manager, PagedKVManager)
         if kernel_inputs and not paged:
             raise ValueError(f"kernel_inputs needs a PagedKVManager; "
@@ -66,14 +71,19 @@ class Scheduler:
         self.running = RunningSet(manager.rows_of)
         self.swapped: list[SequenceGroup] = []
         self._groups: dict[Hashable, SequenceGroup] = {}
-        self.num_preempted = {"swap": 0, "recompute": 0}
+        # Public counters (executors and the simulator read them instead of re-counting).
+        self.num_preempted = {"swap": 0, "recompute": 0}  # groups, by mode
         self.num_rejected = 0
+        self.num_recomputed_tokens = 0  # tokens whose KV preemption by recompute dropped
 
     # ---- requests -----------------------------------------------------------------------
     def add_request(self, request: Request) -> SequenceGroup:
-        """Queue a request. Returns its group, already FINISHED (with `finish_reason`) when
-        the request can never run: too long for `max_model_len`, for the token budget of a
-        non-chunked step, for `max_num_seqs`, or for the whole KV cache."""
+        """Queue a request. Returns its group, already FINISHED (with a "rejected: ..."
+        `finish_reason`) when the request can never run: a prompt that reaches
+        `max_model_len` (or, with `reject_over_length`, prompt + output past it), a prompt
+        over the token budget of a non-chunked step, or more sequences than `max_num_seqs`.
+        A request too large for the whole KV cache is queued and rejected by the `schedule()`
+        that would admit it (`SchedulerOutput.rejected`): that needs the manager's check."""
         if request.request_id in self._groups:
             raise ValueError(f"request {request.request_id!r} is already queued")
         group = SequenceGroup(request)
@@ -90,9 +100,13 @@ class Scheduler:
         return group
 
     def _never_fits(self, request: Request) -> str | None:
-        cfg, p = self.config, request.prompt_tokens
-        if cfg.max_model_len is not None and p >= cfg.max_model_len:
-            return f"prompt of {p} tokens reaches max_model_len={cfg.max_model_len}"
+        cfg, p, limit = self.config, request.prompt_tokens, self.max_model_len
+        if (limit is not None and cfg.reject_over_length
+                and p + request.max_output_tokens > limit):
+            return (f"prompt of {p} + output of {request.max_output_tokens} tokens exceeds "
+                    f"max_model_len={limit}")
+        if limit is not None and p >= limit:
+            return f"prompt of {p} tokens reaches max_model_len={limit}"
         if not cfg.chunked_prefill and p > cfg.max_num_batched_tokens:
             return (f"prompt of {p} tokens exceeds max_num_batched_tokens="
                     f"{cfg.max_num_batched_tokens} (enable chunked prefill)")
@@ -201,14 +215,8 @@ class Scheduler:
             ids = seq.token_ids
             if ids is None:
                 continue
-            if start + k <= len(ids):  # an engine: it appended what it sampled
-                out[i] = ids[start : start + k]
-                continue
-            replay = seq.group.request.output_token_ids  # a simulator replaying outputs
-            prompt = seq.group.request.prompt_tokens
-            if replay is not None and len(ids) == prompt:
-                part = replay[start - prompt : start - prompt + k]
-                out[i, : len(part)] = part
+            part = ids[start : start + k]  # what the executor appended (sampled or known)
+            out[i, : len(part)] = part
         return out
 
     def _continue_prefills(self, out: SchedulerOutput) -> None:
@@ -271,7 +279,7 @@ class Scheduler:
     def _can_allocate(self, group: SequenceGroup) -> AllocStatus:
         if len(group.seqs) > 1:  # a recomputation: independent sequences
             return self.manager.can_allocate_many([s.num_tokens for s in group.seqs],
-                                                  max_tokens=self._final_tokens(group.request))
+                                                  max_tokens=self.final_tokens(group.request))
         seq = group.seqs[0]
         return self.manager.can_allocate(seq.num_tokens, **self._alloc_args(group, seq))
 
@@ -283,14 +291,15 @@ class Scheduler:
             # Keys made once at arrival apply to the prompt alone.
             "block_hashes": request.block_hashes
             if token_ids is None or seq.num_tokens == request.prompt_tokens else None,
-            "max_tokens": self._final_tokens(request),
+            "max_tokens": self.final_tokens(request),
             "num_seqs": 1 if group.expanded else request.width,
         }
 
-    def _final_tokens(self, request: Request) -> int:
-        """Tokens a sequence of the request holds at most: prompt + output, capped."""
+    def final_tokens(self, request: Request) -> int:
+        """Tokens a sequence of the request holds at most: prompt + output, capped at
+        `max_model_len`."""
         total = request.prompt_tokens + request.max_output_tokens
-        limit = self.config.max_model_len
+        limit = self.max_model_len
         return total if limit is None else min(total, limit)
 
     def _swap_in(self, out: SchedulerOutput) -> None:
@@ -308,40 +317,6 @@ class Scheduler:
             out.swapped_in.append(group)
         if pairs:
             out.swap_in = np.concatenate(pairs)
-
-    # ---- queries for executors ----------------------------------------------------------
-    def decode_headroom(self) -> int:
-        """Decode steps every decoding sequence can take before one reaches its length limit
-        (0 when none decodes): the longest multi-step window that finishes no one early."""
-        rows, _ = self.running.decode_batch()
-        if not rows.size:
-            return 0
-        return int((self.running.targets(rows) - self.manager.seq_lens(rows)).min())
-
-    def has_prefill_work(self) -> bool:
-        """Whether a running sequence still has prompt (or recomputation) tokens to compute."""
-        return any(not s.decoding for g in self.running for s in g.seqs)
-
-    def decode_rows(self) -> np.ndarray:
-        """Manager rows of the sequences the next decode step would extend, in order."""
-        return self.running.decode_batch()[0]
-
-    def resident(self) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, final slots) of every sequence holding GPU memory: the slots each will
-        occupy at the end, for memory breakdowns (`KVCacheManager.memory_breakdown`)."""
-        seqs = self.running.all_seqs()
-        rows = self.manager.rows_of([s.seq_id for s in seqs])
-        final = np.fromiter((self._final_tokens(s.group.request) - 1 for s in seqs),
-                            dtype=np.int64, count=len(seqs))
-        return rows, final
-
-    def next_waiting(self) -> tuple[int, int] | None:
-        """(tokens now, tokens at most) of the head of the waiting queue, or None: what a
-        contiguous cache would have to reserve for it next (for fragmentation metrics)."""
-        if not self.waiting:
-            return None
-        group = self.waiting[0]
-        return group.seqs[0].num_tokens, self._final_tokens(group.request)
 
     # ---- recording a step ---------------------------------------------------------------
     def complete_step(
@@ -403,7 +378,7 @@ class Scheduler:
 
     def _set_targets(self, rows: np.ndarray, seqs: list[SequenceState]) -> None:
         # Decoding, the manager holds num_tokens - 1 slots: stop when it reaches total - 1.
-        targets = np.fromiter((self._final_tokens(s.group.request) - 1 for s in seqs),
+        targets = np.fromiter((self.final_tokens(s.group.request) - 1 for s in seqs),
                               dtype=np.int64, count=len(seqs))
         self.running.set_targets(rows, targets)
 
@@ -512,9 +487,11 @@ class Scheduler:
                 if seq.decoding:
                     held = m.num_tokens(seq.seq_id)
                     group.num_recomputed_tokens += held
+                    self.num_recomputed_tokens += held
                     seq.restart(held + 1)
                 else:
                     group.num_recomputed_tokens += seq.num_computed
+                    self.num_recomputed_tokens += seq.num_computed
                     seq.restart(seq.num_tokens)
             m.free_many(ids)
             group.status = GroupStatus.WAITING
@@ -540,19 +517,24 @@ class Scheduler:
         queue.insert(i, group)
 
 
+def _one_limit(manager: KVManager, config: SchedulerConfig) -> int | None:
+    """The one `max_model_len`: the manager's, which `config` may repeat but not contradict
+    (the manager would refuse the appends a larger scheduler limit allows)."""
+    own, given = manager.max_model_len, config.max_model_len
+    if own is not None and given is not None and own != given:
+        raise ValueError(f"max_model_len: SchedulerConfig says {given} but the manager "
+                         f"({type(manager).__name__}) holds sequences to {own}; set it once, "
+                         f"in the manager's configuration (CacheConfig.max_model_len)")
+    return own if own is not None else given
+
+
 def _known_tokens(seq: SequenceState, upto: int) -> list[int] | None:
-    """The sequence's token ids up to position `upto`, when known: what the executor has
-    appended (`token_ids`), else the prompt followed by the outputs a simulator replays."""
+    """The sequence's first `upto` token ids, when the executor has given that many
+    (`SequenceState.token_ids`: appended as sampled, or the whole stream up front)."""
     ids = seq.token_ids
-    if ids is None:
+    if ids is None or len(ids) < upto:
         return None
-    if len(ids) >= upto:
-        return ids[:upto] if len(ids) > upto else ids
-    outputs = seq.group.request.output_token_ids
-    if outputs is None:
-        return None
-    known = list(ids) + list(outputs[: upto - len(ids)])
-    return known if len(known) >= upto else None
+    return ids[:upto] if len(ids) > upto else ids
 
 
 __all__ = [

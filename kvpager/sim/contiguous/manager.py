@@ -58,6 +58,10 @@ class ContiguousManager(ContiguousSwapMixin):
     """
 
     block_size = 1
+    #: A contiguous cache shares no content: no prefix cache, no copy-on-write
+    #: (`kvpager.sim.manager_protocol.SimManager`).
+    prefix_cache: None = None
+    num_cow_copies = 0
 
     def __init__(self, capacity_tokens: int, policy: str, max_model_len: int | None = None,
                  num_cpu_tokens: int = 0, watermark: float = 0.0) -> None:
@@ -89,6 +93,16 @@ class ContiguousManager(ContiguousSwapMixin):
         self.num_copied_slots = 0
         self.num_slots_swapped_out = 0
         self.num_slots_swapped_in = 0
+
+    @property
+    def num_blocks_swapped_out(self) -> int:
+        """Slots moved to the CPU so far (block_size is 1): `SimManager`'s swap counter."""
+        return self.num_slots_swapped_out
+
+    @property
+    def num_blocks_swapped_in(self) -> int:
+        """Slots moved back to the GPU so far."""
+        return self.num_slots_swapped_in
 
     # ---- reservations -------------------------------------------------------------------
     def _reserve(self, num_tokens: int, max_tokens: int | None) -> int | None:

@@ -1,8 +1,11 @@
 """A test executor for the scheduler: carries out every plan on numpy "device memory".
 
 Each token of each sequence has a value (a hash of the sequence and position, inherited on
-fork). The executor moves blocks exactly as told (swap out, swap in, copy-on-write), writes
-the values of the tokens a step computes at the slots the plans give, samples a new token
+fork). The executor carries out exactly what `SchedulerOutput` says and reads nothing else
+from the manager while it does: it moves blocks as told, in the engine's order (offloads to
+the host prefix tier, swap out, swap in, loads from the tier, copy-on-write; the host store
+holds the swap area's ids then the tier's), writes the values of the tokens a step computes
+at the slots the output gives (`PrefillChunk.slots`, `decode_slots`), samples a new token
 when a sequence's known tokens are all computed, and can check that every live sequence
 reads back, through its block table, the values of all its computed tokens.
 """
@@ -27,7 +30,7 @@ class ShadowExecutor:
         self.s = scheduler
         m: KVCacheManager = scheduler.manager
         self.m = m
-        cpu_blocks = m.cpu.num_blocks if m.cpu is not None else 0
+        cpu_blocks = m.config.num_cpu_blocks + m.config.num_cpu_prefix_blocks  # host ids
         self.mem = {"gpu": np.full((m.gpu.num_blocks, m.block_size), -1, dtype=np.int64),
                     "cpu": np.full((max(cpu_blocks, 1), m.block_size), -1, dtype=np.int64)}
         self.values: dict = {}  # seq_id -> list of token values (known tokens)
@@ -41,7 +44,8 @@ class ShadowExecutor:
         return vals
 
     def run(self, out: SchedulerOutput, eos: tuple = ()) -> StepResult:
-        for src, dst, pairs in (("gpu", "cpu", out.swap_out), ("cpu", "gpu", out.swap_in),
+        for src, dst, pairs in (("gpu", "cpu", out.offload), ("gpu", "cpu", out.swap_out),
+                                ("cpu", "gpu", out.swap_in), ("cpu", "gpu", out.load),
                                 ("gpu", "gpu", out.copies)):
             for a, b in pairs.tolist():
                 self.mem[dst][b] = self.mem[src][a]
@@ -50,8 +54,8 @@ class ShadowExecutor:
             if seq.seq_id not in self.values:
                 self.values[seq.seq_id] = self.prompt_values(seq.group)
             vals = self.known(seq.seq_id, chunk.start + chunk.count)
-            slots = self.m.slot_mapping(seq.seq_id, chunk.start, chunk.start + chunk.count)
-            for i, slot in enumerate(slots.tolist()):
+            assert chunk.slots is not None and len(chunk.slots) == chunk.count
+            for i, slot in enumerate(chunk.slots.tolist()):
                 self.write(slot, vals[chunk.start + i])
         k = out.num_decode_steps
         for i, seq in enumerate(out.decode_seqs):

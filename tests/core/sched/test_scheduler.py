@@ -251,26 +251,6 @@ def test_static_batching_admits_the_next_batch_only_when_all_finished():
     assert [g.request_id for g in s2.schedule().admitted] == ["c"]
 
 
-def test_resident_reports_final_slots_of_gpu_sequences():
-    m, s, ex = setup(32, max_model_len=12)
-    s.add_request(Request("a", 4, 3))
-    s.add_request(Request("b", 8, 20))
-    ex.run(s.schedule())
-    rows, final = s.resident()
-    assert m.seq_lens(rows).tolist() == [4, 8]
-    assert final.tolist() == [6, 11]  # 4 + 3 - 1; min(8 + 20, 12) - 1
-    assert s.next_waiting() is None
-
-
-def test_next_waiting_is_the_head_of_the_queue():
-    _m, s, ex = setup(4)  # 16 slots
-    s.add_request(Request("a", 12, 3))
-    ex.run(s.schedule())
-    s.add_request(Request("b", 6, 5))  # needs 2 blocks, 1 is free: waits
-    ex.run(s.schedule())
-    assert s.next_waiting() == (6, 11)
-
-
 def test_a_window_that_does_not_fit_shrinks_to_one_step_without_preemption():
     _m, s, ex = setup(3, max_num_batched_tokens=64)  # 12 slots
     s.add_request(Request("a", 3, 9))
@@ -294,3 +274,57 @@ def test_finish_seqs_ends_samples_between_steps():
     assert g.finish_reason == "finished" and len(m) == 0 and not s.has_unfinished()
     with pytest.raises(ValueError, match="unknown"):
         s.finish_seqs([("a", 0)])
+
+
+# ---- one max_model_len, owned by the manager --------------------------------------------
+def test_the_managers_max_model_len_is_the_schedulers():
+    """The crash of the issue: a manager limited to 8 tokens under a default scheduler used
+    to raise SequenceTooLongError out of every schedule() once 'a' reached 8 tokens."""
+    m = KVCacheManager(num_gpu_blocks=16, block_size=4, max_model_len=8)
+    s = Scheduler(m)
+    assert s.max_model_len == 8
+    a = s.add_request(Request("a", 4, 20))
+    ex = ShadowExecutor(s)
+    ex.run_to_completion()
+    assert a.finish_reason == "finished"
+    assert ex.generated[("a", 0)] == 4  # 4 + 4 = 8 tokens: generation stopped at the limit
+    assert m.num_free_blocks() == 16
+
+
+def test_other_requests_keep_being_served_past_a_long_one():
+    m = KVCacheManager(num_gpu_blocks=16, block_size=4, max_model_len=8)
+    s = Scheduler(m)
+    ex = ShadowExecutor(s)
+    s.add_request(Request("a", 4, 20))
+    s.add_request(Request("b", 3, 2))
+    ex.run(s.schedule())
+    for _ in range(6):  # 'a' reaches 8 tokens here: the next steps must still run
+        ex.run(s.schedule())
+    c = s.add_request(Request("c", 2, 3))
+    ex.run_to_completion()
+    assert c.finish_reason == "finished" and ex.generated[("c", 0)] == 3
+    assert ex.generated[("b", 0)] == 2 and ex.generated[("a", 0)] == 4
+
+
+def test_a_request_that_never_fits_is_refused_at_add_request_with_its_reason():
+    m = KVCacheManager(num_gpu_blocks=16, block_size=4, max_model_len=8)
+    s = Scheduler(m)
+    g = s.add_request(Request("p", 8, 1))
+    assert g.status is GroupStatus.FINISHED
+    assert g.finish_reason == "rejected: prompt of 8 tokens reaches max_model_len=8"
+    strict = Scheduler(KVCacheManager(num_gpu_blocks=16, block_size=4, max_model_len=8),
+                       reject_over_length=True)
+    g = strict.add_request(Request("a", 4, 20))
+    assert g.status is GroupStatus.FINISHED and not strict.has_unfinished()
+    assert g.finish_reason == ("rejected: prompt of 4 + output of 20 tokens exceeds "
+                               "max_model_len=8")
+    assert strict.add_request(Request("b", 4, 4)).status is GroupStatus.WAITING
+
+
+def test_a_conflicting_scheduler_max_model_len_is_an_error():
+    m = KVCacheManager(num_gpu_blocks=16, block_size=4, max_model_len=8)
+    with pytest.raises(ValueError, match="max_model_len: SchedulerConfig says 16"):
+        Scheduler(m, max_model_len=16)
+    assert Scheduler(m, max_model_len=8).max_model_len == 8  # repeating it is fine
+    # a manager without a limit: the scheduler's own applies
+    assert Scheduler(KVCacheManager(num_gpu_blocks=4), max_model_len=6).max_model_len == 6

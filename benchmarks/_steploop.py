@@ -1,0 +1,29 @@
+"""One in-process run of the 70B TP2 step-loop scenario, in the checkout given as cwd.
+
+Run by `bench_simulator.py --steploop` as `python _steploop.py TRACE` with cwd = a checkout's
+root, so that the checkout's own `kvpager` is imported (old commits included: it uses only
+`kvpager.sim.SimConfig`, `simulate` and `kvpager.sim.traces.load_trace`). Prints JSON.
+"""
+
+import json
+import sys
+import time
+
+sys.path.insert(0, ".")
+import kvpager  # noqa: E402
+from kvpager.sim import SimConfig, simulate  # noqa: E402
+from kvpager.sim.traces import load_trace  # noqa: E402
+
+trace = load_trace(sys.argv[1])
+cfg = SimConfig(model="llama-2-70b", gpu="a100-80gb", tp=2, preemption="recompute",
+                chunked_prefill=False, prefix_caching=False, max_num_batched_tokens=4096,
+                max_num_seqs=128, gpu_memory_utilization=0.9)
+start = time.perf_counter()
+metrics = simulate(trace, cfg, strategies=["paged"])
+wall = time.perf_counter() - start
+s = metrics["strategies"]["paged"]
+print(json.dumps({"kvpager": kvpager.__file__, "wall_s": round(wall, 3),
+                  "simulation_wall_s": round(s["time"]["wall_s"], 3),
+                  "steps": s["time"]["steps"],
+                  "us_per_step": round(s["time"]["wall_s"] / s["time"]["steps"] * 1e6, 1),
+                  "requests": s["requests"], "preemptions": s["preemptions"]}))
