@@ -30,6 +30,7 @@ which traces as one node; in eager mode they validate and dispatch directly.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import torch
 
@@ -46,6 +47,7 @@ from kvpager.backends.layout import (
     v2_workspace,
     x_for,
 )
+from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
 from kvpager.backends.validation import (
     OpArgumentError,
     check_dtype,
@@ -58,11 +60,23 @@ from kvpager.backends.validation import (
 Scale = float | torch.Tensor
 
 
-def _scale_tensor(scale: Scale) -> torch.Tensor:
-    """The registered ops take tensor scales, as vLLM's do; a float becomes a 0-d tensor."""
-    if isinstance(scale, torch.Tensor):
-        return scale
-    return torch.tensor(float(scale), dtype=torch.float32)
+def _scale_tensor(scale: object) -> object:
+    """The registered ops take tensor scales, as vLLM's do; a float becomes a 0-d tensor
+    (anything else goes on as it is, for the op's own checks to name)."""
+    if isinstance(scale, (int, float)):
+        return torch.tensor(float(scale), dtype=torch.float32)
+    return scale
+
+
+#: Where k_scale and v_scale stand in attention's arguments after `out` (vLLM's order).
+_K_SCALE = [f.name for f in fields(PagedAttentionArgs)].index("k_scale") - 1
+
+
+def _schema_scales(rest: tuple[object, ...]) -> tuple[object, ...]:
+    """Attention's arguments after `out` with k_scale / v_scale as the schema's tensors."""
+    k_scale, v_scale = rest[_K_SCALE:_K_SCALE + 2]
+    return (*rest[:_K_SCALE], _scale_tensor(k_scale), _scale_tensor(v_scale),
+            *rest[_K_SCALE + 2:])
 
 
 # ---- attention ---------------------------------------------------------------------------
@@ -94,21 +108,16 @@ def paged_attention_v1(
     plain softmax arithmetic: NaN or inf in the query, a read key or value, or an ALiBi slope
     gives NaN where softmax attention does (never a silent 0).
     """
+    rest = (query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
+            block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
+            blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
+            blocksparse_head_sliding_step)
     if torch.compiler.is_compiling():
-        torch.ops.kvpager.paged_attention_v1(
-            out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
-            block_size, max_seq_len, alibi_slopes, kv_cache_dtype, _scale_tensor(k_scale),
-            _scale_tensor(v_scale), tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
-            blocksparse_block_size, blocksparse_head_sliding_step, backend=backend,
-            check_indices=check_indices,
-        )
+        torch.ops.kvpager.paged_attention_v1(out, *_schema_scales(rest), backend=backend,
+                                             check_indices=check_indices)
         return
-    dispatch.paged_attention_v1(
-        out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
-        block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
-        blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
-        blocksparse_head_sliding_step, backend=backend, check_indices=check_indices,
-    )
+    dispatch.paged_attention_v1(PagedAttentionArgs(out, *rest), backend=backend,
+                                check_indices=check_indices)
 
 
 def paged_attention_v2(
@@ -132,22 +141,17 @@ def paged_attention_v2(
     partition that block-sparsity leaves empty gets max -inf, sum 0 and output 0 from the
     reference. `v2_workspace` allocates the three buffers.
     """
-    if torch.compiler.is_compiling():
-        torch.ops.kvpager.paged_attention_v2(
-            out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads,
-            scale, block_tables, seq_lens, block_size, max_seq_len, alibi_slopes,
-            kv_cache_dtype, _scale_tensor(k_scale), _scale_tensor(v_scale), tp_rank,
+    rest = (query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
+            block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
             blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
-            blocksparse_head_sliding_step, backend=backend, check_indices=check_indices,
-        )
+            blocksparse_head_sliding_step)
+    if torch.compiler.is_compiling():
+        torch.ops.kvpager.paged_attention_v2(out, exp_sums, max_logits, tmp_out,
+                                             *_schema_scales(rest), backend=backend,
+                                             check_indices=check_indices)
         return
-    dispatch.paged_attention_v2(
-        out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads,
-        scale, block_tables, seq_lens, block_size, max_seq_len, alibi_slopes, kv_cache_dtype,
-        k_scale, v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
-        blocksparse_block_size, blocksparse_head_sliding_step, backend=backend,
-        check_indices=check_indices,
-    )
+    dispatch.paged_attention_v2(PagedAttentionArgs.v2(out, exp_sums, max_logits, tmp_out, *rest),
+                                backend=backend, check_indices=check_indices)
 
 
 def paged_attention(
@@ -226,9 +230,9 @@ def reshape_and_cache(
             check_indices=check_indices,
         )
         return
-    dispatch.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
-                               kv_cache_dtype, k_scale, v_scale, backend=backend,
-                               check_indices=check_indices)
+    dispatch.reshape_and_cache(CacheWriteArgs(key, value, key_cache, value_cache, slot_mapping,
+                                              kv_cache_dtype, k_scale, v_scale),
+                               backend=backend, check_indices=check_indices)
 
 
 def copy_blocks(

@@ -1,13 +1,13 @@
 """Argument checks of `paged_attention_v1` / `paged_attention_v2`.
 
-`check_attention` is static (metadata only; it also serves as the fake implementation under
-`torch.compile`) and returns the dimensions it established; `queue_attention_data_checks`
-adds the checks that read tensor contents. Backends may rely on everything checked here.
+`check_attention` and `check_v2_workspace` are static (metadata only) and run when a
+`kvpager.backends.op_args.PagedAttentionArgs` is built, so they also serve as the fake
+implementation under `torch.compile`; `queue_attention_data_checks` adds the checks that read
+tensor contents. Backends may rely on everything checked here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvpager.backends import validation as v
@@ -21,23 +21,8 @@ from kvpager.backends.layout import (
 )
 
 if TYPE_CHECKING:
-    import torch
 
-
-@dataclass(frozen=True)
-class AttentionDims:
-    """What the static checks established about one attention call."""
-
-    num_seqs: int
-    num_heads: int
-    num_kv_heads: int
-    head_size: int
-    block_size: int
-    num_blocks: int
-    max_blocks_per_seq: int
-    kv_cache_dtype: str  # canonical: "auto", "fp8_e4m3" or "fp8_e5m2"
-    dtype: torch.dtype
-    device: torch.device
+    from kvpager.backends.op_args import PagedAttentionArgs, V2Workspace
 
 
 def check_blocksparse(
@@ -75,18 +60,16 @@ def check_blocksparse(
                      f"|step| <= {room})")
 
 
-def check_attention(
-    out: object, query: object, key_cache: object, value_cache: object, num_kv_heads: object,
-    scale: object, block_tables: object, seq_lens: object, block_size: object,
-    max_seq_len: object, alibi_slopes: object, kv_cache_dtype: object, k_scale: object,
-    v_scale: object, tp_rank: object = 0, blocksparse_local_blocks: object = 0,
-    blocksparse_vert_stride: object = 0, blocksparse_block_size: object = 64,
-    blocksparse_head_sliding_step: object = 0,
-) -> AttentionDims:
-    """Static checks shared by v1 and v2, in argument order where it matters."""
+def check_attention(args: PagedAttentionArgs) -> tuple[str, float]:
+    """Static checks shared by v1 and v2, in vLLM's argument order where it matters.
+
+    Runs when a `PagedAttentionArgs` is built; returns the canonical kv_cache_dtype and the
+    scale as a float, which the object stores. The fields are typed as the op expects, but
+    this is where a caller's values are first looked at, so each is checked as an object.
+    """
     import math
 
-    query = v.check_tensor("query", query)
+    query = v.check_tensor("query", args.query)
     v.check_ndim("query", query, 3, "[num_seqs, num_heads, head_size]")
     v.check_dtype("query", query, attention_dtypes())
     num_seqs, num_heads, head_size = query.shape
@@ -98,7 +81,7 @@ def check_attention(
         raise v.fail("query", f"must have its heads packed (strides [*, {head_size}, 1]), "
                               f"got strides {tuple(query.stride())}")
 
-    out = v.check_tensor("out", out)
+    out = v.check_tensor("out", args.out)
     v.check_device("out", out, device, "query")
     if out.dtype != query.dtype:
         raise v.fail("out", f"must have the dtype of query ({query.dtype}), got {out.dtype}")
@@ -106,10 +89,12 @@ def check_attention(
                   "[num_seqs, num_heads, head_size] of query")
     v.check_packed("out", out, 0, "[num_seqs, num_heads, head_size]")
 
+    num_kv_heads = args.num_kv_heads
     v.check_int("num_kv_heads", num_kv_heads, 1)
     if num_heads % num_kv_heads:
         raise v.fail("num_kv_heads", f"({num_kv_heads}) must divide the number of query heads "
                                      f"({num_heads})")
+    kv_cache_dtype = args.kv_cache_dtype
     try:
         kv_name = normalize_kv_cache_dtype(kv_cache_dtype)
     except ValueError as exc:
@@ -118,7 +103,7 @@ def check_attention(
     import torch
 
     cache_dtype = torch.uint8 if is_fp8(kv_name) else query.dtype
-    key_cache = v.check_tensor("key_cache", key_cache)
+    key_cache = v.check_tensor("key_cache", args.key_cache)
     v.check_device("key_cache", key_cache, device, "query")
     if key_cache.dtype != cache_dtype:
         why = "FP8 caches are stored as uint8" if is_fp8(kv_name) else "the dtype of query"
@@ -136,6 +121,7 @@ def check_attention(
     if key_cache.shape[1] != num_kv_heads:
         raise v.fail("num_kv_heads", f"({num_kv_heads}) must equal the kv-head dimension of "
                                      f"key_cache ({key_cache.shape[1]})")
+    block_size = args.block_size
     v.check_int("block_size", block_size, 1)
     if block_size != key_cache.shape[3]:
         raise v.fail("block_size", f"({block_size}) must equal the block dimension of "
@@ -146,7 +132,7 @@ def check_attention(
     v.check_shape("key_cache", key_cache, (num_blocks, num_kv_heads, head_size // x, block_size, x),
                   "[num_blocks, num_kv_heads, head_size // x, block_size, x]")
     v.check_packed("key_cache", key_cache, 1, "after the block dimension")
-    value_cache = v.check_tensor("value_cache", value_cache)
+    value_cache = v.check_tensor("value_cache", args.value_cache)
     v.check_device("value_cache", value_cache, device, "query")
     if value_cache.dtype != cache_dtype:
         raise v.fail("value_cache", f"must have the dtype of key_cache ({cache_dtype}), got "
@@ -155,7 +141,7 @@ def check_attention(
                   "[num_blocks, num_kv_heads, head_size, block_size]")
     v.check_packed("value_cache", value_cache, 1, "after the block dimension")
 
-    block_tables = v.check_tensor("block_tables", block_tables)
+    block_tables = v.check_tensor("block_tables", args.block_tables)
     v.check_device("block_tables", block_tables, device, "query")
     v.check_dtype("block_tables", block_tables, (torch.int32,))
     v.check_ndim("block_tables", block_tables, 2, "[num_seqs, max_blocks_per_seq]")
@@ -163,65 +149,57 @@ def check_attention(
         raise v.fail("block_tables", f"has {block_tables.shape[0]} rows but query has "
                                      f"{num_seqs} sequences")
     v.check_packed("block_tables", block_tables, 0, "[num_seqs, max_blocks_per_seq]")
-    seq_lens = v.check_tensor("seq_lens", seq_lens)
+    seq_lens = v.check_tensor("seq_lens", args.seq_lens)
     v.check_device("seq_lens", seq_lens, device, "query")
     v.check_dtype("seq_lens", seq_lens, (torch.int32,))
     v.check_shape("seq_lens", seq_lens, (num_seqs,), "[num_seqs]")
     v.check_packed("seq_lens", seq_lens, 0, "[num_seqs]")
+    max_seq_len = args.max_seq_len
     v.check_int("max_seq_len", max_seq_len, 1)
 
-    scale = v.check_float("scale", scale)
+    scale = v.check_float("scale", args.scale)
     if not math.isfinite(scale) or scale <= 0:
         raise v.fail("scale", f"must be finite and > 0, got {scale!r}")
-    if alibi_slopes is not None:
-        alibi_slopes = v.check_tensor("alibi_slopes", alibi_slopes)
+    if args.alibi_slopes is not None:
+        alibi_slopes = v.check_tensor("alibi_slopes", args.alibi_slopes)
         v.check_device("alibi_slopes", alibi_slopes, device, "query")
         v.check_dtype("alibi_slopes", alibi_slopes, (torch.float32,))
         v.check_shape("alibi_slopes", alibi_slopes, (num_heads,), "[num_heads]")
         v.check_packed("alibi_slopes", alibi_slopes, 0, "[num_heads]")
-    v.check_scale("k_scale", k_scale, device)
-    v.check_scale("v_scale", v_scale, device)
-    check_blocksparse(block_size, num_heads, max_seq_len, tp_rank, blocksparse_local_blocks,
-                      blocksparse_vert_stride, blocksparse_block_size,
-                      blocksparse_head_sliding_step)
-    return AttentionDims(
-        num_seqs=num_seqs, num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size,
-        block_size=block_size, num_blocks=num_blocks, max_blocks_per_seq=block_tables.shape[1],
-        kv_cache_dtype=kv_name, dtype=query.dtype, device=device,
-    )
+    v.check_scale("k_scale", args.k_scale, device)
+    v.check_scale("v_scale", args.v_scale, device)
+    check_blocksparse(block_size, num_heads, max_seq_len, args.tp_rank,
+                      args.blocksparse_local_blocks, args.blocksparse_vert_stride,
+                      args.blocksparse_block_size, args.blocksparse_head_sliding_step)
+    return kv_name, scale
 
 
-def check_v2_workspace(
-    dims: AttentionDims, exp_sums: object, max_logits: object, tmp_out: object, max_seq_len: int
-) -> None:
+def check_v2_workspace(args: PagedAttentionArgs, workspace: V2Workspace) -> None:
     """exp_sums / max_logits float32 [S, H, P] and tmp_out [S, H, P, D], P from max_seq_len.
 
     The partition count must match exactly: kernels derive the row strides of these buffers
-    from max_seq_len, as vLLM's do.
+    from max_seq_len, as vLLM's do. Runs after `check_attention`, so `args` is well formed.
     """
     import torch
 
-    parts = max_num_partitions(max_seq_len)
-    shape = (dims.num_seqs, dims.num_heads, parts)
-    for name, t in (("exp_sums", exp_sums), ("max_logits", max_logits)):
+    parts = max_num_partitions(args.max_seq_len)
+    shape = (args.num_seqs, args.num_heads, parts)
+    for name, t in (("exp_sums", workspace.exp_sums), ("max_logits", workspace.max_logits)):
         t = v.check_tensor(name, t)
-        v.check_device(name, t, dims.device, "query")
+        v.check_device(name, t, args.device, "query")
         v.check_dtype(name, t, (torch.float32,))
         v.check_shape(name, t, shape, "[num_seqs, num_heads, ceil(max_seq_len / 512)]")
         v.check_packed(name, t, 0, "[num_seqs, num_heads, max_num_partitions]")
-    tmp_out = v.check_tensor("tmp_out", tmp_out)
-    v.check_device("tmp_out", tmp_out, dims.device, "query")
-    if tmp_out.dtype != dims.dtype:
-        raise v.fail("tmp_out", f"must have the dtype of out ({dims.dtype}), got {tmp_out.dtype}")
-    v.check_shape("tmp_out", tmp_out, (*shape, dims.head_size),
+    tmp_out = v.check_tensor("tmp_out", workspace.tmp_out)
+    v.check_device("tmp_out", tmp_out, args.device, "query")
+    if tmp_out.dtype != args.dtype:
+        raise v.fail("tmp_out", f"must have the dtype of out ({args.dtype}), got {tmp_out.dtype}")
+    v.check_shape("tmp_out", tmp_out, (*shape, args.head_size),
                   "[num_seqs, num_heads, ceil(max_seq_len / 512), head_size]")
     v.check_packed("tmp_out", tmp_out, 0, "[num_seqs, num_heads, max_num_partitions, head_size]")
 
 
-def queue_attention_data_checks(
-    checks: v.DataChecks, dims: AttentionDims, block_tables: torch.Tensor,
-    seq_lens: torch.Tensor, max_seq_len: int, k_scale: object, v_scale: object,
-) -> None:
+def queue_attention_data_checks(checks: v.DataChecks, args: PagedAttentionArgs) -> None:
     """Lengths within max_seq_len and the table, and every block id a sequence reads valid.
 
     Only the first ceil(seq_len / block_size) entries of a row are read, so entries past them
@@ -229,30 +207,31 @@ def queue_attention_data_checks(
     """
     import torch
 
-    lens = seq_lens.long()
+    block_tables, max_seq_len = args.block_tables, args.max_seq_len
+    lens = args.seq_lens.long()
     checks.require((lens >= 0).all(), "seq_lens", lambda: (
         f"must be >= 0; seq_lens[{v.first_index(lens < 0)[0]}] = {int(lens[lens < 0][0])}"))
     too_long = lens > max_seq_len
     checks.require(~too_long.any(), "seq_lens", lambda: (
         f"must not exceed max_seq_len={max_seq_len}; seq_lens[{v.first_index(too_long)[0]}] = "
         f"{int(lens[too_long][0])}"))
-    capacity = dims.max_blocks_per_seq * dims.block_size
+    capacity = args.max_blocks_per_seq * args.block_size
     beyond = lens > capacity
     checks.require(~beyond.any(), "seq_lens", lambda: (
         f"[{v.first_index(beyond)[0]}] = {int(lens[beyond][0])} needs more than the "
-        f"{dims.max_blocks_per_seq} blocks of block_tables (capacity {capacity} tokens)"))
-    columns = torch.arange(dims.max_blocks_per_seq, device=block_tables.device)
-    read = columns[None, :] * dims.block_size < lens[:, None]
-    bad = read & ((block_tables < 0) | (block_tables >= dims.num_blocks))
+        f"{args.max_blocks_per_seq} blocks of block_tables (capacity {capacity} tokens)"))
+    columns = torch.arange(args.max_blocks_per_seq, device=block_tables.device)
+    read = columns[None, :] * args.block_size < lens[:, None]
+    bad = read & ((block_tables < 0) | (block_tables >= args.num_blocks))
 
     def explain_block() -> str:
         row, col = v.first_index(bad)
         return (f"[{row}, {col}] = {int(block_tables[row, col])} is not a block of the cache "
-                f"(0..{dims.num_blocks - 1}) but sequence {row} reads it")
+                f"(0..{args.num_blocks - 1}) but sequence {row} reads it")
 
     checks.require(~bad.any(), "block_tables", explain_block)
-    v.check_scale_values(checks, "k_scale", k_scale)
-    v.check_scale_values(checks, "v_scale", v_scale)
+    v.check_scale_values(checks, "k_scale", args.k_scale)
+    v.check_scale_values(checks, "v_scale", args.v_scale)
 
 
-__all__ = ["AttentionDims", "check_attention", "check_v2_workspace", "queue_attention_data_checks"]
+__all__ = ["check_attention", "check_v2_workspace", "queue_attention_data_checks"]

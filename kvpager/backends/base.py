@@ -1,10 +1,12 @@
 """The interface every kernel backend implements.
 
-A backend is a set of functions with vLLM's custom-op argument order and tensor layouts
-(see docs/architecture.md, "Cache layouts"). `kvpager.ops` validates arguments once, picks a
-backend and calls these methods, so a backend may assume its inputs are well formed: shapes
-agree, dtypes are the supported ones, block ids are inside the cache, and every tensor is on
-a device the backend accepted through `device_reason`.
+A backend is a set of functions with vLLM's tensor layouts (see docs/architecture.md, "Cache
+layouts"). `kvpager.ops` validates arguments once, picks a backend and calls these methods, so
+a backend may assume its inputs are well formed: shapes agree, dtypes are the supported ones,
+block ids are inside the cache, and every tensor is on a device the backend accepted through
+`device_reason`. Attention and cache writes receive one argument object
+(`kvpager.backends.op_args`: vLLM's arguments as fields, checked when it was built); the short
+ops keep vLLM's argument order.
 
 Outputs are written in place into the tensors passed in (`out`, `exp_sums`, caches, ...), as
 vLLM's ops do, so callers can preallocate and capture them in CUDA graphs. A backend is never
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch stays optional for the memory manager
     import torch
 
-    Scale = float | torch.Tensor
+    from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
 
 
 def common_capability_reason(
@@ -85,83 +87,28 @@ class Backend(abc.ABC):
 
     # ---- attention ----------------------------------------------------------------------
     @abc.abstractmethod
-    def paged_attention_v1(
-        self,
-        out: torch.Tensor,
-        query: torch.Tensor,
-        key_cache: torch.Tensor,
-        value_cache: torch.Tensor,
-        num_kv_heads: int,
-        scale: float,
-        block_tables: torch.Tensor,
-        seq_lens: torch.Tensor,
-        block_size: int,
-        max_seq_len: int,
-        alibi_slopes: torch.Tensor | None,
-        kv_cache_dtype: str,
-        k_scale: Scale,
-        v_scale: Scale,
-        tp_rank: int = 0,
-        blocksparse_local_blocks: int = 0,
-        blocksparse_vert_stride: int = 0,
-        blocksparse_block_size: int = 64,
-        blocksparse_head_sliding_step: int = 0,
-    ) -> None:
-        """Single-pass decode attention over a paged cache, written into `out`.
+    def paged_attention_v1(self, args: PagedAttentionArgs) -> None:
+        """Single-pass decode attention over a paged cache, written into `args.out`.
 
         out, query: [num_seqs, num_heads, head_size], dtype fp32/fp16/bf16.
         key_cache: [num_blocks, num_kv_heads, head_size // x, block_size, x].
         value_cache: [num_blocks, num_kv_heads, head_size, block_size].
         block_tables: int32 [num_seqs, max_blocks_per_seq]; seq_lens: int32 [num_seqs].
-        alibi_slopes: float32 [num_heads] or None.
+        alibi_slopes: float32 [num_heads] or None. All fields of `PagedAttentionArgs`.
         """
 
     @abc.abstractmethod
-    def paged_attention_v2(
-        self,
-        out: torch.Tensor,
-        exp_sums: torch.Tensor,
-        max_logits: torch.Tensor,
-        tmp_out: torch.Tensor,
-        query: torch.Tensor,
-        key_cache: torch.Tensor,
-        value_cache: torch.Tensor,
-        num_kv_heads: int,
-        scale: float,
-        block_tables: torch.Tensor,
-        seq_lens: torch.Tensor,
-        block_size: int,
-        max_seq_len: int,
-        alibi_slopes: torch.Tensor | None,
-        kv_cache_dtype: str,
-        k_scale: Scale,
-        v_scale: Scale,
-        tp_rank: int = 0,
-        blocksparse_local_blocks: int = 0,
-        blocksparse_vert_stride: int = 0,
-        blocksparse_block_size: int = 64,
-        blocksparse_head_sliding_step: int = 0,
-    ) -> None:
+    def paged_attention_v2(self, args: PagedAttentionArgs) -> None:
         """Partitioned decode attention (512-token partitions) followed by the reduce.
 
-        exp_sums, max_logits: float32 [num_seqs, num_heads, max_num_partitions].
-        tmp_out: [num_seqs, num_heads, max_num_partitions, head_size], dtype of `out`.
-        Other arguments as in `paged_attention_v1`.
+        `args.workspace`: exp_sums, max_logits float32 [num_seqs, num_heads,
+        max_num_partitions]; tmp_out [num_seqs, num_heads, max_num_partitions, head_size],
+        dtype of `out`. Other fields as in `paged_attention_v1`.
         """
 
     # ---- cache ops ----------------------------------------------------------------------
     @abc.abstractmethod
-    def reshape_and_cache(
-        self,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_cache: torch.Tensor,
-        value_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-        kv_cache_dtype: str,
-        k_scale: Scale,
-        v_scale: Scale,
-    ) -> None:
+    def reshape_and_cache(self, args: CacheWriteArgs) -> None:
         """Write new tokens' K/V into the cache at their slots; negative slots are skipped.
 
         key, value: [num_tokens, num_kv_heads, head_size]; slot_mapping: int64 [num_tokens].

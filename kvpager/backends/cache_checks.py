@@ -10,7 +10,6 @@ memory manager may use them with the block sizes it likes to simulate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvpager.backends import validation as v
@@ -20,37 +19,27 @@ from kvpager.backends.layout import attention_dtypes, x_for
 if TYPE_CHECKING:
     import torch
 
-
-@dataclass(frozen=True)
-class CacheWriteDims:
-    num_tokens: int
-    num_kv_heads: int
-    head_size: int
-    block_size: int
-    num_blocks: int
-    kv_cache_dtype: str  # canonical
-    dtype: torch.dtype
-    device: torch.device
+    from kvpager.backends.op_args import CacheWriteArgs
 
 
-def check_reshape_and_cache(
-    key: object, value: object, key_cache: object, value_cache: object, slot_mapping: object,
-    kv_cache_dtype: object, k_scale: object, v_scale: object,
-) -> CacheWriteDims:
+def check_reshape_and_cache(args: CacheWriteArgs) -> str:
+    """Static checks of a cache write, run when a `CacheWriteArgs` is built; returns the
+    canonical kv_cache_dtype, which the object stores."""
     import torch
 
-    key = v.check_tensor("key", key)
+    key = v.check_tensor("key", args.key)
     v.check_ndim("key", key, 3, "[num_tokens, num_kv_heads, head_size]")
     v.check_dtype("key", key, attention_dtypes())
     num_tokens, num_kv_heads, head_size = key.shape
     device = key.device
     v.check_packed("key", key, 1, "within a token ([num_kv_heads, head_size])")
-    value = v.check_tensor("value", value)
+    value = v.check_tensor("value", args.value)
     v.check_device("value", value, device, "key")
     if value.dtype != key.dtype:
         raise v.fail("value", f"must have the dtype of key ({key.dtype}), got {value.dtype}")
     v.check_shape("value", value, tuple(key.shape), "[num_tokens, num_kv_heads, head_size] of key")
     v.check_packed("value", value, 1, "within a token ([num_kv_heads, head_size])")
+    kv_cache_dtype = args.kv_cache_dtype
     try:
         kv_name = normalize_kv_cache_dtype(kv_cache_dtype)
     except ValueError as exc:
@@ -58,7 +47,7 @@ def check_reshape_and_cache(
     cache_dtype = torch.uint8 if is_fp8(kv_name) else key.dtype
     x = x_for(cache_dtype)
 
-    key_cache = v.check_tensor("key_cache", key_cache)
+    key_cache = v.check_tensor("key_cache", args.key_cache)
     v.check_device("key_cache", key_cache, device, "key")
     if key_cache.dtype != cache_dtype:
         why = "FP8 caches are stored as uint8" if is_fp8(kv_name) else "the dtype of key"
@@ -74,7 +63,7 @@ def check_reshape_and_cache(
                   (num_blocks, num_kv_heads, head_size // x, block_size, x),
                   "[num_blocks, num_kv_heads, head_size // x, block_size, x]")
     v.check_packed("key_cache", key_cache, 1, "after the block dimension")
-    value_cache = v.check_tensor("value_cache", value_cache)
+    value_cache = v.check_tensor("value_cache", args.value_cache)
     v.check_device("value_cache", value_cache, device, "key")
     if value_cache.dtype != cache_dtype:
         raise v.fail("value_cache", f"must have the dtype of key_cache ({cache_dtype}), got "
@@ -83,38 +72,33 @@ def check_reshape_and_cache(
                   "[num_blocks, num_kv_heads, head_size, block_size]")
     v.check_packed("value_cache", value_cache, 1, "after the block dimension")
 
-    slot_mapping = v.check_tensor("slot_mapping", slot_mapping)
+    slot_mapping = v.check_tensor("slot_mapping", args.slot_mapping)
     v.check_device("slot_mapping", slot_mapping, device, "key")
     v.check_dtype("slot_mapping", slot_mapping, (torch.int64,))
     v.check_shape("slot_mapping", slot_mapping, (num_tokens,), "[num_tokens]")
-    v.check_scale("k_scale", k_scale, device)
-    v.check_scale("v_scale", v_scale, device)
-    return CacheWriteDims(
-        num_tokens=num_tokens, num_kv_heads=num_kv_heads, head_size=head_size,
-        block_size=block_size, num_blocks=num_blocks, kv_cache_dtype=kv_name, dtype=key.dtype,
-        device=device,
-    )
+    v.check_scale("k_scale", args.k_scale, device)
+    v.check_scale("v_scale", args.v_scale, device)
+    return kv_name
 
 
-def queue_reshape_and_cache_data_checks(
-    checks: v.DataChecks, dims: CacheWriteDims, slot_mapping: torch.Tensor,
-    k_scale: object, v_scale: object,
-) -> None:
+
+def queue_reshape_and_cache_data_checks(checks: v.DataChecks, args: CacheWriteArgs) -> None:
     """Slots below num_blocks * block_size (negative = padding) and no slot written twice."""
     import torch
 
-    capacity = dims.num_blocks * dims.block_size
+    slot_mapping = args.slot_mapping
+    capacity = args.num_blocks * args.block_size
     beyond = slot_mapping >= capacity
     checks.require(~beyond.any(), "slot_mapping", lambda: (
         f"[{v.first_index(beyond)[0]}] = {int(slot_mapping[beyond][0])} is beyond the cache "
-        f"({dims.num_blocks} blocks x {dims.block_size} slots = {capacity})"))
+        f"({args.num_blocks} blocks x {args.block_size} slots = {capacity})"))
     if slot_mapping.numel() > 1:
         ordered = torch.sort(slot_mapping).values
         repeated = (ordered[1:] == ordered[:-1]) & (ordered[1:] >= 0)
         checks.require(~repeated.any(), "slot_mapping", lambda: (
             f"writes slot {int(ordered[1:][repeated][0])} for more than one token"))
-    v.check_scale_values(checks, "k_scale", k_scale)
-    v.check_scale_values(checks, "v_scale", v_scale)
+    v.check_scale_values(checks, "k_scale", args.k_scale)
+    v.check_scale_values(checks, "v_scale", args.v_scale)
 
 
 def _check_block_mapping(block_mapping: object) -> torch.Tensor:
@@ -223,7 +207,6 @@ def check_merge_attn_states(
 
 
 __all__ = [
-    "CacheWriteDims",
     "check_copy_blocks",
     "check_merge_attn_states",
     "check_reshape_and_cache",

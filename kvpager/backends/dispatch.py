@@ -1,15 +1,18 @@
 """Eager execution of an op: check the arguments once, pick the backend, run it.
 
-`kvpager.ops` calls these functions directly in eager mode, and `torch.ops.kvpager.*`
-registers them as the real implementations (see `torch_library`), so a call checks its
-arguments the same way whichever door it came through. Order of work: static checks (raise
+`kvpager.ops` calls these functions directly in eager mode, and the real implementations of
+`torch.ops.kvpager.*` call them too (see `torch_library`), so a call checks its arguments the
+same way whichever door it came through. Order of work: static checks (raise
 before anything else), backend resolution, data checks (one device->host sync, skipped with
 `check_indices=False`), then the backend writes the outputs. A call with nothing to write
 (zero sequences, tokens, heads or block pairs) stops after the checks: zero-size tensors are
 valid arguments, and backends never see them. Meta tensors are refused here, naming the
-argument (they hold no data to compute on). Signatures are the schema's:
-vLLM's arguments plus keyword-only `backend` and `check_indices`; see `kvpager.ops` for the
-tensor shapes.
+argument (they hold no data to compute on).
+
+Attention and cache writes take their argument object (`kvpager.backends.op_args`), whose
+construction already ran the static checks; `torch_library` builds it from the schema's
+arguments, `kvpager.ops` from vLLM's. The short ops keep the schema's signature. All take the
+keyword-only `backend` and `check_indices`; see `kvpager.ops` for the tensor shapes.
 """
 
 from __future__ import annotations
@@ -17,18 +20,15 @@ from __future__ import annotations
 import torch
 
 from kvpager import backends as registry
-from kvpager.backends.attention_checks import (
-    check_attention,
-    check_v2_workspace,
-    queue_attention_data_checks,
-)
+from kvpager.backends.attention_checks import queue_attention_data_checks
+from kvpager.backends.base import Backend
 from kvpager.backends.cache_checks import (
     check_copy_blocks,
     check_merge_attn_states,
-    check_reshape_and_cache,
     check_swap_blocks,
     queue_reshape_and_cache_data_checks,
 )
+from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
 from kvpager.backends.validation import (
     DataChecks,
     check_block_pairs,
@@ -37,96 +37,55 @@ from kvpager.backends.validation import (
 )
 
 Tensor = torch.Tensor
-Scale = float | torch.Tensor
+
+
+def _attention_backend(
+    args: PagedAttentionArgs, backend: str, check_indices: bool
+) -> Backend | None:
+    """Resolve the backend and run the data checks of a built (statically checked) call; None
+    when there is nothing to write."""
+    check_real_device("query", args.device)
+    impl = registry.resolve(backend, args.device, head_size=args.head_size,
+                            block_size=args.block_size, dtype=args.dtype,
+                            kv_cache_dtype=args.kv_cache_dtype)
+    if check_indices:
+        checks = DataChecks()
+        queue_attention_data_checks(checks, args)
+        checks.verify()
+    return None if args.is_empty else impl
 
 
 def paged_attention_v1(
-    out: Tensor, query: Tensor, key_cache: Tensor, value_cache: Tensor, num_kv_heads: int,
-    scale: float, block_tables: Tensor, seq_lens: Tensor, block_size: int, max_seq_len: int,
-    alibi_slopes: Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
-    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
-    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0, *,
-    backend: str = "auto", check_indices: bool = True,
+    args: PagedAttentionArgs, *, backend: str = "auto", check_indices: bool = True
 ) -> None:
-    dims = check_attention(
-        out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
-        block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
-        blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
-        blocksparse_head_sliding_step,
-    )
-    check_real_device("query", dims.device)
-    impl = registry.resolve(backend, dims.device, head_size=dims.head_size,
-                            block_size=dims.block_size, dtype=dims.dtype,
-                            kv_cache_dtype=dims.kv_cache_dtype)
-    if check_indices:
-        checks = DataChecks()
-        queue_attention_data_checks(checks, dims, block_tables, seq_lens, max_seq_len,
-                                    k_scale, v_scale)
-        checks.verify()
-    if dims.num_seqs == 0 or dims.num_heads == 0:
-        return
-    impl.paged_attention_v1(
-        out, query, key_cache, value_cache, num_kv_heads, float(scale), block_tables, seq_lens,
-        block_size, max_seq_len, alibi_slopes, dims.kv_cache_dtype, k_scale, v_scale, tp_rank,
-        blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
-        blocksparse_head_sliding_step,
-    )
+    impl = _attention_backend(args, backend, check_indices)
+    if impl is not None:
+        impl.paged_attention_v1(args)
 
 
 def paged_attention_v2(
-    out: Tensor, exp_sums: Tensor, max_logits: Tensor, tmp_out: Tensor, query: Tensor,
-    key_cache: Tensor, value_cache: Tensor, num_kv_heads: int, scale: float,
-    block_tables: Tensor, seq_lens: Tensor, block_size: int, max_seq_len: int,
-    alibi_slopes: Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
-    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
-    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0, *,
-    backend: str = "auto", check_indices: bool = True,
+    args: PagedAttentionArgs, *, backend: str = "auto", check_indices: bool = True
 ) -> None:
-    dims = check_attention(
-        out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
-        block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
-        blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
-        blocksparse_head_sliding_step,
-    )
-    check_v2_workspace(dims, exp_sums, max_logits, tmp_out, max_seq_len)
-    check_real_device("query", dims.device)
-    impl = registry.resolve(backend, dims.device, head_size=dims.head_size,
-                            block_size=dims.block_size, dtype=dims.dtype,
-                            kv_cache_dtype=dims.kv_cache_dtype)
-    if check_indices:
-        checks = DataChecks()
-        queue_attention_data_checks(checks, dims, block_tables, seq_lens, max_seq_len,
-                                    k_scale, v_scale)
-        checks.verify()
-    if dims.num_seqs == 0 or dims.num_heads == 0:
-        return
-    impl.paged_attention_v2(
-        out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads,
-        float(scale), block_tables, seq_lens, block_size, max_seq_len, alibi_slopes,
-        dims.kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks,
-        blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step,
-    )
+    args.v2_workspace()  # a v1 call is refused before anything else happens
+    impl = _attention_backend(args, backend, check_indices)
+    if impl is not None:
+        impl.paged_attention_v2(args)
 
 
 def reshape_and_cache(
-    key: Tensor, value: Tensor, key_cache: Tensor, value_cache: Tensor, slot_mapping: Tensor,
-    kv_cache_dtype: str, k_scale: Scale, v_scale: Scale, *, backend: str = "auto",
-    check_indices: bool = True,
+    args: CacheWriteArgs, *, backend: str = "auto", check_indices: bool = True
 ) -> None:
-    dims = check_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
-                                   kv_cache_dtype, k_scale, v_scale)
-    check_real_device("key", dims.device)
-    impl = registry.resolve(backend, dims.device, head_size=dims.head_size,
-                            block_size=dims.block_size, dtype=dims.dtype,
-                            kv_cache_dtype=dims.kv_cache_dtype)
+    check_real_device("key", args.device)
+    impl = registry.resolve(backend, args.device, head_size=args.head_size,
+                            block_size=args.block_size, dtype=args.dtype,
+                            kv_cache_dtype=args.kv_cache_dtype)
     if check_indices:
         checks = DataChecks()
-        queue_reshape_and_cache_data_checks(checks, dims, slot_mapping, k_scale, v_scale)
+        queue_reshape_and_cache_data_checks(checks, args)
         checks.verify()
-    if dims.num_tokens == 0 or key.numel() == 0:
+    if args.is_empty:
         return
-    impl.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
-                           dims.kv_cache_dtype, k_scale, v_scale)
+    impl.reshape_and_cache(args)
 
 
 def copy_blocks(

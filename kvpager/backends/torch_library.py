@@ -10,14 +10,19 @@ The schemas are vLLM's, argument for argument, with `k_scale` / `v_scale` as ten
 vLLM's own registrations, plus kvpager's keyword-only `backend` and `check_indices`.
 Registration happens once, when `kvpager.ops` is first imported (it calls `register()`);
 `import kvpager` does not import torch at all. The real implementations are the functions of
-`kvpager.backends.dispatch`; the fake ones below run only the static checks.
+`kvpager.backends.dispatch` (attention and cache writes through `real_*` below, which build
+their argument object from the schema's arguments); the fake ones run only the static checks,
+which for those ops means building the same object.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from kvpager.backends import attention_checks, cache_checks, dispatch
+from kvpager.backends import cache_checks, dispatch
+from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
 
 NAMESPACE = "kvpager"
 
@@ -57,35 +62,57 @@ SCHEMAS: dict[str, str] = {
 }
 
 
+# ---- real implementations of the ops with an argument object -----------------------------
+# The dispatcher passes the schema's arguments positionally (vLLM's order) and the keyword-only
+# ones by name; `PagedAttentionArgs` / `CacheWriteArgs` take the same order.
+def real_paged_attention_v1(*vllm_args: Any, backend: str = "auto",
+                            check_indices: bool = True) -> None:
+    dispatch.paged_attention_v1(PagedAttentionArgs(*vllm_args), backend=backend,
+                                check_indices=check_indices)
+
+
+def real_paged_attention_v2(*vllm_args: Any, backend: str = "auto",
+                            check_indices: bool = True) -> None:
+    dispatch.paged_attention_v2(PagedAttentionArgs.v2(*vllm_args), backend=backend,
+                                check_indices=check_indices)
+
+
+def real_reshape_and_cache(*vllm_args: Any, backend: str = "auto",
+                           check_indices: bool = True) -> None:
+    dispatch.reshape_and_cache(CacheWriteArgs(*vllm_args), backend=backend,
+                               check_indices=check_indices)
+
+
 # ---- fake implementations -----------------------------------------------------------------
 # What torch.compile runs on fake tensors while tracing: the static checks, so a bad call
 # fails at trace time with the same message; no data is read and no backend is chosen, so
 # `backend` and `check_indices` are accepted and unused.
-def fake_paged_attention_v1(*args, backend="auto", check_indices=True) -> None:
-    attention_checks.check_attention(*args)
+def fake_paged_attention_v1(*vllm_args: Any, backend: str = "auto",
+                            check_indices: bool = True) -> None:
+    PagedAttentionArgs(*vllm_args)
 
 
-def fake_paged_attention_v2(out, exp_sums, max_logits, tmp_out, *args, backend="auto",
-                            check_indices=True) -> None:
-    dims = attention_checks.check_attention(out, *args)
-    max_seq_len = args[8]  # args: query, key_cache, value_cache, num_kv_heads, scale, ...
-    attention_checks.check_v2_workspace(dims, exp_sums, max_logits, tmp_out, max_seq_len)
+def fake_paged_attention_v2(*vllm_args: Any, backend: str = "auto",
+                            check_indices: bool = True) -> None:
+    PagedAttentionArgs.v2(*vllm_args)
 
 
-def fake_reshape_and_cache(*args, backend="auto", check_indices=True) -> None:
-    cache_checks.check_reshape_and_cache(*args)
+def fake_reshape_and_cache(*vllm_args: Any, backend: str = "auto",
+                           check_indices: bool = True) -> None:
+    CacheWriteArgs(*vllm_args)
 
 
-def fake_copy_blocks(key_caches, value_caches, block_mapping, *, backend="auto",
-                     check_indices=True) -> None:
+def fake_copy_blocks(key_caches: Any, value_caches: Any, block_mapping: Any, *,
+                     backend: str = "auto", check_indices: bool = True) -> None:
     cache_checks.check_copy_blocks(key_caches, value_caches, block_mapping)
 
 
-def fake_swap_blocks(src, dst, block_mapping, *, backend="auto", check_indices=True) -> None:
+def fake_swap_blocks(src: Any, dst: Any, block_mapping: Any, *, backend: str = "auto",
+                     check_indices: bool = True) -> None:
     cache_checks.check_swap_blocks(src, dst, block_mapping)
 
 
-def fake_merge_attn_states(*args, backend="auto") -> None:
+def fake_merge_attn_states(*args: Any, backend: str = "auto") -> None:
     cache_checks.check_merge_attn_states(*args)
 
 
@@ -98,18 +125,20 @@ def is_registered() -> bool:
 
 
 def register() -> None:
-    """Define every op in `SCHEMAS`, real implementation from `dispatch` (idempotent)."""
+    """Define every op in `SCHEMAS`, real implementation `real_<op>` here or else `dispatch`'s
+    function of that name (idempotent)."""
     global _library
     if _library is not None:
         return
     library = torch.library.Library(NAMESPACE, "FRAGMENT")
-    fakes = globals()
+    here = globals()
     for name, schema in SCHEMAS.items():
         library.define(name + schema)
         # CompositeExplicitAutograd: one implementation for every device; it never needs
         # autograd (the ops write caches and outputs, they are not differentiated).
-        library.impl(name, getattr(dispatch, name), "CompositeExplicitAutograd")
-        torch.library.register_fake(f"{NAMESPACE}::{name}", fakes[f"fake_{name}"], lib=library)
+        real = here.get(f"real_{name}", getattr(dispatch, name))
+        library.impl(name, real, "CompositeExplicitAutograd")
+        torch.library.register_fake(f"{NAMESPACE}::{name}", here[f"fake_{name}"], lib=library)
     _library = library
 
 

@@ -24,6 +24,7 @@ def small_case(backend: str = "cuda", device: str = "cuda") -> None:
     import torch
 
     from kvpager.backends import get
+    from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
 
     be = get(backend)
     dev = torch.device(device)
@@ -46,7 +47,7 @@ def small_case(backend: str = "cuda", device: str = "cuda") -> None:
         value = randn(tokens, kv_heads, head).to(dtype)
         slots = torch.randperm(blocks * bs, generator=gen, device=dev)[:tokens]
         slots[::11] = -1
-        be.reshape_and_cache(key, value, kc, vc, slots, kv, 0.5, 0.5)
+        be.reshape_and_cache(CacheWriteArgs(key, value, kc, vc, slots, kv, 0.5, 0.5))
         max_blocks = -(-max(lens) // bs)
         tables = torch.randint(0, blocks, (num_seqs, max_blocks), generator=gen, device=dev,
                                dtype=torch.int32)
@@ -55,15 +56,16 @@ def small_case(backend: str = "cuda", device: str = "cuda") -> None:
         alibi = torch.linspace(0.01, 0.5, heads, device=dev)
         for sparse in ((0, 0, 64, 0), (4, 4, 32, -1)):
             out = torch.empty_like(q)
-            be.paged_attention_v1(out, q, kc, vc, kv_heads, head ** -0.5, tables, seq_lens, bs,
-                                  max(lens), alibi, kv, 0.5, 0.5, 0, *sparse)
+            be.paged_attention_v1(PagedAttentionArgs(
+                out, q, kc, vc, kv_heads, head ** -0.5, tables, seq_lens, bs, max(lens), alibi,
+                kv, 0.5, 0.5, 0, *sparse))
             parts = -(-max(lens) // 512)
             es = torch.empty(num_seqs, heads, parts, device=dev)
             ml = torch.empty_like(es)
             tmp = torch.empty(num_seqs, heads, parts, head, device=dev, dtype=dtype)
-            be.paged_attention_v2(out, es, ml, tmp, q, kc, vc, kv_heads, head ** -0.5, tables,
-                                  seq_lens, bs, max(lens), None, kv, torch.tensor(0.5, device=dev),
-                                  0.5, 1, *sparse)
+            be.paged_attention_v2(PagedAttentionArgs.v2(
+                out, es, ml, tmp, q, kc, vc, kv_heads, head ** -0.5, tables, seq_lens, bs,
+                max(lens), None, kv, torch.tensor(0.5, device=dev), 0.5, 1, *sparse))
         be.copy_blocks([kc, kc.clone()], [vc, vc.clone()],
                        torch.tensor([[0, 5], [1, 6]], device=dev))
         host = torch.empty((4, *kc.shape[1:]), dtype=kc.dtype, pin_memory=device == "cuda")

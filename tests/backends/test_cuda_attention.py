@@ -360,6 +360,7 @@ def test_scales_as_device_tensors_equal_floats(ops: ModuleType) -> None:
 
 def test_strided_query_from_a_fused_qkv_buffer() -> None:
     from kvpager.backends import get
+    from kvpager.backends.op_args import PagedAttentionArgs
 
     c = make_case([40, 300], 8, 2, 128, 16, torch.float16, seed=6)
     s, h, d = c.query.shape
@@ -372,8 +373,8 @@ def test_strided_query_from_a_fused_qkv_buffer() -> None:
     out_dense = torch.empty_like(c.query)
     args = (c.key_cache, c.value_cache, c.num_kv_heads, c.scale, c.block_tables, c.seq_lens,
             c.block_size, c.max_seq_len, None, "auto", 1.0, 1.0)
-    backend.paged_attention_v1(out_strided, strided, *args)
-    backend.paged_attention_v1(out_dense, c.query, *args)
+    backend.paged_attention_v1(PagedAttentionArgs(out_strided, strided, *args))
+    backend.paged_attention_v1(PagedAttentionArgs(out_dense, c.query, *args))
     assert torch.equal(out_strided, out_dense)
 
 

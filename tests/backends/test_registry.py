@@ -130,12 +130,13 @@ def test_environment_variable_sets_the_default(fake, monkeypatch) -> None:
 def test_backends_receive_canonical_kv_cache_dtype(fake) -> None:
     _, args = _attention_call(kv_cache_dtype="fp8")
     ops.paged_attention_v1(*args, backend="fake")
-    assert fake.calls[-1][1][11] == "fp8_e4m3"
+    assert fake.calls[-1][1][0].kv_cache_dtype == "fp8_e4m3"
     key = torch.randn(3, 2, 64).half()
     key_cache, value_cache = args[2], args[3]
     ops.reshape_and_cache(key, key, key_cache, value_cache, torch.tensor([0, 1, 2]), "fp8",
                           1.0, 1.0, backend="fake")
-    assert fake.calls[-1][0] == "reshape_and_cache" and fake.calls[-1][1][5] == "fp8_e4m3"
+    assert fake.calls[-1][0] == "reshape_and_cache"
+    assert fake.calls[-1][1][0].kv_cache_dtype == "fp8_e4m3"
 
 
 def test_cpu_auto_is_the_reference(monkeypatch) -> None:

@@ -16,7 +16,8 @@ from kvpager.backends.cuda import build
 if TYPE_CHECKING:
     import torch
 
-    from kvpager.backends.base import Scale
+    from kvpager.backends.fp8 import Scale
+    from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
 
 #: Head sizes with compiled attention kernels (one csrc/attention_hs<N>.cu each).
 HEAD_SIZES: tuple[int, ...] = (32, 64, 80, 96, 112, 120, 128, 192, 256)
@@ -132,99 +133,43 @@ class CudaBackend(Backend):
         return build.load_extension()
 
     # ---- attention ----------------------------------------------------------------------
-    def paged_attention_v1(
-        self,
-        out: torch.Tensor,
-        query: torch.Tensor,
-        key_cache: torch.Tensor,
-        value_cache: torch.Tensor,
-        num_kv_heads: int,
-        scale: float,
-        block_tables: torch.Tensor,
-        seq_lens: torch.Tensor,
-        block_size: int,
-        max_seq_len: int,
-        alibi_slopes: torch.Tensor | None,
-        kv_cache_dtype: str,
-        k_scale: Scale,
-        v_scale: Scale,
-        tp_rank: int = 0,
-        blocksparse_local_blocks: int = 0,
-        blocksparse_vert_stride: int = 0,
-        blocksparse_block_size: int = 64,
-        blocksparse_head_sliding_step: int = 0,
-    ) -> None:
+    @staticmethod
+    def _attention_tail(args: PagedAttentionArgs) -> tuple[Any, ...]:
+        """The binding's arguments after out (v1) or the workspace (v2): vLLM's order, each
+        scale split into (device tensor or None, host value). The one place the argument
+        object is unpacked for the C++ signature (csrc/binding_attention.cpp)."""
+        return (
+            args.query, args.key_cache, args.value_cache, int(args.num_kv_heads), args.scale,
+            args.block_tables, args.seq_lens, int(args.block_size), int(args.max_seq_len),
+            args.alibi_slopes, args.kv_cache_dtype, *_split_scale(args.k_scale),
+            *_split_scale(args.v_scale), int(args.tp_rank), int(args.blocksparse_local_blocks),
+            int(args.blocksparse_vert_stride), int(args.blocksparse_block_size),
+            int(args.blocksparse_head_sliding_step),
+        )
+
+    def paged_attention_v1(self, args: PagedAttentionArgs) -> None:
         """One CTA per (head, sequence) over the whole sequence. The sequence's logits live in
         shared memory, so a max_seq_len beyond it (about 57,000 tokens at head size 128 with
         the 227 KiB of an H100/H200) raises ValueError: use v2 there."""
-        k_t, k_v = _split_scale(k_scale)
-        v_t, v_v = _split_scale(v_scale)
-        self._ext().paged_attention_v1(
-            out, query, key_cache, value_cache, int(num_kv_heads), float(scale), block_tables,
-            seq_lens, int(block_size), int(max_seq_len), alibi_slopes, kv_cache_dtype,
-            k_t, k_v, v_t, v_v, int(tp_rank), int(blocksparse_local_blocks),
-            int(blocksparse_vert_stride), int(blocksparse_block_size),
-            int(blocksparse_head_sliding_step),
-        )
+        self._ext().paged_attention_v1(args.out, *self._attention_tail(args))
 
-    def paged_attention_v2(
-        self,
-        out: torch.Tensor,
-        exp_sums: torch.Tensor,
-        max_logits: torch.Tensor,
-        tmp_out: torch.Tensor,
-        query: torch.Tensor,
-        key_cache: torch.Tensor,
-        value_cache: torch.Tensor,
-        num_kv_heads: int,
-        scale: float,
-        block_tables: torch.Tensor,
-        seq_lens: torch.Tensor,
-        block_size: int,
-        max_seq_len: int,
-        alibi_slopes: torch.Tensor | None,
-        kv_cache_dtype: str,
-        k_scale: Scale,
-        v_scale: Scale,
-        tp_rank: int = 0,
-        blocksparse_local_blocks: int = 0,
-        blocksparse_vert_stride: int = 0,
-        blocksparse_block_size: int = 64,
-        blocksparse_head_sliding_step: int = 0,
-    ) -> None:
+    def paged_attention_v2(self, args: PagedAttentionArgs) -> None:
         """Partitions of 512 tokens, then the reduce. For partitions that hold tokens of a
         sequence, exp_sums[s, h, p] is the sum of exp(logit - max_logits[s, h, p]) over the
         partition and tmp_out[s, h, p] the partition's normalized output; a partition whose
         blocks were all skipped by block-sparsity has exp_sum 0 and max_logit -inf. Entries of
         partitions past a sequence's length are not written."""
-        k_t, k_v = _split_scale(k_scale)
-        v_t, v_v = _split_scale(v_scale)
-        self._ext().paged_attention_v2(
-            out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache,
-            int(num_kv_heads), float(scale), block_tables, seq_lens, int(block_size),
-            int(max_seq_len), alibi_slopes, kv_cache_dtype, k_t, k_v, v_t, v_v, int(tp_rank),
-            int(blocksparse_local_blocks), int(blocksparse_vert_stride),
-            int(blocksparse_block_size), int(blocksparse_head_sliding_step),
-        )
+        ws = args.v2_workspace()
+        self._ext().paged_attention_v2(args.out, ws.exp_sums, ws.max_logits, ws.tmp_out,
+                                       *self._attention_tail(args))
 
     # ---- cache ops ----------------------------------------------------------------------
-    def reshape_and_cache(
-        self,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_cache: torch.Tensor,
-        value_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-        kv_cache_dtype: str,
-        k_scale: Scale,
-        v_scale: Scale,
-    ) -> None:
+    def reshape_and_cache(self, args: CacheWriteArgs) -> None:
         """FP8 caches store quantize(x / scale) rounded to nearest even and saturated to the
         format's largest finite value (torch's own conversion gives NaN/inf out of range)."""
-        k_t, k_v = _split_scale(k_scale)
-        v_t, v_v = _split_scale(v_scale)
         self._ext().reshape_and_cache(
-            key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype, k_t, k_v, v_t, v_v
+            args.key, args.value, args.key_cache, args.value_cache, args.slot_mapping,
+            args.kv_cache_dtype, *_split_scale(args.k_scale), *_split_scale(args.v_scale),
         )
 
     def copy_blocks(

@@ -58,6 +58,7 @@ from kvpager.backends.layout import PARTITION_SIZE, max_num_partitions
 
 if TYPE_CHECKING:
     from kvpager.backends.fp8 import Scale
+    from kvpager.backends.op_args import PagedAttentionArgs
 
 _CHUNK_BYTES = 256 * 2**20
 _NEG_INF = float("-inf")
@@ -74,14 +75,13 @@ class BlockSparse:
     tp_rank: int
 
     @classmethod
-    def from_args(
-        cls, tp_rank: int, local_blocks: int, vert_stride: int, sparse_block_size: int,
-        head_sliding_step: int,
-    ) -> BlockSparse | None:
+    def from_args(cls, args: PagedAttentionArgs) -> BlockSparse | None:
         """The pattern, or None when vert_stride <= 1 (dense attention, as in the kernels)."""
-        if vert_stride <= 1:
+        if not args.block_sparse:
             return None
-        return cls(local_blocks, vert_stride, sparse_block_size, head_sliding_step, tp_rank)
+        return cls(args.blocksparse_local_blocks, args.blocksparse_vert_stride,
+                   args.blocksparse_block_size, args.blocksparse_head_sliding_step,
+                   args.tp_rank)
 
     def block_mask(
         self, seq_lens: torch.Tensor, num_heads: int, num_kv_heads: int, num_blocks: int,
@@ -255,61 +255,49 @@ def _bytes_per_token(num_heads: int, num_kv_heads: int, head_size: int) -> int:
     return 4 * (2 * num_kv_heads * head_size + 4 * num_heads)
 
 
-def paged_attention_v1(
-    out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
-    value_cache: torch.Tensor, num_kv_heads: int, scale: float, block_tables: torch.Tensor,
-    seq_lens: torch.Tensor, block_size: int, max_seq_len: int,
-    alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
-    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
-    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
-) -> None:
-    """One softmax over all tokens of each sequence, written into `out` [S, H, D]."""
-    sparse = BlockSparse.from_args(tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
-                                   blocksparse_block_size, blocksparse_head_sliding_step)
-    _, num_heads, head_size = query.shape
-    per_token = _bytes_per_token(num_heads, num_kv_heads, head_size)
+def _read_groups(
+    args: PagedAttentionArgs,
+) -> Iterator[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(rows, longest, lens, values, logits, attended) for each group of sequences that read
+    at least one token (see `_length_groups`); sequences of length 0 are left out.
+
+    values: float32 [n, K, T, D]; logits, attended as `attention_logits` gives them.
+    """
+    sparse = BlockSparse.from_args(args)
+    seq_lens, block_tables = args.seq_lens, args.block_tables
+    per_token = _bytes_per_token(args.num_heads, args.num_kv_heads, args.head_size)
     for rows, longest in _length_groups(seq_lens, per_token):
         if longest == 0:
-            out[rows] = 0
             continue
         lens = seq_lens[rows]
-        num_blocks = min(-(-longest // block_size), block_tables.shape[1])
-        keys, values = gather_kv(key_cache, value_cache, block_tables[rows], lens, num_blocks,
-                                 kv_cache_dtype, k_scale, v_scale)
-        logits, attended = attention_logits(query[rows], keys, lens, scale, alibi_slopes,
-                                            sparse, block_size)
+        num_blocks = min(-(-longest // args.block_size), block_tables.shape[1])
+        keys, values = gather_kv(args.key_cache, args.value_cache, block_tables[rows], lens,
+                                 num_blocks, args.kv_cache_dtype, args.k_scale, args.v_scale)
+        logits, attended = attention_logits(args.query[rows], keys, lens, args.scale,
+                                            args.alibi_slopes, sparse, args.block_size)
+        yield rows, longest, lens, values, logits, attended
+
+
+def paged_attention_v1(args: PagedAttentionArgs) -> None:
+    """One softmax over all tokens of each sequence, written into `out` [S, H, D]."""
+    out = args.out
+    out.masked_fill_((args.seq_lens == 0)[:, None, None], 0)  # a head that reads nothing
+    for rows, _, _, values, logits, attended in _read_groups(args):
         probs, _, _ = _softmax_parts(logits, attended)
         out[rows] = _weighted_values(probs, values, attended).to(out.dtype)
 
 
-def paged_attention_v2(
-    out: torch.Tensor, exp_sums: torch.Tensor, max_logits: torch.Tensor,
-    tmp_out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
-    value_cache: torch.Tensor, num_kv_heads: int, scale: float, block_tables: torch.Tensor,
-    seq_lens: torch.Tensor, block_size: int, max_seq_len: int,
-    alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
-    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
-    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
-) -> None:
+def paged_attention_v2(args: PagedAttentionArgs) -> None:
     """Per-partition softmax into exp_sums / max_logits / tmp_out, then `reduce_partitions`.
 
-    exp_sums, max_logits: float32 [S, H, P]; tmp_out: out's dtype [S, H, P, D];
-    P = ceil(max_seq_len / 512).
+    args.workspace: exp_sums, max_logits float32 [S, H, P]; tmp_out out's dtype [S, H, P, D];
+    P = ceil(max_seq_len / 512). Sequences of length 0 write no partition.
     """
-    sparse = BlockSparse.from_args(tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
-                                   blocksparse_block_size, blocksparse_head_sliding_step)
-    _, num_heads, head_size = query.shape
+    workspace = args.v2_workspace()
+    exp_sums, max_logits, tmp_out = workspace.exp_sums, workspace.max_logits, workspace.tmp_out
+    num_heads, num_kv_heads, head_size = args.num_heads, args.num_kv_heads, args.head_size
     group = num_heads // num_kv_heads
-    per_token = _bytes_per_token(num_heads, num_kv_heads, head_size)
-    for rows, longest in _length_groups(seq_lens, per_token):
-        if longest == 0:
-            continue  # no partition holds a token: nothing to write
-        lens = seq_lens[rows]
-        num_blocks = min(-(-longest // block_size), block_tables.shape[1])
-        keys, values = gather_kv(key_cache, value_cache, block_tables[rows], lens, num_blocks,
-                                 kv_cache_dtype, k_scale, v_scale)
-        logits, attended = attention_logits(query[rows], keys, lens, scale, alibi_slopes,
-                                            sparse, block_size)
+    for rows, longest, lens, values, logits, attended in _read_groups(args):
         parts = max_num_partitions(longest)
         extra = parts * PARTITION_SIZE - logits.shape[-1]  # >= 0: block sizes divide 512
         logits = torch.nn.functional.pad(logits, (0, extra), value=_NEG_INF)
@@ -340,7 +328,7 @@ def paged_attention_v2(
         max_logits[window] = torch.where(used, top, max_logits[window])
         tmp_out[window] = torch.where(used[..., None], partial.to(tmp_out.dtype),
                                       tmp_out[window])
-    reduce_partitions(out, exp_sums, max_logits, tmp_out, seq_lens)
+    reduce_partitions(args.out, exp_sums, max_logits, tmp_out, args.seq_lens)
 
 
 def _used_partitions(seq_lens: torch.Tensor, parts: int) -> torch.Tensor:

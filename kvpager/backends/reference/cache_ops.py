@@ -14,6 +14,7 @@ from kvpager.backends.fp8 import is_fp8, quantize
 
 if TYPE_CHECKING:
     from kvpager.backends.fp8 import Scale
+    from kvpager.backends.op_args import CacheWriteArgs
 
 
 def _encode(x: torch.Tensor, kv_cache_dtype: str, scale: Scale, cache_dtype: torch.dtype):
@@ -22,17 +23,15 @@ def _encode(x: torch.Tensor, kv_cache_dtype: str, scale: Scale, cache_dtype: tor
     return x.to(cache_dtype)
 
 
-def reshape_and_cache(
-    key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
-    value_cache: torch.Tensor, slot_mapping: torch.Tensor, kv_cache_dtype: str,
-    k_scale: Scale, v_scale: Scale,
-) -> None:
+def reshape_and_cache(args: CacheWriteArgs) -> None:
     """Store token i's key/value [K, D] at slot_mapping[i]; a negative slot is skipped.
 
     key, value: [num_tokens, K, D]; slot_mapping: int64 [num_tokens]. FP8 caches receive
     `quantize(x / scale)`. Selecting the kept tokens reads the mask back to the host (one
     sync on a GPU): the reference favours plain indexing over speed.
     """
+    key, value, key_cache, value_cache = args.key, args.value, args.key_cache, args.value_cache
+    slot_mapping, kv_cache_dtype = args.slot_mapping, args.kv_cache_dtype
     tokens = (slot_mapping >= 0).nonzero().squeeze(1)
     if tokens.numel() == 0:
         return
@@ -40,8 +39,8 @@ def reshape_and_cache(
     block_size, x = key_cache.shape[3], key_cache.shape[4]
     blocks, offsets = slots // block_size, slots % block_size
     num_kv_heads, head_size = key.shape[1], key.shape[2]
-    k = _encode(key[tokens], kv_cache_dtype, k_scale, key_cache.dtype)
-    v = _encode(value[tokens], kv_cache_dtype, v_scale, value_cache.dtype)
+    k = _encode(key[tokens], kv_cache_dtype, args.k_scale, key_cache.dtype)
+    v = _encode(value[tokens], kv_cache_dtype, args.v_scale, value_cache.dtype)
     # Indexing dims 0 and 3 with tensors puts the token dim first: [n, K, D // x, x].
     key_cache[blocks, :, :, offsets, :] = k.reshape(-1, num_kv_heads, head_size // x, x)
     value_cache[blocks, :, :, offsets] = v  # [n, K, D]

@@ -23,7 +23,7 @@ from kvpager.backends.triton import runtime
 if TYPE_CHECKING:
     import torch
 
-    from kvpager.backends.fp8 import Scale
+    from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
 
 
 _KERNEL_MODULES = ("attention", "cache_ops", "merge")
@@ -75,47 +75,15 @@ class TritonBackend(Backend):
                                         dtype=dtype, kv_cache_dtype=kv_cache_dtype)
 
     # ---- attention ----------------------------------------------------------------------
-    def paged_attention_v1(
-        self, out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
-        value_cache: torch.Tensor, num_kv_heads: int, scale: float,
-        block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, max_seq_len: int,
-        alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale,
-        v_scale: Scale, tp_rank: int = 0, blocksparse_local_blocks: int = 0,
-        blocksparse_vert_stride: int = 0, blocksparse_block_size: int = 64,
-        blocksparse_head_sliding_step: int = 0,
-    ) -> None:
-        _kernels("attention").paged_attention_v1(
-            out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
-            block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
-            blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
-            blocksparse_head_sliding_step,
-        )
+    def paged_attention_v1(self, args: PagedAttentionArgs) -> None:
+        _kernels("attention").paged_attention_v1(args)
 
-    def paged_attention_v2(
-        self, out: torch.Tensor, exp_sums: torch.Tensor, max_logits: torch.Tensor,
-        tmp_out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
-        value_cache: torch.Tensor, num_kv_heads: int, scale: float,
-        block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, max_seq_len: int,
-        alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale,
-        v_scale: Scale, tp_rank: int = 0, blocksparse_local_blocks: int = 0,
-        blocksparse_vert_stride: int = 0, blocksparse_block_size: int = 64,
-        blocksparse_head_sliding_step: int = 0,
-    ) -> None:
-        _kernels("attention").paged_attention_v2(
-            out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads,
-            scale, block_tables, seq_lens, block_size, max_seq_len, alibi_slopes,
-            kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks,
-            blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step,
-        )
+    def paged_attention_v2(self, args: PagedAttentionArgs) -> None:
+        _kernels("attention").paged_attention_v2(args)
 
     # ---- cache ops ----------------------------------------------------------------------
-    def reshape_and_cache(
-        self, key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
-        value_cache: torch.Tensor, slot_mapping: torch.Tensor, kv_cache_dtype: str,
-        k_scale: Scale, v_scale: Scale,
-    ) -> None:
-        _kernels("cache_ops").reshape_and_cache(key, value, key_cache, value_cache,
-                                                slot_mapping, kv_cache_dtype, k_scale, v_scale)
+    def reshape_and_cache(self, args: CacheWriteArgs) -> None:
+        _kernels("cache_ops").reshape_and_cache(args)
 
     def copy_blocks(
         self, key_caches: list[torch.Tensor], value_caches: list[torch.Tensor],

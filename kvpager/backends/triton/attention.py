@@ -32,7 +32,7 @@ from kvpager.backends.triton.attention_kernels import (
 from kvpager.backends.triton.fp8_codec import FORMAT_CODES, decode_factor
 
 if TYPE_CHECKING:
-    Scale = float | torch.Tensor
+    from kvpager.backends.op_args import PagedAttentionArgs, V2Workspace
 
 #: Query-head rows of a `tl.dot`: the smallest MMA tile has 16 rows.
 MIN_DOT_ROWS = 16
@@ -123,48 +123,43 @@ def attention_config(
     )
 
 
-def _launch_attention(
-    partitioned: bool, out: torch.Tensor, exp_sums: torch.Tensor | None,
-    max_logits: torch.Tensor | None, tmp_out: torch.Tensor | None, query: torch.Tensor,
-    key_cache: torch.Tensor, value_cache: torch.Tensor, num_kv_heads: int, scale: float,
-    block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, max_seq_len: int,
-    alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
-    tp_rank: int, local_blocks: int, vert_stride: int, sparse_block_size: int,
-    sliding_step: int,
-) -> None:
+def _launch_attention(args: PagedAttentionArgs, workspace: V2Workspace | None) -> None:
+    """v1 (no workspace) or v2's partition programs plus the reduce, for one checked call."""
+    out, query, key_cache, value_cache = args.out, args.query, args.key_cache, args.value_cache
+    block_tables, seq_lens, alibi_slopes = args.block_tables, args.seq_lens, args.alibi_slopes
     num_seqs, num_heads, head_size = query.shape
     if num_seqs == 0 or num_heads == 0:
         return
-    sparse = vert_stride > 1
+    num_kv_heads, block_size = args.num_kv_heads, args.block_size
+    sliding_step = args.blocksparse_head_sliding_step
+    partitioned = workspace is not None
+    sparse = args.block_sparse
     group = num_heads // num_kv_heads
     # A sparse pattern that slides with the query head gives the heads of a group different
     # tokens: one program per query head then, so no head multiplies values it skips.
     per_program = 1 if sparse and sliding_step > 0 else group
     cfg = attention_config(head_size, block_size, num_heads, num_heads // per_program,
                            query.dtype, interpreted=runtime.interpreted())
-    fmt = FORMAT_CODES[kv_cache_dtype]
+    fmt = FORMAT_CODES[args.kv_cache_dtype]
     device = query.device
-    if fmt:
-        k_arg, k_is_ptr = runtime.scale_argument(k_scale, device)
-        v_arg, v_is_ptr = runtime.scale_argument(v_scale, device)
-    else:  # an "auto" cache ignores the scales
-        k_arg, k_is_ptr, v_arg, v_is_ptr = 1.0, False, 1.0, False
+    k_arg, k_is_ptr, v_arg, v_is_ptr = runtime.scale_arguments(bool(fmt), args.k_scale,
+                                                                args.v_scale, device)
     factor = decode_factor(fmt)
-    parts = max_num_partitions(max_seq_len) if partitioned else 1
+    parts = max_num_partitions(args.max_seq_len) if partitioned else 1
     # Unused pointer arguments get a harmless tensor: one kernel signature for every call.
-    exp_sums = out if exp_sums is None else exp_sums
-    max_logits = out if max_logits is None else max_logits
-    tmp_out = out if tmp_out is None else tmp_out
+    exp_sums = out if workspace is None else workspace.exp_sums
+    max_logits = out if workspace is None else workspace.max_logits
+    tmp_out = out if workspace is None else workspace.tmp_out
     # A float32 placeholder (never read) keeps one pointer type with and without ALiBi.
     alibi = seq_lens.view(torch.float32) if alibi_slopes is None else alibi_slopes
     paged_attention_kernel[(num_seqs, num_heads // per_program, parts)](
         out, exp_sums, max_logits, tmp_out,
         query, key_cache, value_cache, block_tables, seq_lens, alibi,
-        k_arg, v_arg, float(scale) * factor, factor,
+        k_arg, v_arg, args.scale * factor, factor,
         query.stride(0), key_cache.stride(0), value_cache.stride(0), block_tables.stride(0),
-        parts, num_kv_heads, group, per_program, int(alibi_slopes is not None), tp_rank,
-        local_blocks,
-        vert_stride if sparse else 1, sparse_block_size, sliding_step,
+        parts, num_kv_heads, group, per_program, int(alibi_slopes is not None), args.tp_rank,
+        args.blocksparse_local_blocks, args.blocksparse_vert_stride if sparse else 1,
+        args.blocksparse_block_size, sliding_step,
         HEAD_SIZE=head_size, HEAD_PAD=cfg.head_pad, BLOCK_SIZE=block_size,
         X=key_cache.shape[4], GROUP_PAD=cfg.group_pad, TILE=cfg.tile,
         PARTITION_SIZE=PARTITION_SIZE, PARTITIONED=partitioned, KV_FP8=fmt,
@@ -180,38 +175,15 @@ def _launch_attention(
         )
 
 
-def paged_attention_v1(
-    out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
-    value_cache: torch.Tensor, num_kv_heads: int, scale: float, block_tables: torch.Tensor,
-    seq_lens: torch.Tensor, block_size: int, max_seq_len: int,
-    alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
-    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
-    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
-) -> None:
+def paged_attention_v1(args: PagedAttentionArgs) -> None:
     """One program per (sequence, kv head); writes `out` [S, H, D] only."""
-    _launch_attention(False, out, None, None, None, query, key_cache, value_cache,
-                      num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len,
-                      alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
-                      blocksparse_local_blocks, blocksparse_vert_stride,
-                      blocksparse_block_size, blocksparse_head_sliding_step)
+    _launch_attention(args, None)
 
 
-def paged_attention_v2(
-    out: torch.Tensor, exp_sums: torch.Tensor, max_logits: torch.Tensor,
-    tmp_out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
-    value_cache: torch.Tensor, num_kv_heads: int, scale: float, block_tables: torch.Tensor,
-    seq_lens: torch.Tensor, block_size: int, max_seq_len: int,
-    alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
-    tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
-    blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
-) -> None:
+def paged_attention_v2(args: PagedAttentionArgs) -> None:
     """Partition programs write exp_sums / max_logits [S, H, P] and tmp_out [S, H, P, D] for
     p < ceil(seq_len / 512) (later entries untouched); the reduce then writes `out`."""
-    _launch_attention(True, out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache,
-                      num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len,
-                      alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
-                      blocksparse_local_blocks, blocksparse_vert_stride,
-                      blocksparse_block_size, blocksparse_head_sliding_step)
+    _launch_attention(args, args.v2_workspace())
 
 
 __all__ = [

@@ -18,7 +18,7 @@ from kvpager.backends.triton.fp8_codec import FORMAT_CODES, encode_fp8
 if TYPE_CHECKING:
     import torch
 
-    Scale = float | torch.Tensor
+    from kvpager.backends.op_args import CacheWriteArgs
 
 
 @triton.jit
@@ -65,28 +65,22 @@ def reshape_and_cache_kernel(
     tl.store(value_cache_ptr + value_dst, value_out, mask=dim_ok)
 
 
-def reshape_and_cache(
-    key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
-    value_cache: torch.Tensor, slot_mapping: torch.Tensor, kv_cache_dtype: str,
-    k_scale: Scale, v_scale: Scale,
-) -> None:
+def reshape_and_cache(args: CacheWriteArgs) -> None:
     """Store token i's key/value [K, D] at slot_mapping[i]; negative slots are skipped.
 
     key, value: [num_tokens, K, D] (token stride free, heads packed); slot_mapping int64
     [num_tokens]. Any block size and head size. Unlike the reference, it never reads the
     slots back to the host: no device sync, safe inside CUDA-graph capture.
     """
+    key, value, key_cache, value_cache = args.key, args.value, args.key_cache, args.value_cache
     num_tokens, num_kv_heads, head_size = key.shape
     if num_tokens == 0:
         return
-    fmt = FORMAT_CODES[kv_cache_dtype]
-    if fmt:
-        k_arg, k_is_ptr = runtime.scale_argument(k_scale, key.device)
-        v_arg, v_is_ptr = runtime.scale_argument(v_scale, key.device)
-    else:  # an "auto" cache ignores the scales
-        k_arg, k_is_ptr, v_arg, v_is_ptr = 1.0, False, 1.0, False
+    fmt = FORMAT_CODES[args.kv_cache_dtype]
+    k_arg, k_is_ptr, v_arg, v_is_ptr = runtime.scale_arguments(bool(fmt), args.k_scale,
+                                                                args.v_scale, key.device)
     reshape_and_cache_kernel[(num_tokens, num_kv_heads)](
-        key, value, key_cache, value_cache, slot_mapping, k_arg, v_arg,
+        key, value, key_cache, value_cache, args.slot_mapping, k_arg, v_arg,
         key.stride(0), value.stride(0), key_cache.stride(0), value_cache.stride(0),
         HEAD_SIZE=head_size, HEAD_PAD=runtime.next_power_of_2(head_size),
         BLOCK_SIZE=key_cache.shape[3], X=key_cache.shape[4], KV_FP8=fmt,

@@ -79,6 +79,17 @@ def scale_argument(scale: Scale, device: torch.device) -> tuple[float | torch.Te
     return float(scale), False
 
 
+def scale_arguments(
+    fp8: bool, k_scale: Scale, v_scale: Scale, device: torch.device
+) -> tuple[float | torch.Tensor, bool, float | torch.Tensor, bool]:
+    """(k argument, k is a pointer, v argument, v is a pointer) of a kernel launch: the
+    scales as `scale_argument` passes them for an FP8 cache, 1.0 by value for an "auto" one
+    (which ignores them)."""
+    if not fp8:
+        return 1.0, False, 1.0, False
+    return (*scale_argument(k_scale, device), *scale_argument(v_scale, device))
+
+
 def next_power_of_2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -92,4 +103,5 @@ __all__ = [
     "kernels_imported",
     "next_power_of_2",
     "scale_argument",
+    "scale_arguments",
 ]
