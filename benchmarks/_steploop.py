@@ -10,9 +10,9 @@ import sys
 import time
 
 sys.path.insert(0, ".")
-import kvpager  # noqa: E402
-from kvpager.sim import SimConfig, simulate  # noqa: E402
-from kvpager.sim.traces import load_trace  # noqa: E402
+import kvpager
+from kvpager.sim import SimConfig, simulate
+from kvpager.sim.traces import load_trace
 
 trace = load_trace(sys.argv[1])
 cfg = SimConfig(model="llama-2-70b", gpu="a100-80gb", tp=2, preemption="recompute",

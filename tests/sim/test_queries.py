@@ -4,7 +4,6 @@ from kvpager.core.memory.manager import KVCacheManager
 from kvpager.core.sched.request import Request
 from kvpager.core.sched.scheduler import Scheduler
 from kvpager.sim import queries
-
 from tests.core.sched.shadow_executor import ShadowExecutor
 
 
