@@ -25,8 +25,11 @@ import numpy as np
 
 from kvpager.core.memory.usage import FIELDS as MEMORY_FIELDS
 
-MEMORY_COLUMNS = ("time_s", *MEMORY_FIELDS, "running_seqs", "waiting", "swapped",
-                  "prefix_hit_rate")
+# "cached" (evictable prefix-cached blocks) is optional: run directories written before it
+# was split out of "free" count those blocks as free, and read as zero cached.
+OPTIONAL_MEMORY_FIELDS = ("cached",)
+MEMORY_COLUMNS = ("time_s", *(f for f in MEMORY_FIELDS if f not in OPTIONAL_MEMORY_FIELDS),
+                  "running_seqs", "waiting", "swapped", "prefix_hit_rate")
 TIER_COLUMNS = ("prefix_gpu_hit_rate", "prefix_cpu_hit_rate")  # optional
 REQUEST_COLUMNS = ("index", "id", "arrival_s", "prompt_tokens", "output_tokens",
                    "first_token_s", "finish_s", "ttft_s", "e2e_s", "preemptions", "status",
@@ -42,8 +45,8 @@ class MemoryColumns:
     """The memory and queue time series of one strategy.
 
     time_s: float64 [T] simulated seconds of each sample (the sample holds until the next).
-    fractions: float64 [T, 5] each kind's share of KV capacity, columns in MEMORY_FIELDS
-        order (rows sum to 1).
+    fractions: float64 [T, K] each kind's share of KV capacity, K columns in
+        MEMORY_FIELDS order (rows sum to 1).
     running, waiting, swapped: float64 [T] sequences running, groups waiting, groups swapped.
     prefix_hit_rate: float64 [T] cumulative prefix-cache hit rate (0 without a cache).
     tier_hit_rates: float64 [T, 2] the same split by where the hit blocks came from (GPU
@@ -261,6 +264,9 @@ def _strings(header: list[str], rows: list[list[str]], name: str) -> np.ndarray:
 def _read_memory(path: Path) -> MemoryColumns:
     header, rows = _rows(path, MEMORY_COLUMNS)
     col = {c: _floats(path, header, rows, c) for c in MEMORY_COLUMNS}
+    for name in OPTIONAL_MEMORY_FIELDS:
+        col[name] = _floats(path, header, rows, name) if name in header \
+            else np.zeros(len(rows))
     fractions = np.stack([col[f] for f in MEMORY_FIELDS], axis=1) if rows \
         else np.zeros((0, len(MEMORY_FIELDS)))
     tiers = None

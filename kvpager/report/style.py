@@ -21,6 +21,7 @@ MEMORY_LABELS = {
     "reserved": "reserved",
     "internal": "internal fragmentation",
     "external": "external fragmentation",
+    "cached": "prefix-cached (evictable)",
     "free": "free",
 }
 MEMORY_COLORS = {
@@ -28,6 +29,7 @@ MEMORY_COLORS = {
     "reserved": "#f2b701",
     "internal": "#e4572e",
     "external": "#7b4b94",
+    "cached": "#6fa8dc",
     "free": "#d9d9d9",
 }
 EVENT_SYMBOLS = {

@@ -86,7 +86,8 @@ class MemorySeries:
         self.prefix_cpu_hit_rate.append(tier_hit_rates[1])
 
     def fractions(self) -> np.ndarray:
-        """float64 `[num_samples, 5]`: each kind's fraction of capacity (rows sum to 1)."""
+        """float64 `[num_samples, len(MEMORY_FIELDS)]`: each kind's fraction of capacity
+        (rows sum to 1)."""
         if not self.slots:
             return np.zeros((0, len(MEMORY_FIELDS)))
         return np.asarray(self.slots, dtype=np.float64) / self.capacity_slots

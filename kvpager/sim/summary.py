@@ -63,6 +63,7 @@ SUMMARY_ROWS: list[tuple[str, tuple[str, ...], Callable[[object], str]]] = [
     ("KV: reserved", ("memory", "reserved"), _pct),
     ("KV: internal fragmentation", ("memory", "internal"), _pct),
     ("KV: external fragmentation", ("memory", "external"), _pct),
+    ("KV: prefix-cached (evictable)", ("memory", "cached"), _pct),
     ("KV: free", ("memory", "free"), _pct),
     ("preemptions (swap)", ("preemptions", "swap"), _num("d")),
     ("preemptions (recompute)", ("preemptions", "recompute"), _num("d")),
@@ -104,8 +105,9 @@ BRIEF = (
     "output tokens/s",
     "normalized latency mean (s/token)", "TTFT p50 (s)", "TTFT p99 (s)", "TPOT p50 (s)",
     "mean batch (seqs)", "KV: token states", "KV: reserved", "KV: internal fragmentation",
-    "KV: external fragmentation", "KV: free", "preemptions (swap)",
-    "preemptions (recompute)", "copy-on-write copies", "simulation wall time (s)",
+    "KV: external fragmentation", "KV: prefix-cached (evictable)", "KV: free",
+    "preemptions (swap)", "preemptions (recompute)", "copy-on-write copies",
+    "simulation wall time (s)",
 )
 
 #: Rows the terminal table adds when the run used prefix caching.

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-MEMORY_HEADER = ["time_s", "token", "reserved", "internal", "external", "free", "running_seqs",
-                 "waiting", "swapped", "prefix_hit_rate"]
+MEMORY_HEADER = ["time_s", "token", "reserved", "internal", "external", "cached", "free",
+                 "running_seqs", "waiting", "swapped", "prefix_hit_rate"]
 REQUEST_HEADER = ["index", "id", "arrival_s", "prompt_tokens", "output_tokens", "admitted_s",
                   "first_token_s", "finish_s", "ttft_s", "e2e_s", "preemptions", "status",
                   "reason"]
@@ -26,11 +26,11 @@ EVIL_SOURCE = "traces/<svg onload=window.__pwned=3>.csv"
 
 def memory_rows(n: int, swapped: list[int] | None = None, hit: bool = False,
                 seed: int = 0) -> list[list[float]]:
-    """n samples 1 s apart whose five shares sum to 1."""
+    """n samples 1 s apart whose six shares sum to 1."""
     rng = np.random.default_rng(seed)
     rows = []
     for j in range(n):
-        shares = rng.dirichlet(np.ones(5))
+        shares = rng.dirichlet(np.ones(6))
         rows.append([float(j), *shares.tolist(), int(rng.integers(0, 50)),
                      int(rng.integers(0, 9)), 0 if swapped is None else swapped[j],
                      min(1.0, 0.01 * j) if hit else 0.0])
@@ -114,5 +114,7 @@ def write_run(root: Path, strategies: dict[str, dict], *, samples: int = 20,
     return root
 
 
-SHARES_A = {"token": 0.6, "reserved": 0.1, "internal": 0.05, "external": 0.0, "free": 0.25}
-SHARES_B = {"token": 0.2, "reserved": 0.1, "internal": 0.4, "external": 0.2, "free": 0.1}
+SHARES_A = {"token": 0.6, "reserved": 0.1, "internal": 0.05, "external": 0.0, "cached": 0.15,
+            "free": 0.1}
+SHARES_B = {"token": 0.2, "reserved": 0.1, "internal": 0.4, "external": 0.2, "cached": 0.0,
+            "free": 0.1}

@@ -63,15 +63,16 @@ def test_waste_bars_are_the_time_averaged_shares(two_strategies, tmp_path):
     assert bars["token states"] == pytest.approx([60.0, 20.0])
     assert bars["internal fragmentation"] == pytest.approx([5.0, 40.0])
     assert bars["external fragmentation"] == pytest.approx([0.0, 20.0])
-    assert bars["free"] == pytest.approx([25.0, 10.0])
+    assert bars["prefix-cached (evictable)"] == pytest.approx([15.0, 0.0])
+    assert bars["free"] == pytest.approx([10.0, 10.0])
     assert figs["fig-waste"]["data"][0]["x"] == ["paged", "my-own"]
 
 
 def test_memory_areas_stack_to_the_whole_capacity(two_strategies, tmp_path):
     figs = figures(write_report(two_strategies, tmp_path / "r.html").read_text())
     traces = figs["fig-memory"]["data"]
-    assert len(traces) == 10  # five kinds x two strategies
-    first = [values(t["y"]) for t in traces[:5]]
+    assert len(traces) == 12  # six kinds x two strategies
+    first = [values(t["y"]) for t in traces[:6]]
     totals = [sum(col) for col in zip(*first, strict=True)]
     assert totals == pytest.approx([100.0] * len(totals), abs=1e-3)
 

@@ -113,3 +113,19 @@ def test_unknown_event_kind_is_refused(tmp_path):
     (tmp_path / "events_paged.csv").write_text("time_s,kind,count\n1,explode,1\n")
     with pytest.raises(ValueError, match=r"events_paged\.csv: column 'kind'"):
         load_run(tmp_path)
+
+
+def test_a_memory_file_without_the_cached_column_reads_as_zero_cached(tmp_path):
+    """Run directories written before "cached" was split out of "free" still load."""
+    write_run(tmp_path, {"paged": {"memory": SHARES_A}}, samples=4)
+    path = tmp_path / "memory_paged.csv"
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    j = header.index("cached")
+    kept = [",".join(c for k, c in enumerate(line.split(",")) if k != j) for line in lines]
+    path.write_text("\n".join(kept) + "\n")
+    mem = load_run(tmp_path).memory["paged"]
+    from kvpager.report.rundata import MEMORY_FIELDS
+
+    assert mem.fractions.shape == (4, len(MEMORY_FIELDS))
+    assert np.all(mem.fractions[:, MEMORY_FIELDS.index("cached")] == 0.0)

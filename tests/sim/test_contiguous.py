@@ -57,10 +57,10 @@ def test_pow2_breakdown_by_hand():
     # A waiting request of prompt 5, output 9 reserves 5 + 16 = 21 -> a 32-block: the free
     # 16@96 cannot hold it.
     assert m.memory_breakdown(rows, final, 14, next_num_tokens=5) == {
-        "token": 17, "reserved": 29, "internal": 50, "external": 16, "free": 0}
+        "token": 17, "reserved": 29, "internal": 50, "external": 16, "cached": 0, "free": 0}
     assert m.can_allocate(5, max_tokens=14) is AllocStatus.LATER
     assert m.memory_breakdown(rows, final) == {  # nothing waits: the 16 slots are free
-        "token": 17, "reserved": 29, "internal": 50, "external": 0, "free": 16}
+        "token": 17, "reserved": 29, "internal": 50, "external": 0, "cached": 0, "free": 16}
     m.append_slots_batch(rows, 3)
     assert m.memory_breakdown(rows, final)["token"] == 23
     assert m.memory_breakdown(rows, final)["reserved"] == 23
@@ -74,14 +74,14 @@ def test_oracle_and_max_breakdowns_by_hand():
     rows, final = m.rows_of(["a", "b"]), np.array([31, 15])
     # internal: one never-computed slot each; the waiting request (final 14) takes a 16-block
     assert m.memory_breakdown(rows, final, 14) == {
-        "token": 17, "reserved": 29, "internal": 2, "external": 0, "free": 64}
+        "token": 17, "reserved": 29, "internal": 2, "external": 0, "cached": 0, "free": 64}
 
     m = ContiguousManager(112, "orca-max", max_model_len=40)  # every region: 40 -> 64
     m.allocate("a", 7, max_tokens=32)
     assert m.can_allocate(10, max_tokens=16) is AllocStatus.LATER  # 32@64 and 16@96 left
     rows = m.rows_of(["a"])
     assert m.memory_breakdown(rows, np.array([31]), 16) == {
-        "token": 7, "reserved": 24, "internal": 33, "external": 48, "free": 0}
+        "token": 7, "reserved": 24, "internal": 33, "external": 48, "cached": 0, "free": 0}
 
 
 def test_admission_needs_one_large_enough_block_not_enough_free_slots():
@@ -133,7 +133,7 @@ def test_samples_reserve_every_region_at_admission_and_forks_copy_the_prompt():
     assert m.spare_regions() == [(16, 16), (32, 16)] and m.num_free_blocks() == 16
     # token 5; reserved: p will fill 6 more, each spare 11; internal 3 * (16 - 11)
     assert m.memory_breakdown(m.rows_of(["p"]), np.array([11])) == {
-        "token": 5, "reserved": 28, "internal": 15, "external": 0, "free": 16}
+        "token": 5, "reserved": 28, "internal": 15, "external": 0, "cached": 0, "free": 16}
     pairs = m.fork_many(["p", "p"], ["c1", "c2"])
     expect = [[i, 16 + i] for i in range(5)] + [[i, 32 + i] for i in range(5)]
     assert pairs.tolist() == expect

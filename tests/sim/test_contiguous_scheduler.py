@@ -41,7 +41,7 @@ def test_pow2_timeline_and_breakdown_by_hand():
         ex.check()
         if step == 0:
             assert ex.breakdowns[-1] == {"token": 17, "reserved": 29, "internal": 50,
-                                         "external": 16, "free": 0}
+                                         "external": 16, "cached": 0, "free": 0}
     # b: 1 token from its prefill + 5 decodes (steps 1-5); c gets b's region at step 6, a
     # prefill-only step; a: 1 + 24 decodes, one step later for c's prefill; c: 1 + 8.
     assert admitted == {"a": 0, "b": 0, "c": 6}

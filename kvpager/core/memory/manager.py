@@ -193,7 +193,7 @@ class KVCacheManager:
         self, rows: np.ndarray, final_slots: np.ndarray, next_reservation: int | None = None,
         *, next_num_tokens: int | None = None,
     ) -> dict[str, int]:
-        """GPU slots by kind (token, reserved, internal, external, free), summing to
+        """GPU slots by kind (token, reserved, internal, external, cached, free), summing to
         capacity; see `kvpager.core.memory.usage`. `next_reservation` / `next_num_tokens`
         (the waiting head's final and current length, which contiguous managers need) are
         unused: paging has no external fragmentation."""

@@ -6,7 +6,10 @@
   the sequence's final length);
 - external fragmentation: free slots that cannot be used. Zero for paging: any free block
   serves any sequence. Contiguous allocators report theirs;
-- free.
+- cached: slots of free blocks that still hold prefix-cached content (reference count 0,
+  evictable). An allocation may take them, but doing so throws a prefix hit away, so a
+  planner reading "free" must not count them as idle memory;
+- free: slots of clean blocks.
 
 They sum to the cache's capacity. A block shared by several sequences (fork, prefix cache)
 counts once, with the most any of its holders fills or will fill.
@@ -19,7 +22,7 @@ import numpy as np
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.seq_store import SequenceStore
 
-FIELDS = ("token", "reserved", "internal", "external", "free")
+FIELDS = ("token", "reserved", "internal", "external", "cached", "free")
 
 
 def paged_breakdown(
@@ -52,7 +55,8 @@ def paged_breakdown(
     used = pool.num_used
     token = int(filled.sum())
     reserved = int(future.sum()) - token
-    free = pool.num_free * bs
+    cached = pool.num_evictable * bs
+    free = (pool.num_free - pool.num_evictable) * bs
     internal = used * bs - token - reserved
     return {"token": token, "reserved": reserved, "internal": internal, "external": 0,
-            "free": free}
+            "cached": cached, "free": free}

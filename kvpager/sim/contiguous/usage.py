@@ -65,4 +65,4 @@ def contiguous_breakdown(
     external = 0 if external_for is None else m.gpu.free_slots_below(external_for)
     return {"token": token, "reserved": reserved,
             "internal": m.gpu.used_slots - token - reserved, "external": external,
-            "free": m.gpu.free_slots - external}
+            "cached": 0, "free": m.gpu.free_slots - external}
