@@ -4,12 +4,14 @@ each deployment option, its help and its default, and one place that turns them 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from kvpager.sim.config import PAGED, STRATEGIES, SimConfig, parse_tier_size
+from kvpager.sim.cost_model import KV_CACHE_DTYPES, choose_cost_model
 
 Model = Annotated[str, typer.Option(
     help="Model preset (llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b, "
@@ -35,12 +37,18 @@ MaxNumBatchedTokens = Annotated[int | None, typer.Option(
 MaxModelLen = Annotated[int | None, typer.Option(
     help="Longest prompt + output a request may have; default the model's context length. "
          "Longer requests are rejected (counted, with the reason) and the run goes on.")]
-KvCacheDtype = Annotated[str, typer.Option(help="auto, fp8 or fp8_e5m2.")]
+KvCacheDtype = Annotated[str, typer.Option(
+    help=f"KV cache element type: {', '.join(KV_CACHE_DTYPES)} (auto = the model's dtype).")]
 GpuMemoryUtilization = Annotated[float, typer.Option(help="Fraction of GPU memory used.")]
+CostModelOption = Annotated[str, typer.Option(
+    "--cost-model", metavar="auto|roofline|calibrated|FILE",
+    help="Step-time model. auto: the calibration shipped for the GPU (a100-80gb, h100-80gb: "
+         "fitted to public operator profiles), else the roofline; roofline; calibrated (the "
+         "shipped fit, an error where none covers the GPU); or a calibration FILE (kvpager "
+         "bench attention --calibration, kvpager calibrate from-profiles). The run prints "
+         "and records which one ran.")]
 Calibration = Annotated[Path | None, typer.Option(
-    help="Calibration file for the cost model: measured kernel times (kvpager bench "
-         "attention --calibration) or a GPU fit (kvpager calibrate from-profiles; shipped "
-         "in kvpager/sim/cost_model/calibrations/).")]
+    hidden=True, help="Same as --cost-model FILE (the 0.1 spelling).")]
 # Capacity and long-prompt choices (issue 14): declared together.
 NumGpuBlocks = Annotated[int | None, typer.Option(
     help="KV blocks of the GPU cache, overriding the computed capacity (to match a "
@@ -67,20 +75,52 @@ def sim_config(
     *, model: str, gpu: str, tp: int, block_size: int, swap_space: float, preemption: str,
     prefix_caching: bool, chunked_prefill: bool, max_num_seqs: int,
     max_num_batched_tokens: int | None, max_model_len: int | None, kv_cache_dtype: str,
-    gpu_memory_utilization: float, calibration: Path | None, seed: int,
+    gpu_memory_utilization: float, cost_model: str, calibration: Path | None, seed: int,
     num_gpu_blocks: int | None = None, kv_cache_memory: float | None = None,
     long_prompts: str = "reject", cpu_prefix_cache_gib: float = 0.0,
 ) -> SimConfig:
-    """The `SimConfig` the shared options describe (raises ValueError naming a bad one)."""
-    return SimConfig(
-        model=model, gpu=gpu, tp=tp, kv_cache_dtype=kv_cache_dtype,
-        gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
-        swap_space_gib=swap_space, preemption=preemption, prefix_caching=prefix_caching,
-        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-        max_model_len=max_model_len, chunked_prefill=chunked_prefill, seed=seed,
-        calibration=None if calibration is None else str(calibration),
-        num_gpu_blocks=num_gpu_blocks, kv_cache_memory_gib=kv_cache_memory,
-        long_prompts=long_prompts, cpu_prefix_cache_gib=cpu_prefix_cache_gib)
+    """The `SimConfig` the shared options describe, its cost model chosen (raises ValueError
+    naming the bad option, not the config field)."""
+    try:
+        config = SimConfig(
+            model=model, gpu=gpu, tp=tp, kv_cache_dtype=kv_cache_dtype,
+            gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
+            swap_space_gib=swap_space, preemption=preemption, prefix_caching=prefix_caching,
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+            max_model_len=max_model_len, chunked_prefill=chunked_prefill, seed=seed,
+            cost_model=_cost_model(cost_model, calibration),
+            num_gpu_blocks=num_gpu_blocks, kv_cache_memory_gib=kv_cache_memory,
+            long_prompts=long_prompts, cpu_prefix_cache_gib=cpu_prefix_cache_gib)
+        choose_cost_model(config.cost_model, config.gpu)  # a bad file or GPU: fail now
+    except ValueError as exc:
+        raise ValueError(as_options(str(exc))) from None
+    return config
+
+
+#: SimConfig fields -> the options that set them, for messages raised by the library.
+FIELD_OPTIONS = {
+    "model": "--model", "gpu": "--gpu", "tp": "--tp", "kv_cache_dtype": "--kv-cache-dtype",
+    "gpu_memory_utilization": "--gpu-memory-utilization", "block_size": "--block-size",
+    "swap_space_gib": "--swap-space", "preemption": "--preemption",
+    "max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-num-batched-tokens",
+    "max_model_len": "--max-model-len", "seed": "--seed", "cost_model": "--cost-model",
+    "num_gpu_blocks": "--num-gpu-blocks", "kv_cache_memory_gib": "--kv-cache-memory",
+    "long_prompts": "--long-prompts", "cpu_prefix_cache_gib": "--cpu-prefix-cache",
+    "prefix_caching": "--prefix-caching", "calibration": "--cost-model",
+}
+# snake_case names are unambiguous anywhere in a message; plain words ("model") only where a
+# message starts with the field ("model: unknown model 'x'" keeps its second "model").
+_SNAKE = re.compile(r"\b(" + "|".join(sorted((f for f in FIELD_OPTIONS if "_" in f),
+                                             key=len, reverse=True)) + r")\b")
+_WORD = re.compile(r"^(" + "|".join(f for f in FIELD_OPTIONS if "_" not in f)
+                   + r")(?=:| must)")
+
+
+def as_options(message: str) -> str:
+    """A library message about SimConfig fields, naming the command-line options instead
+    ("block_size must be ..." -> "--block-size must be ...")."""
+    text = _SNAKE.sub(lambda m: FIELD_OPTIONS[m.group(1)], message)
+    return _WORD.sub(lambda m: FIELD_OPTIONS[m.group(1)], text)
 
 
 def tier_size(text: str | None, prefix_caching: bool, cache: list[str] | None) -> float:
@@ -99,3 +139,13 @@ def tier_size(text: str | None, prefix_caching: bool, cache: list[str] | None) -
                          f"{others[0]!r} keeps one contiguous region per sequence and caches "
                          "no prefix blocks")
     return size
+
+
+def _cost_model(cost_model: str, calibration: Path | None) -> str:
+    """`--cost-model`, or the file of the older `--calibration` (not both)."""
+    if calibration is None:
+        return cost_model
+    if cost_model != "auto":
+        raise ValueError("--calibration: give the calibration file as --cost-model FILE, "
+                         "not both")
+    return str(calibration)

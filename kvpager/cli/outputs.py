@@ -2,13 +2,16 @@
 minutes of simulation must say so at once, naming the option (exit 2).
 
 A path is writable when it is not the wrong kind of thing (a file where a directory is
-wanted, or the reverse) and its nearest existing ancestor is a directory we may write in;
-directories that do not exist yet are created later, by the writer.
+wanted, or the reverse) and a file can really be created in its directory: permission bits
+are not enough (`/proc` and read-only mounts grant them and refuse the write), so the check
+creates a probe file in the nearest existing directory and removes it. Nothing else is
+created before the work starts: the writer makes missing directories.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from kvpager.cli.errors import fail
@@ -27,6 +30,17 @@ def _check_writable_parent(path: Path, option: str) -> None:
         raise fail(f"{option} {str(path)!r}: {str(anchor)!r} is a file, not a directory")
     if not os.access(anchor, os.W_OK | os.X_OK):
         raise fail(f"{option} {str(path)!r}: no permission to write in {str(anchor)!r}")
+    _probe(anchor, path, option)
+
+
+def _probe(directory: Path, path: Path, option: str) -> None:
+    """Create a file in the existing `directory` (removed again), or fail naming `option`."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise fail(f"{option} {str(path)!r}: cannot write there: "
+                   f"{exc.strerror or exc}") from None
 
 
 def check_out_dir(path: Path, option: str = "--out") -> Path:
@@ -37,6 +51,7 @@ def check_out_dir(path: Path, option: str = "--out") -> Path:
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
             raise fail(f"{option} {str(path)!r}: no permission to write in this directory")
+        _probe(path, path, option)
         return path
     _check_writable_parent(path, option)
     return path

@@ -13,7 +13,7 @@ from kvpager.cli.console import make_console
 from kvpager.cli.errors import cli_errors
 from kvpager.cli.loading import ArrivalOptions, load
 from kvpager.cli.outputs import check_out_dir, check_out_file
-from kvpager.cli.tables import comparison_table, run_summary
+from kvpager.cli.tables import comparison_table, print_caveats, run_summary
 from kvpager.sim.config import DEFAULT_STRATEGIES, PAGED
 
 
@@ -35,6 +35,7 @@ def simulate(
     max_model_len: opts.MaxModelLen = None,
     kv_cache_dtype: opts.KvCacheDtype = "auto",
     gpu_memory_utilization: opts.GpuMemoryUtilization = 0.9,
+    cost_model: opts.CostModelOption = "auto",
     calibration: opts.Calibration = None,
     num_gpu_blocks: opts.NumGpuBlocks = None,
     kv_cache_memory: opts.KvCacheMemory = None,
@@ -78,7 +79,8 @@ def simulate(
             chunked_prefill=chunked_prefill, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=gpu_memory_utilization,
-            calibration=calibration, seed=seed, num_gpu_blocks=num_gpu_blocks,
+            cost_model=cost_model, calibration=calibration, seed=seed,
+            num_gpu_blocks=num_gpu_blocks,
             kv_cache_memory=kv_cache_memory, long_prompts=long_prompts,
             cpu_prefix_cache_gib=tier_gib)
         data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed), limit=limit,
@@ -94,11 +96,13 @@ def simulate(
                 write_report(run_dir, report)
     if json_output:
         print(json.dumps(json.loads((run_dir / "metrics.json").read_text()), indent=2))
+        print_caveats(make_console(stderr=True), metrics)
         return
     console = make_console()
     console.print(f"{trace.name}: {len(data)} requests, {config.model} on {tp} x {config.gpu}",
                   markup=False, highlight=False)
     console.print(comparison_table(metrics))
+    print_caveats(console, metrics)
     for line in run_summary(metrics, run_dir, report):
         console.print(line, markup=False, highlight=False)
 

@@ -53,6 +53,7 @@ def sweep(
     max_model_len: opts.MaxModelLen = None,
     kv_cache_dtype: opts.KvCacheDtype = "auto",
     gpu_memory_utilization: opts.GpuMemoryUtilization = 0.9,
+    cost_model: opts.CostModelOption = "auto",
     calibration: opts.Calibration = None,
     num_gpu_blocks: opts.NumGpuBlocks = None,
     kv_cache_memory: opts.KvCacheMemory = None,
@@ -108,7 +109,8 @@ def sweep(
             chunked_prefill=chunked_prefill, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=gpu_memory_utilization,
-            calibration=calibration, seed=seed, num_gpu_blocks=num_gpu_blocks,
+            cost_model=cost_model, calibration=calibration, seed=seed,
+            num_gpu_blocks=num_gpu_blocks,
             kv_cache_memory=kv_cache_memory,
             cpu_prefix_cache_gib=tiers[0] if tiers is not None and len(tiers) == 1 else 0.0)
         if not trace.is_file():

@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from kvpager.sim.config import DESCRIPTIONS
+from kvpager.sim.rejections import describe
 from kvpager.sim.summary import BRIEF, BRIEF_PREFIX, BRIEF_TIER, SUMMARY_ROWS, get_path
 
 GiB = 1 << 30
@@ -66,6 +69,14 @@ def capacity_line(metrics: dict) -> str:
                                                               "tokens per request"))
 
 
+def cost_model_line(metrics: dict) -> str:
+    """Which step-time model ran, from what, and why."""
+    cm = metrics.get("cost_model") or {}
+    if "kind" not in cm:
+        return "cost model: not recorded"
+    return f"cost model: {cm['kind']}, {cm.get('source', '')}: {cm.get('why', '')}"
+
+
 def strategy_lines(metrics: dict) -> list[str]:
     """One line per strategy of the run saying what it does."""
     names = list(metrics["strategies"])
@@ -74,15 +85,23 @@ def strategy_lines(metrics: dict) -> list[str]:
 
 
 def rejection_lines(metrics: dict) -> list[str]:
-    """Rejected requests per strategy with their reasons (numbers as N; each request's
-    exact reason is in requests_<strategy>.csv)."""
-    by_strategy = {name: get_path(m, ("requests", "rejected_reasons")) or {}
-                   for name, m in metrics["strategies"].items()}
+    """Rejected requests per strategy, by kind, with the limit each kind hit and the longest
+    request of that kind (each request's exact reason is in requests_<strategy>.csv)."""
+    by_strategy = {name: _kinds(m) for name, m in metrics["strategies"].items()}
     distinct = {json.dumps(r, sort_keys=True) for r in by_strategy.values()}
     if len(by_strategy) > 1 and len(distinct) == 1:  # the same requests, before any memory
         by_strategy = {"every strategy": next(iter(by_strategy.values()))}
-    return [f"  {name}: {count:,} x {reason}" for name, reasons in by_strategy.items()
-            for reason, count in reasons.items()]
+    return [f"  {name}: {describe(kind, entry)}" for name, kinds in by_strategy.items()
+            for kind, entry in kinds.items()]
+
+
+def _kinds(strategy_metrics: dict) -> dict[str, dict]:
+    """`requests.rejected_kinds`, or counts alone from an older metrics.json."""
+    kinds = get_path(strategy_metrics, ("requests", "rejected_kinds"))
+    if isinstance(kinds, dict):
+        return kinds
+    counts = get_path(strategy_metrics, ("requests", "rejected_reasons")) or {}
+    return {reason: {"count": count} for reason, count in counts.items()}
 
 
 def prefix_line(metrics: dict) -> str | None:
@@ -117,9 +136,15 @@ def files_lines(metrics: dict, run_dir: Path, report: Path | None) -> list[str]:
     return lines
 
 
+def print_caveats(console: Console, metrics: dict) -> None:
+    """Each caveat of the run (`kvpager.sim.caveats`) as a bold WARNING line."""
+    for caveat in metrics.get("caveats") or ():
+        console.print(Text(f"WARNING: {caveat['message']}", style="bold red"))
+
+
 def run_summary(metrics: dict, run_dir: Path, report: Path | None) -> list[str]:
     """Everything printed under the table, in reading order."""
-    lines = load_lines(metrics) + [capacity_line(metrics)]
+    lines = load_lines(metrics) + [capacity_line(metrics), cost_model_line(metrics)]
     prefix = prefix_line(metrics)
     if prefix is not None:
         lines.append(prefix)

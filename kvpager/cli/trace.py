@@ -28,20 +28,52 @@ def info(
     arrival_rate: ArrivalRate = None,
     arrival_cv: ArrivalCv = None,
     seed: Annotated[int, typer.Option(help="Seed of generated arrivals.")] = 0,
+    model: Annotated[str | None, typer.Option(
+        help="Also count the requests this model's context cannot hold (a preset or a model "
+             "spec JSON file).")] = None,
+    max_model_len: Annotated[int | None, typer.Option(
+        help="Also count the requests longer than this (default: --model's context).")]
+    = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
     = False,
 ) -> None:
-    """Count, duration, rate, burstiness, length percentiles and prefix-sharing potential."""
-    from kvpager.sim.traces import summarize
+    """Count, duration, rate, burstiness, length percentiles and prefix-sharing potential;
+    with --model or --max-model-len, how many requests that context would reject."""
+    from kvpager.sim.traces import context_fit, summarize
 
     with cli_errors():
+        limit, owner = _context(model, max_model_len)
         data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed))
         summary = summarize(data, block_size=block_size)
+        fit = None if limit is None else context_fit(data, limit)
     if json_output:
-        print(json.dumps(summary.to_dict(), indent=2))
-    else:
-        print(f"{trace}:")
-        print(summary.to_text())
+        print(json.dumps(summary.to_dict() | ({} if fit is None else {"context": fit}),
+                         indent=2))
+        return
+    print(f"{trace}:")
+    print(summary.to_text())
+    if fit is not None:
+        print(f"  over max_model_len {limit:,} ({owner}): {fit['over_limit']:,} requests "
+              f"({100 * fit['over_limit_fraction']:.1f}%) would be rejected; longest prompt "
+              f"{fit['longest_prompt']:,}, longest prompt + output {fit['longest_total']:,}")
+
+
+def _context(model: str | None, max_model_len: int | None) -> tuple[int | None, str]:
+    """The limit `info` checks against and who sets it (raises ValueError naming the
+    option)."""
+    if max_model_len is not None:
+        if max_model_len <= 0:
+            raise ValueError(f"--max-model-len: expected an integer > 0, got {max_model_len}")
+        return max_model_len, "--max-model-len"
+    if model is None:
+        return None, ""
+    from kvpager.sim.presets import get_model
+
+    try:
+        spec = get_model(model)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"--model: {exc}") from None
+    return spec.max_context, f"{spec.name}'s context"
 
 
 @app.command()

@@ -65,8 +65,11 @@ class SimConfig:
             copy of another beam of its request (the fork/copy-on-write pattern of beam
             search without running a model).
         seed: seeds the beam model, the only random process of a run.
-        calibration: path of a measured-times file for the cost model (`kvpager bench`,
-            `kvpager calibrate from-profiles`).
+        cost_model: the step-time model: "auto" (default: the calibration shipped for the
+            GPU where one covers it, A100-80GB and H100-80GB, else the roofline),
+            "roofline", "calibrated" (the shipped fit; an error where none covers the GPU),
+            or the path of a calibration file (`kvpager bench`, `kvpager calibrate
+            from-profiles`). `kvpager.sim.cost_model.choice` says why.
         num_gpu_blocks: KV blocks of the GPU cache, overriding the computed capacity (as
             serving engines allow), to match a measured deployment.
         kv_cache_memory_gib: KV cache memory per GPU, GiB, overriding the computed budget
@@ -97,7 +100,7 @@ class SimConfig:
     sample_interval_s: float | None = None
     beam_replace_prob: float = 0.25
     seed: int = 0
-    calibration: str | None = None
+    cost_model: str = "auto"
     num_gpu_blocks: int | None = None
     kv_cache_memory_gib: float | None = None
     long_prompts: str = "reject"
@@ -127,6 +130,9 @@ class SimConfig:
                              f"{self.beam_replace_prob!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.cost_model, str) or not self.cost_model:
+            raise ValueError(f"cost_model must be auto, roofline, calibrated or a calibration "
+                             f"file, got {self.cost_model!r}")
         self._check_capacity_choices()
         self._check_prefix_tier()
 

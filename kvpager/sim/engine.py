@@ -51,7 +51,9 @@ class Simulation:
         self.strategy = strategy
         self.progress = progress
         self.requests = RequestLog(np.asarray(trace.arrival, dtype=np.float64),
-                                   np.array(trace.prompt_tokens, dtype=np.int64))  # own copy:
+                                   np.array(trace.prompt_tokens, dtype=np.int64),  # own copy:
+                                   requested_output=np.asarray(trace.output_tokens,
+                                                               dtype=np.int64))
         # a truncated prompt is recorded at its served length
         self.truncated_prompts = 0
         tiered = strategy == PAGED and config.has_prefix_tier

@@ -16,12 +16,12 @@ Memory fractions are time-averaged: each sample holds until the next one.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from kvpager.core.memory.usage import FIELDS as MEMORY_FIELDS
+from kvpager.sim.rejections import rejection_kinds
 
 FINISHED, REJECTED, PENDING = 0, 1, 2
 
@@ -47,6 +47,8 @@ class RequestLog:
     preemptions: np.ndarray = field(init=False)
     status: np.ndarray = field(init=False)
     reasons: dict[int, str] = field(default_factory=dict)
+    #: int64 [N] output tokens each request asked for (the trace's), for rejection ranges
+    requested_output: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.arrival.size
@@ -136,12 +138,15 @@ def summarize(
     ttft = (requests.first_token - arrival)[done]
     multi = done & (out_tokens > 1)
     tpot = ((finish - requests.first_token)[multi] / (out_tokens[multi] - 1))
+    kinds = rejection_kinds(requests.reasons, requests.prompt_tokens,
+                            requests.requested_output)
     return {
         "requests": {
             "arrived": int(arrival.size),
             "finished": int(done.sum()),
             "rejected": int(rejected.sum()),
-            "rejected_reasons": _reason_counts(requests),
+            "rejected_reasons": {kind: entry["count"] for kind, entry in kinds.items()},
+            "rejected_kinds": kinds,
         },
         "throughput": {
             "requests_per_s": float(done.sum() / makespan) if makespan > 0 else None,
@@ -166,16 +171,6 @@ def summarize(
             "steps": steps.steps,
         },
     }
-
-
-def _reason_counts(requests: RequestLog) -> dict[str, int]:
-    """Rejections counted by kind: the reason with its numbers replaced by N (the exact
-    reason of each request is in requests_<strategy>.csv)."""
-    counts: dict[str, int] = {}
-    for reason in requests.reasons.values():
-        text = re.sub(r"\d+", "N", reason.removeprefix("rejected: "))
-        counts[text] = counts.get(text, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def finite_or_none(x: float) -> float | None:

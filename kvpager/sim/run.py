@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from kvpager.core.memory.usage import FIELDS as MEMORY_FIELDS
+from kvpager.sim.caveats import run_caveats
 from kvpager.sim.config import (
     DEFAULT_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
@@ -32,7 +33,12 @@ from kvpager.sim.config import (
     check_strategies,
     check_tier_strategies,
 )
-from kvpager.sim.cost_model import CostModel, ModelDoesNotFitError, load_calibration
+from kvpager.sim.cost_model import (
+    CostModel,
+    CostModelChoice,
+    ModelDoesNotFitError,
+    choose_cost_model,
+)
 from kvpager.sim.engine import Simulation
 from kvpager.sim.metrics import FINISHED, REJECTED
 from kvpager.sim.presets import get_model
@@ -43,12 +49,16 @@ StrategyProgress = Callable[[str, int, int], None]  # (strategy, done, total)
 SCHEMA_VERSION = 1
 
 
-def cost_model(config: SimConfig, given: SimConfig | None = None) -> CostModel:
+def cost_model(config: SimConfig, given: SimConfig | None = None,
+               choice: CostModelChoice | None = None) -> CostModel:
     """The cost model a resolved configuration describes (raises ValueError on bad
     names/values). `num_gpu_blocks` / `kv_cache_memory_gib` set its KV capacity outright.
     `given` is the configuration before `resolve`: when the model does not fit because of a
-    limit the user set there, the message says which and how to lower it."""
-    calibration = load_calibration(config.calibration) if config.calibration else None
+    limit the user set there, the message says which and how to lower it. `choice`: the
+    step-time model already chosen for `config.cost_model` (chosen here when None)."""
+    if choice is None:
+        choice = choose_cost_model(config.cost_model, config.gpu)
+    calibration = choice.calibration
     try:
         return _cost(config, calibration)
     except ModelDoesNotFitError as exc:
@@ -147,7 +157,8 @@ def simulate(
     names = check_strategies(tuple(strategies))
     check_tier_strategies(config, names)
     given, config = config, resolve(config)
-    cost = cost_model(config, given)
+    choice = choose_cost_model(config.cost_model, config.gpu)
+    cost = cost_model(config, given, choice)
     started = time.perf_counter()
     results: dict[str, dict] = {}
     sims: dict[str, Simulation] = {}
@@ -177,10 +188,12 @@ def simulate(
             "long_prompts": config.long_prompts,
             "cpu_prefix_blocks": sims[PAGED].tier_blocks if PAGED in sims else 0,
         },
-        "cost_model": cost.calibration_notes or {"step_time": "roofline"},
+        "cost_model": choice.to_dict()
+        | ({"terms": cost.calibration_notes} if cost.calibration_notes else {}),
         "strategies": results,
         "wall_s": time.perf_counter() - started,
     }
+    metrics["caveats"] = run_caveats(metrics)
     if out_dir is not None:
         write_run(Path(out_dir), metrics, sims)
     return metrics

@@ -47,7 +47,12 @@ def test_one_outlier_is_rejected_with_a_reason_and_the_run_goes_on(outlier, tmp_
         requests = metrics["strategies"][name]["requests"]
         assert (requests["finished"], requests["rejected"]) == (2, 1)
         assert requests["rejected_reasons"] == {
-            "prompt of N + output of N tokens exceeds max_model_len=N": 1}
+            "prompt + output tokens exceeds max_model_len": 1}
+        assert requests["rejected_kinds"] == {"prompt + output tokens exceeds max_model_len": {
+            "count": 1, "limit_name": "max_model_len", "limit": 4096, "longest_prompt": 100,
+            "longest_total": 1_000_100}}
+    assert ("every strategy: 1 x prompt + output tokens exceeds max_model_len (limit 4,096; "
+            "longest prompt 100; longest prompt + output 1,000,100)") in result.output
     rows = (tmp_path / "run" / "requests_paged.csv").read_text().splitlines()
     assert "rejected: prompt of 100 + output of 1000000 tokens exceeds max_model_len=4096" in \
         rows[2]

@@ -75,8 +75,10 @@ def test_bad_trace_is_one_line_naming_file_record_field(tmp_path, content, expec
 
 @pytest.mark.parametrize(("option", "value", "expect"), [
     ("--model", "gpt-9", "unknown model"), ("--gpu", "tpu", "gpu"),
-    ("--cache", "lru", "unknown cache strategy"), ("--preemption", "drop", "preemption"),
-    ("--block-size", "0", "block_size"), ("--tp", "3", "tp"),
+    ("--cache", "lru", "unknown cache strategy"), ("--preemption", "drop", "--preemption"),
+    ("--block-size", "0", "--block-size must be"), ("--tp", "3", "tp"),
+    ("--swap-space", "-1", "--swap-space must be >= 0"),
+    ("--cost-model", "nope.json", "--cost-model: nope.json: no such file"),
 ])
 def test_bad_options_exit_2(tmp_path, option, value, expect):
     result = invoke("simulate", EXAMPLES / "azure_conv_sample.csv", option, value,

@@ -64,7 +64,7 @@ def test_sweep_json_prints_the_document(tmp_path):
     (["--rates", "1", "--metric", "ttft-p99"], "latency_bound: give a bound"),
     (["--rates", "1", "--cache", "lru"], "unknown cache strategy 'lru'"),
     (["--rates", "1", "--workers", "0"], "workers must be an integer >= 1"),
-    (["--rates", "1", "--block-size", "0"], "block_size"),
+    (["--rates", "1", "--block-size", "0"], "--block-size must be"),
     (["--rates", "1", "--report", "x.pdf"], "must end in .html"),
 ])
 def test_sweep_bad_input_exit_2(tmp_path, args, expect):

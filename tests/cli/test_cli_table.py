@@ -132,3 +132,33 @@ def test_rejections_that_differ_are_listed_per_strategy():
         "orca-max": {"requests": {"rejected_reasons": {"too long": 2, "no room": 1}}}}}
     assert rejection_lines(metrics) == ["  paged: 2 x too long", "  orca-max: 2 x too long",
                                         "  orca-max: 1 x no room"]
+
+
+def test_a_mostly_rejected_run_says_so_loudly_with_the_fix(tmp_path):
+    """Issue 23: the default Llama-2-7B (4,096 tokens) rejects most of the Mooncake sample."""
+    text, metrics = simulate(tmp_path, MOONCAKE, "--cache", "paged", "--prefix-caching")
+    req = metrics["strategies"]["paged"]["requests"]
+    share = req["rejected"] / req["arrived"]
+    assert share > 0.5
+    [caveat] = metrics["caveats"]
+    assert caveat["kind"] == "rejected" and caveat["share"] == pytest.approx(share)
+    flat = " ".join(text.split())
+    assert f"WARNING: paged rejected {req['rejected']:,} of {req['arrived']:,} requests" in flat
+    assert "describe only the requests served" in flat
+    assert "--model (llama-3.1-8b: 131,072 tokens" in flat and "--long-prompts truncate" in flat
+    # a deployment that serves the trace carries no caveat
+    served_text, served = simulate(tmp_path / "b", MOONCAKE, "--cache", "paged",
+                                   "--model", "llama-3.1-8b", "--limit", "60")
+    assert served["caveats"] == [] and "WARNING" not in served_text
+
+
+def test_a_few_rejections_carry_no_caveat():
+    from kvpager.sim.caveats import REJECTED_SHARE_WARN, run_caveats
+
+    def metrics(rejected: int) -> dict:
+        return {"config": {"strategies": ["paged"], "max_model_len": 4096},
+                "strategies": {"paged": {"requests": {"arrived": 1000, "rejected": rejected}}}}
+
+    assert run_caveats(metrics(int(1000 * REJECTED_SHARE_WARN))) == []
+    assert [c["rejected"] for c in run_caveats(metrics(int(1000 * REJECTED_SHARE_WARN) + 1))] \
+        == [21]

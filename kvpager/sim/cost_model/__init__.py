@@ -16,6 +16,7 @@ from kvpager.sim.cost_model.calibration import (
     parse_calibration,
     shipped_calibration,
 )
+from kvpager.sim.cost_model.choice import COST_MODELS, CostModelChoice, choose_cost_model
 from kvpager.sim.cost_model.roofline import (
     DTYPE_BYTES,
     KV_CACHE_DTYPES,
@@ -27,14 +28,17 @@ from kvpager.sim.cost_model.roofline import (
 )
 
 __all__ = [
+    "COST_MODELS",
     "DTYPE_BYTES",
     "KV_CACHE_DTYPES",
     "WEIGHT_DTYPES",
     "Calibration",
     "CalibrationError",
     "CostModel",
+    "CostModelChoice",
     "ModelDoesNotFitError",
     "StepBreakdown",
+    "choose_cost_model",
     "load_calibration",
     "parse_calibration",
     "prefill_attention_work",

@@ -13,7 +13,7 @@ from kvpager.sim.traces.arrivals import ArrivalProcess, GammaArrivals, PoissonAr
 from kvpager.sim.traces.errors import TraceError
 from kvpager.sim.traces.keys import BlockKeyer
 from kvpager.sim.traces.load import ACCEPTED, FORMATS, detect_format, load_trace
-from kvpager.sim.traces.summary import LengthStats, TraceSummary, summarize
+from kvpager.sim.traces.summary import LengthStats, TraceSummary, context_fit, summarize
 from kvpager.sim.traces.trace import PrefixKind, PrefixTable, Trace
 from kvpager.sim.traces.writers import write_json, write_jsonl
 
@@ -30,6 +30,7 @@ __all__ = [
     "Trace",
     "TraceError",
     "TraceSummary",
+    "context_fit",
     "detect_format",
     "load_trace",
     "summarize",

@@ -140,3 +140,20 @@ def summarize(trace: Trace, block_size: int = 16) -> TraceSummary:
         block_size=block_size, prompt_blocks=total, reusable_blocks=reusable,
         reusable_fraction=reusable / total if total else 0.0,
     )
+
+
+def context_fit(trace: Trace, max_model_len: int) -> dict[str, int | float]:
+    """How many requests a deployment of `max_model_len` tokens refuses, as `simulate` does
+    with `--long-prompts reject`: prompt + requested output past the limit (which includes
+    every prompt that reaches it). {"max_model_len", "over_limit", "over_limit_fraction",
+    "prompt_reaches_limit", "longest_prompt", "longest_total"}."""
+    if type(max_model_len) is not int or max_model_len <= 0:
+        raise ValueError(f"max_model_len: expected an integer > 0, got {max_model_len!r}")
+    prompt = np.asarray(trace.prompt_tokens, dtype=np.int64)
+    total = prompt + np.asarray(trace.output_tokens, dtype=np.int64)
+    over = int(((total > max_model_len) | (prompt >= max_model_len)).sum())
+    return {"max_model_len": max_model_len, "over_limit": over,
+            "over_limit_fraction": over / len(trace) if len(trace) else 0.0,
+            "prompt_reaches_limit": int((prompt >= max_model_len).sum()),
+            "longest_prompt": int(prompt.max()) if prompt.size else 0,
+            "longest_total": int(total.max()) if total.size else 0}
