@@ -33,7 +33,7 @@ from kvpager.sim.config import PAGED, SimConfig
 from kvpager.sim.cost_model import CostModel, prefill_attention_work
 from kvpager.sim.metrics import FINISHED, REJECTED, MemorySeries, RequestLog, StepLog
 from kvpager.sim.strategies import Deployment, build
-from kvpager.sim.tier import hit_blocks_by_tier, tier_metrics
+from kvpager.sim.tier import hit_blocks_by_tier, tier_metrics, tier_step_seconds
 
 
 class RunView(Protocol):
@@ -83,6 +83,7 @@ class Replica:
         self._pending_copy_s = 0.0
         self._prefill_tokens = 0  # computed by prefill chunks (for the prefix-tier section)
         self._tier_link_s = 0.0  # spent on the tier's offloads and loads
+        self._tier_stall_s = 0.0  # steps outlasted their compute waiting on offloads
         self._next_sample = 0.0
         self._wake: simpy.Event | None = None
         self._replay = config.prefix_caching and strategy == PAGED
@@ -171,16 +172,24 @@ class Replica:
             seconds = k * cost.step_time(prefill, max(attn, float(prefill)), batch,
                                          max(context, batch), completes)
         moved = out.swap_in.shape[0] + out.swap_out.shape[0]
-        if self.tier_blocks:  # offloads (first) and loads (before the forward pass)
-            tier_moved = out.offload.shape[0] + out.load.shape[0]
-            if tier_moved:
-                link = cost.swap_time(tier_moved, self.deploy.slots_per_block)
-                self._tier_link_s += link
-                seconds += link
+        if self.tier_blocks and (out.offload.shape[0] or out.load.shape[0]):
+            seconds = self._with_tier_transfers(out, seconds)
         if moved:
             seconds += cost.swap_time(moved, self.deploy.slots_per_block)
         if out.copies.shape[0]:
             seconds += cost.copy_time(out.copies.shape[0], self.deploy.slots_per_block)
+        return seconds
+
+    def _with_tier_transfers(self, out: SchedulerOutput, compute_s: float) -> float:
+        """The step's seconds with the prefix tier's loads and offloads (`tier_step_seconds`
+        says how they overlap), counting the link's busy and stalled time."""
+        bs = self.deploy.slots_per_block
+        load = self.cost.swap_time(int(out.load.shape[0]), bs) if out.load.shape[0] else 0.0
+        offload = (self.cost.swap_time(int(out.offload.shape[0]), bs)
+                   if out.offload.shape[0] else 0.0)
+        seconds, stall = tier_step_seconds(compute_s, load, offload)
+        self._tier_link_s += load + offload
+        self._tier_stall_s += stall
         return seconds
 
     def _collect_fork_copies(self) -> None:
@@ -280,7 +289,8 @@ class Replica:
                 "queried_blocks": prefix.queried_blocks},
             "prefix_tier": None if prefix is None else tier_metrics(
                 prefix, self.config, self.cost, tiered=self.tier_blocks > 0,
-                prefill_tokens=self._prefill_tokens, link_seconds=self._tier_link_s),
+                prefill_tokens=self._prefill_tokens, link_seconds=self._tier_link_s,
+                stall_seconds=self._tier_stall_s),
             "beams_replaced": self.beams.replaced,
         }
 

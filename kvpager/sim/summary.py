@@ -80,6 +80,7 @@ SUMMARY_ROWS: list[tuple[str, tuple[str, ...], Callable[[object], str]]] = [
         ("prompt tokens computed", ("prompt_tokens", "computed"), _num("d")),
         ("GiB offloaded to CPU tier", ("offloaded_bytes",), _gib),
         ("GiB loaded from CPU tier", ("loaded_bytes",), _gib),
+        ("steps waiting on offloads (s)", ("offload_stall_s",), _num(".2f")),
         ("TTFT p50 without the tier (s)", ("gpu_only", "ttft_s", "p50"), _num(".3f")),
         ("TTFT p99 without the tier (s)", ("gpu_only", "ttft_s", "p99"), _num(".3f")),
         ("TTFT p50 saved by the tier (s)", ("ttft_saved_s", "p50"), _num(".3f")),

@@ -17,7 +17,7 @@ from kvpager.sim.cost_model import CostModel
 from kvpager.sim.presets import GPUSpec, get_gpu
 from kvpager.sim.reuse import reuse_ceiling
 from kvpager.sim.run import simulate
-from kvpager.sim.tier import load_policy, recompute_seconds, tier_blocks
+from kvpager.sim.tier import load_policy, recompute_seconds, tier_blocks, tier_step_seconds
 from kvpager.sim.traces import load_trace
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -213,3 +213,37 @@ def test_tier_hit_rates_are_sampled_over_time(tmp_path):
     assert float(last["prefix_cpu_hit_rate"]) <= tier["cpu_hit_rate"] + 1e-6
     assert metrics["config"]["cpu_prefix_cache_gib"] == "unlimited"
     assert metrics["capacity"]["cpu_prefix_blocks"] > 0
+
+
+def test_offloads_overlap_the_step_and_loads_precede_it(tmp_path):
+    """Issue 23: host-to-GPU loads add to their step; GPU-to-host offloads overlap it (the
+    other direction of the link), stalling it only when they outlast its compute."""
+    trace = load_trace(spaced_mooncake(tmp_path, 17, gap_s=1.0))  # overlapping turns
+    cfg = config(num_gpu_blocks=4_000, cpu_prefix_cache_gib=math.inf, cost_model="roofline")
+    m = simulate(trace, cfg, ["paged"], tier_baseline=False)["strategies"]["paged"]
+    tier = m["prefix_tier"]
+    cost = CostModel("llama-3.1-8b", "h100-80gb")
+    offload_s = cost.swap_time(tier["offloaded_blocks"], 16)
+    assert tier["offloaded_blocks"] > 0
+    assert tier["host_link_s"] == pytest.approx(
+        offload_s + cost.swap_time(tier["loaded_blocks"], 16))
+    # stalls are the part of the offloads no compute covered: never more than all of them
+    assert 0.0 <= tier["offload_stall_s"] < offload_s
+
+
+def test_a_step_outlasts_its_compute_only_by_offloads_no_compute_covers():
+    assert tier_step_seconds(1.0, 0.0, 0.5) == (1.0, 0.0)  # hidden behind the compute
+    assert tier_step_seconds(1.0, 0.25, 0.5) == (1.25, 0.0)  # the load comes first
+    assert tier_step_seconds(1.0, 0.25, 2.0) == (2.0, 0.75)  # the link is the bottleneck
+    assert tier_step_seconds(0.0, 0.0, 0.0) == (0.0, 0.0)
+
+
+def test_a_tier_that_raises_the_hit_rate_does_not_cost_first_token_time():
+    """Issue 23's case: on the Mooncake sample behind a small GPU cache, a 64 GiB tier that
+    raises the hit rate used to show a negative TTFT saving (offloads charged serially)."""
+    trace = load_trace(MOONCAKE)
+    cfg = config(gpu="h100-80gb", tp=4, chunked_prefill=True, kv_cache_memory_gib=2.0,
+                 max_model_len=131072, cpu_prefix_cache_gib=64.0, cost_model="roofline")
+    tier = simulate(trace, cfg, ["paged"])["strategies"]["paged"]["prefix_tier"]
+    assert tier["hit_rate"] > tier["gpu_only"]["hit_rate"] + 0.03
+    assert tier["ttft_saved_s"]["mean"] > 0 and tier["ttft_saved_s"]["p50"] > 0
