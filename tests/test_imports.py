@@ -69,3 +69,27 @@ def test_backend_registry_reports_without_importing_backends():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "['cuda', 'triton', 'reference'] False"
+
+
+def test_tensor_conveniences_without_torch_say_how_to_install_it():
+    """Issue 23: a bare ModuleNotFoundError gave no hint; the error names the call and the
+    CPU build's install command."""
+    code = ("import sys\n"
+            "sys.modules['torch'] = None  # as if not installed\n"
+            "import numpy as np\n"
+            "from kvpager.core.errors import MissingDependencyError\n"
+            "from kvpager.core.memory.manager import KVCacheManager\n"
+            "m = KVCacheManager(num_gpu_blocks=4, block_size=4)\n"
+            "m.allocate('a', 5)\n"
+            "print(m.block_tables_array(m.rows_of(['a'])).tolist())\n"
+            "try:\n"
+            "    m.block_tables_tensor(m.rows_of(['a']))\n"
+            "except MissingDependencyError as exc:\n"
+            "    print(isinstance(exc, ModuleNotFoundError), exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "[[0, 1]]"
+    assert lines[1].startswith("True KVCacheManager.block_tables_tensor needs torch")
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in \
+        lines[1]

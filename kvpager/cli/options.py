@@ -107,6 +107,9 @@ FIELD_OPTIONS = {
     "num_gpu_blocks": "--num-gpu-blocks", "kv_cache_memory_gib": "--kv-cache-memory",
     "long_prompts": "--long-prompts", "cpu_prefix_cache_gib": "--cpu-prefix-cache",
     "prefix_caching": "--prefix-caching", "calibration": "--cost-model",
+    # the sweep's own (SweepSpec, run_sweep)
+    "metric": "--metric", "latency_bound": "--latency-bound", "workers": "--workers",
+    "rate_scales": "--rate-scale", "arrival_cv": "--arrival-cv", "limit": "--limit",
 }
 # snake_case names are unambiguous anywhere in a message; plain words ("model") only where a
 # message starts with the field ("model: unknown model 'x'" keeps its second "model").

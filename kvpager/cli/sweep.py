@@ -85,6 +85,7 @@ def sweep(
     processes or on Ray; writes sweep.json and, with --report, an HTML report.
     """
     from kvpager.sweep import RayUnavailableError, SweepSpec, parse_values, run_sweep
+    from kvpager.sweep.execute import check_workers
     from kvpager.sweep.results import write_sweep
 
     with cli_errors():
@@ -115,14 +116,18 @@ def sweep(
             cpu_prefix_cache_gib=tiers[0] if tiers is not None and len(tiers) == 1 else 0.0)
         if not trace.is_file():
             raise FileNotFoundError(2, "no such trace file", str(trace))
-        spec = SweepSpec(
-            str(trace), config, tuple(cache) if cache else DEFAULT_STRATEGIES,
-            rates=None if rates is None else parse_values(rates, "--rates"),
-            rate_scales=None if rate_scale is None else parse_values(rate_scale,
-                                                                     "--rate-scale"),
-            arrival_cv=arrival_cv, seed=seed, limit=limit, metric=metric,
-            latency_bound=latency_bound,
-            cpu_prefix_caches=tiers if tiers is not None and len(tiers) > 1 else None)
+        try:
+            spec = SweepSpec(
+                str(trace), config, tuple(cache) if cache else DEFAULT_STRATEGIES,
+                rates=None if rates is None else parse_values(rates, "--rates"),
+                rate_scales=None if rate_scale is None else parse_values(rate_scale,
+                                                                         "--rate-scale"),
+                arrival_cv=arrival_cv, seed=seed, limit=limit, metric=metric,
+                latency_bound=latency_bound,
+                cpu_prefix_caches=tiers if tiers is not None and len(tiers) > 1 else None)
+            check_workers(workers)
+        except ValueError as exc:
+            raise ValueError(opts.as_options(str(exc))) from None
         points = len(spec.values) * len(spec.strategies)
         try:
             with progress_bar(f"{points} points", enabled=not json_output) as update:
@@ -203,12 +208,16 @@ def _print_tables(doc: dict, trace: Path, path: Path, report: Path | None) -> No
     for v in spec["values"]:
         cells = []
         for n in names:
-            value = metric_value(by_key[(v, n)]["metrics"], spec["metric"])
+            metrics = by_key[(v, n)]["metrics"]
+            value = metric_value(metrics, spec["metric"])
             mark = "" if value is not None and value <= spec["latency_bound"] else " *"
+            if (metrics.get("load") or {}).get("saturated"):
+                mark += " S"
             cells.append("-" if value is None else f"{value:.4g}{mark}")
         table.add_row(f"{v:g}", *cells)
     console.print(table)
-    console.print(f"* over the bound {spec['latency_bound']:g}")
+    console.print(f"* over the bound {spec['latency_bound']:g};  S saturated (the queue of "
+                  "waiting requests grew and never emptied again: not sustained)")
     sustained = Table(title="highest sustained request rate", title_justify="left")
     sustained.add_column("strategy")
     sustained.add_column("req/s", justify="right")
@@ -216,7 +225,9 @@ def _print_tables(doc: dict, trace: Path, path: Path, report: Path | None) -> No
     for n in names:
         s = doc["sustained"][n]
         rate, miss = s["rate_per_s"], s["first_miss_rate_per_s"]
-        sustained.add_row(n, "none" if rate is None else f"{rate:.3g}",
-                          "-" if miss is None else f"{miss:.3g}")
+        top = ">= " if s.get("top_tested") else ""  # the highest rate tested still held
+        sustained.add_row(n, "none" if rate is None else f"{top}{rate:.3g}",
+                          "none tested" if miss is None else
+                          f"{miss:.3g} ({s.get('first_miss_reason') or 'over the bound'})")
     console.print(sustained)
     console.print(f"sweep: {path}" + (f"\nreport: {report}" if report is not None else ""))

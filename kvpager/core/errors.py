@@ -48,3 +48,25 @@ class WrongDeviceError(KVPagerError, ValueError):
 
 class SequenceTooLongError(KVPagerError, ValueError):
     """An append would take a sequence past the cache's `max_model_len`."""
+
+
+class MissingDependencyError(KVPagerError, ModuleNotFoundError):
+    """An optional package a call needs is not installed; the message says how to get it."""
+
+
+#: How a user gets torch without the multi-GB CUDA build (the README says the same).
+TORCH_HINT = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu "
+              "(the CPU build; drop --index-url for the CUDA one)")
+
+
+def import_torch(feature: str):  # -> the torch module (untyped: torch is optional)
+    """`import torch` for `feature`, or MissingDependencyError with the install hint: the
+    memory layer works without torch, and only its tensor conveniences need it."""
+    try:
+        import torch
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        raise MissingDependencyError(f"{feature} needs torch, which is not installed: "
+                                     f"{TORCH_HINT}") from None
+    return torch

@@ -35,26 +35,35 @@ def meets(value: float | None, bound: float) -> bool:
 def sustained(points: list[dict], strategies: list[str] | tuple[str, ...], metric: str,
               bound: float) -> dict[str, dict]:
     """Per strategy: the highest sustained point, or None values when even the lowest rate
-    misses the bound.
+    misses. A point is sustained when its metric meets the bound and the strategy kept up
+    (not SATURATED: a queue that never empties again has no steady-state latency, whatever
+    the figure of the requests that finished says).
 
     points: dicts with "strategy", "value" (the swept number), "rate_per_s" and "metrics"
     (that strategy's metrics at that rate).
-    Returns {strategy: {"value", "rate_per_s", "latency", "first_miss_rate_per_s"}}.
+    Returns {strategy: {"value", "rate_per_s", "latency", "first_miss_rate_per_s",
+    "first_miss_reason" ("over the bound", "saturated" or None), "top_tested" (True when
+    the highest rate tested was sustained: the sustained rate is then a lower bound)}}.
     """
     out: dict[str, dict] = {}
     for name in strategies:
         mine = sorted((p for p in points if p["strategy"] == name), key=lambda p: p["value"])
         best, miss = None, None
+        reason = None
         for p in mine:
-            if meets(metric_value(p["metrics"], metric), bound):
+            saturated = bool((p["metrics"].get("load") or {}).get("saturated"))
+            if meets(metric_value(p["metrics"], metric), bound) and not saturated:
                 best = p
             else:
                 miss = p
+                reason = "saturated" if saturated else "over the bound"
                 break
         out[name] = {
             "value": None if best is None else best["value"],
             "rate_per_s": None if best is None else best["rate_per_s"],
             "latency": None if best is None else metric_value(best["metrics"], metric),
             "first_miss_rate_per_s": None if miss is None else miss["rate_per_s"],
+            "first_miss_reason": reason,
+            "top_tested": best is not None and miss is None,
         }
     return out

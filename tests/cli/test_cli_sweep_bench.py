@@ -40,6 +40,12 @@ def test_sweep_writes_sweep_json_report_and_tables(tmp_path):
     assert [p["strategy"] for p in doc["points"]] == ["paged", "paged"]
     assert "highest sustained request rate" in result.stdout
     assert "normalized latency" in result.stdout
+    assert "S saturated" in result.stdout
+    s = doc["sustained"]["paged"]
+    if s["top_tested"]:  # the top rate held: the table says the true rate is at least that
+        assert f">= {s['rate_per_s']:.3g}" in result.stdout and "none tested" in result.stdout
+    elif s["first_miss_rate_per_s"] is not None:
+        assert f"{s['first_miss_rate_per_s']:.3g} ({s['first_miss_reason']})" in result.stdout
     assert (tmp_path / "sw.html").read_text().count('class="kv-figure"') == 2
 
 
@@ -60,10 +66,10 @@ def test_sweep_json_prints_the_document(tmp_path):
     (["--rates", "0"], "--rates: '0' must be a positive"),
     ([], "give exactly one of --rates"),
     (["--rates", "1", "--rate-scale", "2"], "give exactly one of --rates"),
-    (["--rates", "1", "--metric", "p99"], "metric: unknown 'p99'"),
-    (["--rates", "1", "--metric", "ttft-p99"], "latency_bound: give a bound"),
+    (["--rates", "1", "--metric", "p99"], "--metric: unknown 'p99'"),
+    (["--rates", "1", "--metric", "ttft-p99"], "--latency-bound: give a bound"),
     (["--rates", "1", "--cache", "lru"], "unknown cache strategy 'lru'"),
-    (["--rates", "1", "--workers", "0"], "workers must be an integer >= 1"),
+    (["--rates", "1", "--workers", "0"], "--workers must be an integer >= 1"),
     (["--rates", "1", "--block-size", "0"], "--block-size must be"),
     (["--rates", "1", "--report", "x.pdf"], "must end in .html"),
 ])

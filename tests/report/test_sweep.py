@@ -73,10 +73,20 @@ def test_sustained_stops_at_the_first_miss():
     pts += [point("d", r, v) for r, v in ((1, 0.1), (2, None))]  # nothing finished at 2
     s = sustained(pts, ["a", "b", "c", "d"], "normalized-mean", 0.2)
     assert s["a"] == {"value": 2, "rate_per_s": 2, "latency": 0.15,
-                      "first_miss_rate_per_s": 4}
+                      "first_miss_rate_per_s": 4, "first_miss_reason": "over the bound",
+                      "top_tested": False}
     assert s["b"]["rate_per_s"] is None and s["b"]["first_miss_rate_per_s"] == 1
     assert s["c"]["rate_per_s"] == 2 and s["c"]["first_miss_rate_per_s"] is None
+    assert s["c"]["top_tested"] and not s["b"]["top_tested"]
     assert s["d"]["rate_per_s"] == 1 and s["d"]["first_miss_rate_per_s"] == 2
+
+
+def test_a_saturated_point_is_not_sustained_whatever_its_latency():
+    pts = [point("a", 1, 0.1), point("a", 2, 0.12)]
+    pts[1]["metrics"]["load"] = {"saturated": True}  # finished requests looked fine
+    s = sustained(pts, ["a"], "normalized-mean", 0.2)
+    assert s["a"]["rate_per_s"] == 1 and s["a"]["first_miss_rate_per_s"] == 2
+    assert s["a"]["first_miss_reason"] == "saturated" and not s["a"]["top_tested"]
 
 
 def test_bound_is_inclusive_and_metric_paths_are_followed():

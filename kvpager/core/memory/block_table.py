@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kvpager.core.errors import import_torch
+
 if TYPE_CHECKING:
     import torch
 
@@ -138,7 +140,7 @@ def block_tables_to_tensor(
     `width` defaults to the longest table. Padding with a valid id (0) rather than -1 keeps a
     kernel that prefetches one block past the end inside the cache.
     """
-    import torch
+    torch = import_torch("block_tables_tensor")
 
     rows = [t.blocks if isinstance(t, BlockTable) else np.asarray(t, dtype=np.int32)
             for t in tables]

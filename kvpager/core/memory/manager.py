@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kvpager.core.config import CacheConfig
-from kvpager.core.errors import OutOfBlocksError, UnknownSequenceError, WrongDeviceError
+from kvpager.core.errors import (
+    OutOfBlocksError,
+    UnknownSequenceError,
+    WrongDeviceError,
+    import_torch,
+)
 from kvpager.core.memory.append import (
     AppendPlan,
     append_one,
@@ -185,8 +190,7 @@ class KVCacheManager:
         self, rows: np.ndarray, width: int | None = None, pad: int = 0
     ) -> torch.Tensor:
         """`block_tables_array` as the kernels' int32 torch tensor (CPU; move it yourself)."""
-        import torch
-
+        torch = import_torch("KVCacheManager.block_tables_tensor")
         return torch.from_numpy(self.block_tables_array(rows, width, pad))
 
     def memory_breakdown(

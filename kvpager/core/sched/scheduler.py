@@ -127,10 +127,18 @@ class Scheduler:
         return self.running.num_seqs
 
     def group(self, request_id: Hashable) -> SequenceGroup:
+        """The group of a request still waiting, running or swapped.
+
+        Finished requests leave the scheduler, so that a server running for days holds only
+        its live requests: keep the group `add_request` returned (it is the same object, and
+        keeps its `status` and `finish_reason`), or read it from `StepResult.finished` /
+        `SchedulerOutput.rejected` of the step that ended it."""
         try:
             return self._groups[request_id]
         except KeyError:
-            raise ValueError(f"unknown or finished request {request_id!r}") from None
+            raise ValueError(f"request {request_id!r} is not waiting, running or swapped: "
+                             "finished requests leave the scheduler (keep the group "
+                             "add_request returned, or read StepResult.finished)") from None
 
     def num_tokens(self, seq: SequenceState) -> int:
         """Tokens the sequence knows, in any phase (see `SequenceState`)."""

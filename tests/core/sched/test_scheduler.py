@@ -184,7 +184,7 @@ def test_abort_frees_everything():
     assert s.abort("a").finish_reason == "aborted"
     assert s.abort("b").status is GroupStatus.FINISHED
     assert not s.has_unfinished() and m.num_free_blocks() == 16
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="not waiting, running or swapped"):
         s.abort("a")
 
 
@@ -328,3 +328,13 @@ def test_a_conflicting_scheduler_max_model_len_is_an_error():
     assert Scheduler(m, max_model_len=8).max_model_len == 8  # repeating it is fine
     # a manager without a limit: the scheduler's own applies
     assert Scheduler(KVCacheManager(num_gpu_blocks=4), max_model_len=6).max_model_len == 6
+
+
+def test_a_finished_request_leaves_the_scheduler_and_its_group_keeps_the_outcome():
+    s = Scheduler(KVCacheManager(num_gpu_blocks=16, block_size=4))
+    a = s.add_request(Request("a", 4, 2))
+    assert s.group("a") is a
+    ShadowExecutor(s).run_to_completion()
+    assert a.status is GroupStatus.FINISHED and a.finish_reason == "finished"
+    with pytest.raises(ValueError, match="finished requests leave the scheduler"):
+        s.group("a")
