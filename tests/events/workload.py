@@ -4,6 +4,7 @@ checks that its KV events agree with the manager's own state."""
 from __future__ import annotations
 
 from collections.abc import Hashable
+from itertools import pairwise
 
 import numpy as np
 from hypothesis import strategies as st
@@ -59,6 +60,7 @@ class Workload:
 
     def run(self, op: tuple) -> None:
         m, kind = self.m, op[0]
+        seq: Hashable | None
         if kind == "alloc":
             _, base, plen, suffix, use_ints = op
             tokens = BASES[base][:plen] + suffix
@@ -72,7 +74,7 @@ class Workload:
             except OutOfBlocksError:
                 return
             self.tokens[seq] = list(tokens)
-            if use_ints:
+            if hashes:  # caller keys (none for a prompt shorter than a block: it is hashed)
                 self.int_keyed.add(seq)
             self._learn(seq)
             m.mark_computed(seq, len(tokens))
@@ -155,7 +157,7 @@ def check_parents(events: list[KVEvent], parent_of: dict[Hashable, Hashable | No
         else:
             assert event.medium == "GPU"
             assert event.parent_block_hash == parent_of[hashes[0]]
-            for prev, key in zip(hashes, hashes[1:]):
+            for prev, key in pairwise(hashes):
                 assert parent_of[key] == prev
         checked += len(hashes)
     return checked
@@ -171,7 +173,7 @@ def make_manager(write_through: bool = False, gpu: int = 16, bus: KVEventBus | N
 def subscribed(m: KVCacheManager) -> tuple[KVEventIndex, list[KVEvent]]:
     """A strict index and a list of events, both subscribed to the manager's bus."""
     assert isinstance(m.events, KVEventBus)
-    index, events = KVEventIndex(strict=True), []
+    index, events = KVEventIndex(strict=True), list[KVEvent]()
     m.events.subscribe(index)
     m.events.subscribe(events.append)
     return index, events
