@@ -50,7 +50,7 @@ def worker(scenario: str, mode: str, steps: int, repeats: int) -> dict:
         if mode == "subscribed":
             bus.subscribe(lambda event: counted.__setitem__(0, counted[0] + 1))
         cls = bm.KVCacheManager
-        bm.KVCacheManager = lambda **kw: cls(events=bus, **kw)  # type: ignore[misc]
+        bm.KVCacheManager = lambda **kw: cls(events=bus, **kw)  # type: ignore[assignment,misc]  # patch the scenarios' constructor
     timer = bm.time_steps
 
     def timed(step, steps: int, repeats: int) -> dict:  # count only the timed steps' events
@@ -108,7 +108,8 @@ def main() -> None:
     parser.add_argument("--worker", nargs=2, metavar=("SCENARIO", "MODE"))
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.steps, args.repeats)))
+        scenario, mode = args.worker
+        print(json.dumps(worker(scenario, mode, args.steps, args.repeats)))
         return
     for name in ("rounds", "steps", "repeats"):
         if getattr(args, name) < 1:
@@ -128,12 +129,12 @@ def main() -> None:
                      "repeats": args.repeats}
     if args.before is not None:
         results["before"] = args.before_label or str(args.before)
-    for key, got in samples.items():
+    for key, runs_of in samples.items():
         results[key] = {
-            "us_per_step_best": min(g["us_per_step_best"] for g in got),
+            "us_per_step_best": min(g["us_per_step_best"] for g in runs_of),
             "us_per_step_median": round(statistics.median(g["us_per_step_median"]
-                                                          for g in got), 1),
-            "events_per_step": round(got[0]["events"] / (args.steps * args.repeats), 2),
+                                                          for g in runs_of), 1),
+            "events_per_step": round(runs_of[0]["events"] / (args.steps * args.repeats), 2),
         }
         print(f"{key:>36}: {results[key]}")
     if not args.no_record:

@@ -18,17 +18,23 @@ BS = 4
 #: shared prompt heads, so prompts hit each other's blocks
 BASES = [list(range(b * 100, b * 100 + 24)) for b in range(3)]
 
-alloc = st.tuples(st.just("alloc"), st.integers(0, 2), st.integers(0, 24),
-                  st.lists(st.integers(0, 3), max_size=6), st.booleans())
-append = st.tuples(st.just("append"), st.integers(0, 50), st.integers(0, 3))
-batch = st.tuples(st.just("batch"), st.integers(0, 3))
-free = st.tuples(st.just("free"), st.integers(0, 50))
-fork = st.tuples(st.just("fork"), st.integers(0, 50))
-truncate = st.tuples(st.just("truncate"), st.integers(0, 50), st.integers(1, 30))
-swap = st.tuples(st.just("swap"), st.integers(0, 50))
-other = st.tuples(st.sampled_from(["reset", "transfers"]))
-ops = st.lists(st.one_of(alloc, alloc, append, batch, free, fork, truncate, swap, other),
-               max_size=60)
+_PARAMS = {
+    "alloc": st.tuples(st.just("alloc"), st.integers(0, 2), st.integers(4, 24),
+                       st.lists(st.integers(0, 3), max_size=6), st.booleans()),
+    "append": st.tuples(st.just("append"), st.integers(0, 50), st.integers(0, 3)),
+    "batch": st.tuples(st.just("batch"), st.integers(0, 3)),
+    "free": st.tuples(st.just("free"), st.integers(0, 50)),
+    "fork": st.tuples(st.just("fork"), st.integers(0, 50)),
+    "truncate": st.tuples(st.just("truncate"), st.integers(0, 50), st.integers(1, 30)),
+    "swap": st.tuples(st.just("swap"), st.integers(0, 50)),
+    "transfers": st.tuples(st.just("transfers")),
+    "reset": st.tuples(st.just("reset")),
+}
+#: allocations and frees weighted up, resets down, so pools fill, evict, offload and load
+_KINDS = ["alloc"] * 5 + ["free"] * 3 + ["transfers"] * 2 + [
+    "append", "batch", "fork", "truncate", "swap", "reset"]
+ops = st.lists(st.sampled_from(_KINDS).flatmap(_PARAMS.__getitem__), min_size=10,
+               max_size=80)
 
 
 def int_keys(keys: list[bytes]) -> list[int]:
@@ -69,10 +75,14 @@ class Workload:
             seq = self.next_id
             self.next_id += 1
             hashes = int_keys(hash_block_tokens(tokens, BS)) if use_ints else None
-            try:
-                m.allocate(seq, token_ids=tokens, block_hashes=hashes)
-            except OutOfBlocksError:
-                return
+            while True:  # under pressure, free the oldest sequence and retry (a preemption)
+                try:
+                    m.allocate(seq, token_ids=tokens, block_hashes=hashes)
+                    break
+                except OutOfBlocksError:
+                    if not self.tokens:
+                        return
+                    self.run(("free", 0))
             self.tokens[seq] = list(tokens)
             if hashes:  # caller keys (none for a prompt shorter than a block: it is hashed)
                 self.int_keyed.add(seq)
