@@ -12,17 +12,23 @@ the manager one attribute read per registration or eviction and builds no object
 
 Delivery is synchronous, in the order the changes happen, inside the manager call that made
 them: a subscriber must be quick and must not call back into the manager. One that wants
-batches (a publisher) collects them with a `KVEventLog` and takes them once per step.
+batches (a publisher) collects them with a `KVEventLog` and takes them once per step. A
+subscriber that raises cannot abort the manager's call halfway (which would leave blocks
+neither free nor held): its exception is logged and kept in `errors`, and the other
+subscribers still get the event.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 
 from kvpager.events.types import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, KVEvent
 
 Subscriber = Callable[[KVEvent], None]
+_log = logging.getLogger(__name__)
 
 
 class KVEventBus:
@@ -40,6 +46,9 @@ class KVEventBus:
         self._subscribers: list[Subscriber] = []
         self.active = False
         self.num_events = 0
+        #: the latest exceptions subscribers raised (at most 100), oldest first
+        self.errors: deque[Exception] = deque(maxlen=100)
+        self.num_errors = 0
 
     # ---- the subscriber API -------------------------------------------------------------
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
@@ -65,7 +74,12 @@ class KVEventBus:
         """Deliver one event to every subscriber, in subscription order."""
         self.num_events += 1
         for callback in tuple(self._subscribers):
-            callback(event)
+            try:
+                callback(event)
+            except Exception as err:  # must not abort the manager's call halfway
+                self.num_errors += 1
+                self.errors.append(err)
+                _log.exception("KV event subscriber %r raised on %r", callback, event)
 
     # ---- the memory layer's hooks (KVEventSink) ----------------------------------------
     def bind(self, block_size: int) -> None:

@@ -153,3 +153,24 @@ def test_the_index_follows_stores_removals_and_clears():
     lenient = KVEventIndex()
     lenient.apply(BlockRemoved(["zz"], "GPU"))  # a late joiner ignores what it never saw
     assert lenient.keys("GPU") == set()
+
+
+def test_a_raising_subscriber_cannot_break_the_manager(caplog):
+    bus = KVEventBus()
+    m = make_manager(gpu=10, bus=bus)
+
+    def broken(event):
+        raise RuntimeError("subscriber bug")
+
+    bus.subscribe(broken)
+    index = KVEventIndex(strict=True)
+    bus.subscribe(index)
+    work = Workload(m)
+    for base in (0, 1, 2, 0):  # stores and evictions, each raising in `broken`
+        work.run(("alloc", base, 24, [1], False))
+        work.run(("free", 0))
+    assert bus.num_errors == bus.num_events > 0 and isinstance(bus.errors[0], RuntimeError)
+    assert "subscriber bug" in caplog.text
+    gpu = {key for _, key in m.gpu.cached_items()}
+    assert index.keys("GPU") == gpu  # the others got every event
+    assert m.gpu.num_free == m.gpu.num_blocks  # every block is back: no call stopped halfway

@@ -147,7 +147,10 @@ class Workload:
 
 
 def held_keys(m: KVCacheManager) -> tuple[set[Hashable], set[Hashable]]:
-    """(keys the GPU pool has registered, keys the host tier holds), the manager's truth."""
+    """(keys the GPU pool has registered, keys the host tier holds), the manager's truth;
+    first checks that no subscriber (a strict index) raised."""
+    if isinstance(m.events, KVEventBus):
+        assert not m.events.errors, list(m.events.errors)
     tier = m.prefix_cache.tier if m.prefix_cache is not None else None  # drains evictions
     gpu = {key for _, key in m.gpu.cached_items()}
     return gpu, set() if tier is None else {key for key, _ in tier.lru()}
