@@ -28,6 +28,10 @@ eviction never leaves the class (as vLLM v1's block pool keeps its cached-block 
 The prefix cache asks it to `register` computed blocks and to `match` keys; a host prefix
 tier learns which keys were evicted by `drain_evicted` (recorded only once
 `record_evictions` is switched on, so a pool without a tier keeps no such list).
+
+KV events: a pool given an `events` sink (`kvpager.core.memory.event_sink`) reports the keys
+it registers and evicts, while the sink listens; without one, or while nobody listens, the
+only cost is one test per `register` or eviction.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from collections.abc import Hashable, Iterable, Sequence
 import numpy as np
 
 from kvpager.core.errors import DoubleFreeError, OutOfBlocksError, UnknownBlockError
+from kvpager.core.memory.event_sink import MEDIUM_GPU, KVEventSink
 
 BlockIds = Iterable[int] | np.ndarray
 
@@ -48,11 +53,14 @@ class BlockPool:
     Args:
         num_blocks: number of physical blocks, > 0.
         device: a name for messages and plans ("gpu", "cpu", "cuda:1", ...).
+        events: where to report keys registered and evicted (None: nowhere).
+        medium: the medium those reports name (vLLM's "GPU", "CPU").
 
     Every method either does all of its work or raises before changing anything.
     """
 
-    def __init__(self, num_blocks: int, device: str = "gpu") -> None:
+    def __init__(self, num_blocks: int, device: str = "gpu", *,
+                 events: KVEventSink | None = None, medium: str = MEDIUM_GPU) -> None:
         if isinstance(num_blocks, bool) or not isinstance(num_blocks, (int, np.integer)):
             raise ValueError(f"num_blocks must be an int, got {type(num_blocks).__name__}")
         if num_blocks <= 0:
@@ -74,6 +82,8 @@ class BlockPool:
         self._record_evictions = False
         self._evicted_keys: list[Hashable] = []
         self._evicted_blocks: list[int] = []
+        self._events = events
+        self.medium = medium
 
     # ---- queries ------------------------------------------------------------------------
     @property
@@ -175,6 +185,9 @@ class BlockPool:
         if self._record_evictions:
             self._evicted_keys.extend(keys)
             self._evicted_blocks.extend(blocks)
+        events = self._events
+        if events is not None and events.active:
+            events.removed(keys, self.medium)
         return evicted
 
     def share(self, blocks: BlockIds) -> None:
@@ -318,11 +331,15 @@ class BlockPool:
             del hits[hits.index(None) :]
         return hits  # type: ignore[return-value]  # the Nones are cut above
 
-    def register(self, keys: Sequence[Hashable], blocks: Sequence[int]) -> list[int]:
+    def register(self, keys: Sequence[Hashable], blocks: Sequence[int],
+                 parents: Sequence[Hashable | None] | None = None) -> list[int]:
         """Cache in-use `blocks` (ints) under `keys`, pairwise; returns the blocks cached now,
         in order. A key already cached (two sequences computed the same prefix at once) or
         listed twice caches only its first block, and a block already cached keeps its key:
         the others stay private and are simply freed later.
+
+        `parents` (pairwise with `keys`, the key before each in its chain) only feeds the
+        events sink: the keys cached now are reported with their parents.
 
         Raises:
             ValueError: a block is free (nothing changed).
@@ -341,7 +358,36 @@ class BlockPool:
         block_of.update(fresh)
         key_of.update(zip(fresh.values(), fresh.keys(), strict=True))
         self._cached[ids] = True
+        events = self._events
+        if events is not None and events.active:
+            stored = list(fresh)
+            if parents is None:
+                events.stored(stored, None, self.medium)
+            else:
+                parent_of = dict(zip(keys, parents, strict=True))
+                events.stored(stored, [parent_of[k] for k in stored], self.medium)
         return list(fresh.values())
+
+    def clear_cached(self) -> int:
+        """Forget every cached key (a prefix-cache reset): evictable cached blocks become
+        clean free blocks, and evictions not yet drained are dropped. Reports nothing (the
+        prefix cache reports the reset as a whole). Returns how many keys were forgotten.
+
+        Raises:
+            ValueError: a cached block is in use (nothing changed).
+        """
+        if len(self._evictable) != len(self._key_of):
+            busy = next(b for b in self._key_of if b not in self._evictable)
+            raise ValueError(f"clear_cached: cached {self.device} block {busy} is in use")
+        forgotten = len(self._key_of)
+        released = np.fromiter(self._evictable, dtype=np.int32, count=len(self._evictable))
+        self._evictable.clear()
+        self._block_of.clear()
+        self._key_of.clear()
+        self._cached[released] = False
+        self._evicted_keys, self._evicted_blocks = [], []
+        self._release(released)
+        return forgotten
 
     def record_evictions(self, enabled: bool = True) -> None:
         """Keep the keys of evicted blocks for `drain_evicted` (a host tier wants them)."""

@@ -46,6 +46,7 @@ from kvpager.core.memory.append import (
 )
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.block_table import BlockTable, num_blocks_for
+from kvpager.core.memory.event_sink import KVEventSink
 from kvpager.core.memory.prefix import PrefixCache, hash_block_tokens
 from kvpager.core.memory.prefix_chains import PrefixChains
 from kvpager.core.memory.prefix_tier import HostPrefixTier
@@ -71,10 +72,14 @@ class KVCacheManager:
     `tier_load_policy` decides, with a host prefix tier, how many matched host blocks to load
     rather than recompute (default: all; a simulator compares the host link with the
     prefill by its cost model).
+    `events` (a `kvpager.events.KVEventBus`, or any `KVEventSink`) is told the keys the GPU
+    pool and the host tier store and drop, and prefix-cache resets (docs/architecture.md,
+    "KV events"); subscribe to it to receive vLLM-style KV events.
     """
 
     def __init__(self, config: CacheConfig | None = None, *,
-                 tier_load_policy: TierLoadPolicy | None = None, **fields: object) -> None:
+                 tier_load_policy: TierLoadPolicy | None = None,
+                 events: KVEventSink | None = None, **fields: object) -> None:
         if config is None:
             config = CacheConfig(**fields)  # type: ignore[arg-type]
         elif fields:
@@ -82,15 +87,19 @@ class KVCacheManager:
         self.config = config
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len
-        self.gpu = BlockPool(config.num_gpu_blocks, "gpu")
+        if events is not None:
+            events.bind(self.block_size)
+        self.events = events
+        self.gpu = BlockPool(config.num_gpu_blocks, "gpu", events=events)
         self.cpu = BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
-        tier = (HostPrefixTier(config.num_cpu_prefix_blocks, base=config.num_cpu_blocks)
+        tier = (HostPrefixTier(config.num_cpu_prefix_blocks, base=config.num_cpu_blocks,
+                               events=events)
                 if config.num_cpu_prefix_blocks else None)
         self._seqs = SequenceStore()
         self._chains = (PrefixChains(self._seqs, self.block_size)
                         if config.enable_prefix_caching else None)
         self.prefix_cache = (PrefixCache(self.gpu, self.block_size, self._chains, tier,
-                                         config.prefix_tier_write_through)
+                                         config.prefix_tier_write_through, events=events)
                              if self._chains is not None else None)
         self.tier_load_policy = tier_load_policy
         self.num_cow_copies = 0
@@ -365,6 +374,13 @@ class KVCacheManager:
             held = max(0, min(held, int(wanted)))
         prefix.pin_tier(keys[num_gpu_hits : num_gpu_hits + held])
         return held
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix block, on the GPU and in the host tier, and report
+        `AllBlocksCleared` to `events`. Refused (False, nothing changed) while a cached block
+        is in use or a tier load is pending; True without prefix caching (nothing to
+        forget)."""
+        return True if self.prefix_cache is None else self.prefix_cache.reset()
 
     def take_host_transfers(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies between the GPU and the host prefix tier planned since the last call:

@@ -28,6 +28,10 @@ Who owns what: the `BlockPool` owns the cached-block index (key <-> block, cache
 evictable flags, eviction); `prefix_chains.PrefixChains` owns each sequence's chain cursor
 (columns of the manager's rows); this module's `PrefixCache` ties them together (registering
 committed blocks, the host tier, the hit counters) and makes the digests.
+
+KV events: while its `events` sink listens, the cache tells the pool each registered key's
+parent (the key before it in its chain), so the pool's reports chain; `reset` reports
+`cleared`. Nothing of this runs while nobody listens.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from kvpager.core.memory.block_pool import BlockPool
+from kvpager.core.memory.event_sink import KVEventSink
 from kvpager.core.memory.prefix_chains import PrefixChains, chain_key
 from kvpager.core.memory.prefix_tier import HostPrefixTier
 from kvpager.core.plans import EMPTY_PAIRS
@@ -69,11 +74,16 @@ class PrefixCache:
     and registration progress. Blocks the pool evicts reach the tier through
     `BlockPool.drain_evicted`, drained whenever the tier is used (`tier`), so the tier sees
     them in the order they happened, before anything else it is asked.
+
+    `events` is the sink the pool and the tier report to (the same one), used here for the
+    parents of registered keys and for `reset`.
     """
 
     def __init__(self, pool: BlockPool, block_size: int, chains: PrefixChains,
-                 tier: HostPrefixTier | None = None, write_through: bool = False) -> None:
+                 tier: HostPrefixTier | None = None, write_through: bool = False, *,
+                 events: KVEventSink | None = None) -> None:
         self._pool = pool
+        self._events = events
         self.block_size = block_size
         self.chains = chains
         self._tier = tier
@@ -170,6 +180,22 @@ class PrefixCache:
     def reset_counters(self) -> None:
         self.queried_blocks = self.gpu_hit_blocks = self.cpu_hit_blocks = 0
 
+    def reset(self) -> bool:
+        """Forget every cached key, on the GPU and in the host tier, and report `cleared`.
+        Refused (False, nothing changed) while a cached block is in use or a load from the
+        tier is pending: a sequence still reads them. Rows' chains keep their cursors; their
+        registered blocks are simply no longer shared. Hit counters are kept."""
+        pool, tier = self._pool, self.tier  # reading `tier` drains pending evictions into it
+        if pool.num_cached != pool.num_evictable or (tier is not None and tier.pinned()):
+            return False
+        if tier is not None:
+            tier.clear()
+        pool.clear_cached()
+        events = self._events
+        if events is not None and events.active:
+            events.cleared()
+        return True
+
     # ---- registering computed blocks ----------------------------------------------------
     def commit_candidates(self, rows: np.ndarray, num_computed: np.ndarray) -> np.ndarray:
         """Indices into `rows` of rows with blocks to register (see `PrefixChains`)."""
@@ -191,7 +217,12 @@ class PrefixCache:
         filled, logical, keys = self.chains.extend_filled(rows[simple])
         if not keys:
             return added
-        return added + self._register(keys, table[filled, logical].tolist())
+        parents = None
+        events = self._events
+        if events is not None and events.active:
+            parents = [self._parent(row, i) for row, i in zip(filled.tolist(),
+                                                              logical.tolist(), strict=True)]
+        return added + self._register(keys, table[filled, logical].tolist(), parents)
 
     def commit(self, row: int, blocks: np.ndarray, num_computed: int) -> int:
         """Register the row's full blocks among its first `num_computed` computed tokens;
@@ -200,12 +231,25 @@ class PrefixCache:
         if todo is None:
             return 0
         start, keys = todo
-        return self._register(keys, blocks[start : start + len(keys)].tolist())
+        parents = None
+        events = self._events
+        if events is not None and events.active:
+            parents = [self._parent(row, start), *keys[:-1]]
+        return self._register(keys, blocks[start : start + len(keys)].tolist(), parents)
 
-    def _register(self, keys: Sequence[Hashable], blocks: list[int]) -> int:
+    def _parent(self, row: int, index: int) -> Hashable | None:
+        """The key before the row's `index`-th block key (None for the first block)."""
+        if index == 0:
+            return None
+        keys = self.chains.keys(row)
+        return None if keys is None else keys[index - 1]
+
+    def _register(self, keys: Sequence[Hashable], blocks: list[int],
+                  parents: Sequence[Hashable | None] | None = None) -> int:
         """Cache in-use full blocks under their keys in the pool (copying them to the tier
-        too when it writes through); returns how many were cached."""
-        fresh = self._pool.register(keys, blocks)
+        too when it writes through); returns how many were cached. `parents` (pairwise, the
+        key before each) is only for the events sink."""
+        fresh = self._pool.register(keys, blocks, parents)
         if fresh and self.write_through:
             pool = self._pool
             self.tier.offload_many([pool.key_of(b) for b in fresh], fresh)  # type: ignore[union-attr]  # write_through implies a tier

@@ -17,6 +17,10 @@ The tier only decides and records; the copies are plans, `(gpu, host)` offloads 
 offloads first (an evicted block is about to be reused), loads after swaps and before any
 kernel reads the loaded blocks. A host block that a pending load reads is pinned until the
 plans are taken, so no offload of the same step overwrites it.
+
+KV events: a tier given an `events` sink reports, medium CPU, the keys it starts holding
+(`offload_many`; their parents are not known here, eviction order is not chain order) and
+the keys it drops to make room, while the sink listens.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+from kvpager.core.memory.event_sink import MEDIUM_CPU, KVEventSink
 from kvpager.core.plans import EMPTY_PAIRS
 
 
@@ -35,9 +40,11 @@ class HostPrefixTier:
     Args:
         capacity: host blocks the tier may hold, > 0.
         base: the first host block id of the tier (the swap area's size).
+        events: where to report keys stored and dropped, medium CPU (None: nowhere).
     """
 
-    def __init__(self, capacity: int, base: int = 0) -> None:
+    def __init__(self, capacity: int, base: int = 0, *,
+                 events: KVEventSink | None = None) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or (
                 capacity <= 0):
             raise ValueError(f"capacity must be an int > 0, got {capacity!r}")
@@ -50,6 +57,7 @@ class HostPrefixTier:
         self._loads: list[tuple[int, int]] = []
         self.offloaded_blocks = 0
         self.loaded_blocks = 0
+        self._events = events
 
     def __len__(self) -> int:
         return len(self._host_of)
@@ -115,7 +123,26 @@ class HostPrefixTier:
         host_of.update(zip(new_keys[:kept], hosts, strict=True))
         self._offloads.extend(zip(new_blocks[:kept], hosts, strict=True))
         self.offloaded_blocks += kept
+        events = self._events
+        if kept and events is not None and events.active:
+            events.stored(new_keys[:kept], None, MEDIUM_CPU)
         return len(keys) - len(new_keys) + kept
+
+    def clear(self) -> int:
+        """Forget every held key (a prefix-cache reset); all host blocks become untouched
+        again. Copies already planned stay planned (nothing will read their host blocks).
+        Reports nothing (the prefix cache reports the reset). Returns the keys forgotten.
+
+        Raises:
+            ValueError: a pending load pins a host block (nothing changed).
+        """
+        if self._pinned:
+            raise ValueError(f"clear: host block {min(self._pinned)} is pinned by a pending "
+                             "load; take the plans first")
+        forgotten = len(self._host_of)
+        self._host_of.clear()
+        self._next = 0
+        return forgotten
 
     def take_plans(self) -> tuple[np.ndarray, np.ndarray]:
         """(offloads int64 `[n, 2]` (gpu, host), loads int64 `[m, 2]` (host, gpu)) planned
@@ -138,6 +165,7 @@ class HostPrefixTier:
             return hosts
         host_of, pinned = self._host_of, self._pinned
         skipped: list[tuple[Hashable, int]] = []
+        dropped: list[Hashable] = []
         pop = host_of.popitem
         while len(hosts) < num and host_of:
             key, host = pop(last=False)  # the least recently used
@@ -145,7 +173,11 @@ class HostPrefixTier:
                 skipped.append((key, host))
             else:
                 hosts.append(host)
+                dropped.append(key)
         for key, host in reversed(skipped):  # pinned keys keep their place, oldest first
             host_of[key] = host
             host_of.move_to_end(key, last=False)
+        events = self._events
+        if dropped and events is not None and events.active:
+            events.removed(dropped, MEDIUM_CPU)
         return hosts
