@@ -47,7 +47,7 @@ class SchedulerOutput:
     decode_rows: int64 `[B]` manager rows. decode_slots: int64 `[B * num_decode_steps]`,
     row-major. decode_seq_lens: int64 `[B]` tokens each holds after the step (the
     attention length). decode_block_tables: int32 `[B, W]` GPU block tables padded with 0
-    (empty `[0, 0]` when the scheduler was built with `block_tables=False`, as a simulator
+    (empty `[0, 0]` when the scheduler was built with `kernel_inputs=False`, as a simulator
     that runs no kernel is).
     """
 
