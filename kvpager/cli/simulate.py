@@ -103,6 +103,10 @@ def simulate(
                   markup=False, highlight=False)
     console.print(comparison_table(metrics))
     print_caveats(console, metrics)
+    if tier_gib and not cache:
+        console.print("note: --cpu-prefix-cache runs the paged strategy only (the contiguous "
+                      "strategies cache no prefix blocks); add --cache to name strategies",
+                      markup=False, highlight=False)
     for line in run_summary(metrics, run_dir, report):
         console.print(line, markup=False, highlight=False)
 

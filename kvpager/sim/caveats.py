@@ -48,6 +48,7 @@ def _rejection_message(names: list[str], rejected: int, arrived: int, kinds: dic
     text = (f"{who} rejected {rejected:,} of {arrived:,} requests ({100 * rejected / arrived:.1f}%"
             "): the latency, throughput and hit-rate figures describe only the requests "
             "served, not the trace.")
+    names = {e.get("limit_name") for e in kinds.values()}
     longest = max((e.get("longest_total") or e.get("longest_prompt") or 0
                    for k, e in kinds.items() if e.get("limit_name") == "max_model_len"),
                   default=0)
@@ -58,7 +59,21 @@ def _rejection_message(names: list[str], rejected: int, arrived: int, kinds: dic
                  "serve them: " + (f"a longer-context --model ({fixes}), " if fixes else
                                    "a model spec file with a longer max_context, ")
                  + "--max-model-len L up to the model's context, or --long-prompts truncate.")
+    for name, fix in _OTHER_FIXES.items():
+        if name in names:
+            text += f" {fix}"
     return text
+
+
+#: What serves a request refused by a limit other than the context (the kind's limit name;
+#: None: "needs more KV blocks than the cache has").
+_OTHER_FIXES = {
+    "max_num_batched_tokens": "Prompts longer than a step's token budget need "
+                              "--chunked-prefill (or a larger --max-num-batched-tokens).",
+    "max_num_seqs": "Requests wider than --max-num-seqs (n or beam width) need a larger one.",
+    None: "Requests larger than the whole KV cache need more KV memory (--tp, a larger "
+          "--gpu, --kv-cache-memory, a lower --kv-cache-dtype) or --long-prompts truncate.",
+}
 
 
 def _longer_models(tokens: int, most: int = 2) -> str:

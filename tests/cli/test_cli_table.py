@@ -162,3 +162,23 @@ def test_a_few_rejections_carry_no_caveat():
     assert run_caveats(metrics(int(1000 * REJECTED_SHARE_WARN))) == []
     assert [c["rejected"] for c in run_caveats(metrics(int(1000 * REJECTED_SHARE_WARN) + 1))] \
         == [21]
+
+
+def test_a_caveat_names_the_fix_for_its_kind_of_rejection():
+    from kvpager.sim.caveats import run_caveats
+
+    kinds = {"needs more KV blocks than the cache has": {"count": 30, "limit_name": None}}
+    metrics = {"config": {"strategies": ["paged"], "max_model_len": 4096},
+               "strategies": {"paged": {"requests": {"arrived": 100, "rejected": 30,
+                                                     "rejected_kinds": kinds}}}}
+    [caveat] = run_caveats(metrics)
+    assert "more KV memory (--tp" in caveat["message"] and "max_model_len" not in \
+        caveat["message"]
+
+
+def test_the_tier_says_it_runs_paged_only(tmp_path):
+    text, metrics = simulate(tmp_path, MOONCAKE, "--model", "llama-3.1-8b", "--limit", "30",
+                             "--prefix-caching", "--cpu-prefix-cache", "4",
+                             "--no-tier-baseline")
+    assert list(metrics["strategies"]) == ["paged"]
+    assert "note: --cpu-prefix-cache runs the paged strategy only" in " ".join(text.split())
