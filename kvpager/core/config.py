@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvpager.core.groups import WINDOW_FREE_ORDERS, GroupSpec, StateSpec, check_groups
+from kvpager.core.groups import GroupSpec, StateSpec, check_groups
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -43,8 +43,6 @@ class CacheConfig:
             groups need `HybridKVCacheManager`. A state group refuses prefix caching (it
             keeps no checkpoint to serve a hit from), and the host prefix tier is not
             supported with several groups yet.
-        window_free_order: where released window blocks that still hold cached content go
-            in the eviction order (`kvpager.core.groups.WINDOW_FREE_ORDERS`).
     """
 
     num_gpu_blocks: int
@@ -56,7 +54,6 @@ class CacheConfig:
     num_cpu_prefix_blocks: int = 0
     prefix_tier_write_through: bool = False
     groups: tuple[GroupSpec, ...] | None = None
-    window_free_order: str = "evict_first"
 
     def __post_init__(self) -> None:
         _check_int("num_gpu_blocks", self.num_gpu_blocks, 1)
@@ -77,9 +74,6 @@ class CacheConfig:
         if not isinstance(self.prefix_tier_write_through, bool):
             raise ValueError(f"prefix_tier_write_through must be a bool, got "
                              f"{self.prefix_tier_write_through!r}")
-        if self.window_free_order not in WINDOW_FREE_ORDERS:
-            raise ValueError(f"window_free_order must be one of {WINDOW_FREE_ORDERS}, got "
-                             f"{self.window_free_order!r}")
         if self.groups is not None:
             groups = check_groups(self.groups)
             object.__setattr__(self, "groups", groups)

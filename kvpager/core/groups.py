@@ -29,11 +29,6 @@ import numpy as np
 #: kernel. Kernel tables (`block_tables_array`) show it as their `pad` value.
 NULL_BLOCK = -1
 
-#: Orders in which released window blocks that still hold cached content are reused.
-#: "evict_first": ahead of every other cached block (window churn does not flush other
-#: requests' prefixes); "lru": with the others, least recently released first.
-WINDOW_FREE_ORDERS = ("evict_first", "lru")
-
 
 def _check_positive_int(owner: str, name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kvpager.core.config import CacheConfig
-from kvpager.core.groups import NULL_BLOCK
 from kvpager.core.errors import OutOfBlocksError, UnknownSequenceError, WrongDeviceError
+from kvpager.core.groups import NULL_BLOCK
 from kvpager.core.memory.append import (
     AppendPlan,
     append_one,

@@ -49,11 +49,11 @@ def check_refs(m: HybridKVCacheManager) -> None:
 
 
 def test_bad_specs_are_named() -> None:
-    with pytest.raises(ValueError, match="SlidingWindowSpec.window"):
+    with pytest.raises(ValueError, match=r"SlidingWindowSpec\.window"):
         SlidingWindowSpec(window=0)
-    with pytest.raises(ValueError, match="ChunkedLocalSpec.chunk"):
+    with pytest.raises(ValueError, match=r"ChunkedLocalSpec\.chunk"):
         ChunkedLocalSpec(chunk=2.5)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="MLASpec.latent_dim"):
+    with pytest.raises(ValueError, match=r"MLASpec\.latent_dim"):
         MLASpec(latent_dim=-1)
     with pytest.raises(ValueError, match="layer_types has 3 entries but num_layers is 4"):
         groups_from_layers(["full_attention"] * 3, 4)
