@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvpager.core.groups import GroupSpec, StateSpec, check_groups
+
 
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -36,6 +38,11 @@ class CacheConfig:
             (`kvpager.core.memory.prefix_tier`).
         prefix_tier_write_through: copy each block to the tier when it is registered, not
             only when the GPU evicts it (more host-link traffic, no copy on the eviction path).
+        groups: the model's KV-cache groups (`kvpager.core.groups` specs), group 0 first;
+            None: one full-attention group, the manager of every earlier release. Several
+            groups need `HybridKVCacheManager`. A state group refuses prefix caching (it
+            keeps no checkpoint to serve a hit from), and the host prefix tier is not
+            supported with several groups yet.
     """
 
     num_gpu_blocks: int
@@ -46,6 +53,7 @@ class CacheConfig:
     max_model_len: int | None = None
     num_cpu_prefix_blocks: int = 0
     prefix_tier_write_through: bool = False
+    groups: tuple[GroupSpec, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_int("num_gpu_blocks", self.num_gpu_blocks, 1)
@@ -66,6 +74,17 @@ class CacheConfig:
         if not isinstance(self.prefix_tier_write_through, bool):
             raise ValueError(f"prefix_tier_write_through must be a bool, got "
                              f"{self.prefix_tier_write_through!r}")
+        if self.groups is not None:
+            groups = check_groups(self.groups)
+            object.__setattr__(self, "groups", groups)
+            states = [i for i, g in enumerate(groups) if isinstance(g, StateSpec)]
+            if states and self.enable_prefix_caching:
+                raise ValueError(f"enable_prefix_caching: groups[{states[0]}] is a state "
+                                 "group, which keeps no checkpoint, so no prefix hit could "
+                                 "ever be served; disable prefix caching for this model")
+            if len(groups) > 1 and self.num_cpu_prefix_blocks:
+                raise ValueError("num_cpu_prefix_blocks: the host prefix tier supports one "
+                                 "KV-cache group only (got several groups)")
 
     @property
     def watermark_blocks(self) -> int:

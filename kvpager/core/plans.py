@@ -44,10 +44,14 @@ class AppendResult:
     slots: int64 `[num_new_tokens]` (per sequence, concatenated in batch order for batches),
     where `reshape_and_cache` writes the new tokens' K/V. copies: int64 `[num_copies, 2]` of
     (src, dst) GPU blocks to copy *before* that write (copy-on-write of shared blocks).
+    group_slots: per KV-cache group, that group's slots (a hybrid manager's).
     """
 
     slots: np.ndarray
     copies: np.ndarray
+    #: With several KV-cache groups: each group's slots, group 0's being `slots` (None for
+    #: a single-group manager).
+    group_slots: tuple[np.ndarray, ...] | None = None
 
     # A plain slotted dataclass, not a frozen one: a per-sequence decode step builds one per
     # sequence, and a frozen dataclass costs three times as much to build.

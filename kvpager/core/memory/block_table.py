@@ -63,8 +63,9 @@ class BlockTable:
         if block_size <= 0:
             raise ValueError(f"block_size must be > 0, got {block_size}")
         arr = np.array(blocks, dtype=np.int32).reshape(-1)
-        if arr.size and arr.min() < 0:
-            raise ValueError(f"blocks must be >= 0, got {int(arr.min())}")
+        if arr.size and arr.min() < -1:  # -1: NULL_BLOCK, a released window entry
+            raise ValueError(f"blocks must be >= 0 (or -1, a released entry), got "
+                             f"{int(arr.min())}")
         if not 0 <= num_tokens <= arr.size * block_size:
             raise ValueError(
                 f"num_tokens must be in [0, {arr.size * block_size}] for {arr.size} blocks "

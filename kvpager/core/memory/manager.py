@@ -34,6 +34,7 @@ from kvpager.core.errors import (
     WrongDeviceError,
     import_torch,
 )
+from kvpager.core.groups import NULL_BLOCK
 from kvpager.core.memory.append import (
     AppendPlan,
     append_one,
@@ -79,19 +80,33 @@ class KVCacheManager:
 
     def __init__(self, config: CacheConfig | None = None, *,
                  tier_load_policy: TierLoadPolicy | None = None,
-                 events: KVEventSink | None = None, **fields: object) -> None:
+                 events: KVEventSink | None = None,
+                 shared_pools: tuple[BlockPool, BlockPool | None] | None = None,
+                 **fields: object) -> None:
         if config is None:
             config = CacheConfig(**fields)  # type: ignore[arg-type]
         elif fields:
             raise ValueError("pass either a CacheConfig or its fields, not both")
+        if config.groups is not None and len(config.groups) > 1 and shared_pools is None:
+            raise ValueError(f"config.groups has {len(config.groups)} groups: use "
+                             "kvpager.core.memory.hybrid.HybridKVCacheManager")
         self.config = config
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len
+        if events is not None and shared_pools is not None:
+            raise ValueError("events: a group of a HybridKVCacheManager reports no KV events "
+                             "of its own (not supported for hybrid models yet)")
         if events is not None:
             events.bind(self.block_size)
         self.events = events
-        self.gpu = BlockPool(config.num_gpu_blocks, "gpu", events=events)
-        self.cpu = BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
+        #: Whether tables may hold NULL_BLOCK entries (a windowed group releases blocks).
+        self.has_null_entries = False
+        if shared_pools is not None:  # one group of a HybridKVCacheManager
+            self.gpu, self.cpu = shared_pools
+        else:
+            self.gpu = BlockPool(config.num_gpu_blocks, "gpu", events=events)
+            self.cpu = (BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks
+                        else None)
         tier = (HostPrefixTier(config.num_cpu_prefix_blocks, base=config.num_cpu_blocks,
                                events=events)
                 if config.num_cpu_prefix_blocks else None)
@@ -193,6 +208,8 @@ class KVCacheManager:
         self._seqs.ensure_width(width)
         out = self._seqs.table[rows, :width]  # fancy indexing: a copy
         out[np.arange(width)[None, :] >= self._seqs.nblocks[rows][:, None]] = pad
+        if self.has_null_entries:
+            out[out == NULL_BLOCK] = pad  # released entries: never read by a kernel
         return out
 
     def block_tables_tensor(
@@ -495,7 +512,13 @@ class KVCacheManager:
 
     def _append(self, rows: np.ndarray, k: int, lookahead: int, tokens: np.ndarray | None,
                 allow_zero: bool = False) -> AppendResult:
-        plan = self._plan(rows, k, lookahead, allow_zero)
+        return self.apply_plan(self._plan(rows, k, lookahead, allow_zero), tokens)
+
+    def apply_plan(self, plan: AppendPlan, tokens: np.ndarray | None = None) -> AppendResult:
+        """Carry out an append plan of this manager's rows (`_plan`, or `plan_append` over
+        rows already checked) and record its tokens in the chains; raises OutOfBlocksError
+        (nothing changed)."""
+        rows, k = plan.rows, plan.num_new_tokens
         if rows.size == 0:
             return AppendResult(np.zeros(0, dtype=np.int64), EMPTY_PAIRS)
         result = apply_append(self._seqs, self.gpu, plan, self.block_size, self.max_model_len)
@@ -541,7 +564,10 @@ class KVCacheManager:
             raise ValueError("child_ids lists a sequence twice")
         if parents.size == 0:
             return
-        self.gpu.share_counted(seqs.gather_blocks(parents))
+        shared = seqs.gather_blocks(parents)
+        if self.has_null_entries:
+            shared = shared[shared != NULL_BLOCK]
+        self.gpu.share_counted(shared)
         children = seqs.add_many(list(child_ids), seqs.where[parents])
         width = int(seqs.nblocks[parents].max())
         seqs.table[children, :width] = seqs.table[parents, :width]
@@ -561,7 +587,10 @@ class KVCacheManager:
         seqs = self._seqs
         row = seqs.row(seq_id)
         num_tokens = int(seqs.ntokens[row])
-        self._pool_at(int(seqs.where[row])).free_distinct(seqs.blocks(row)[::-1])
+        held = seqs.blocks(row)[::-1]
+        if self.has_null_entries:
+            held = held[held != NULL_BLOCK]
+        self._pool_at(int(seqs.where[row])).free_distinct(held)
         seqs.remove(row)  # its chain goes with the row (reset when the row is reused)
         return num_tokens
 
@@ -581,7 +610,10 @@ class KVCacheManager:
         for where in (ON_GPU, ON_CPU):
             on = rows[seqs.where[rows] == where]
             if on.size:
-                self._pool_at(where).free(seqs.gather_blocks(on, tail_first=True))
+                held = seqs.gather_blocks(on, tail_first=True)
+                if self.has_null_entries:
+                    held = held[held != NULL_BLOCK]
+                self._pool_at(where).free(held)
         seqs.remove_many(rows)
         return counts
 

@@ -13,6 +13,7 @@ from collections.abc import Hashable, Iterable
 import numpy as np
 
 from kvpager.core.errors import OutOfBlocksError, WrongDeviceError
+from kvpager.core.groups import NULL_BLOCK
 from kvpager.core.memory.append import clear_room
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.seq_store import DEVICE_NAMES, SequenceStore
@@ -36,8 +37,9 @@ def group_rows(seqs: SequenceStore, seq_ids: Iterable[Hashable], where: int) -> 
 
 
 def distinct_blocks(seqs: SequenceStore, rows: np.ndarray) -> np.ndarray:
-    """Sorted distinct block ids referenced by the rows."""
-    return np.unique(np.concatenate([seqs.blocks(r) for r in rows.tolist()]))
+    """Sorted distinct block ids referenced by the rows (NULL_BLOCK entries are none)."""
+    ids = np.unique(np.concatenate([seqs.blocks(r) for r in rows.tolist()]))
+    return ids[ids != NULL_BLOCK]
 
 
 def move_rows(
@@ -53,6 +55,7 @@ def move_rows(
         OutOfBlocksError: `dst` lacks room (nothing changed).
     """
     refs = np.concatenate([seqs.blocks(r) for r in rows.tolist()])
+    refs = refs[refs != NULL_BLOCK]  # released window entries stay null on either side
     distinct, counts = np.unique(refs, return_counts=True)
     if distinct.size > dst.num_free:
         raise OutOfBlocksError(dst.device, int(distinct.size), dst.num_free)
@@ -62,7 +65,9 @@ def move_rows(
     src.free(refs[::-1])
     for r in rows.tolist():
         nb = int(seqs.nblocks[r])
-        seqs.table[r, :nb] = new[np.searchsorted(distinct, seqs.table[r, :nb])]
+        held = seqs.table[r, :nb]
+        live = held != NULL_BLOCK
+        held[live] = new[np.searchsorted(distinct, held[live])]
         seqs.where[r] = where
     clear_room(seqs, rows)  # sharing changed; the next append plans the row again
     return np.stack([distinct.astype(np.int64), new.astype(np.int64)], axis=1)

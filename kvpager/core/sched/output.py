@@ -32,6 +32,9 @@ class PrefillChunk:
     completes: bool
     slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     block_table: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    #: With several KV-cache groups (`HybridKVCacheManager`): each group's int64 slots of
+    #: the chunk's tokens, group 0's being `slots`; empty otherwise.
+    group_slots: tuple[np.ndarray, ...] = ()
 
 
 @dataclass
@@ -57,6 +60,11 @@ class SchedulerOutput:
     decode_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     decode_seq_lens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     decode_block_tables: np.ndarray = field(default_factory=lambda: _NO_TABLES)
+    #: With several KV-cache groups: per group, its int32 `[B, W_g]` block tables
+    #: (released window entries read 0, never read by a kernel) and its int64 decode slots;
+    #: group 0's are `decode_block_tables` / `decode_slots`. Empty for one group.
+    decode_group_block_tables: tuple[np.ndarray, ...] = ()
+    decode_group_slots: tuple[np.ndarray, ...] = ()
     num_decode_steps: int = 1
     copies: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
     swap_in: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)

@@ -209,6 +209,10 @@ class Scheduler:
         out.decode_seq_lens = m.seq_lens(rows)
         if self.kernel_inputs:
             out.decode_block_tables = m.block_tables_array(rows)
+            group_tables = getattr(m, "group_block_tables", None)  # a hybrid manager's
+            if group_tables is not None:
+                out.decode_group_block_tables = group_tables(rows)
+                out.decode_group_slots = got.group_slots or ()
         out.copies = got.copies
 
     def _decode_tokens(self, rows: np.ndarray, seqs: list[SequenceState],
@@ -243,6 +247,11 @@ class Scheduler:
         if self.kernel_inputs:
             chunk.slots = self.manager.slot_mapping(seq.seq_id, start, start + count)
             chunk.block_table = self.manager.block_ids(seq.seq_id)
+            groups = getattr(self.manager, "num_groups", 1)
+            if groups > 1:  # a hybrid manager: each group's slots too
+                chunk.group_slots = tuple(
+                    self.manager.group_slot_mapping(g, seq.seq_id, start, start + count)  # type: ignore[attr-defined]  # num_groups > 1 implies HybridKVCacheManager
+                    for g in range(groups))
         return chunk
 
     def _admit(self, out: SchedulerOutput) -> None:

@@ -1,0 +1,361 @@
+"""HybridKVCacheManager: one manager per KV-cache group over one shared pool of pages.
+
+A hybrid model (sliding window + full, chunked local + full, MLA) has one group per
+attention kind (`kvpager.core.groups`). Page design: *one* pool with a common page size
+(`page_bytes`: the largest group's block), so that every physical block id names the same
+number of bytes whichever group holds it and copy / swap pairs of all groups are plain page
+copies an executor can do without knowing the group; memory moves freely between groups as
+the mix of sequences changes (a pool per group would strand free pages in one group while
+another runs out). The price is padding when groups' blocks differ in size; see
+`docs/architecture.md`.
+
+Each group is a `KVCacheManager` over the shared pools (its own block tables, copy on
+write, swap). This class keeps them in step: every call is checked for all groups before
+any group changes (the pools are shared, so the block counts of all groups are summed),
+and every group sees the same sequence of row additions and removals, so a sequence has the
+same row in every group; group 0's `rows` is the table the scheduler registers its columns
+on. Windowed groups release the blocks no future query reads (`kvpager.core.memory.window`)
+after each append and each `mark_computed`, leaving `NULL_BLOCK` entries.
+
+Not yet supported (a named error at construction): state groups, prefix caching and the
+host prefix tier with several groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from kvpager.core.config import CacheConfig
+from kvpager.core.errors import OutOfBlocksError
+from kvpager.core.groups import (
+    ChunkedLocalSpec,
+    GroupSpec,
+    PagedSpec,
+    SlidingWindowSpec,
+    StateSpec,
+    page_bytes,
+)
+from kvpager.core.memory.append import plan_append
+from kvpager.core.memory.block_pool import BlockPool
+from kvpager.core.memory.block_table import num_blocks_for, slots_for_positions
+from kvpager.core.memory.manager import KVCacheManager, TokenIds
+from kvpager.core.memory.seq_store import ON_CPU, ON_GPU, SequenceStore
+from kvpager.core.memory.swap import distinct_blocks, group_rows
+from kvpager.core.memory.window import add_released_column, check_truncate, due, release
+from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
+
+
+class HybridKVCacheManager:
+    """The KV memory of a model with several KV-cache groups (`CacheConfig.groups`).
+
+    Speaks the `PagedKVManager` protocol, answering for group 0 where the protocol has
+    one answer (`slot_mapping`, `block_tables_array`, `AppendResult.slots`), and adds the
+    per-group forms (`group_slot_mapping`, `group_block_tables`, `AppendResult.group_slots`).
+    """
+
+    def __init__(self, config: CacheConfig | None = None, **fields: object) -> None:
+        if config is None:
+            config = CacheConfig(**fields)  # type: ignore[arg-type]
+        elif fields:
+            raise ValueError("pass either a CacheConfig or its fields, not both")
+        groups = config.groups
+        if groups is None:
+            raise ValueError("groups: HybridKVCacheManager needs CacheConfig.groups")
+        for i, spec in enumerate(groups):
+            if isinstance(spec, StateSpec):
+                raise ValueError(f"groups[{i}]: state groups are not supported by the "
+                                 "manager yet (only paged attention groups)")
+        if config.enable_prefix_caching and len(groups) > 1:
+            raise ValueError("enable_prefix_caching: prefix caching across several groups "
+                             "is not supported yet")
+        self.config = config
+        self.groups: tuple[GroupSpec, ...] = groups
+        self.block_size = config.block_size
+        self.max_model_len = config.max_model_len
+        self.page_bytes = page_bytes(groups, config.block_size)
+        self.gpu = BlockPool(config.num_gpu_blocks, "gpu")
+        self.cpu = BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
+        sub = replace(config, groups=None)
+        self._managers = [KVCacheManager(sub, shared_pools=(self.gpu, self.cpu))
+                          for _ in groups]
+        self._windows: list[tuple[KVCacheManager, SlidingWindowSpec | ChunkedLocalSpec]] = []
+        for m, spec in zip(self._managers, groups, strict=True):
+            if isinstance(spec, (SlidingWindowSpec, ChunkedLocalSpec)):
+                m.has_null_entries = True
+                add_released_column(m.rows)
+                self._windows.append((m, spec))
+        self._first = self._managers[0]
+        self.num_released_blocks = 0
+
+    # ---- queries ------------------------------------------------------------------------
+    @property
+    def num_groups(self) -> int:
+        return len(self.groups)
+
+    def group(self, index: int) -> KVCacheManager:
+        """Group `index`'s manager, for reads (tables, counts); change it through this
+        class only, which keeps the groups in step."""
+        return self._managers[index]
+
+    @property
+    def rows(self) -> SequenceStore:
+        """Group 0's row table: the same row numbers as every group's."""
+        return self._first.rows
+
+    @property
+    def has_swap_space(self) -> bool:
+        return self.cpu is not None
+
+    def __contains__(self, seq_id: object) -> bool:
+        return seq_id in self._first
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def seq_ids(self) -> list[Hashable]:
+        return self._first.seq_ids()
+
+    def num_tokens(self, seq_id: Hashable) -> int:
+        return self._first.num_tokens(seq_id)
+
+    def device_of(self, seq_id: Hashable) -> str:
+        return self._first.device_of(seq_id)
+
+    def rows_of(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
+        return self._first.rows_of(seq_ids)
+
+    def seq_lens(self, rows: np.ndarray) -> np.ndarray:
+        return self._first.seq_lens(rows)
+
+    def num_free_blocks(self, device: str = "gpu") -> int:
+        return self._first.num_free_blocks(device)
+
+    def num_used_blocks(self, device: str = "gpu") -> int:
+        return self._first.num_used_blocks(device)
+
+    def slot_mapping(self, seq_id: Hashable, start: int, end: int) -> np.ndarray:
+        return self.group_slot_mapping(0, seq_id, start, end)
+
+    def group_slot_mapping(self, group: int, seq_id: Hashable, start: int, end: int
+                           ) -> np.ndarray:
+        """int64 slots of positions `start..end-1` in group `group`'s table (inside its
+        window: a released position has no slot)."""
+        m = self._managers[group]
+        if end <= start:
+            return np.zeros(0, dtype=np.int64)
+        blocks = m.block_ids(seq_id)
+        if end > blocks.size * self.block_size or (blocks[start // self.block_size] < 0):
+            raise ValueError(f"positions {start}..{end - 1} are not all held by group "
+                             f"{group} (released or not allocated)")
+        return slots_for_positions(blocks, np.arange(start, end), self.block_size)
+
+    def block_ids(self, seq_id: Hashable) -> np.ndarray:
+        return self._first.block_ids(seq_id)
+
+    def block_tables_array(self, rows: np.ndarray, width: int | None = None, pad: int = 0
+                           ) -> np.ndarray:
+        return self._first.block_tables_array(rows, width, pad)
+
+    def group_block_tables(self, rows: np.ndarray, pad: int = 0) -> tuple[np.ndarray, ...]:
+        """Per group, int32 `[len(rows), W_g]` GPU block tables (released entries read
+        `pad`): what an executor hands each group's layers."""
+        return tuple(m.block_tables_array(rows, pad=pad) for m in self._managers)
+
+    # ---- admission ----------------------------------------------------------------------
+    def _prompt_blocks(self, num_tokens: int) -> int:
+        return len(self._managers) * num_blocks_for(num_tokens, self.block_size)
+
+    def _status(self, need: int) -> AllocStatus:
+        mark = self.config.watermark_blocks
+        if self.gpu.num_blocks - need < mark:
+            return AllocStatus.NEVER
+        return AllocStatus.OK if self.gpu.num_free - need >= mark else AllocStatus.LATER
+
+    def can_allocate(self, num_tokens: int, *, token_ids: TokenIds | None = None,
+                     block_hashes: Sequence[Hashable] | None = None,
+                     max_tokens: int | None = None, num_seqs: int = 1) -> AllocStatus:
+        """Whether every group can take its prompt blocks (each group's table holds the
+        whole prompt until `mark_computed` lets a window release)."""
+        self._first.can_allocate(num_tokens)  # validates num_tokens
+        return self._status(self._prompt_blocks(num_tokens))
+
+    def can_allocate_many(self, token_counts: Sequence[int], *,
+                          max_tokens: int | None = None) -> AllocStatus:
+        return self._status(sum(self._prompt_blocks(n) for n in token_counts))
+
+    def allocate(self, seq_id: Hashable, num_tokens: int | None = None, *,
+                 token_ids: TokenIds | None = None,
+                 block_hashes: Sequence[Hashable] | None = None,
+                 max_tokens: int | None = None, num_seqs: int = 1) -> Allocation:
+        """Blocks for a new sequence's prompt in every group (no prefix hits with several
+        groups yet). Raises OutOfBlocksError (nothing changed)."""
+        self._first.rows.check_new(seq_id)
+        if num_tokens is None:
+            if token_ids is None:
+                raise ValueError("allocate needs num_tokens or token_ids")
+            num_tokens = len(token_ids)
+        need = self._prompt_blocks(num_tokens) if isinstance(num_tokens, int) else 0
+        if need > self.gpu.num_free:
+            raise OutOfBlocksError("gpu", need, self.gpu.num_free)
+        first = self._first.allocate(seq_id, num_tokens, token_ids=token_ids)
+        for m in self._managers[1:]:
+            m.allocate(seq_id, num_tokens, token_ids=token_ids)
+        return first
+
+    def mark_computed(self, seq_id: Hashable, num_computed_tokens: int) -> int:
+        """The first tokens are computed: windows release what the next chunk no longer
+        reads (between prefill chunks)."""
+        row = self._first.rows.row(seq_id)
+        self.mark_computed_batch(np.asarray([row], dtype=np.int64),
+                                 np.asarray([num_computed_tokens], dtype=np.int64))
+        return 0
+
+    def mark_computed_batch(self, rows: np.ndarray, num_computed: np.ndarray | None = None
+                            ) -> int:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and self._windows:
+            store = self._first.rows
+            on = rows[store.where[rows] == ON_GPU]
+            held = store.ntokens[on]
+            done = held if num_computed is None else np.minimum(
+                np.asarray(num_computed, dtype=np.int64)[store.where[rows] == ON_GPU], held)
+            self._release(on, done)
+        return 0
+
+    def _release(self, rows: np.ndarray, num_tokens: np.ndarray) -> None:
+        for m, spec in self._windows:
+            self.num_released_blocks += release(m.rows, self.gpu, spec, rows, num_tokens,
+                                                self.block_size)
+
+    def take_host_transfers(self) -> tuple[np.ndarray, np.ndarray]:
+        return EMPTY_PAIRS, EMPTY_PAIRS
+
+    # ---- growth -------------------------------------------------------------------------
+    def append_slots(self, seq_id: Hashable, num_new_tokens: int = 1,
+                     num_lookahead_slots: int = 0, *, token_ids: TokenIds | None = None
+                     ) -> AppendResult:
+        """`append_slots_batch` of one sequence; a one-token step with at least two free
+        pages per group (the most one step can take) goes through each group's
+        per-sequence path."""
+        if (num_new_tokens == 1 and num_lookahead_slots == 0
+                and self.gpu.num_free >= 2 * len(self._managers)):
+            results = [m.append_slots(seq_id) for m in self._managers]
+            if self._windows:
+                store = self._first.rows
+                row = store.row_of[seq_id]
+                n = store.ntokens.item(row)
+                for m, spec in self._windows:  # scalar test first: most steps free nothing
+                    if due(m.rows, spec, row, n, self.block_size):
+                        self.num_released_blocks += release(
+                            m.rows, self.gpu, spec, np.asarray([row], dtype=np.int64),
+                            np.asarray([n], dtype=np.int64), self.block_size)
+            copies = [r.copies for r in results if r.copies.size]
+            return AppendResult(results[0].slots,
+                                np.concatenate(copies) if copies else EMPTY_PAIRS,
+                                tuple(r.slots for r in results))
+        rows = self._first.rows_of([seq_id])
+        return self.append_slots_batch(rows, num_new_tokens, num_lookahead_slots)
+
+    def append_slots_batch(self, rows: np.ndarray, num_new_tokens: int = 1,
+                           num_lookahead_slots: int = 0, *,
+                           token_ids: np.ndarray | None = None) -> AppendResult:
+        """A step for every row in every group; checked for all groups first (their
+        blocks summed against the shared pool). Slots of group 0 in `slots`, every group's
+        in `group_slots`; copies of all groups (page copies) together."""
+        rows = np.asarray(rows, dtype=np.int64)
+        first = self._first
+        plans = [first._plan(rows, num_new_tokens, num_lookahead_slots)]  # checks the rows
+        for m in self._managers[1:]:
+            plans.append(plan_append(m.rows, self.gpu, rows, int(num_new_tokens),
+                                     int(num_lookahead_slots), self.block_size,
+                                     self.max_model_len))
+        need = sum(p.num_blocks for p in plans)
+        if need > self.gpu.num_free:
+            raise OutOfBlocksError("gpu", need, self.gpu.num_free)
+        results = [m.apply_plan(p) for m, p in zip(self._managers, plans, strict=True)]
+        if self._windows and rows.size:
+            self._release(rows, first.rows.ntokens.take(rows))
+        copies = [r.copies for r in results if r.copies.size]
+        return AppendResult(results[0].slots,
+                            np.concatenate(copies) if copies else EMPTY_PAIRS,
+                            tuple(r.slots for r in results))
+
+    def blocks_needed_batch(self, rows: np.ndarray, num_new_tokens: int = 1,
+                            num_lookahead_slots: int = 0) -> np.ndarray:
+        """Per-row pages all groups' appends would take, int64 `[len(rows)]`."""
+        return sum((m.blocks_needed_batch(rows, num_new_tokens, num_lookahead_slots)
+                    for m in self._managers), np.zeros(len(rows), dtype=np.int64))
+
+    # ---- sharing and release ------------------------------------------------------------
+    def fork(self, parent_id: Hashable, child_id: Hashable) -> None:
+        self.fork_many([parent_id], [child_id])
+
+    def fork_many(self, parent_ids: Sequence[Hashable], child_ids: Sequence[Hashable]) -> None:
+        """Fork in every group (group 0 checks the ids; a fork takes no block)."""
+        for m in self._managers:
+            m.fork_many(parent_ids, child_ids)
+        if self._windows and len(child_ids):
+            parents, children = self.rows_of(parent_ids), self.rows_of(child_ids)
+            for m, _spec in self._windows:
+                m.rows.released[children] = m.rows.released[parents]
+
+    def free(self, seq_id: Hashable) -> int:
+        count = self._first.free(seq_id)
+        for m in self._managers[1:]:
+            m.free(seq_id)
+        return count
+
+    preempt_recompute = free
+
+    def free_many(self, seq_ids: Sequence[Hashable]) -> np.ndarray:
+        counts = self._first.free_many(seq_ids)
+        for m in self._managers[1:]:
+            m.free_many(seq_ids)
+        return counts
+
+    def truncate(self, seq_id: Hashable, num_tokens: int) -> None:
+        """Truncate every group; a window that already released what the new end reads
+        refuses (ValueError, nothing changed)."""
+        row = self._first.rows.row(seq_id)
+        if isinstance(num_tokens, (int, np.integer)) and not isinstance(num_tokens, bool):
+            for m, spec in self._windows:
+                check_truncate(m.rows, spec, row, int(num_tokens), self.block_size)
+        for m in self._managers:
+            m.truncate(seq_id, num_tokens)
+
+    # ---- swapping -----------------------------------------------------------------------
+    def _distinct(self, seq_ids: list[Hashable], where: int) -> int:
+        return sum(distinct_blocks(m.rows, group_rows(m.rows, seq_ids, where)).size
+                   for m in self._managers)
+
+    def can_swap_out(self, seq_ids: Iterable[Hashable]) -> bool:
+        ids = list(seq_ids)
+        return self.cpu is not None and self._distinct(ids, ON_GPU) <= self.cpu.num_free
+
+    def can_swap_in(self, seq_ids: Iterable[Hashable]) -> AllocStatus:
+        return self._status(self._distinct(list(seq_ids), ON_CPU))
+
+    def swap_out(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
+        """Every group's pages of the group of sequences to the CPU, all or nothing."""
+        ids = list(seq_ids)
+        if self.cpu is None:
+            raise ValueError("swap_out: this manager has no CPU swap space (num_cpu_blocks=0)")
+        need = self._distinct(ids, ON_GPU)
+        if need > self.cpu.num_free:
+            raise OutOfBlocksError("cpu", need, self.cpu.num_free)
+        return np.concatenate([m.swap_out(ids) for m in self._managers])
+
+    def swap_in(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
+        ids = list(seq_ids)
+        if self.cpu is None:
+            raise ValueError("swap_in: this manager has no CPU swap space (num_cpu_blocks=0)")
+        need = self._distinct(ids, ON_CPU)
+        if need > self.gpu.num_free:
+            raise OutOfBlocksError("gpu", need, self.gpu.num_free)
+        return np.concatenate([m.swap_in(ids) for m in self._managers])
+
+
+__all__ = ["HybridKVCacheManager", "PagedSpec"]
