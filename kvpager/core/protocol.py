@@ -198,3 +198,24 @@ class PagedKVManager(KVManager, Protocol):
     def block_ids(self, seq_id: Hashable) -> np.ndarray:
         """int32 copy of the sequence's block table (GPU ids while it runs)."""
         ...
+
+
+@runtime_checkable
+class GroupedKVManager(PagedKVManager, Protocol):
+    """A `PagedKVManager` of a hybrid model: several KV-cache groups (full attention, a
+    window, ...), each with its own block tables and slots, which the executor needs per
+    group (`SchedulerOutput.decode_group_block_tables`, `PrefillChunk.group_slots`)."""
+
+    @property
+    def num_groups(self) -> int:
+        """KV-cache groups; the table and slot methods above are group 0's."""
+        ...
+
+    def group_slot_mapping(self, group: int, seq_id: Hashable, start: int,
+                           end: int) -> np.ndarray:
+        """int64 slots of positions `start .. end - 1` in group `group`'s blocks."""
+        ...
+
+    def group_block_tables(self, rows: np.ndarray, pad: int = 0) -> tuple[np.ndarray, ...]:
+        """One int32 `[len(rows), width]` table per group."""
+        ...

@@ -122,6 +122,16 @@ class SequenceState:
         """Tokens with KV, while waiting or prefilling; None while decoding."""
         return self._num_computed
 
+    @property
+    def prefill_counts(self) -> tuple[int, int]:
+        """(known, computed) tokens of a sequence that waits or prefills; RuntimeError while
+        it decodes (its counts are the manager's then). The scheduler's prefill paths read
+        this instead of the Optional properties above."""
+        if self._num_tokens is None or self._num_computed is None:
+            raise RuntimeError(f"sequence {self.seq_id!r} is decoding: its counts are the "
+                               "manager's")
+        return self._num_tokens, self._num_computed
+
     def advance_prefill(self, count: int) -> None:
         """`count` more known tokens were computed."""
         if self._num_computed is None:

@@ -33,7 +33,7 @@ import numpy as np
 from kvpager.core.config import PREEMPTION_MODES, SchedulerConfig
 from kvpager.core.errors import OutOfBlocksError
 from kvpager.core.plans import AllocStatus
-from kvpager.core.protocol import KVManager, PagedKVManager
+from kvpager.core.protocol import GroupedKVManager, KVManager, PagedKVManager
 from kvpager.core.sched.output import PrefillChunk, SchedulerOutput, StepResult
 from kvpager.core.sched.request import GroupStatus, Request, SequenceGroup, SequenceState
 from kvpager.core.sched.running import RunningSet
@@ -67,6 +67,12 @@ class Scheduler:
             raise ValueError(f"kernel_inputs needs a PagedKVManager; "
                              f"{type(manager).__name__} has no slot mappings or block tables")
         self.kernel_inputs = paged if kernel_inputs is None else kernel_inputs
+        # The same manager, typed for what kernel inputs need (None: no kernel inputs).
+        self._kernel_manager: PagedKVManager | None = (
+            manager if self.kernel_inputs and isinstance(manager, PagedKVManager) else None)
+        self._grouped: GroupedKVManager | None = (
+            manager if self._kernel_manager is not None
+            and isinstance(manager, GroupedKVManager) and manager.num_groups > 1 else None)
         self.waiting: deque[SequenceGroup] = deque()
         self.running = RunningSet(manager.rows_of)
         self.swapped: list[SequenceGroup] = []
@@ -207,11 +213,10 @@ class Scheduler:
             return
         out.decode_rows, out.decode_seqs, out.decode_slots = rows, seqs, got.slots
         out.decode_seq_lens = m.seq_lens(rows)
-        if self.kernel_inputs:
-            out.decode_block_tables = m.block_tables_array(rows)
-            group_tables = getattr(m, "group_block_tables", None)  # a hybrid manager's
-            if group_tables is not None:
-                out.decode_group_block_tables = group_tables(rows)
+        if self._kernel_manager is not None:
+            out.decode_block_tables = self._kernel_manager.block_tables_array(rows)
+            if self._grouped is not None:
+                out.decode_group_block_tables = self._grouped.group_block_tables(rows)
                 out.decode_group_slots = got.group_slots or ()
         out.copies = got.copies
 
@@ -237,21 +242,24 @@ class Scheduler:
             for seq in group.seqs:
                 if budget <= 0:
                     return
-                if not seq.decoding and seq.num_computed < seq.num_tokens:
-                    count = min(seq.num_tokens - seq.num_computed, budget)
-                    out.prefills.append(self._chunk(seq, seq.num_computed, count))
+                if seq.decoding:
+                    continue
+                known, computed = seq.prefill_counts
+                if computed < known:
+                    count = min(known - computed, budget)
+                    out.prefills.append(self._chunk(seq, computed, count))
                     budget -= count
 
     def _chunk(self, seq: SequenceState, start: int, count: int) -> PrefillChunk:
-        chunk = PrefillChunk(seq, start, count, start + count == seq.num_tokens)
-        if self.kernel_inputs:
-            chunk.slots = self.manager.slot_mapping(seq.seq_id, start, start + count)
-            chunk.block_table = self.manager.block_ids(seq.seq_id)
-            groups = getattr(self.manager, "num_groups", 1)
-            if groups > 1:  # a hybrid manager: each group's slots too
+        chunk = PrefillChunk(seq, start, count, start + count == seq.prefill_counts[0])
+        km = self._kernel_manager
+        if km is not None:
+            chunk.slots = km.slot_mapping(seq.seq_id, start, start + count)
+            chunk.block_table = km.block_ids(seq.seq_id)
+            if self._grouped is not None:  # a hybrid manager: each group's slots too
                 chunk.group_slots = tuple(
-                    self.manager.group_slot_mapping(g, seq.seq_id, start, start + count)  # type: ignore[attr-defined]  # num_groups > 1 implies HybridKVCacheManager
-                    for g in range(groups))
+                    self._grouped.group_slot_mapping(g, seq.seq_id, start, start + count)
+                    for g in range(self._grouped.num_groups))
         return chunk
 
     def _admit(self, out: SchedulerOutput) -> None:
@@ -274,7 +282,7 @@ class Scheduler:
                 continue
             if status is AllocStatus.LATER:
                 return
-            tokens = sum(s.num_tokens for s in group.seqs)
+            tokens = sum(s.prefill_counts[0] for s in group.seqs)
             # A recomputation may have outgrown the budget its prompt fitted: it runs alone in
             # its step rather than never again.
             alone = group.num_preemptions > 0 and not out.prefills
@@ -282,27 +290,30 @@ class Scheduler:
                 return
             self.waiting.popleft()
             for seq in group.seqs:
-                got = m.allocate(seq.seq_id, seq.num_tokens, **self._alloc_args(group, seq))
+                got = m.allocate(seq.seq_id, seq.prefill_counts[0],
+                                 **self._alloc_args(group, seq))
                 seq.advance_prefill(got.num_cached_tokens)
-                count = seq.num_tokens - seq.num_computed
+                known, computed = seq.prefill_counts
+                count = known - computed
                 if cfg.chunked_prefill:
                     count = min(count, budget)
                 if count > 0:
-                    out.prefills.append(self._chunk(seq, seq.num_computed, count))
+                    out.prefills.append(self._chunk(seq, computed, count))
                     budget -= count
             self._start(group)
             out.admitted.append(group)
 
     def _can_allocate(self, group: SequenceGroup) -> AllocStatus:
         if len(group.seqs) > 1:  # a recomputation: independent sequences
-            return self.manager.can_allocate_many([s.num_tokens for s in group.seqs],
+            return self.manager.can_allocate_many([s.prefill_counts[0] for s in group.seqs],
                                                   max_tokens=self.final_tokens(group.request))
         seq = group.seqs[0]
-        return self.manager.can_allocate(seq.num_tokens, **self._alloc_args(group, seq))
+        return self.manager.can_allocate(seq.prefill_counts[0],
+                                         **self._alloc_args(group, seq))
 
     def _alloc_args(self, group: SequenceGroup, seq: SequenceState) -> dict:
         request = group.request
-        token_ids = _known_tokens(seq, seq.num_tokens)
+        token_ids = _known_tokens(seq, seq.prefill_counts[0])
         return {
             "token_ids": token_ids,
             # Keys made once at arrival apply to the prompt alone.
@@ -349,8 +360,9 @@ class Scheduler:
         for chunk in out.prefills:
             seq = chunk.seq
             seq.advance_prefill(chunk.count)
-            m.mark_computed(seq.seq_id, seq.num_computed)
-            if seq.num_computed == seq.num_tokens:
+            known, computed = seq.prefill_counts
+            m.mark_computed(seq.seq_id, computed)
+            if computed == known:
                 seq.start_decoding()
                 started.append(seq)
         if out.decode_rows.size:
@@ -507,9 +519,10 @@ class Scheduler:
                     self.num_recomputed_tokens += held
                     seq.restart(held + 1)
                 else:
-                    group.num_recomputed_tokens += seq.num_computed
-                    self.num_recomputed_tokens += seq.num_computed
-                    seq.restart(seq.num_tokens)
+                    known, computed = seq.prefill_counts
+                    group.num_recomputed_tokens += computed
+                    self.num_recomputed_tokens += computed
+                    seq.restart(known)
             m.free_many(ids)
             group.status = GroupStatus.WAITING
             self.waiting.appendleft(group)
