@@ -14,7 +14,7 @@ AllBlocksCleared) instead.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -24,15 +24,15 @@ class PrefixIndex:
 
     def __init__(self, num_replicas: int) -> None:
         self.num_replicas = num_replicas
-        self._holders: dict[int, int] = {}
+        self._holders: dict[Hashable, int] = {}
 
-    def stored(self, replica: int, keys: Sequence[int]) -> None:
+    def stored(self, replica: int, keys: Sequence[Hashable]) -> None:
         bit = 1 << replica
         holders = self._holders
         for key in keys:
             holders[key] = holders.get(key, 0) | bit
 
-    def removed(self, replica: int, keys: Sequence[int]) -> None:
+    def removed(self, replica: int, keys: Sequence[Hashable]) -> None:
         clear = ~(1 << replica)
         holders = self._holders
         for key in keys:
@@ -45,12 +45,12 @@ class PrefixIndex:
     def cleared(self, replica: int) -> None:
         self.removed(replica, list(self._holders))
 
-    def holds(self, replica: int) -> set[int]:
+    def holds(self, replica: int) -> set[Hashable]:
         """Keys replica `replica` holds (for tests and checks)."""
         bit = 1 << replica
         return {k for k, m in self._holders.items() if m & bit}
 
-    def match(self, keys: Sequence[int]) -> np.ndarray:
+    def match(self, keys: Sequence[Hashable]) -> np.ndarray:
         """int64 [num_replicas]: how many of `keys`, from the first, each replica holds."""
         lengths = np.zeros(self.num_replicas, dtype=np.int64)
         alive = (1 << self.num_replicas) - 1
@@ -79,10 +79,10 @@ class RoutedLRU:
 
     def __init__(self, index: PrefixIndex, capacity: int) -> None:
         self.index, self.capacity = index, max(1, capacity)
-        self._lru: list[OrderedDict[int, None]] = [
+        self._lru: list[OrderedDict[Hashable, None]] = [
             OrderedDict() for _ in range(index.num_replicas)]
 
-    def routed(self, replica: int, keys: Sequence[int]) -> None:
+    def routed(self, replica: int, keys: Sequence[Hashable]) -> None:
         lru = self._lru[replica]
         new = []
         for key in reversed(keys):

@@ -24,7 +24,7 @@ its own routing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -46,7 +46,7 @@ class Router(Protocol):
         """The router's parameters, for metrics.json."""
         ...
 
-    def route(self, keys: Sequence[int], now: float) -> int:
+    def route(self, keys: Sequence[Hashable], now: float) -> int:
         """The replica (0-based) that serves a request with these prompt-block keys."""
         ...
 
@@ -72,7 +72,7 @@ class RoundRobin:
     def settings(self) -> dict:
         return {}
 
-    def route(self, keys: Sequence[int], now: float) -> int:
+    def route(self, keys: Sequence[Hashable], now: float) -> int:
         r, self._next = self._next, (self._next + 1) % self.n
         return r
 
@@ -87,7 +87,7 @@ class RandomRouter:
     def settings(self) -> dict:
         return {"seed": self.seed}
 
-    def route(self, keys: Sequence[int], now: float) -> int:
+    def route(self, keys: Sequence[Hashable], now: float) -> int:
         return int(self._rng.integers(self.n))
 
 
@@ -100,7 +100,7 @@ class LeastLoad:
     def settings(self) -> dict:
         return {}
 
-    def route(self, keys: Sequence[int], now: float) -> int:
+    def route(self, keys: Sequence[Hashable], now: float) -> int:
         in_flight, queued, kv = self.board.arrays(now)
         signal = {"least-requests": in_flight, "least-queued": queued, "least-kv": kv}[
             self.name]
@@ -128,7 +128,7 @@ class PrefixRouter:
         return {"lru_blocks_per_replica": self.capacity_blocks} | (
             {"weights": self.weights} if self.weights else {})
 
-    def route(self, keys: Sequence[int], now: float) -> int:
+    def route(self, keys: Sequence[Hashable], now: float) -> int:
         matched = self.index.match(keys).astype(np.float64)
         in_flight, queued, kv = self.board.arrays(now)
         if self.name == "prefix-approx":
