@@ -52,11 +52,15 @@ class _Board:
         return self._a
 
 
-def test_prefix_approx_follows_what_it_routed():
-    router = PrefixRouter("prefix-approx", _Board([0, 0], [0, 0], [0, 0]), 100, {})
-    first = router.route([1, 2, 3], 0.0)
-    assert router.route([1, 2, 9], 0.0) == first  # shares two blocks with the first
-    assert router.route([7, 8], 0.0) == first  # no overlap anywhere: a tie, lowest index
+def test_prefix_approx_follows_what_it_routed_unless_load_or_a_short_match_says_no():
+    board = _Board([0, 1], [0, 0], [0, 0])
+    router = PrefixRouter("prefix-approx", board, 100, {})
+    router.lru.routed(1, [1, 2, 3])
+    assert router.route([1, 2, 9], 0.0) == 1  # 2 of 3 blocks cached on the busier one
+    assert router.route([1, 5, 6, 7], 0.0) == 0  # 1 of 4: under the threshold, load decides
+    busy = PrefixRouter("prefix-approx", _Board([0, 20], [0, 0], [0, 0]), 100, {})
+    busy.lru.routed(1, [1, 2, 3])
+    assert busy.route([1, 2, 3], 0.0) == 0  # 20 in flight over the idle one: balance
 
 
 def test_kv_cost_trades_overlap_against_active_blocks():

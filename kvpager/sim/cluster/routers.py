@@ -10,7 +10,10 @@ load comes from the `LoadBoard`, `delay` seconds late.
 - least-kv: lowest KV utilization.
 - prefix-approx: longest prefix in the router's own LRU of the blocks it routed to each
   replica, sized to a replica's KV blocks, with no feedback from the replicas (llm-d's
-  approximate prefix scorer); ties to the fewest in flight.
+  approximate prefix scorer). Pure longest-match sends every request that shares a system
+  prompt to one replica, so, as SGLang's cache-aware router does, it falls back to the
+  fewest in flight when the best match covers under `CACHE_THRESHOLD` of the prompt or the
+  best replica has more than `BALANCE_ABS` requests in flight above the least loaded one.
 - kv-cost: Dynamo's KV router cost, lowest of `overlap * prefill_blocks + active_blocks`
   (blocks the request would prefill there, blocks the replica's running requests hold);
   the overlap comes from the same routed-block LRU until a KV-event index replaces it.
@@ -37,6 +40,8 @@ ROUTERS = ("round-robin", "random", "least-requests", "least-queued", "least-kv"
            "prefix-approx", "kv-cost", "weighted")
 DEFAULT_WEIGHTS = {"prefix": 3.0, "queue": 2.0, "kv": 2.0}  # llm-d's documented example
 DEFAULT_OVERLAP = 1.0  # Dynamo's default overlap score weight
+CACHE_THRESHOLD = 0.5  # prefix-approx: matched fraction below which load decides
+BALANCE_ABS = 8  # prefix-approx: in-flight excess over the least loaded that load decides
 
 
 class Router(Protocol):
@@ -125,7 +130,9 @@ class PrefixRouter:
             self.weights = {}
 
     def settings(self) -> dict:
-        return {"lru_blocks_per_replica": self.capacity_blocks} | (
+        guard = {"cache_threshold": CACHE_THRESHOLD, "balance_abs": BALANCE_ABS} \
+            if self.name == "prefix-approx" else {}
+        return {"lru_blocks_per_replica": self.capacity_blocks} | guard | (
             {"weights": self.weights} if self.weights else {})
 
     def route(self, keys: Sequence[Hashable], now: float) -> int:
@@ -133,6 +140,10 @@ class PrefixRouter:
         in_flight, queued, kv = self.board.arrays(now)
         if self.name == "prefix-approx":
             score = matched
+            best = _pick(score, in_flight)
+            if (not len(keys) or matched[best] < CACHE_THRESHOLD * len(keys)
+                    or in_flight[best] - in_flight.min() > BALANCE_ABS):
+                score = -in_flight.astype(np.float64)
         elif self.name == "kv-cost":
             active = kv * self.capacity_blocks
             score = -(self.weights["overlap"] * (len(keys) - matched) + active)
