@@ -152,3 +152,31 @@ def _cost_model(cost_model: str, calibration: Path | None) -> str:
         raise ValueError("--calibration: give the calibration file as --cost-model FILE, "
                          "not both")
     return str(calibration)
+
+
+# Replicas behind a router (issue 21).
+Replicas = Annotated[int, typer.Option(help="Replicas (servers) behind the router.")]
+RouterName = Annotated[str, typer.Option(
+    "--router", help="round-robin, random, least-requests, least-queued, least-kv, "
+                     "prefix-approx, kv-cost or weighted.")]
+RouterWeights = Annotated[str | None, typer.Option(
+    help="weighted: scorer weights, e.g. prefix=3,queue=2,kv=2 (scorers prefix, queue, kv, "
+         "requests); kv-cost: overlap=W.")]
+RouterSignalDelay = Annotated[float, typer.Option(
+    help="Seconds late the router sees replica load (llm-d scrapes every 0.05 s).")]
+SloTtft = Annotated[float | None, typer.Option(help="TTFT SLO, seconds (attainment, goodput).")]
+SloTpot = Annotated[float | None, typer.Option(help="TPOT SLO, seconds (attainment, goodput).")]
+
+
+def cluster_config(*, replicas: int, router: str, router_weights: str | None,
+                   signal_delay: float, slo_ttft: float | None, slo_tpot: float | None):
+    """The `ClusterConfig` the cluster options describe (ValueError naming a bad one)."""
+    from kvpager.sim.cluster.config import ClusterConfig, parse_weights
+    from kvpager.sim.cluster.routers import ROUTERS
+
+    if router not in ROUTERS:
+        raise ValueError(f"--router {router!r}: unknown router; choose one of "
+                         f"{', '.join(ROUTERS)}")
+    return ClusterConfig(replicas=replicas, router=router,
+                         weights=parse_weights(router_weights, router),
+                         signal_delay_s=signal_delay, slo_ttft_s=slo_ttft, slo_tpot_s=slo_tpot)

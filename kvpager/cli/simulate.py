@@ -13,7 +13,7 @@ from kvpager.cli.console import make_console
 from kvpager.cli.errors import cli_errors
 from kvpager.cli.loading import ArrivalOptions, load
 from kvpager.cli.outputs import check_out_dir, check_out_file
-from kvpager.cli.tables import comparison_table, print_caveats, run_summary
+from kvpager.cli.tables import comparison_table, print_caveats, replica_tables, run_summary
 from kvpager.sim.config import DEFAULT_STRATEGIES, PAGED
 
 
@@ -42,6 +42,12 @@ def simulate(
     long_prompts: opts.LongPrompts = "reject",
     cpu_prefix_cache: opts.CpuPrefixCache = None,
     tier_baseline: opts.TierBaseline = True,
+    replicas: opts.Replicas = 1,
+    router: opts.RouterName = "round-robin",
+    router_weights: opts.RouterWeights = None,
+    router_signal_delay: opts.RouterSignalDelay = 0.0,
+    slo_ttft: opts.SloTtft = None,
+    slo_tpot: opts.SloTpot = None,
     rate_scale: Annotated[float, typer.Option(help="Multiply the request rate (compress "
                                                    "arrival times by this factor).")] = 1.0,
     limit: Annotated[int | None, typer.Option(help="Replay only the first N requests.")]
@@ -70,6 +76,9 @@ def simulate(
         run_dir = check_out_dir(out if out is not None else Path("runs") / trace.stem)
         if report is not None:
             check_out_file(report, "--report", (".html", ".htm"))
+        cluster = opts.cluster_config(
+            replicas=replicas, router=router, router_weights=router_weights,
+            signal_delay=router_signal_delay, slo_ttft=slo_ttft, slo_tpot=slo_tpot)
         tier_gib = opts.tier_size(cpu_prefix_cache, prefix_caching, cache)
         strategies = tuple(cache) if cache else (
             (PAGED,) if tier_gib else DEFAULT_STRATEGIES)
@@ -87,7 +96,8 @@ def simulate(
                     rate_scale=rate_scale)
         with _progress(enabled=not json_output) as report_progress:
             metrics = run_simulation(data, config, strategies, out_dir=run_dir,
-                                     progress=report_progress, tier_baseline=tier_baseline)
+                                     progress=report_progress, tier_baseline=tier_baseline,
+                                     cluster=cluster)
         if report is not None:
             from kvpager.cli.progress import spinner
             from kvpager.report import write_report
@@ -102,6 +112,9 @@ def simulate(
     console.print(f"{trace.name}: {len(data)} requests, {config.model} on {tp} x {config.gpu}",
                   markup=False, highlight=False)
     console.print(comparison_table(metrics))
+    if replicas > 1:
+        for table in replica_tables(metrics):
+            console.print(table)
     print_caveats(console, metrics)
     if tier_gib and not cache:
         console.print("note: --cpu-prefix-cache runs the paged strategy only (the contiguous "

@@ -36,6 +36,39 @@ def comparison_table(metrics: dict) -> Table:
     return table
 
 
+#: Per-replica columns of the cluster table: (header, path into a replica's summary, format).
+REPLICA_COLUMNS = [(label, path, fmt) for label, path, fmt in SUMMARY_ROWS if label in (
+    "finished", "rejected", "throughput (req/s)", "TTFT p50 (s)", "TTFT p99 (s)",
+    "TPOT p50 (s)", "KV: free", "prefix-cache hit rate")]
+MAX_REPLICA_ROWS = 16
+
+
+def replica_tables(metrics: dict) -> list[Table]:
+    """Per strategy, a row per replica (when there are at most 16) and the cluster's totals,
+    with the router, load imbalance and SLO attainment."""
+    tables = []
+    cluster = metrics.get("cluster") or {}
+    for name, m in metrics["strategies"].items():
+        section = m.get("cluster") or {}
+        replicas = section.get("replicas") or []
+        imbalance = get_path(section, ("imbalance", "max_over_mean"))
+        table = Table(title=f"{name}: {len(replicas)} replicas, router "
+                            f"{cluster.get('router', '-')}, load imbalance (max/mean in "
+                            f"flight) {'-' if imbalance is None else f'{imbalance:.2f}'}")
+        table.add_column("replica")
+        for label, _, _ in REPLICA_COLUMNS:
+            table.add_column(label, justify="right")
+        table.add_column("SLO attainment", justify="right")
+        rows = [(str(r["replica"]), r) for r in replicas] if len(replicas) <= \
+            MAX_REPLICA_ROWS else []
+        for label, r in [*rows, ("cluster", m)]:
+            att = get_path(r, ("slo", "attainment"))
+            table.add_row(label, *(fmt(get_path(r, path)) for _, path, fmt in REPLICA_COLUMNS),
+                          "-" if att is None else f"{100 * att:.1f}%")
+        tables.append(table)
+    return tables
+
+
 def load_lines(metrics: dict) -> list[str]:
     """The offered load and, per saturated strategy, when it fell behind."""
     trace = metrics.get("trace", {})

@@ -7,9 +7,10 @@ counters), running as its own SimPy process. Only the executor is simulated; eve
 about memory is made by the library's own `Scheduler` and manager, so what the simulator
 reports about memory is what the library does.
 
-Requests reach replicas through `_dispatch`, the run's one routing point. There is one
-replica today; a router over several is a change to `_dispatch` and to how replicas are
-built, not to the replica.
+Requests reach replicas through `_dispatch`, the run's one routing point: with a
+`ClusterConfig` of N replicas, its router (`kvpager.sim.cluster.routers`) picks one from the
+request's prompt-block keys and the replicas' load (`kvpager.sim.cluster.signals`). One
+replica (the default) is exactly the single-server run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ import simpy
 
 from kvpager.core.sched.request import GroupStatus, Request
 from kvpager.core.sched.scheduler import Scheduler
+from kvpager.sim.cluster import summary as cluster_summary
+from kvpager.sim.cluster.config import ClusterConfig
+from kvpager.sim.cluster.routers import build_router
+from kvpager.sim.cluster.signals import LoadBoard, load_of
 from kvpager.sim.config import PAGED, SimConfig
 from kvpager.sim.cost_model import CostModel
 from kvpager.sim.manager_protocol import SimManager
@@ -45,8 +50,10 @@ class Simulation:
         strategy: str,
         cost: CostModel,
         progress: Progress | None = None,
+        cluster: ClusterConfig | None = None,
     ) -> None:
-        """`config` must be resolved (`SimConfig.resolved`): limits are numbers, not None."""
+        """`config` must be resolved (`SimConfig.resolved`): limits are numbers, not None.
+        `cluster`: replicas and router (default: one replica)."""
         self.trace, self.config, self.cost = trace, config, cost
         self.strategy = strategy
         self.progress = progress
@@ -60,7 +67,18 @@ class Simulation:
         blocks = tier_blocks(config, cost, trace) if tiered else 0
         interval = config.sample_interval_s or max(0.25, trace.duration / 2000)
         has_beams = bool((np.asarray(trace.beam_width) > 1).any())
-        self.replicas = [Replica(config, strategy, cost, blocks, self, has_beams, interval)]
+        self.cluster = cluster if cluster is not None else ClusterConfig()
+        self.replicas = [Replica(config, strategy, cost, blocks, self, has_beams, interval)
+                         for _ in range(self.cluster.replicas)]
+        self.board = LoadBoard(self.replicas, self.cluster.signal_delay_s)
+        for index, replica in enumerate(self.replicas):
+            if self.cluster.signal_delay_s > 0:
+                replica.on_step = lambda now, i=index: self.board.record(i, now)
+        self.router = build_router(self.cluster, self.board,
+                                   cost.num_gpu_blocks(config.block_size), config.seed)
+        self.assigned = np.full(len(trace), -1, dtype=np.int64)  # replica of each request
+        self._samples_t: list[float] = []  # arrival times, for load imbalance
+        self._samples_in_flight: list[list[int]] = []
         self._arrived = 0
         self._done = 0
 
@@ -116,14 +134,49 @@ class Simulation:
         for replica in self.replicas:
             env.process(replica.serve(env))
         env.run()
-        replica = self.replica
-        counters = replica.counters() | {"truncated_prompts": self.truncated_prompts}
-        result = summarize(self.requests, replica.memory, replica.steps, counters)
-        req = self.requests
-        result["load"] = assess(req.arrival, req.admitted, req.status == REJECTED,
-                                result["requests"]["finished"], result["time"]["simulated_s"])
+        result = self._summary()
         result["time"]["wall_s"] = time.perf_counter() - wall
         return result
+
+    def _summary(self) -> dict:
+        """Today's fields for the whole cluster, then `cluster` (imbalance, each replica's
+        own summary) and `slo` when an SLO bound is set."""
+        req, cfg = self.requests, self.cluster
+        if len(self.replicas) == 1:
+            replica = self.replica
+            counters = replica.counters() | {"truncated_prompts": self.truncated_prompts}
+            result = summarize(req, replica.memory, replica.steps, counters)
+        else:
+            counters = cluster_summary.merge_counters([r.counters() for r in self.replicas])
+            counters["truncated_prompts"] = self.truncated_prompts
+            result = summarize(req, self.replica.memory,
+                               cluster_summary.merge_steps([r.steps for r in self.replicas]),
+                               counters)
+            end = result["time"]["simulated_s"] + (float(req.arrival.min())
+                                                    if req.arrival.size else 0.0)
+            per = [r.memory.time_averaged(end) for r in self.replicas]
+            result["memory"] = {k: float(np.mean([m[k] for m in per])) for k in per[0]}
+        result["load"] = assess(req.arrival, req.admitted, req.status == REJECTED,
+                                result["requests"]["finished"], result["time"]["simulated_s"])
+        bounds = (cfg.slo_ttft_s, cfg.slo_tpot_s)
+        slo = cluster_summary.slo(req, *bounds, result["time"]["simulated_s"])
+        if slo is not None:
+            result["slo"] = slo
+        result["cluster"] = {
+            "imbalance": cluster_summary.imbalance(self._samples_t, self._samples_in_flight),
+            "replicas": [self._replica_summary(i) for i in range(len(self.replicas))],
+        }
+        return result
+
+    def _replica_summary(self, index: int) -> dict:
+        replica, cfg = self.replicas[index], self.cluster
+        log = cluster_summary.subset(self.requests, self.assigned == index)
+        out = summarize(log, replica.memory, replica.steps, replica.counters())
+        slo = cluster_summary.slo(log, cfg.slo_ttft_s, cfg.slo_tpot_s,
+                                  out["time"]["simulated_s"])
+        if slo is not None:
+            out["slo"] = slo
+        return {"replica": index} | out
 
     def _arrivals(self, env: simpy.Environment) -> Generator[simpy.Event, None, None]:
         arrival = self.requests.arrival
@@ -132,15 +185,24 @@ class Simulation:
                 yield env.timeout(arrival[i] - env.now)
             self._arrived += 1
             request, outputs = self._request(i)
-            replica = self._dispatch(request)
+            self._samples_t.append(env.now)
+            self._samples_in_flight.append([load_of(r).in_flight for r in self.replicas])
+            index = self._dispatch(request, env.now)
+            self.assigned[i] = index
+            replica = self.replicas[index]
             group = replica.add(request, outputs)
+            self.board.record(index, env.now)
             if group.status is GroupStatus.FINISHED:
                 replica.reject(i, group.finish_reason or "rejected", group.num_preemptions)
             replica.wake()
 
-    def _dispatch(self, request: Request) -> Replica:
-        """The replica that serves `request`: the routing point of the run."""
-        return self.replicas[0]
+    def _dispatch(self, request: Request, now: float) -> int:
+        """The replica (index) that serves `request`: the routing point of the run. The
+        router reads the request's prompt-block keys (none for token-id traces yet: the
+        prefix routers then see no overlap)."""
+        if len(self.replicas) == 1:
+            return 0
+        return self.router.route(request.block_hashes or (), now)
 
     def _request(self, i: int) -> tuple[Request, list[int] | None]:
         """Request i of the trace, and the output token ids to replay (prefix caching of

@@ -87,6 +87,7 @@ class Replica:
         self._next_sample = 0.0
         self._wake: simpy.Event | None = None
         self._replay = config.prefix_caching and strategy == PAGED
+        self.on_step: Callable[[float], None] | None = None  # a router's load board listens
 
     # ---- requests -----------------------------------------------------------------------
     def add(self, request: Request, output_token_ids: list[int] | None = None) -> SequenceGroup:
@@ -129,6 +130,8 @@ class Replica:
             if self.has_beams:
                 self.beams.step(sched)
             self._collect_fork_copies()
+            if self.on_step is not None:
+                self.on_step(env.now)
             if env.now >= self._next_sample:
                 self.sample(env.now)
 

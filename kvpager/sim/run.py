@@ -24,6 +24,7 @@ import numpy as np
 
 from kvpager.core.memory.usage import FIELDS as MEMORY_FIELDS
 from kvpager.sim.caveats import run_caveats
+from kvpager.sim.cluster.config import ClusterConfig
 from kvpager.sim.config import (
     DEFAULT_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
@@ -143,6 +144,7 @@ def simulate(
     out_dir: str | Path | None = None,
     progress: StrategyProgress | None = None,
     tier_baseline: bool = True,
+    cluster: ClusterConfig | None = None,
 ) -> dict:
     """Simulate every strategy on the trace; write the run directory when `out_dir` is set.
 
@@ -151,7 +153,9 @@ def simulate(
     figures (`gpu_only`) and what the tier saved in TTFT (`ttft_saved_s`, GPU-only minus
     tiered; positive = faster with the tier). It doubles the paged run's time.
 
-    Returns the `metrics.json` content: {"schema", "config", "trace", "capacity",
+    `cluster`: replicas behind a router (default one replica); every strategy runs on it.
+
+    Returns the `metrics.json` content: {"schema", "config", "trace", "capacity", "cluster",
     "strategies": {name: metrics}}.
     """
     names = check_strategies(tuple(strategies))
@@ -164,14 +168,14 @@ def simulate(
     sims: dict[str, Simulation] = {}
     for name in names:
         report = None if progress is None else (lambda d, t, n=name: progress(n, d, t))
-        sim = Simulation(trace, config, name, cost, report)
+        sim = Simulation(trace, config, name, cost, report, cluster)
         results[name] = sim.run()
         sims[name] = sim
     if config.has_prefix_tier and tier_baseline:
         report = None if progress is None else (
             lambda d, t: progress(f"{PAGED} (GPU only)", d, t))
         plain = Simulation(trace, replace(config, cpu_prefix_cache_gib=0.0), PAGED, cost,
-                           report).run()
+                           report, cluster).run()
         add_gpu_only(results[PAGED], plain)
     metrics = {
         "schema": SCHEMA_VERSION,
@@ -190,6 +194,8 @@ def simulate(
         },
         "cost_model": choice.to_dict()
         | ({"terms": cost.calibration_notes} if cost.calibration_notes else {}),
+        "cluster": (cluster or ClusterConfig()).to_dict() | {
+            "router_settings": next(iter(sims.values())).router.settings()},
         "strategies": results,
         "wall_s": time.perf_counter() - started,
     }
