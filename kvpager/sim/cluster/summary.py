@@ -19,7 +19,9 @@ _RATES = ("hit_rate", "gpu_hit_rate", "cpu_hit_rate")
 
 def subset(requests: RequestLog, mask: np.ndarray) -> RequestLog:
     """The requests `mask` (bool [num_requests]) selects, as their own log."""
-    log = RequestLog(requests.arrival[mask], requests.prompt_tokens[mask])
+    log = RequestLog(requests.arrival[mask], requests.prompt_tokens[mask],
+                     requested_output=None if requests.requested_output is None
+                     else requests.requested_output[mask])
     for name in ("admitted", "first_token", "finish", "output_tokens", "preemptions",
                  "status"):
         setattr(log, name, getattr(requests, name)[mask])
