@@ -158,7 +158,8 @@ def _cost_model(cost_model: str, calibration: Path | None) -> str:
 Replicas = Annotated[int, typer.Option(help="Replicas (servers) behind the router.")]
 RouterName = Annotated[str, typer.Option(
     "--router", help="round-robin, random, least-requests, least-queued, least-kv, "
-                     "prefix-approx, kv-cost or weighted.")]
+                     "prefix-approx, prefix-precise (an index fed by the replicas' KV "
+                     "events), kv-cost or weighted.")]
 RouterWeights = Annotated[str | None, typer.Option(
     help="weighted: scorer weights, e.g. prefix=3,queue=2,kv=2 (scorers prefix, queue, kv, "
          "requests); kv-cost: overlap=W.")]

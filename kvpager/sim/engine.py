@@ -68,14 +68,20 @@ class Simulation:
         interval = config.sample_interval_s or max(0.25, trace.duration / 2000)
         has_beams = bool((np.asarray(trace.beam_width) > 1).any())
         self.cluster = cluster if cluster is not None else ClusterConfig()
-        self.replicas = [Replica(config, strategy, cost, blocks, self, has_beams, interval)
-                         for _ in range(self.cluster.replicas)]
+        # prefix-precise reads each paged replica's KV events (no prefix cache: no events)
+        precise = (self.cluster.router == "prefix-precise" and self.cluster.replicas > 1
+                   and strategy == PAGED and config.prefix_caching)
+        buses = [_event_bus() if precise else None for _ in range(self.cluster.replicas)]
+        self.replicas = [Replica(config, strategy, cost, blocks, self, has_beams, interval,
+                                 events=bus) for bus in buses]
+        self._env: simpy.Environment | None = None  # the run's clock, once it runs
         self.board = LoadBoard(self.replicas, self.cluster.signal_delay_s)
         for index, replica in enumerate(self.replicas):
             if self.cluster.signal_delay_s > 0:
                 replica.on_step = lambda now, i=index: self.board.record(i, now)
         self.router = build_router(self.cluster, self.board,
-                                   cost.num_gpu_blocks(config.block_size), config.seed)
+                                   cost.num_gpu_blocks(config.block_size), config.seed,
+                                   buses, clock=self._clock)
         self.assigned = np.full(len(trace), -1, dtype=np.int64)  # replica of each request
         self._samples_t: list[float] = []  # arrival times, for load imbalance
         self._samples_in_flight: list[list[int]] = []
@@ -126,10 +132,15 @@ class Simulation:
         if self.progress is not None:
             self.progress(self._done, len(self.trace))
 
+    def _clock(self) -> float:
+        """Simulated seconds now (0 before the run starts)."""
+        return 0.0 if self._env is None else float(self._env.now)
+
     # ---- processes ----------------------------------------------------------------------
     def run(self) -> dict:
         wall = time.perf_counter()
         env = simpy.Environment()
+        self._env = env
         env.process(self._arrivals(env))
         for replica in self.replicas:
             env.process(replica.serve(env))
@@ -236,3 +247,10 @@ class Simulation:
                           beam_width=int(t.beam_width[i]), block_hashes=hashes,
                           prompt_token_ids=None if prompt_ids is None else prompt_ids.tolist())
         return request, None if output_ids is None else output_ids.tolist()
+
+
+def _event_bus():
+    """A KV-event bus for a replica's manager (`kvpager.events`, imported only when used)."""
+    from kvpager.events import KVEventBus
+
+    return KVEventBus()

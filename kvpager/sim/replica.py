@@ -24,6 +24,7 @@ from typing import Protocol
 
 import simpy
 
+from kvpager.core.memory.event_sink import KVEventSink
 from kvpager.core.sched.output import StepResult
 from kvpager.core.sched.request import Request, SequenceGroup
 from kvpager.core.sched.scheduler import SchedulerOutput
@@ -67,10 +68,11 @@ class Replica:
     """
 
     def __init__(self, config: SimConfig, strategy: str, cost: CostModel, tier_blocks: int,
-                 run: RunView, has_beams: bool, sample_interval: float) -> None:
+                 run: RunView, has_beams: bool, sample_interval: float,
+                 events: KVEventSink | None = None) -> None:
         self.config, self.cost, self.run = config, cost, run
         self.tier_blocks = tier_blocks
-        self.deploy: Deployment = build(strategy, config, cost, tier_blocks)
+        self.deploy: Deployment = build(strategy, config, cost, tier_blocks, events)
         self.scheduler = self.deploy.scheduler
         self.manager = self.deploy.manager
         self.memory = MemorySeries(self.deploy.capacity_slots)

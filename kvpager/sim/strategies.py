@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvpager.core.config import CacheConfig, SchedulerConfig
+from kvpager.core.memory.event_sink import KVEventSink
 from kvpager.core.sched.scheduler import Scheduler
 from kvpager.sim.config import PAGED, STATIC, SimConfig
 from kvpager.sim.cost_model import CostModel
@@ -37,10 +38,12 @@ class Deployment:
     capacity_slots: int  # KV token slots of the GPU cache
 
 
-def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 0) -> Deployment:
+def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 0,
+          events: KVEventSink | None = None) -> Deployment:
     """The manager and scheduler of `strategy` for a deployment described by a resolved
     `config` (`SimConfig.resolved`); `tier_blocks` > 0 gives the paged manager a CPU prefix
-    tier of that many blocks (`kvpager.sim.tier`)."""
+    tier of that many blocks (`kvpager.sim.tier`); `events` receives the paged manager's KV
+    events (a router's precise index)."""
     max_model_len = config.max_model_len
     sched = SchedulerConfig(
         max_num_seqs=config.max_num_seqs,
@@ -58,8 +61,9 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
                  "num_cpu_blocks": cost.num_cpu_blocks(swap_bytes, bs),
                  "enable_prefix_caching": config.prefix_caching,
                  "max_model_len": max_model_len}
-        manager: SimManager = (_tiered_manager(cache, tier_blocks, cost, bs) if tier_blocks
-                               else PagedSimManager(CacheConfig(**cache)))
+        manager: SimManager = (_tiered_manager(cache, tier_blocks, cost, bs, events)
+                               if tier_blocks else PagedSimManager(CacheConfig(**cache),
+                                                                   events=events))
         return Deployment(strategy, manager, Scheduler(manager, sched, kernel_inputs=False), bs,
                           cost.num_gpu_blocks(bs) * bs)
     # prefix caching applies to the paged strategy only: a contiguous region per sequence
@@ -74,10 +78,11 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
     return Deployment(strategy, manager, scheduler, 1, capacity)
 
 
-def _tiered_manager(cache: dict, tier_blocks: int, cost: CostModel,
-                    block_size: int) -> PagedSimManager:
+def _tiered_manager(cache: dict, tier_blocks: int, cost: CostModel, block_size: int,
+                    events: KVEventSink | None = None) -> PagedSimManager:
     """A paged manager with a CPU prefix tier whose loads follow the cost model."""
     from kvpager.sim.tier import load_policy
 
     config = CacheConfig(**cache, num_cpu_prefix_blocks=tier_blocks)
-    return PagedSimManager(config, tier_load_policy=load_policy(cost, block_size))
+    return PagedSimManager(config, tier_load_policy=load_policy(cost, block_size),
+                           events=events)

@@ -20,15 +20,14 @@ load comes from the `LoadBoard`, `delay` seconds late.
 - weighted: llm-d's sum of weighted scorers, each in [0, 1]: prefix (matched fraction),
   queue and requests (min-max normalised, fewer is better), kv (free fraction).
 
-`prefix-precise` (an index fed by each replica's KV events) is not here yet: it is a router
-that owns a `PrefixIndex` and updates it from `BlockStored` / `BlockRemoved` instead of from
-its own routing.
+- prefix-precise (`precise.py`): prefix-approx's rule over an index fed by each replica's
+  own KV events (`BlockStored` / `BlockRemoved`), `--router-signal-delay` late.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -36,8 +35,11 @@ from kvpager.sim.cluster.config import ClusterConfig
 from kvpager.sim.cluster.prefix_index import PrefixIndex, RoutedLRU
 from kvpager.sim.cluster.signals import LoadBoard
 
+if TYPE_CHECKING:
+    from kvpager.events import KVEventBus
+
 ROUTERS = ("round-robin", "random", "least-requests", "least-queued", "least-kv",
-           "prefix-approx", "kv-cost", "weighted")
+           "prefix-approx", "prefix-precise", "kv-cost", "weighted")
 DEFAULT_WEIGHTS = {"prefix": 3.0, "queue": 2.0, "kv": 2.0}  # llm-d's documented example
 DEFAULT_OVERLAP = 1.0  # Dynamo's default overlap score weight
 CACHE_THRESHOLD = 0.5  # prefix-approx: matched fraction below which load decides
@@ -60,6 +62,18 @@ def _pick(score: np.ndarray, in_flight: np.ndarray) -> int:
     """Highest score; ties to the fewest in flight, then the lowest index."""
     best = np.flatnonzero(score >= score.max() - 1e-12)
     return int(best[np.argmin(in_flight[best])])
+
+
+def longest_prefix_or_load(matched: np.ndarray, keys: Sequence[Hashable],
+                           in_flight: np.ndarray) -> int:
+    """The prefix routers' rule: the longest match (float [N] matched blocks per replica),
+    unless it covers under `CACHE_THRESHOLD` of the prompt or that replica has more than
+    `BALANCE_ABS` requests in flight above the least loaded: then the fewest in flight."""
+    best = _pick(matched, in_flight)
+    if (not len(keys) or matched[best] < CACHE_THRESHOLD * len(keys)
+            or in_flight[best] - in_flight.min() > BALANCE_ABS):
+        return _pick(-in_flight.astype(np.float64), in_flight)
+    return best
 
 
 def _min_max_fewer(x: np.ndarray) -> np.ndarray:
@@ -139,12 +153,11 @@ class PrefixRouter:
         matched = self.index.match(keys).astype(np.float64)
         in_flight, queued, kv = self.board.arrays(now)
         if self.name == "prefix-approx":
-            score = matched
-            best = _pick(score, in_flight)
-            if (not len(keys) or matched[best] < CACHE_THRESHOLD * len(keys)
-                    or in_flight[best] - in_flight.min() > BALANCE_ABS):
-                score = -in_flight.astype(np.float64)
-        elif self.name == "kv-cost":
+            r = longest_prefix_or_load(matched, keys, in_flight)
+            if keys:
+                self.lru.routed(r, keys)
+            return r
+        if self.name == "kv-cost":
             active = kv * self.capacity_blocks
             score = -(self.weights["overlap"] * (len(keys) - matched) + active)
         else:
@@ -160,9 +173,16 @@ class PrefixRouter:
 
 
 def build_router(config: ClusterConfig, board: LoadBoard, capacity_blocks: int,
-                 seed: int) -> Router:
-    """The router `config.router` names, over the replicas on `board`."""
+                 seed: int, buses: Sequence[KVEventBus | None] = (),
+                 clock: Callable[[], float] = lambda: 0.0) -> Router:
+    """The router `config.router` names, over the replicas on `board`; prefix-precise
+    subscribes to `buses` (one per replica) and stamps events with `clock`."""
     n, name = config.replicas, config.router
+    if name == "prefix-precise":
+        from kvpager.sim.cluster.precise import PrecisePrefixRouter
+
+        return PrecisePrefixRouter(board, buses, config.signal_delay_s, clock,
+                                   longest_prefix_or_load)
     if name == "round-robin":
         return RoundRobin(n)
     if name == "random":
