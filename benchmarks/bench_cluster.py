@@ -27,15 +27,23 @@ TRACE = Path("../shared/traces/mooncake_fast25/conversation_trace.jsonl")
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--replicas", type=int, default=8)
-    ap.add_argument("--router", default="prefix-approx")
+    ap.add_argument("--routers", default="prefix-precise,prefix-approx,round-robin",
+                    help="comma-separated routers, one whole process each")
     ap.add_argument("--trace", type=Path, default=TRACE)
     args = ap.parse_args()
+    results = [one(args.trace, args.replicas, router) for router in args.routers.split(",")]
+    print(json.dumps(results, indent=2))
+    record("cluster", {"runs": results})
+
+
+def one(trace: Path, replicas: int, router: str) -> dict:
+    """One whole `kvpager simulate` process: its speed, peak memory and headline figures."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "kvpager.cli", "simulate", str(args.trace), "--cache",
+        cmd = [sys.executable, "-m", "kvpager.cli", "simulate", str(trace), "--cache",
                "paged", "--prefix-caching", "--chunked-prefill", "--model", "llama-3.1-8b",
-               "--gpu", "h100-80gb", "--replicas", str(args.replicas), "--router",
-               args.router, "--out", str(out), "--json"]
+               "--gpu", "h100-80gb", "--replicas", str(replicas), "--router",
+               router, "--out", str(out), "--json"]
         started = time.perf_counter()
         proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
                               check=True)
@@ -46,8 +54,8 @@ def main() -> None:
     paged = metrics["strategies"]["paged"]
     duration = metrics["trace"]["duration_s"]
     results = {
-        "trace": str(args.trace), "requests": metrics["trace"]["requests"],
-        "trace_duration_s": duration, "replicas": args.replicas, "router": args.router,
+        "trace": str(trace), "requests": metrics["trace"]["requests"],
+        "trace_duration_s": duration, "replicas": replicas, "router": router,
         "process_wall_s": wall, "real_time_factor": duration / wall,
         "peak_rss_mib": rss_kb / 1024,
         "hit_rate": paged["prefix_cache"]["hit_rate"],
@@ -56,9 +64,9 @@ def main() -> None:
         "imbalance_max_over_mean": paged["cluster"]["imbalance"]["max_over_mean"],
         "finished": paged["requests"]["finished"],
         "command": " ".join(cmd[1:]),
+        "cost_model": metrics["cost_model"]["kind"],
     }
-    print(json.dumps(results, indent=2))
-    record("cluster", results)
+    return results
 
 
 if __name__ == "__main__":
