@@ -289,3 +289,18 @@ def test_prefix_hints_are_ignored_nothing_is_shared():
     got = m.allocate("b", 8, max_tokens=16, block_hashes=["h0", "h1"])
     assert got.num_cached_tokens == 0 and m.region("b").offset == 16
     assert m.mark_computed("b", 8) == 0
+
+
+def test_a_reused_row_starts_clean_after_swap_and_free():
+    """Regions are columns of the manager's row table: a row freed while swapped out and
+    reused by a new sequence carries none of its old region, device or group."""
+    m = ContiguousManager(64, "orca-oracle", num_cpu_tokens=64)
+    m.allocate("a", 5, max_tokens=12, num_seqs=2)  # a region + a spare, 16 slots each
+    m.swap_out(["a"])
+    assert m.spare_regions() == []  # released while the whole group is on the CPU
+    m.free("a")
+    assert len(m.groups) == 0 and m.gpu.free_slots == 64 and m.cpu.free_slots == 64
+    m.allocate("b", 3, max_tokens=4)
+    assert m.rows.row("b") == 0  # the row "a" had
+    assert m.region("b") == ("gpu", 0, 4)
+    assert m.spare_regions() == []

@@ -1,13 +1,16 @@
 """`ContiguousManager`: one region per sequence, reserved in full at admission.
 
 See the package docstring (`kvpager.sim.contiguous`) for the model; reservation lengths are
-in `policy.py`, swapping in `swap.py`, the memory breakdown in `usage.py`.
+in `policy.py`, reservation groups in `groups.py`, swapping in `swap.py` (a collaborator
+handed the row table and the groups), the memory breakdown in `usage.py`.
+
+Each sequence's region is three columns of the manager's row table (`region_offset`,
+`region_size`, `region_group`), so a reused row starts clean whatever the order of cleanup.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -16,8 +19,9 @@ from kvpager.core.errors import KVPagerError, WrongDeviceError
 from kvpager.core.memory.seq_store import DEVICE_NAMES, ON_GPU, SequenceStore
 from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 from kvpager.sim.buddy import BuddyAllocator, NoFreeBlockError
+from kvpager.sim.contiguous.groups import ReservationGroup, ReservationGroups
 from kvpager.sim.contiguous.policy import POLICIES, check_int, reserve
-from kvpager.sim.contiguous.swap import ContiguousSwapMixin
+from kvpager.sim.contiguous.swap import RegionSwap
 from kvpager.sim.contiguous.usage import contiguous_breakdown
 
 
@@ -32,19 +36,7 @@ class Region(NamedTuple):
     size: int  # slots of the buddy block, rounding included
 
 
-@dataclass
-class _Group:
-    """Sequences admitted together (a request's samples or beams) and their spare regions."""
-
-    size: int  # slots of each member's block
-    final: int | None  # slots each member holds at the end (max_tokens - 1), if known
-    live: int = 1
-    on_gpu: int = 1
-    spares: list[int] = field(default_factory=list)  # GPU offsets of regions not forked into
-    dropped: int = 0  # spares released while the whole group was swapped out
-
-
-class ContiguousManager(ContiguousSwapMixin):
+class ContiguousManager:
     """A `kvpager.core.protocol.KVManager` that reserves one contiguous region per sequence.
 
     Args:
@@ -84,15 +76,27 @@ class ContiguousManager(ContiguousSwapMixin):
         self.gpu = BuddyAllocator(capacity_tokens, device="gpu")
         self.cpu = BuddyAllocator(num_cpu_tokens, device="cpu") if num_cpu_tokens else None
         self._seqs = SequenceStore()
-        self._off = np.zeros(self._seqs.where.size, dtype=np.int64)
-        self._size = np.zeros(self._seqs.where.size, dtype=np.int64)
-        self._gid = np.zeros(self._seqs.where.size, dtype=np.int64)
-        self._groups: dict[int, _Group] = {}
-        self._next_gid = 0
+        for column in ("region_offset", "region_size", "region_group"):
+            self._seqs.add_column(column, np.int64, 0)
+        self._groups = ReservationGroups()
+        self._swap = RegionSwap(self._seqs, self._groups, self.gpu, self.cpu, self._status)
         self._copies: list[np.ndarray] = []
         self.num_copied_slots = 0
-        self.num_slots_swapped_out = 0
-        self.num_slots_swapped_in = 0
+
+    @property
+    def groups(self) -> ReservationGroups:
+        """The live reservation groups (a request's members and spare regions)."""
+        return self._groups
+
+    @property
+    def num_slots_swapped_out(self) -> int:
+        """Token slots moved to the CPU so far."""
+        return self._swap.num_slots_swapped_out
+
+    @property
+    def num_slots_swapped_in(self) -> int:
+        """Token slots moved back to the GPU so far."""
+        return self._swap.num_slots_swapped_in
 
     @property
     def num_blocks_swapped_out(self) -> int:
@@ -103,6 +107,23 @@ class ContiguousManager(ContiguousSwapMixin):
     def num_blocks_swapped_in(self) -> int:
         """Slots moved back to the GPU so far."""
         return self.num_slots_swapped_in
+
+    # ---- swapping (`swap.py`) -------------------------------------------------------------
+    def can_swap_out(self, seq_ids: Iterable[Hashable]) -> bool:
+        """Whether the CPU allocator can place a region for each of the sequences."""
+        return self._swap.can_swap_out(seq_ids)
+
+    def swap_out(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
+        """Move whole regions to the CPU, all or nothing (`RegionSwap.swap_out`)."""
+        return self._swap.swap_out(seq_ids)
+
+    def can_swap_in(self, seq_ids: Iterable[Hashable]) -> AllocStatus:
+        """Whether the regions and their released spares fit back on the GPU."""
+        return self._swap.can_swap_in(seq_ids)
+
+    def swap_in(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
+        """Move whole regions back to the GPU, all or nothing (`RegionSwap.swap_in`)."""
+        return self._swap.swap_in(seq_ids)
 
     # ---- reservations -------------------------------------------------------------------
     def _reserve(self, num_tokens: int, max_tokens: int | None) -> int | None:
@@ -176,20 +197,20 @@ class ContiguousManager(ContiguousSwapMixin):
     def region(self, seq_id: Hashable) -> Region:
         """Where the sequence's KV lives: its device, the block's offset and size in slots."""
         row = self._seqs.row(seq_id)
-        return Region(DEVICE_NAMES[int(self._seqs.where[row])], int(self._off[row]),
-                      int(self._size[row]))
+        return Region(DEVICE_NAMES[int(self._seqs.where[row])], int(self._seqs.region_offset[row]),
+                      int(self._seqs.region_size[row]))
 
     def spare_regions(self) -> list[tuple[int, int]]:
         """(offset, size) of GPU regions reserved for samples / beams not forked yet."""
-        return sorted((o, g.size) for g in self._groups.values() for o in g.spares)
+        return sorted((o, g.size) for g in self._groups for o in g.spares)
 
     def slot_mapping(self, seq_id: Hashable, start: int, end: int) -> np.ndarray:
         """int64 slots of positions `start..end-1` in the sequence's region."""
         row = self._seqs.row(seq_id)
-        if not 0 <= start <= end <= self._size[row]:
+        if not 0 <= start <= end <= self._seqs.region_size[row]:
             raise ValueError(f"positions [{start}, {end}) must lie in the region of "
-                             f"{int(self._size[row])} slots")
-        return np.arange(start, end, dtype=np.int64) + self._off[row]
+                             f"{int(self._seqs.region_size[row])} slots")
+        return np.arange(start, end, dtype=np.int64) + self._seqs.region_offset[row]
 
     def take_copies(self) -> np.ndarray:
         """int64 `[n, 2]` (src_slot, dst_slot) GPU copies made by forks since the last call,
@@ -282,8 +303,8 @@ class ContiguousManager(ContiguousSwapMixin):
                                    self.gpu.largest_free())
         offsets = [self.gpu.alloc(r) for _ in range(num_seqs)]
         size = self.gpu.block_size_for(r)
-        gid = self._new_group(_Group(size, None if max_tokens is None else max_tokens - 1,
-                                     spares=offsets[1:]))
+        gid = self._groups.add(ReservationGroup(
+            size, None if max_tokens is None else max_tokens - 1, spares=offsets[1:]))
         row = self._add_row(seq_id, ON_GPU, offsets[0], size, gid)
         self._seqs.ntokens[row] = num_tokens
         return Allocation(seq_id, np.arange(num_tokens, dtype=np.int32) + offsets[0], 0)
@@ -303,7 +324,8 @@ class ContiguousManager(ContiguousSwapMixin):
         rows = self._check_batch(rows, num_new_tokens, num_lookahead_slots)
         if not rows.size:
             return np.zeros(0, dtype=np.int64)
-        return np.maximum(self._seqs.ntokens[rows] + num_new_tokens - self._size[rows], 0)
+        table = self._seqs
+        return np.maximum(table.ntokens[rows] + num_new_tokens - table.region_size[rows], 0)
 
     def append_slots_batch(
         self, rows: np.ndarray, num_new_tokens: int = 1, num_lookahead_slots: int = 0, *,
@@ -319,14 +341,15 @@ class ContiguousManager(ContiguousSwapMixin):
         if not rows.size:
             return AppendResult(np.zeros(0, dtype=np.int64), EMPTY_PAIRS)
         ntokens = self._seqs.ntokens[rows]
-        over = ntokens + num_new_tokens > self._size[rows]
+        over = ntokens + num_new_tokens > self._seqs.region_size[rows]
         if over.any():
             row = int(rows[int(np.argmax(over))])
             raise ReservationExceededError(
                 f"sequence {self._seqs.seq_of[row]!r} would hold "
                 f"{int(self._seqs.ntokens[row]) + num_new_tokens} tokens in its region of "
-                f"{int(self._size[row])} slots (was its max_tokens hint too small?)")
-        start = self._off[rows] + ntokens
+                f"{int(self._seqs.region_size[row])} slots (was its max_tokens hint too "
+                "small?)")
+        start = self._seqs.region_offset[rows] + ntokens
         slots = (start[:, None] + np.arange(num_new_tokens)).ravel()
         self._seqs.ntokens[rows] = ntokens + num_new_tokens
         return AppendResult(slots, EMPTY_PAIRS)
@@ -366,29 +389,31 @@ class ContiguousManager(ContiguousSwapMixin):
             self._seqs.check_new(child)
         if len(set(child_ids)) != len(child_ids):
             raise ValueError("child_ids lists a sequence twice")
-        spares = {gid: len(self._groups[gid].spares) for gid in set(self._gid[parents].tolist())}
+        spares = {gid: len(self._groups[gid].spares)
+                  for gid in set(self._seqs.region_group[parents].tolist())}
         fresh = []
         for p in parents.tolist():
-            gid = int(self._gid[p])
+            gid = int(self._seqs.region_group[p])
             if spares[gid]:
                 spares[gid] -= 1
             else:
-                fresh.append(int(self._size[p]))
+                fresh.append(int(self._seqs.region_size[p]))
         if not self.gpu.fits(fresh):
             raise NoFreeBlockError("gpu", max(fresh), self.gpu.free_slots,
                                    self.gpu.largest_free())
         pairs = []
         for p, child in zip(parents.tolist(), child_ids, strict=True):
-            group = self._groups[int(self._gid[p])]
-            size = int(self._size[p])
-            offset = group.spares.pop(0) if group.spares else self.gpu.alloc(size)
-            row = self._add_row(child, ON_GPU, offset, size, int(self._gid[p]))
+            group = self._groups[int(self._seqs.region_group[p])]
+            size = int(self._seqs.region_size[p])
+            spare = group.take_spare()
+            offset = self.gpu.alloc(size) if spare is None else spare
+            row = self._add_row(child, ON_GPU, offset, size, int(self._seqs.region_group[p]))
             group.live += 1
             group.on_gpu += 1
             n = int(self._seqs.ntokens[p])
             self._seqs.ntokens[row] = n
             pos = np.arange(n, dtype=np.int64)
-            pairs.append(np.stack([pos + self._off[p], pos + offset], axis=1))
+            pairs.append(np.stack([pos + self._seqs.region_offset[p], pos + offset], axis=1))
         out = np.concatenate(pairs) if pairs else EMPTY_PAIRS
         if out.size:
             self._copies.append(out)
@@ -409,15 +434,15 @@ class ContiguousManager(ContiguousSwapMixin):
         counts = self._seqs.ntokens[rows].copy()
         for row in rows.tolist():
             where = int(self._seqs.where[row])
-            (self.gpu if where == ON_GPU else self.cpu).free(int(self._off[row]))
-            gid = int(self._gid[row])
+            (self.gpu if where == ON_GPU else self.cpu).free(int(self._seqs.region_offset[row]))
+            gid = int(self._seqs.region_group[row])
             group = self._groups[gid]
             group.live -= 1
             group.on_gpu -= int(where == ON_GPU)
             if group.on_gpu == 0:
-                self._drop_spares(group)
+                group.release_spares(self.gpu)
             if group.live == 0:
-                del self._groups[gid]
+                self._groups.remove(gid)
         self._seqs.remove_many(rows)
         return counts
 
@@ -454,28 +479,11 @@ class ContiguousManager(ContiguousSwapMixin):
             return self.cpu
         raise ValueError(f"device must be 'gpu' or 'cpu', got {device!r}")
 
-    def _drop_spares(self, group: _Group) -> None:
-        """Release the spares of a group with no member left on the GPU; a member coming
-        back (swap-in) reserves them again."""
-        for offset in group.spares:
-            self.gpu.free(offset)
-        group.dropped += len(group.spares)
-        group.spares = []
-
-    def _new_group(self, group: _Group) -> int:
-        gid = self._next_gid
-        self._next_gid += 1
-        self._groups[gid] = group
-        return gid
-
     def _add_row(self, seq_id: Hashable, where: int, offset: int, size: int, gid: int) -> int:
         row = self._seqs.add(seq_id, where)
-        if self._off.size < self._seqs.where.size:
-            grow = self._seqs.where.size - self._off.size
-            self._off, self._size, self._gid = (
-                np.concatenate([a, np.zeros(grow, dtype=np.int64)])
-                for a in (self._off, self._size, self._gid))
-        self._off[row], self._size[row], self._gid[row] = offset, size, gid
+        table = self._seqs  # columns are read after `add`, which may have grown them
+        table.region_offset[row], table.region_size[row], table.region_group[row] = (
+            offset, size, gid)
         return row
 
 

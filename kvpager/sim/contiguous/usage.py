@@ -57,11 +57,11 @@ def contiguous_breakdown(
                                next_reservation, m.max_model_len)
     if rows.size:
         m.check_rows(rows)
-    n, size = m._seqs.ntokens[rows], m._size[rows]
+    table = m.rows
+    n, size = table.ntokens[rows], table.region_size[rows]
     token = int(n.sum())
     reserved = int((np.minimum(np.maximum(final, n), size) - n).sum())
-    reserved += sum(len(g.spares) * min(g.final, g.size)
-                    for g in m._groups.values() if g.final is not None)
+    reserved += sum(g.reserved_slots() for g in m.groups)
     external = 0 if external_for is None else m.gpu.free_slots_below(external_for)
     return {"token": token, "reserved": reserved,
             "internal": m.gpu.used_slots - token - reserved, "external": external,
