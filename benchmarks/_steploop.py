@@ -15,9 +15,20 @@ from kvpager.sim import SimConfig, simulate
 from kvpager.sim.traces import load_trace
 
 trace = load_trace(sys.argv[1])
-cfg = SimConfig(model="llama-2-70b", gpu="a100-80gb", tp=2, preemption="recompute",
-                chunked_prefill=False, prefix_caching=False, max_num_batched_tokens=4096,
-                max_num_seqs=128, gpu_memory_utilization=0.9)
+options = dict(model="llama-2-70b", gpu="a100-80gb", tp=2, preemption="recompute",
+               chunked_prefill=False, prefix_caching=False, max_num_batched_tokens=4096,
+               max_num_seqs=128, gpu_memory_utilization=0.9)
+if "cost_model" in SimConfig.__dataclass_fields__:
+    # Since the first-look issue the default is the shipped calibration; old commits had only
+    # the roofline. Compare like with like: the same step-time model on both sides.
+    options["cost_model"] = "roofline"
+if "max_model_len" in SimConfig.__dataclass_fields__:
+    # Since the structure issue a request longer than the model's context (4,096) is refused;
+    # old commits served it when its prompt fit max_num_batched_tokens. Raise the limit so that
+    # both sides admit, run and reject exactly the same requests (the same steps, preemptions
+    # and batches): a per-step comparison of the same work.
+    options["max_model_len"] = 16384
+cfg = SimConfig(**options)
 start = time.perf_counter()
 metrics = simulate(trace, cfg, strategies=["paged"])
 wall = time.perf_counter() - start
