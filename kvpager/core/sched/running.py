@@ -12,7 +12,11 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from kvpager.core.rows import RowTable
 from kvpager.core.sched.request import SequenceGroup, SequenceState
+
+#: The running set's column of the manager's row table: each decoding row's stop length.
+STOP_COLUMN = "stop_target"
 
 
 class RunningSet:
@@ -20,15 +24,20 @@ class RunningSet:
 
     Args:
         rows_of: the manager's `rows_of` (sequence ids -> int64 rows).
+        rows: the manager's row table (`KVManager.rows`): the stop lengths are its
+            `stop_target` column, so a reused row starts at 0 whatever order its previous
+            sequence was cleaned up in, and no array here grows on its own.
     """
 
-    def __init__(self, rows_of: Callable[[list], np.ndarray]) -> None:
+    def __init__(self, rows_of: Callable[[list], np.ndarray], rows: RowTable) -> None:
         self._rows_of = rows_of
+        if not rows.has_column(STOP_COLUMN):  # a second scheduler on one manager shares it
+            rows.add_column(STOP_COLUMN, np.int64, 0)
+        self._rows = rows
         self.groups: list[SequenceGroup] = []
         self.num_seq_slots = 0  # sum of request.width over the groups
         self._num_with_tokens = 0  # groups whose sequences carry token ids
         self._batch: tuple[np.ndarray, list[SequenceState]] | None = None
-        self._target = np.zeros(64, dtype=np.int64)  # manager row -> token count to stop at
 
     def __iter__(self) -> Iterator[SequenceGroup]:
         return iter(self.groups)
@@ -86,11 +95,8 @@ class RunningSet:
 
     def set_targets(self, rows: np.ndarray, targets: np.ndarray) -> None:
         """Stop lengths (int64, in manager slots) of rows."""
-        if rows.size and int(rows.max()) >= self._target.size:
-            grown = np.zeros(max(2 * self._target.size, int(rows.max()) + 1), dtype=np.int64)
-            grown[: self._target.size] = self._target
-            self._target = grown
-        self._target[rows] = targets
+        self._rows.stop_target[rows] = targets
 
     def targets(self, rows: np.ndarray) -> np.ndarray:
-        return self._target[rows]
+        """Stop lengths of rows (int64, a copy)."""
+        return self._rows.stop_target[rows]

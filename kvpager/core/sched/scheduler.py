@@ -74,7 +74,7 @@ class Scheduler:
             manager if self._kernel_manager is not None
             and isinstance(manager, GroupedKVManager) and manager.num_groups > 1 else None)
         self.waiting: deque[SequenceGroup] = deque()
-        self.running = RunningSet(manager.rows_of)
+        self.running = RunningSet(manager.rows_of, manager.rows)
         self.swapped: list[SequenceGroup] = []
         self._groups: dict[Hashable, SequenceGroup] = {}
         # Public counters (executors and the simulator read them instead of re-counting).

@@ -338,3 +338,21 @@ def test_a_finished_request_leaves_the_scheduler_and_its_group_keeps_the_outcome
     assert a.status is GroupStatus.FINISHED and a.finish_reason == "finished"
     with pytest.raises(ValueError, match="finished requests leave the scheduler"):
         s.group("a")
+
+
+def test_stop_lengths_are_a_column_of_the_managers_rows_and_reset_on_reuse():
+    """The running set keeps no array of its own: the stop lengths are the manager's row
+    table's column, and a row reused by a later request gets that request's own."""
+    m, s, ex = setup(16, max_num_seqs=1)
+    s.add_request(Request("long", 3, 9))
+    s.add_request(Request("short", 3, 2))
+    ex.run(s.schedule())  # long's prompt; it decodes from now on
+    row = int(m.rows_of([("long", 0)])[0])
+    assert m.rows.stop_target[row] == 3 + 9 - 1  # stop when it holds prompt + output - 1
+    seen = {}
+    while s.has_unfinished():
+        out = s.schedule()
+        for q, r in zip(out.decode_seqs, out.decode_rows.tolist(), strict=True):
+            seen[q.seq_id] = (r, int(m.rows.stop_target[r]))
+        ex.run(out)
+    assert seen == {("long", 0): (row, 11), ("short", 0): (row, 3 + 2 - 1)}
