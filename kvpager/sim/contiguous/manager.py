@@ -409,7 +409,9 @@ class ContiguousManager(ContiguousSwapMixin):
         counts = self._seqs.ntokens[rows].copy()
         for row in rows.tolist():
             where = int(self._seqs.where[row])
-            (self.gpu if where == ON_GPU else self.cpu).free(int(self._off[row]))
+            allocator = self.gpu if where == ON_GPU else self.cpu
+            assert allocator is not None  # a row is on the CPU only with a CPU swap area
+            allocator.free(int(self._off[row]))
             gid = int(self._gid[row])
             group = self._groups[gid]
             group.live -= 1

@@ -25,15 +25,16 @@ if TYPE_CHECKING:
     from kvpager.sim.contiguous.manager import ContiguousManager
 
 
+# The ignores on the methods below: mypy rejects a mixin self-type that subclasses the mixin.
 class ContiguousSwapMixin:
     """Swapping methods of `ContiguousManager` (uses its rows, groups and allocators)."""
 
-    def can_swap_out(self: ContiguousManager, seq_ids: Iterable[Hashable]) -> bool:
+    def can_swap_out(self: ContiguousManager, seq_ids: Iterable[Hashable]) -> bool:  # type: ignore[misc]
         """Whether the CPU allocator can place a region for each of the sequences."""
         rows = group_rows(self._seqs, seq_ids, ON_GPU)
         return self.cpu is not None and self.cpu.fits(self._size[rows].tolist())
 
-    def swap_out(self: ContiguousManager, seq_ids: Iterable[Hashable]) -> np.ndarray:
+    def swap_out(self: ContiguousManager, seq_ids: Iterable[Hashable]) -> np.ndarray:  # type: ignore[misc]
         """Move whole regions to the CPU, all or nothing.
 
         Returns int64 `[n, 2]` (gpu_slot, cpu_slot) pairs of the slots holding tokens.
@@ -58,13 +59,13 @@ class ContiguousSwapMixin:
         self.num_slots_swapped_out += int(pairs.shape[0])
         return pairs
 
-    def can_swap_in(self: ContiguousManager, seq_ids: Iterable[Hashable]) -> AllocStatus:
+    def can_swap_in(self: ContiguousManager, seq_ids: Iterable[Hashable]) -> AllocStatus:  # type: ignore[misc]
         """Whether the regions (and spares released at swap-out) fit back on the GPU, keeping
         the watermark free; NEVER if they would not fit an empty cache."""
         rows = group_rows(self._seqs, seq_ids, ON_CPU)
         return self._status(_swap_in_sizes(self, rows))
 
-    def swap_in(self: ContiguousManager, seq_ids: Iterable[Hashable]) -> np.ndarray:
+    def swap_in(self: ContiguousManager, seq_ids: Iterable[Hashable]) -> np.ndarray:  # type: ignore[misc]
         """Move whole regions back to the GPU, all or nothing.
 
         Returns int64 `[n, 2]` (cpu_slot, gpu_slot) pairs of the slots holding tokens.
