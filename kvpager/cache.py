@@ -172,12 +172,12 @@ class KVCache:
         self._check_layer(layer)
         k_cache = (self.cpu_key_caches if cpu else self.key_caches)[layer]
         v_cache = (self.cpu_value_caches if cpu else self.value_caches)[layer]
-        blocks = torch.as_tensor(np.asarray(blocks, dtype=np.int64), device=k_cache.device)
-        if num_tokens > blocks.numel() * self.block_size:
-            raise ValueError(f"num_tokens {num_tokens} exceeds the {blocks.numel()} blocks given")
+        ids = torch.as_tensor(np.asarray(blocks, dtype=np.int64), device=k_cache.device)
+        if num_tokens > ids.numel() * self.block_size:
+            raise ValueError(f"num_tokens {num_tokens} exceeds the {ids.numel()} blocks given")
         # [n, H, D/x, bs, x] -> [n, bs, H, D]; [n, H, D, bs] -> [n, bs, H, D]
-        k = k_cache[blocks].permute(0, 3, 1, 2, 4).reshape(-1, self.num_kv_heads, self.head_size)
-        v = v_cache[blocks].permute(0, 3, 1, 2).reshape(-1, self.num_kv_heads, self.head_size)
+        k = k_cache[ids].permute(0, 3, 1, 2, 4).reshape(-1, self.num_kv_heads, self.head_size)
+        v = v_cache[ids].permute(0, 3, 1, 2).reshape(-1, self.num_kv_heads, self.head_size)
         return (self._dequantize(k[:num_tokens], self.k_scale),
                 self._dequantize(v[:num_tokens], self.v_scale))
 

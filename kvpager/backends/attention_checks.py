@@ -35,11 +35,11 @@ def check_blocksparse(
     the pattern offset `(tp_rank * H + h) * |step| + 1` plus a sparse block index must stay
     within int32 too, or the kernels' modulo would wrap while the reference's would not.
     """
-    v.check_int("tp_rank", tp_rank, 0)
+    tp_rank = v.check_int("tp_rank", tp_rank, 0)
     v.check_int("blocksparse_local_blocks", local_blocks, 0)
-    v.check_int("blocksparse_vert_stride", vert_stride, 0)
-    v.check_int("blocksparse_block_size", sparse_block_size, 1)
-    v.check_int("blocksparse_head_sliding_step", sliding_step)
+    vert_stride = v.check_int("blocksparse_vert_stride", vert_stride, 0)
+    sparse_block_size = v.check_int("blocksparse_block_size", sparse_block_size, 1)
+    sliding_step = v.check_int("blocksparse_head_sliding_step", sliding_step)
     if vert_stride <= 1:
         return
     if sparse_block_size % block_size:
@@ -53,7 +53,8 @@ def check_blocksparse(
         raise v.fail("tp_rank", f"({tp_rank}) times the {num_heads} heads leaves the sparse "
                                 f"pattern's offsets outside int32 (need (tp_rank + 1) * "
                                 f"num_heads <= {room})")
-    if (tp_rank + 1) * heads * abs(sliding_step) > room:
+    # the ignore: torch's stub of SymInt (a traced int) declares no __abs__
+    if (tp_rank + 1) * heads * abs(sliding_step) > room:  # type: ignore[arg-type]
         raise v.fail("blocksparse_head_sliding_step",
                      f"({sliding_step}) with tp_rank {tp_rank} and {num_heads} heads gives "
                      f"sparse-pattern offsets outside int32 (need (tp_rank + 1) * num_heads * "

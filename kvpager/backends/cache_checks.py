@@ -112,15 +112,20 @@ def _check_block_mapping(block_mapping: object) -> torch.Tensor:
     return block_mapping
 
 
+def _layers(name: str, caches: object) -> list | tuple:
+    if not isinstance(caches, (list, tuple)):
+        raise v.fail(name, f"must be a list of tensors (one per layer), got "
+                           f"{type(caches).__name__}")
+    return caches
+
+
 def check_copy_blocks(key_caches: object, value_caches: object, block_mapping: object) -> int:
     """Layers of one shape, dtype and device each; returns num_blocks (0 for no layers).
 
     Only dim 0 (blocks) is interpreted, so any cache layout can be copied.
     """
-    for name, caches in (("key_caches", key_caches), ("value_caches", value_caches)):
-        if not isinstance(caches, (list, tuple)):
-            raise v.fail(name, f"must be a list of tensors (one per layer), got "
-                               f"{type(caches).__name__}")
+    key_caches = _layers("key_caches", key_caches)
+    value_caches = _layers("value_caches", value_caches)
     if len(key_caches) != len(value_caches):
         raise v.fail("value_caches", f"has {len(value_caches)} layers but key_caches has "
                                      f"{len(key_caches)}")

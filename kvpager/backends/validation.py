@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from kvpager.core.errors import KVPagerError
 
@@ -44,7 +44,7 @@ def fail(argument: str, problem: str) -> OpArgumentError:
 
 
 # ---- static checks -----------------------------------------------------------------------
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int | torch.SymInt]:
     """A Python int (not a bool) or a symbolic int from `torch.compile` tracing."""
     import torch
 
@@ -59,9 +59,9 @@ INT32_MAX = 2**31 - 1
 
 def check_int(
     name: str, value: object, minimum: int | None = None, maximum: int | None = INT32_MAX
-) -> None:
-    """An int (not a bool) in [minimum, maximum]. The default maximum is INT32_MAX: kernels
-    hold these values in 32-bit registers, so a larger one would wrap there silently."""
+) -> int | torch.SymInt:
+    """An int (not a bool) in [minimum, maximum], returned. The default maximum is INT32_MAX:
+    kernels hold these values in 32-bit registers, so a larger one would wrap there silently."""
     if not is_int(value):
         raise fail(name, f"must be an int, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
@@ -70,6 +70,7 @@ def check_int(
         raise fail(name, f"must be <= {maximum}, got {value}")
     if minimum is None and maximum is not None and value < -maximum:
         raise fail(name, f"must be >= {-maximum}, got {value}")
+    return value
 
 
 def check_float(name: str, value: object) -> float:

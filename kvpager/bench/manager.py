@@ -184,11 +184,14 @@ def bench_prefix(num_seqs: int, steps: int, repeats: int) -> dict:
         m.mark_computed_batch(rows)
         turn[0] += 1
 
-    before = len(m.prefix_cache)
+    cache = m.prefix_cache
+    if cache is None:
+        raise RuntimeError("bench_prefix: make_manager built no prefix cache")
+    before = len(cache)
     result = time_steps(step, steps, repeats)
-    result["prefix_hit_rate"] = round(m.prefix_cache.hit_rate, 3)
+    result["prefix_hit_rate"] = round(cache.hit_rate, 3)
     result["hash_us_per_576_token_request"] = round(hash_us, 1)
-    result["cached_blocks_gained"] = len(m.prefix_cache) - before
+    result["cached_blocks_gained"] = len(cache) - before
     return result
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvpager.bench.attention_shapes import (
     DecodeInputs,
@@ -79,7 +79,8 @@ def _attention_call(inputs: DecodeInputs, backend: str, version: str) -> Callabl
                                           backend=backend, check_indices=False)
 
 
-def _sdpa(inputs: DecodeInputs) -> tuple[Callable[[], torch.Tensor], str, object]:
+def _sdpa(inputs: DecodeInputs
+          ) -> tuple[Callable[[], torch.Tensor], str, tuple[torch.Tensor, torch.Tensor]]:
     """(call, kernel name, keys/values kept alive) of SDPA on contiguous K/V; the first
     kernel in FLASH, EFFICIENT, CUDNN, MATH order that accepts the shape is pinned."""
     import torch
@@ -87,7 +88,8 @@ def _sdpa(inputs: DecodeInputs) -> tuple[Callable[[], torch.Tensor], str, object
 
     keys, values = contiguous_kv(inputs)
     query = inputs.query[:, :, None, :]
-    gqa = {"enable_gqa": True} if inputs.shape.num_heads != inputs.shape.num_kv_heads else {}
+    gqa: dict[str, Any] = (
+        {"enable_gqa": True} if inputs.shape.num_heads != inputs.shape.num_kv_heads else {})
     for name in _SDPA_KERNELS:
         kernel = getattr(SDPBackend, name, None)
         if kernel is None:

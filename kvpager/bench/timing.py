@@ -19,6 +19,10 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 #: Bytes zeroed between timed calls: more than any GPU's L2 (H100 50 MiB, H200 60 MiB,
 #: B200 126 MiB) and long enough (~50 us at 5 TB/s) to cover a kernel launch.
@@ -74,7 +78,7 @@ def _capture(fn: Callable[[], object]):
 
 def time_cuda(
     fn: Callable[[], object], *, warmup: int = 3, repeats: int = 20, use_graph: bool = True,
-    flush: object | None = None,
+    flush: torch.Tensor | None = None,
 ) -> Timing:
     """Median seconds of one call of `fn` on the current CUDA device (see module docstring).
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import SupportsFloat
 
 from rich.console import Console
 from rich.table import Table
@@ -64,7 +65,7 @@ def replica_tables(metrics: dict) -> list[Table]:
         for label, r in [*rows, ("cluster", m)]:
             att = get_path(r, ("slo", "attainment"))
             table.add_row(label, *(fmt(get_path(r, path)) for _, path, fmt in REPLICA_COLUMNS),
-                          "-" if att is None else f"{100 * att:.1f}%")
+                          "-" if not isinstance(att, SupportsFloat) else f"{100 * float(att):.1f}%")
         tables.append(table)
     return tables
 
@@ -134,6 +135,9 @@ def _kinds(strategy_metrics: dict) -> dict[str, dict]:
     if isinstance(kinds, dict):
         return kinds
     counts = get_path(strategy_metrics, ("requests", "rejected_reasons")) or {}
+    if not isinstance(counts, dict):
+        raise ValueError(f"requests.rejected_reasons: expected an object, got "
+                         f"{type(counts).__name__}")
     return {reason: {"count": count} for reason, count in counts.items()}
 
 
@@ -144,7 +148,7 @@ def prefix_line(metrics: dict) -> str | None:
     rates, without = [], []
     for name, m in metrics["strategies"].items():
         hit = get_path(m, ("prefix_cache", "hit_rate"))
-        if hit is None:
+        if not isinstance(hit, SupportsFloat):  # None: no prefix cache
             without.append(name)
         else:
             rates.append(f"{name} {100 * float(hit):.1f}% of queried prompt blocks")

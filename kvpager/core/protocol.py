@@ -140,13 +140,13 @@ class KVManager(Protocol):
         blocks can be shared once computed. Raises OutOfBlocksError (nothing changed)."""
         ...
 
-    def fork(self, parent_id: Hashable, child_id: Hashable) -> None:
+    def fork(self, parent_id: Hashable, child_id: Hashable) -> object:
         """A new sequence holding everything the parent holds (shared where the manager can
         share; a write into a shared block copies it first)."""
         ...
 
-    def fork_many(self, parent_ids: Sequence[Hashable], child_ids: Sequence[Hashable]) -> None:
-        """`fork` for pairs at once."""
+    def fork_many(self, parent_ids: Sequence[Hashable], child_ids: Sequence[Hashable]) -> object:
+        """`fork` for pairs at once (what either returns is the manager's own: unused here)."""
         ...
 
     def free(self, seq_id: Hashable) -> int:

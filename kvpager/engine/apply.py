@@ -22,7 +22,7 @@ from kvpager.core.memory.manager import KVCacheManager
 from kvpager.core.sched.request import SequenceState
 from kvpager.core.sched.scheduler import Scheduler
 from kvpager.engine.outputs import EngineStats
-from kvpager.engine.tracking import RequestState
+from kvpager.engine.tracking import RequestState, known_tokens
 
 
 def decide_beam_step(
@@ -44,7 +44,7 @@ def decide_beam_step(
             "logits this step; a beam step needs all of them (a recomputed beam group was "
             "split across chunked-prefill steps; use preemption='swap')")
     rows = torch.tensor([row_of[id(seq)] for seq in current], device=logits.device)
-    step = state.beam.step(logits[rows])
+    step = state.beam_search.step(logits[rows])
     state.beam_step = step
     return [seq.seq_id for seq in current] if step.done else []
 
@@ -60,7 +60,7 @@ def apply_beam_step(scheduler: Scheduler, manager: KVCacheManager, stats: Engine
             scheduler.finish_seqs([seq.seq_id for seq in state.group.seqs])
         return
     current = state.beam_seqs
-    if state.beam.generated == 1:  # the scheduler forked the prompt into width sequences
+    if state.beam_search.generated == 1:  # the scheduler forked the prompt into width sequences
         spare = {0: list(state.group.seqs)}
     else:
         spare = {p: [seq] for p, seq in enumerate(current)}
@@ -77,7 +77,7 @@ def apply_beam_step(scheduler: Scheduler, manager: KVCacheManager, stats: Engine
         for seq in unused:
             scheduler.free_seq(seq.seq_id)
     for seq, token in zip(beams, step.tokens, strict=True):
-        seq.token_ids.append(token)
+        known_tokens(seq).append(token)
     state.beam_seqs = beams
 
 
@@ -105,10 +105,10 @@ def apply_samples(scheduler: Scheduler, state: RequestState) -> None:
         sample.logprob += logprob
         alive = sample.seq is not None and id(sample.seq) in live
         if sample.seq is not None:
-            sample.seq.token_ids.append(token)
+            known_tokens(sample.seq).append(token)
         if token in state.eos:
             sample.finish_reason = "stop"
-            if alive:
+            if alive and sample.seq is not None:
                 to_end.append(sample.seq)
         elif not alive:  # the scheduler ended it at its length limit
             sample.finish_reason = "length"

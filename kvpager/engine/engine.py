@@ -254,6 +254,11 @@ class LLMEngine:
         """Decide next tokens without applying them: sampled tokens go to each sample's
         `pending`, beam decisions to `state.beam_step`."""
         choices = _Choices()
+        if logits is None:  # the step ran no tokens, so no sequence can wait for one
+            if seqs:
+                raise RuntimeError(f"{len(seqs)} sequences wait for a token from a step that "
+                                   "ran none")
+            return choices
         by_state: dict[int, list[tuple[int, SequenceState]]] = {}
         for row, seq in enumerate(seqs):
             state = self._requests[seq.group.request_id]

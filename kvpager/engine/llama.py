@@ -13,6 +13,7 @@ Inference only: weights are plain tensors, the forward runs under `torch.inferen
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +161,10 @@ class PagedLlama:
     def to(self, *, dtype: torch.dtype | None = None,
            device: torch.device | str | None = None) -> PagedLlama:
         """Convert the weights in place (the rotary frequencies stay float32); returns self."""
+        @overload
+        def conv(t: torch.Tensor) -> torch.Tensor: ...
+        @overload
+        def conv(t: torch.Tensor | None) -> torch.Tensor | None: ...
         def conv(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device=device, dtype=dtype)
 

@@ -75,6 +75,13 @@ class RequestState:
         raise RuntimeError(f"sequence {seq.seq_id!r} belongs to no sample of request "
                            f"{self.request_id!r}")
 
+    @property
+    def beam_search(self) -> BeamSearch:
+        """The request's beam search, started at its first token."""
+        if self.beam is None:
+            raise RuntimeError(f"request {self.request_id!r}: no beam search started")
+        return self.beam
+
     def start_beam_search(self) -> BeamSearch:
         self.beam = BeamSearch(self.params, tuple(sorted(self.eos)), self.max_new_tokens)
         return self.beam
@@ -100,4 +107,11 @@ class RequestState:
                              self.group.num_preemptions)
 
 
-__all__ = ["RequestState", "SampleState"]
+def known_tokens(seq: SequenceState) -> list[int]:
+    """The token ids of `seq`, which every sequence the engine runs carries."""
+    if seq.token_ids is None:
+        raise RuntimeError(f"sequence {seq.seq_id!r} carries no token ids")
+    return seq.token_ids
+
+
+__all__ = ["RequestState", "SampleState", "known_tokens"]

@@ -17,6 +17,7 @@ Why this shape:
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -120,8 +121,8 @@ def _anchor_ok(anchor: str) -> bool:
     return bool(anchor) and all(c.isalnum() or c in "-_" for c in anchor) and anchor.isascii()
 
 
-def table_html(headers: list[str], rows: list[list[object]], numeric: set[int] | None = None,
-               key_column: bool = False) -> str:
+def table_html(headers: list[str], rows: Sequence[Sequence[object]],
+               numeric: set[int] | None = None, key_column: bool = False) -> str:
     """An HTML table; every cell escaped. `numeric`: column indexes to right-align."""
     numeric = numeric or set()
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
+from typing import NoReturn
 
 import numpy as np
 
@@ -235,7 +236,7 @@ class BuddyAllocator:
                 self.free_slots -= 1 << order
                 return offset
 
-    def _raise_bad_offset(self, offset: object) -> None:
+    def _raise_bad_offset(self, offset: object) -> NoReturn:
         if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
             raise UnknownBlockError(f"offset must be an int, got {type(offset).__name__} "
                                     f"{offset!r}")

@@ -48,7 +48,7 @@ def _rejection_message(names: list[str], rejected: int, arrived: int, kinds: dic
     text = (f"{who} rejected {rejected:,} of {arrived:,} requests ({100 * rejected / arrived:.1f}%"
             "): the latency, throughput and hit-rate figures describe only the requests "
             "served, not the trace.")
-    names = {e.get("limit_name") for e in kinds.values()}
+    limit_names = {e.get("limit_name") for e in kinds.values()}
     longest = max((e.get("longest_total") or e.get("longest_prompt") or 0
                    for k, e in kinds.items() if e.get("limit_name") == "max_model_len"),
                   default=0)
@@ -60,7 +60,7 @@ def _rejection_message(names: list[str], rejected: int, arrived: int, kinds: dic
                                    "a model spec file with a longer max_context, ")
                  + "--max-model-len L up to the model's context, or --long-prompts truncate.")
     for name, fix in _OTHER_FIXES.items():
-        if name in names:
+        if name in limit_names:
             text += f" {fix}"
     return text
 

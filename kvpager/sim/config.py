@@ -180,6 +180,13 @@ class SimConfig:
                       else max(DEFAULT_BATCHED_TOKENS, max_len))
         return replace(self, max_model_len=max_len, max_num_batched_tokens=budget)
 
+    def resolved_limits(self) -> tuple[int, int]:
+        """(max_model_len, max_num_batched_tokens) of a configuration `resolved` filled in."""
+        if self.max_model_len is None or self.max_num_batched_tokens is None:
+            raise ValueError("max_model_len / max_num_batched_tokens: unset; use "
+                             "SimConfig.resolved(model_context) first")
+        return self.max_model_len, self.max_num_batched_tokens
+
 
 def check_tier_strategies(config: SimConfig, names: tuple[str, ...]) -> None:
     """A CPU prefix tier runs only under the paged strategy: raise ValueError otherwise

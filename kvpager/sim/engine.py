@@ -230,7 +230,7 @@ class Simulation:
                 output_ids = None
                 hashes = t.block_keys(i, cfg.block_size).tolist() or None
         prompt = int(t.prompt_tokens[i])
-        limit = cfg.max_model_len
+        limit = cfg.resolved_limits()[0]
         if cfg.long_prompts == "truncate" and prompt + int(t.output_tokens[i]) > limit:
             # Cut to fit, as simulators that truncate do: the prompt to leave room for one
             # output token, the output (by the scheduler) at max_model_len.

@@ -33,10 +33,16 @@ class SimManager(KVManager, Protocol):
         num_blocks_swapped_out, num_blocks_swapped_in: units moved by swaps so far.
     """
 
-    prefix_cache: PrefixCache | None
     num_cow_copies: int
-    num_blocks_swapped_out: int
-    num_blocks_swapped_in: int
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None: ...
+
+    @property
+    def num_blocks_swapped_out(self) -> int: ...
+
+    @property
+    def num_blocks_swapped_in(self) -> int: ...
 
     def memory_breakdown(
         self, rows: np.ndarray, final_slots: np.ndarray, next_reservation: int | None = None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator
-from typing import Protocol
+from typing import Protocol, cast
 
 import simpy
 
@@ -211,16 +211,16 @@ class Replica:
                 seconds: float) -> None:
         req = self.run.requests
         for group in out.admitted:
-            i = group.request_id
+            i = cast(int, group.request_id)  # the simulator's request ids are trace rows
             if math.isnan(req.admitted[i]):
                 req.admitted[i] = start
         for group in out.rejected:
-            self.reject(group.request_id, group.finish_reason or "rejected",
+            self.reject(cast(int, group.request_id), group.finish_reason or "rejected",
                         group.num_preemptions)
         if out.preempted or out.swap_out.size or out.swap_in.size:
             self._events(out, start)
         for group in result.first_token:
-            req.first_token[group.request_id] = end
+            req.first_token[cast(int, group.request_id)] = end
         for group in result.finished:
             self._finish(group, end)
         batch = int(out.decode_rows.size) + len(out.prefills)
@@ -239,7 +239,7 @@ class Replica:
             self.events.append((start, "swap-in", int(out.swap_in.shape[0])))
 
     def _finish(self, group: SequenceGroup, end: float) -> None:
-        i = group.request_id
+        i = cast(int, group.request_id)  # the simulator's request ids are trace rows
         req = self.run.requests
         req.finish[i] = end
         req.status[i] = FINISHED

@@ -40,7 +40,7 @@ from kvpager.sim.cost_model import (
     ModelDoesNotFitError,
     choose_cost_model,
 )
-from kvpager.sim.engine import Simulation
+from kvpager.sim.engine import Progress, Simulation
 from kvpager.sim.metrics import FINISHED, REJECTED
 from kvpager.sim.presets import get_model
 from kvpager.sim.tier import add_gpu_only
@@ -73,7 +73,7 @@ def _cost(config: SimConfig, calibration=None) -> CostModel:
     cost = CostModel(config.model, config.gpu, tp=config.tp,
                      kv_cache_dtype=config.kv_cache_dtype,
                      gpu_memory_utilization=config.gpu_memory_utilization,
-                     max_num_batched_tokens=config.max_num_batched_tokens,
+                     max_num_batched_tokens=config.resolved_limits()[1],
                      max_num_seqs=config.max_num_seqs, calibration=calibration)
     if config.num_gpu_blocks is not None:
         kv_bytes = config.num_gpu_blocks * config.block_size * cost.kv_bytes_per_token
@@ -167,7 +167,8 @@ def simulate(
     results: dict[str, dict] = {}
     sims: dict[str, Simulation] = {}
     for name in names:
-        report = None if progress is None else (lambda d, t, n=name: progress(n, d, t))
+        report: Progress | None = None if progress is None else (
+            lambda d, t, n=name: progress(n, d, t))
         sim = Simulation(trace, config, name, cost, report, cluster)
         results[name] = sim.run()
         sims[name] = sim

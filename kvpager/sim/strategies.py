@@ -16,6 +16,7 @@ contiguous strategies keep one region per sequence, cannot share, and run withou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from kvpager.core.config import CacheConfig, SchedulerConfig
 from kvpager.core.memory.event_sink import KVEventSink
@@ -44,10 +45,10 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
     `config` (`SimConfig.resolved`); `tier_blocks` > 0 gives the paged manager a CPU prefix
     tier of that many blocks (`kvpager.sim.tier`); `events` receives the paged manager's KV
     events (a router's precise index)."""
-    max_model_len = config.max_model_len
+    max_model_len, max_num_batched_tokens = config.resolved_limits()
     sched = SchedulerConfig(
         max_num_seqs=config.max_num_seqs,
-        max_num_batched_tokens=config.max_num_batched_tokens,
+        max_num_batched_tokens=max_num_batched_tokens,
         # the limit's owner is the manager (below); the scheduler reads it from there
         reject_over_length=config.long_prompts == "reject",
         chunked_prefill=config.chunked_prefill,
@@ -57,7 +58,7 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
     swap_bytes = config.swap_space_gib * GiB
     if strategy == PAGED:
         bs = config.block_size
-        cache = {"num_gpu_blocks": cost.num_gpu_blocks(bs), "block_size": bs,
+        cache: dict[str, Any] = {"num_gpu_blocks": cost.num_gpu_blocks(bs), "block_size": bs,
                  "num_cpu_blocks": cost.num_cpu_blocks(swap_bytes, bs),
                  "enable_prefix_caching": config.prefix_caching,
                  "max_model_len": max_model_len}

@@ -7,6 +7,7 @@ One list for every place that shows a strategy summary: the terminal table of
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import SupportsFloat
 
 
 def _num(fmt: str) -> Callable[[object], str]:
@@ -26,7 +27,7 @@ def _gib(v: object) -> str:
 
 
 def _pct(v: object) -> str:
-    return "-" if v is None or isinstance(v, (dict, list, str)) else f"{100 * float(v):.1f}%"
+    return "-" if not isinstance(v, SupportsFloat) else f"{100 * float(v):.1f}%"
 
 
 def load_verdict(load: object) -> str:

@@ -182,6 +182,6 @@ def _run(
 
         starts = starts.to(torch.int32).contiguous()
         ends = ends.to(torch.int32).contiguous()
-    else:
-        from kvpager.sparse import reference as impl
+    else:  # the ignore: both modules give the same function; mypy types impl by the first
+        from kvpager.sparse import reference as impl  # type: ignore[no-redef]
     impl.top_k_rows(logits, starts, ends, indices, num_rows, top_k)

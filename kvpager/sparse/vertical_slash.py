@@ -211,8 +211,8 @@ def _convert(
         return block_count, block_offset, column_count, column_index
     if chosen == "triton":
         from kvpager.sparse import triton_vertical_slash as impl
-    else:
-        from kvpager.sparse import reference as impl
+    else:  # the ignore: both modules give the same function; mypy types impl by the first
+        from kvpager.sparse import reference as impl  # type: ignore[no-redef]
     q32 = q_seqlens.to(torch.int32).contiguous()
     kv32 = kv_seqlens.to(torch.int32).contiguous()
     impl.vertical_slash_blocks(

@@ -130,7 +130,7 @@ def _document(spec: SweepSpec, traces: dict, tasks: list, results: dict, executo
                   "native_rate_per_s": native},
         "points": points,
         "sustained": {} if tiers else sustained(points, spec.strategies, spec.metric,
-                                                spec.latency_bound),
+                                                spec.bound),
         "executor": executor,
         "wall_s": wall_s,
     }

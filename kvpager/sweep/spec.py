@@ -174,6 +174,13 @@ class SweepSpec:
         return self.rates if self.rates is not None else self.rate_scales  # type: ignore
 
     @property
+    def bound(self) -> float:
+        """`latency_bound` as construction filled it in (its default for the metric)."""
+        if self.latency_bound is None:
+            raise ValueError("latency_bound: unset (SweepSpec construction fills it in)")
+        return self.latency_bound
+
+    @property
     def axis(self) -> str:
         """"rate" (generated arrivals at req/s), "rate_scale", or "cpu_prefix_cache" (tier
         sizes at one load)."""

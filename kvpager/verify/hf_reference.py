@@ -8,6 +8,7 @@ transformers) and benchmarks/gpu_verify.py's engine step; importing it needs tra
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import transformers
@@ -22,14 +23,15 @@ def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = 
     weights. initializer_range 0.2 (ten times the default) spreads the logits so that the
     top two tokens rarely lie within rounding of each other: greedy comparisons stay
     meaningful."""
-    fields = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+    fields: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   head_dim=32, max_position_embeddings=512, initializer_range=0.2,
                   tie_word_embeddings=False, eos_token_id=EOS, bos_token_id=1)
     fields.update(overrides)
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields))
-    return model.to(dtype=dtype, device=device).eval()
+    # the ignore: transformers wraps `to` in a decorator whose type mypy misreads as unbound
+    return model.to(dtype=dtype, device=device).eval()  # type: ignore[call-arg]
 
 
 def make_prompts(lengths: tuple[int, ...], seed: int = 1) -> list[list[int]]:

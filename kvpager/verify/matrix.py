@@ -121,7 +121,7 @@ def covering_order(pool: list[AttentionCase], *, seed: int = 0, pairs: bool = Tr
     pool = list(pool)
     random.Random(seed).shuffle(pool)
     singles = {id(c): case_values(c) for c in pool}
-    wanted = set().union(*singles.values()) if pool else set()
+    wanted: set[object] = set().union(*singles.values()) if pool else set()
     while wanted and pool:
         best = max(pool, key=lambda c: (len(singles[id(c)] & wanted), -case_cost(c)))
         pool.remove(best)
@@ -192,7 +192,8 @@ class AttentionInputs:
             return t.to(device) if isinstance(t, torch.Tensor) else t
 
         skip = ("case", "sparse_kwargs", "tp_rank")
-        return AttentionInputs(self.case, *(move(getattr(self, f.name)) for f in fields(self)
+        # the ignore: mypy cannot count the arguments a star-expanded generator gives
+        return AttentionInputs(self.case, *(move(getattr(self, f.name)) for f in fields(self)  # type: ignore[misc]
                                             if f.name not in skip),
                                sparse_kwargs=dict(self.sparse_kwargs), tp_rank=self.tp_rank)
 
@@ -242,6 +243,8 @@ def make_inputs(
 
     fp8 = case.kv_cache_dtype != "auto"
     x = 16 if fp8 else 16 // torch.empty((), dtype=dtype).element_size()
+    k_scale: float | torch.Tensor
+    v_scale: float | torch.Tensor
     k_scale, v_scale = (0.25, 0.5) if fp8 else (3.0, 7.0)  # "auto" must ignore the scales
     key_shape = (num_blocks, num_kv_heads, head_size // x, block_size, x)
     value_shape = (num_blocks, num_kv_heads, head_size, block_size)
@@ -258,7 +261,7 @@ def make_inputs(
         key_cache = torch.randn(key_shape, generator=gen).to(dtype)
         value_cache = torch.randn(value_shape, generator=gen).to(dtype)
     query = torch.randn((len(lens), num_heads, head_size), generator=gen).to(dtype)
-    sparse_kwargs = {}
+    sparse_kwargs: dict[str, int] = {}
     if case.sparse is not None:
         local, vert, block, step = case.sparse
         sparse_kwargs = {"local": local, "vert": vert, "block": block, "step": step}

@@ -183,7 +183,7 @@ def run_steps(steps: list[Step], ctx: Context, first: int = 0) -> int:
 def read_run(path: Path, run_id: str) -> list[dict]:
     """This run's events from the journal file (lines of other runs, or a torn last line
     from a killed process, are left out)."""
-    events = []
+    events: list[dict] = []
     if not path.exists():
         return events
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():

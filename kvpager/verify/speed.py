@@ -19,6 +19,8 @@ CPU shapes and no target is judged.
 
 from __future__ import annotations
 
+from typing import Any
+
 from kvpager.verify.runner import FAIL, PASS, Context, StepSkipped, error_line
 from kvpager.verify.steps_setup import kernel_backends
 
@@ -57,16 +59,16 @@ def findings(points: list[dict], baselines: list[dict], judged: bool, big_batch:
     out = []
     for backend in sorted({p["backend"] for p in points} - {"reference"}):
         for ctx_len in (short, mid):
-            p = best.get((backend, dtype, big_batch, ctx_len))
+            point = best.get((backend, dtype, big_batch, ctx_len))
             copy = base.get(("copy", dtype, big_batch, ctx_len))
             sdpa = base.get(("sdpa", dtype, big_batch, ctx_len))
             where = {"backend": backend, "batch": big_batch, "context": ctx_len}
             if backend in SHARE_TARGETS:
-                share = p["gb_per_s"] / copy["gb_per_s"] if p and copy else None
+                share = point["gb_per_s"] / copy["gb_per_s"] if point and copy else None
                 out.append(_finding(f"{backend} bandwidth / copy (b{big_batch} ctx{ctx_len})",
                                     share, SHARE_TARGETS[backend], True, judged, **where))
             if backend in SDPA_TARGET:
-                ratio = p["us_per_call"] / sdpa["us_per_call"] if p and sdpa else None
+                ratio = point["us_per_call"] / sdpa["us_per_call"] if point and sdpa else None
                 out.append(_finding(f"{backend} latency / SDPA (b{big_batch} ctx{ctx_len})",
                                     ratio, SDPA_TARGET[backend], False, judged, **where))
         if backend in FP8_TARGET:
@@ -97,9 +99,13 @@ def speed_step(ctx: Context) -> dict:
     common = dict(num_heads=s.speed_heads[0], kv_heads=(s.speed_heads[1],),
                   head_size=s.speed_head_size, block_size=16, device=ctx.device,
                   warmup=s.speed_warmup, repeats=s.speed_repeats)
-    grids = [dict(batches=(small, big), contexts=(short, mid), dtypes=(s.speed_dtype, "fp8")),
-             dict(batches=(small,), contexts=(long_,), dtypes=(s.speed_dtype,))]
-    points, baselines, skipped, errors = [], [], [], {}
+    grids: list[dict[str, Any]] = [
+        dict(batches=(small, big), contexts=(short, mid), dtypes=(s.speed_dtype, "fp8")),
+        dict(batches=(small,), contexts=(long_,), dtypes=(s.speed_dtype,))]
+    points: list[dict] = []
+    baselines: list[dict] = []
+    skipped: list[dict] = []
+    errors: dict[str, str] = {}
     for backend in backends:  # one backend at a time: an error keeps the other's figures
         for grid in grids:
             try:

@@ -140,8 +140,9 @@ def check_large_cache(backend: str, device: str, num_blocks: int | None = None) 
         v1 = torch.empty_like(query)
         ops.paged_attention_v1(v1, *args, backend=name)
         v2 = torch.empty_like(query)
-        workspace = ops.v2_workspace(2, 32, head_size, 320, dtype=torch.float16, device=device)
-        ops.paged_attention_v2(v2, *workspace, *args, backend=name)
+        exp_sums, max_logits, tmp_out = ops.v2_workspace(2, 32, head_size, 320,
+                                                         dtype=torch.float16, device=device)
+        ops.paged_attention_v2(v2, exp_sums, max_logits, tmp_out, *args, backend=name)
         outs[name] = (v1, v2)
     for got, want in zip(outs[backend], outs["reference"], strict=True):
         torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)

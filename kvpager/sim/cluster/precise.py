@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class PrecisePrefixRouter:
         self._pending: deque[tuple[float, int, KVEvent]] = deque()
         for replica, bus in enumerate(buses):
             if bus is not None:
-                bus.subscribe(lambda event, r=replica: self._on_event(r, event))
+                bus.subscribe(partial(self._on_event, replica))
 
     def settings(self) -> dict:
         return {"index": "KV events (GPU medium)", "delay_s": self.delay_s}

@@ -434,7 +434,9 @@ class ContiguousManager:
         counts = self._seqs.ntokens[rows].copy()
         for row in rows.tolist():
             where = int(self._seqs.where[row])
-            (self.gpu if where == ON_GPU else self.cpu).free(int(self._seqs.region_offset[row]))
+            allocator = self.gpu if where == ON_GPU else self.cpu
+            assert allocator is not None  # a row is on the CPU only with a CPU swap area
+            allocator.free(int(self._seqs.region_offset[row]))
             gid = int(self._seqs.region_group[row])
             group = self._groups[gid]
             group.live -= 1

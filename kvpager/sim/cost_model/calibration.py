@@ -46,6 +46,7 @@ import json
 import math
 import os
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,8 +96,8 @@ class Calibration:
 
     def bind(self, cost: CostModel) -> BoundCalibration:
         """The interpolators of this calibration for one cost model (checked to match)."""
-        for name, mine, theirs in (("gpu", self.gpu, cost.gpu.name),
-                                   ("model", self.model, cost.model.name)):
+        for name, mine, theirs in (("gpu", self.gpu, cost.gpu_spec.name),
+                                   ("model", self.model, cost.model_spec.name)):
             if mine is not None and mine.lower() != theirs.lower():
                 raise CalibrationError(f"{self.source}: field '{name}': measured for {mine!r}, "
                                        f"but the cost model is for {theirs!r}")
@@ -106,7 +107,7 @@ class Calibration:
         return BoundCalibration(self, cost)
 
 
-def _interp(xs: list[float], ys: list[float], x: float) -> float:
+def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     """Piecewise-linear y(x) for xs[0] <= x <= xs[-1] (xs strictly increasing)."""
     if len(xs) == 1:
         return ys[0]
@@ -120,7 +121,7 @@ class BoundCalibration:
 
     def __init__(self, cal: Calibration, cost: CostModel) -> None:
         self.cal, self.cost = cal, cost
-        self.layers = cost.model.num_layers
+        self.layers = cost.model_spec.num_layers
         self.batches = sorted({p.batch for p in cal.decode})
         self.contexts = sorted({p.context for p in cal.decode})
         table = {(p.batch, p.context): p.seconds for p in cal.decode}
@@ -160,7 +161,7 @@ class BoundCalibration:
         rows = [_interp(cs, t[i], context) for i in range(len(bs))]
         return _interp(bs, rows, batch)
 
-    def decode_attention_seconds(self, decode_seqs: int, decode_context_tokens: int) -> float:
+    def decode_attention_seconds(self, decode_seqs: int, decode_context_tokens: float) -> float:
         """All layers' decode attention of a batch, measured where the grid covers it."""
         bs, cs = self.batches, self.contexts
         context = decode_context_tokens / decode_seqs
@@ -235,20 +236,20 @@ def parse_calibration(doc: object, path: str) -> Calibration:
                                    f"{', '.join(KINDS)}, got {json.dumps(kind)}")
         seconds = _number(path, where, entry, "seconds", minimum=0, integer=False, strict=True)
         if kind == "decode_attention":
-            b = _number(path, where, entry, "batch", minimum=1, integer=True)
-            c = _number(path, where, entry, "context", minimum=1, integer=True)
+            b = int(_number(path, where, entry, "batch", minimum=1, integer=True))
+            c = int(_number(path, where, entry, "context", minimum=1, integer=True))
             if (b, c) in seen:
                 raise CalibrationError(f"{path}: {where}: duplicate point batch={b}, "
                                        f"context={c} (also entries[{seen[b, c]}])")
             seen[b, c] = k
             decode.append(DecodePoint(b, c, float(seconds)))
             continue
-        p = _number(path, where, entry, "prefill_tokens", minimum=0, integer=True)
-        d = _number(path, where, entry, "decode_seqs", minimum=0, integer=True)
-        ctx = _number(path, where, entry, "decode_context_tokens", minimum=d, integer=True)
+        p = int(_number(path, where, entry, "prefill_tokens", minimum=0, integer=True))
+        d = int(_number(path, where, entry, "decode_seqs", minimum=0, integer=True))
+        ctx = int(_number(path, where, entry, "decode_context_tokens", minimum=d, integer=True))
         work = _number(path, where, entry, "prefill_attention_work", minimum=p, integer=False,
                        default=p * (p + 1) / 2)
-        ps = _number(path, where, entry, "prefill_seqs", minimum=0, integer=True, default=0)
+        ps = int(_number(path, where, entry, "prefill_seqs", minimum=0, integer=True, default=0))
         if p + d == 0:
             raise CalibrationError(f"{path}: {where}: a step needs prefill_tokens or "
                                    "decode_seqs > 0")

@@ -29,8 +29,8 @@ from kvpager.sim.cost_model.gpu_model import (
 )
 
 
-def nelder_mead(f: Callable[[np.ndarray], float], x0: Sequence[float], step: float = 0.5,
-                iters: int = 600, tol: float = 1e-10) -> np.ndarray:
+def nelder_mead(f: Callable[[np.ndarray], float], x0: Sequence[float] | np.ndarray,
+                step: float = 0.5, iters: int = 600, tol: float = 1e-10) -> np.ndarray:
     """Minimise f from x0 (the textbook simplex method: reflect, expand, contract, shrink)."""
     n = len(x0)
     pts = [np.asarray(x0, float)]
@@ -106,6 +106,7 @@ def fit_gemm(rows: Sequence[prof.LinearRow], peak: float, hbm: float) -> GemmCur
             x = nelder_mead(loss, x, step=0.3)
         if best is None or loss(x) < best[0]:
             best = (loss(x), curve(x))
+    assert best is not None  # TILES is not empty
     return best[1]
 
 
@@ -153,7 +154,8 @@ def fit_allreduce(rows: Sequence[prof.CollectiveRow], points: int = 40
     return out
 
 
-def decode_bytes(shape: prof.LayerShape, tp: int, batch: np.ndarray, context: np.ndarray
+def decode_bytes(shape: prof.LayerShape, tp: int, batch: np.ndarray | int,
+                 context: np.ndarray | int
                  ) -> np.ndarray:
     """KV bytes one layer's decode attention reads on one GPU."""
     kv = max(1, shape.kv_heads // tp) * shape.head_size
@@ -221,7 +223,9 @@ def load_profiles(directory: Path, gpu_name: str, topology: str = "pairwise_nvli
     if net.is_file():
         allreduce = prof.read_all_reduce(net)
         sources.append(str(net))
-    decode, prefill, cpu = [], [], []
+    decode: list[prof.DecodeRow] = []
+    prefill: list[prof.PrefillRow] = []
+    cpu: list[prof.CpuRow] = []
     attention = root / "legacy" / gpu / "attention.csv"
     attention_gpu = gpu
     if not attention.is_file():  # the profiles measure attention on A100 only

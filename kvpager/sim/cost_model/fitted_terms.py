@@ -40,7 +40,7 @@ class _Table:
 def is_gated(cost: CostModel) -> bool:
     """Whether the model's MLP is gated (Llama) rather than two matrices (OPT): the
     parameter count it was published with is closer to the gated estimate."""
-    m = cost.model
+    m = cost.model_spec
     gated = m.estimated_params(gated_mlp=True)
     plain = m.estimated_params(gated_mlp=False, biases=True)
     return abs(gated - m.num_params) <= abs(plain - m.num_params)
@@ -54,7 +54,7 @@ class FittedTerms:
 
     def __init__(self, fit: GpuFit, cost: CostModel, kv_token_bytes: float,
                  weight_bytes: int, roof: dict[str, float]) -> None:
-        m, tp = cost.model, cost.tp
+        m, tp = cost.model_spec, cost.tp
         layers = m.num_layers
         dims = LayerDims.of(m.hidden_size, m.num_heads, m.num_kv_heads, m.head_size,
                             m.intermediate_size, is_gated(cost), tp)
@@ -94,7 +94,7 @@ class FittedTerms:
     def linear(self, tokens: int, rows: int) -> float:
         return self.layers(tokens) + self.head(rows)
 
-    def decode_attention(self, seqs: int, context_tokens: int) -> float:
+    def decode_attention(self, seqs: int, context_tokens: float) -> float:
         d = self.decode
         return d[0] + d[1] * seqs + d[2] * context_tokens if seqs else 0.0
 

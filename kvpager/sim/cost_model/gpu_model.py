@@ -149,7 +149,7 @@ class GpuFit:
         t = sum(self.gemm.seconds(tokens, k, n, self.peak_flops) for k, n in dims.gemms())
         sizes = dims.elementwise_bytes(tokens)
         names = sizes if elementwise is None else elementwise
-        return t + sum(self.elementwise.seconds(sizes[op]) for op in names)
+        return np.asarray(t + sum(self.elementwise.seconds(sizes[op]) for op in names))
 
     def head_seconds(self, hidden: int, vocab_per_gpu: int, rows: np.ndarray) -> np.ndarray:
         """The LM head GEMM for `rows` sampled positions (zero rows cost nothing)."""
@@ -223,9 +223,9 @@ def _curve(where: str, sub: object) -> MeasuredCurve:
 
 
 def _positive_number(where: str, value: object, allow_zero: bool = False) -> float:
-    ok = type(value) in (int, float) and math.isfinite(value) and (
-        value >= 0 if allow_zero else value > 0)
+    number = value if isinstance(value, (int, float)) and type(value) in (int, float) else math.nan
+    ok = math.isfinite(number) and (number >= 0 if allow_zero else number > 0)
     if not ok:
         raise ValueError(f"{where}: expected a finite number {'>= 0' if allow_zero else '> 0'}"
                          f", got {value!r}")
-    return float(value)
+    return float(number)

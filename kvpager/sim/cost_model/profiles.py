@@ -20,6 +20,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 from kvpager.core.errors import KVPagerError
 
@@ -138,6 +139,12 @@ def _rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     return rows
 
 
+@overload
+def _num(path: Path, k: int, row: dict[str, str], col: str, *, integer: Literal[True],
+         positive: bool = True) -> int: ...
+@overload
+def _num(path: Path, k: int, row: dict[str, str], col: str, *, integer: Literal[False] = False,
+         positive: bool = True) -> float: ...
 def _num(path: Path, k: int, row: dict[str, str], col: str, *, integer: bool = False,
          positive: bool = True) -> float:
     raw = row.get(col)

@@ -135,7 +135,7 @@ class CostModel:
         put = object.__setattr__
         put(self, "model", get_model(self.model))
         put(self, "gpu", get_gpu(self.gpu))
-        m, g = self.model, self.gpu
+        m, g = self.model_spec, self.gpu_spec
         self._check_arguments()
         wb = DTYPE_BYTES[self.dtype]
         kvb = wb if self.kv_cache_dtype == "auto" else DTYPE_BYTES[self.kv_cache_dtype]
@@ -156,7 +156,7 @@ class CostModel:
             "allreduce_token": 0.0,
             "allreduce_fixed": 0.0,
         }
-        if tp > 1:
+        if tp > 1 and g.interconnect_bytes_per_s is not None:  # _check_arguments: not None
             link = g.interconnect_bytes_per_s * self.interconnect_efficiency
             k["allreduce_token"] = (2 * m.num_layers * 2 * (tp - 1) / tp * m.hidden_size * wb
                                     / link)
@@ -173,8 +173,22 @@ class CostModel:
             put(self, "_cal", bound)  # decode attention first: the step fit uses it
             bound.fit_steps()
 
+    @property
+    def model_spec(self) -> ModelSpec:
+        """`model` as the spec construction resolved it to (a name or file is looked up)."""
+        if not isinstance(self.model, ModelSpec):
+            raise TypeError(f"model: not resolved to a ModelSpec: {self.model!r}")
+        return self.model
+
+    @property
+    def gpu_spec(self) -> GPUSpec:
+        """`gpu` as the spec construction resolved it to (a name or file is looked up)."""
+        if not isinstance(self.gpu, GPUSpec):
+            raise TypeError(f"gpu: not resolved to a GPUSpec: {self.gpu!r}")
+        return self.gpu
+
     def _check_arguments(self) -> None:
-        m = self.model
+        m = self.model_spec
         if type(self.tp) is not int or self.tp < 1:
             raise ValueError(f"tp: expected an integer >= 1, got {self.tp!r}")
         if m.num_heads % self.tp:
@@ -183,9 +197,9 @@ class CostModel:
         if m.num_kv_heads % self.tp and self.tp % m.num_kv_heads:
             raise ValueError(f"tp: {self.tp} neither divides nor is a multiple of the "
                              f"{m.num_kv_heads} KV heads of {m.name}")
-        if self.tp > 1 and self.gpu.interconnect_bytes_per_s is None:
+        if self.tp > 1 and self.gpu_spec.interconnect_bytes_per_s is None:
             raise ValueError(f"tp: {self.tp} > 1 needs gpu.interconnect_bytes_per_s, which "
-                             f"{self.gpu.name} does not give")
+                             f"{self.gpu_spec.name} does not give")
         if self.dtype not in WEIGHT_DTYPES:
             raise ValueError(f"dtype: expected one of {', '.join(WEIGHT_DTYPES)}, got "
                              f"{self.dtype!r}")
@@ -230,7 +244,7 @@ class CostModel:
         """Bytes per GPU kept for activations, logits and the runtime (module docstring)."""
         if self.activation_reserve_bytes is not None:
             return float(self.activation_reserve_bytes)
-        m, wb = self.model, DTYPE_BYTES[self.dtype]
+        m, wb = self.model_spec, DTYPE_BYTES[self.dtype]
         act = self.max_num_batched_tokens * (2 * m.hidden_size + 3 * m.intermediate_size
                                              / self.tp) * wb
         return act + self.max_num_seqs * m.vocab_size * 8 + self.runtime_reserve_bytes
@@ -241,19 +255,20 @@ class CostModel:
         deployment's measured cache size)."""
         if self.kv_cache_bytes is not None:
             return float(self.kv_cache_bytes)
-        budget = self.gpu.memory_bytes * self.gpu_memory_utilization
+        budget = self.gpu_spec.memory_bytes * self.gpu_memory_utilization
         return budget - self.weight_bytes_per_gpu - self.activation_reserve
 
     def _check_fit(self) -> None:
         if self.kv_capacity_bytes > 0:
             return
-        budget = self.gpu.memory_bytes * self.gpu_memory_utilization
+        budget = self.gpu_spec.memory_bytes * self.gpu_memory_utilization
         raise ModelDoesNotFitError(
-            f"model does not fit: {self.model.name} needs {self.weight_bytes_per_gpu / GiB:.1f} "
-            f"GiB of weights per GPU at tp={self.tp} plus a {self.activation_reserve / GiB:.1f} "
+            f"model does not fit: {self.model_spec.name} needs "
+            f"{self.weight_bytes_per_gpu / GiB:.1f} GiB of weights per GPU at tp={self.tp} plus a "
+            f"{self.activation_reserve / GiB:.1f} "
             f"GiB activation reserve, but {self.gpu_memory_utilization:g} x "
-            f"{self.gpu.memory_bytes / GiB:.1f} GiB = {budget / GiB:.1f} GiB is usable on "
-            f"{self.gpu.name}; raise tp or gpu_memory_utilization")
+            f"{self.gpu_spec.memory_bytes / GiB:.1f} GiB = {budget / GiB:.1f} GiB is usable on "
+            f"{self.gpu_spec.name}; raise tp or gpu_memory_utilization")
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -274,9 +289,9 @@ class CostModel:
 
     def swap_time(self, num_blocks: int, block_size: int) -> float:
         """Seconds to move `num_blocks` KV blocks between GPU and host in one direction."""
-        if self.gpu.host_bytes_per_s is None:
-            raise ValueError(f"gpu: {self.gpu.name} gives no host_bytes_per_s to time swaps")
-        link = self.gpu.host_bytes_per_s * self.host_link_efficiency
+        if self.gpu_spec.host_bytes_per_s is None:
+            raise ValueError(f"gpu: {self.gpu_spec.name} gives no host_bytes_per_s to time swaps")
+        link = self.gpu_spec.host_bytes_per_s * self.host_link_efficiency
         return num_blocks * block_size * self._k["kv_token"] / link
 
     def copy_time(self, num_blocks: int, block_size: int) -> float:
@@ -291,7 +306,7 @@ class CostModel:
         prefill_tokens: int,
         prefill_attention_work: float,
         decode_seqs: int,
-        decode_context_tokens: int,
+        decode_context_tokens: float,
         prefill_seqs: int = 0,
     ) -> StepBreakdown:
         """The terms of `step_time` (same arguments), for reports and tests."""
@@ -333,13 +348,14 @@ class CostModel:
             measured = (*measured, "decode_attention")
         return StepBreakdown(lin, pre, dec, write, comm, over, roof, total, measured)
 
-    def roofline_decode_attention(self, decode_seqs: int, decode_context_tokens: int) -> float:
+    def roofline_decode_attention(self, decode_seqs: int,
+                                  decode_context_tokens: float) -> float:
         """Decode attention seconds of a batch by the roofline alone (all layers)."""
         k = self._k
         return max(decode_context_tokens * k["attn_pair"],
                    decode_context_tokens * k["kv_per_token"])
 
-    def _decode_attention(self, decode_seqs: int, decode_context_tokens: int) -> float:
+    def _decode_attention(self, decode_seqs: int, decode_context_tokens: float) -> float:
         """A measured grid of this model first, then the GPU's fitted curve, then the
         roofline."""
         cal = self._cal
@@ -360,7 +376,7 @@ class CostModel:
         prefill_tokens: int,
         prefill_attention_work: float,
         decode_seqs: int,
-        decode_context_tokens: int,
+        decode_context_tokens: float,
         prefill_seqs: int = 0,
     ) -> float:
         """Seconds of one engine step (the module docstring has the formula).

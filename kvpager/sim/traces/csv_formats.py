@@ -68,7 +68,8 @@ def _rows(lines: list[str], path: str, width: int, names: tuple[str, ...]):
 def _positive_ints(rows, col: int, loc: Locator, name: str) -> np.ndarray:
     """int64 column `col`: every cell plain ASCII digits, 1..MAX_REQUEST_TOKENS."""
     values = [parse_count(r[col]) for r in rows]
-    if None in values or not 0 < min(values) <= max(values) <= MAX_REQUEST_TOKENS:
+    # the ignore: mypy cannot see that `None in values` keeps None out of min() and max()
+    if None in values or not 0 < min(values) <= max(values) <= MAX_REQUEST_TOKENS:  # type: ignore[operator, type-var]
         for k, v in enumerate(values):
             if v is None or v <= 0:
                 raise loc.bad(k, name, rows[k][col], "an integer > 0", raw=True)
@@ -96,7 +97,8 @@ def read_azure(text: str, path: str) -> Trace:
                 day = days[m.group(1)] = ordinal * 86400
             except ValueError:
                 day = None
-        if day is None or int(m.group(2)) > 23 or int(m.group(3)) > 59 or int(m.group(4)) > 59:
+        if (m is None or day is None or int(m.group(2)) > 23 or int(m.group(3)) > 59
+                or int(m.group(4)) > 59):
             raise loc.bad(k, "TIMESTAMP", r[0],
                           "a time like '2023-11-16 18:15:46.6805900'", raw=True)
         frac = m.group(5) or ""

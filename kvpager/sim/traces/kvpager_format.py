@@ -49,7 +49,7 @@ def read_kvpager(records: list, loc: Locator, container: str) -> Trace:
     group = [-1] * count
     shared = [0] * count
     hbs = [0] * count
-    labels: dict[object, int] = {}
+    labels: dict[str | int, int] = {}
     hash_rows: list[list] = []
     hash_recs: list[int] = []
     tok_rows: list[list] = []

@@ -90,12 +90,15 @@ class PrefixTable:
     def __post_init__(self) -> None:
         n = len(self.kind)
         put = object.__setattr__
-        if self.out_offsets is None:
-            put(self, "out_offsets", np.zeros(n + 1, dtype=np.int64))
-            put(self, "out_data", np.zeros(0, dtype=np.int64))
-        put(self, "out_offsets", _frozen(self.out_offsets, np.int64, "prefix.out_offsets", n + 1))
-        put(self, "out_data", _frozen(self.out_data, np.int64, "prefix.out_data",
-                                      int(self.out_offsets[-1])))
+        out_offsets, out_data = self.out_offsets, self.out_data
+        if out_offsets is None:
+            out_offsets, out_data = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        if out_data is None:
+            raise ValueError("prefix.out_data: missing, but prefix.out_offsets is given")
+        out_offsets = _frozen(out_offsets, np.int64, "prefix.out_offsets", n + 1)
+        put(self, "out_offsets", out_offsets)
+        put(self, "out_data", _frozen(out_data, np.int64, "prefix.out_data",
+                                      int(out_offsets[-1])))
         put(self, "kind", _frozen(self.kind, np.int8, "prefix.kind", n))
         put(self, "group", _frozen(self.group, np.int64, "prefix.group", n))
         put(self, "shared_tokens", _frozen(self.shared_tokens, np.int64, "shared_tokens", n))
@@ -112,9 +115,16 @@ class PrefixTable:
             np.zeros(n + 1, np.int64), np.zeros(0, np.int64),
         )
 
+    @property
+    def outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(out_offsets, out_data), which construction fills in when they are not given."""
+        if self.out_offsets is None or self.out_data is None:
+            raise ValueError("prefix: out_offsets / out_data unset (set by __post_init__)")
+        return self.out_offsets, self.out_data
+
     def take(self, order: np.ndarray) -> PrefixTable:
         offsets, data = take_ragged(self.offsets, self.data, order)
-        out_offsets, out_data = take_ragged(self.out_offsets, self.out_data, order)
+        out_offsets, out_data = take_ragged(*self.outputs, order)
         return PrefixTable(
             self.kind[order], self.group[order], self.shared_tokens[order],
             self.hash_block_size[order], offsets, data, self.group_labels,
@@ -320,8 +330,8 @@ class Trace:
     def output_token_ids(self, i: int) -> np.ndarray | None:
         """The output token ids of request i (int64 [output_tokens]) when the trace carries
         them, else None."""
-        p = self.prefix
-        row = p.out_data[p.out_offsets[i] : p.out_offsets[i + 1]]
+        out_offsets, out_data = self.prefix.outputs
+        row = out_data[out_offsets[i] : out_offsets[i + 1]]
         return row if row.size else None
 
     def prompt_token_ids(self, i: int) -> np.ndarray | None:
