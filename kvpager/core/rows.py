@@ -133,7 +133,8 @@ class RowTable:
         """int64 rows of live sequences, in order."""
         ids = seq_ids if isinstance(seq_ids, (list, tuple)) else list(seq_ids)
         try:
-            return np.fromiter((self.row_of[s] for s in ids), dtype=np.int64, count=len(ids))
+            row_of = self.row_of
+            return np.array([row_of[s] for s in ids], dtype=np.int64)
         except (KeyError, TypeError):
             missing = next(s for s in ids if s not in self)
             raise UnknownSequenceError(f"unknown sequence {missing!r}") from None

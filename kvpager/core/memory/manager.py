@@ -245,6 +245,8 @@ class KVCacheManager:
         _check_positive("num_tokens", num_tokens)
         total = num_blocks_for(num_tokens, self.block_size)
         hits = self._match(self._prompt_keys(num_tokens, token_ids, block_hashes), num_tokens)
+        if not hits:  # the common case without prefix caching: every block comes free
+            return self._status(total, total)
         hit_ids = np.asarray(hits, dtype=np.int32)
         return self._status(total, total - hit_ids.size + self.gpu.count_free(hit_ids))
 

@@ -94,7 +94,7 @@ class SequenceState:
     passes them to the manager for prefix caching.
     """
 
-    __slots__ = ("_num_computed", "_num_tokens", "group", "seq_id", "token_ids")
+    __slots__ = ("_num_computed", "_num_tokens", "decoding", "group", "seq_id", "token_ids")
 
     def __init__(self, seq_id: Hashable, group: SequenceGroup, num_tokens: int | None = None,
                  num_computed: int = 0, *, decoding: bool = False,
@@ -104,13 +104,12 @@ class SequenceState:
         self.token_ids = token_ids
         self._num_tokens = None if decoding else num_tokens
         self._num_computed = None if decoding else num_computed
+        #: Whether the sequence decodes on the GPU (its counts are the manager's). A plain
+        #: attribute, kept in step by `start_decoding` / `restart`: the running set reads it
+        #: for every sequence whenever its decode batch changes.
+        self.decoding = decoding
         if not decoding and num_tokens is None:
             raise ValueError(f"sequence {seq_id!r}: num_tokens is needed unless decoding")
-
-    @property
-    def decoding(self) -> bool:
-        """Whether the sequence decodes on the GPU (its counts are the manager's)."""
-        return self._num_tokens is None
 
     @property
     def num_tokens(self) -> int | None:
@@ -141,10 +140,12 @@ class SequenceState:
     def start_decoding(self) -> None:
         """Every known token is computed: from now on the manager holds the counts."""
         self._num_tokens = self._num_computed = None
+        self.decoding = True
 
     def restart(self, num_tokens: int) -> None:
         """Preempted for recomputation: `num_tokens` known tokens, none with KV."""
         self._num_tokens, self._num_computed = num_tokens, 0
+        self.decoding = False
 
     def __repr__(self) -> str:
         phase = "decoding" if self.decoding else f"{self._num_computed}/{self._num_tokens}"
