@@ -84,7 +84,8 @@ class HybridKVCacheManager:
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len
         self.page_bytes = page_bytes(groups, config.block_size)
-        self.gpu = BlockPool(config.num_gpu_blocks, "gpu")
+        self.gpu = BlockPool(config.num_gpu_blocks, "gpu",
+                             one_queue=config.free_order == "lru")
         self.cpu = BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
         sub = replace(config, groups=None)
         self._managers = [KVCacheManager(sub, shared_pools=(self.gpu, self.cpu), key_tag=g)

@@ -64,7 +64,9 @@ def release(store: SequenceStore, pool: BlockPool, spec: WindowSpec, rows: np.nd
                                       - np.repeat(np.cumsum(count) - count, count))
     ids = store.table[flat_rows, cols]
     live = ids != NULL_BLOCK  # a prefix hit may have left leading entries null already
-    pool.free(ids[live][::-1])  # newest first: the oldest blocks are reused last
+    # Reused before other cached blocks (`BlockPool.free(first=True)`), the oldest first:
+    # a released block serves only hits that end within a window of it.
+    pool.free(ids[live][::-1], first=True)
     store.table[flat_rows, cols] = NULL_BLOCK
     store.released[r] = dead[todo]
     return int(live.sum())
