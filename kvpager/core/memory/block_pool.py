@@ -306,6 +306,20 @@ class BlockPool:
         self._ref[ids] = counts - 1
         self._release(ids[counts == 1])
 
+    def free_released(self, ids: np.ndarray) -> None:
+        """`free(ids, first=True)` for ids read from a manager's tables (valid and in use;
+        not checked; repeats allowed: forked rows release a shared block together): what a
+        window releases, reused before other cached blocks."""
+        counts = self._ref[ids]
+        if counts.max(initial=0) == 1:  # each held once, so distinct: all released
+            self._ref[ids] = 0
+            self._release(ids, True)
+        elif ids.size == 1 or _all_distinct(ids):
+            self._ref[ids] = counts - 1
+            self._release(ids[counts == 1], True)
+        else:
+            self.free(ids, first=True)
+
     def writable(self, ids: np.ndarray) -> np.ndarray:
         """bool `[n]`: which blocks a holder may write in place (its only holder, and not
         prefix-cached content, which is immutable)."""

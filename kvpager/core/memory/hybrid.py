@@ -45,7 +45,7 @@ from kvpager.core.groups import (
     StateSpec,
     page_bytes,
 )
-from kvpager.core.memory.append import plan_append
+from kvpager.core.memory.append import append_one, plan_append
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.block_table import num_blocks_for, slots_for_positions
 from kvpager.core.memory.group_hits import hit_start, match_groups
@@ -53,7 +53,13 @@ from kvpager.core.memory.manager import KVCacheManager, TokenIds
 from kvpager.core.memory.prefix import PrefixCache
 from kvpager.core.memory.seq_store import ON_CPU, ON_GPU, SequenceStore
 from kvpager.core.memory.swap import distinct_blocks, group_rows
-from kvpager.core.memory.window import add_released_column, check_truncate, due, release
+from kvpager.core.memory.window import (
+    add_released_column,
+    check_truncate,
+    crossing,
+    due,
+    release,
+)
 from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 
 _NO_BLOCKS = np.zeros(0, dtype=np.int32)
@@ -302,23 +308,14 @@ class HybridKVCacheManager:
         """`append_slots_batch` of one sequence; a one-token step with at least two free
         pages per group (the most one step can take) goes through each group's
         per-sequence path."""
-        if (num_new_tokens == 1 and num_lookahead_slots == 0
+        try:
+            row = self._first.rows.row_of.get(seq_id)
+        except TypeError:  # unhashable: the planned path names the error
+            row = None
+        if (row is not None and num_new_tokens == 1 and num_lookahead_slots == 0
                 and self.gpu.num_free >= 2 * len(self._managers)
                 and (token_ids is None or len(token_ids) == 1)):
-            results = [m.append_slots(seq_id, token_ids=token_ids) for m in self._managers]
-            if self._windows:
-                store = self._first.rows
-                row = store.row_of[seq_id]
-                n = store.ntokens.item(row)
-                for m, spec in self._windows:  # scalar test first: most steps free nothing
-                    if due(m.rows, spec, row, n, self.block_size):
-                        self.num_released_blocks += release(
-                            m.rows, self.gpu, spec, np.asarray([row], dtype=np.int64),
-                            np.asarray([n], dtype=np.int64), self.block_size)
-            copies = [r.copies for r in results if r.copies.size]
-            return AppendResult(results[0].slots,
-                                np.concatenate(copies) if copies else EMPTY_PAIRS,
-                                tuple(r.slots for r in results))
+            return self._append_one(seq_id, row, token_ids)
         rows = self._first.rows_of([seq_id])
         tokens = None
         if token_ids is not None:
@@ -328,6 +325,42 @@ class HybridKVCacheManager:
                                  f"({num_new_tokens},)")
         return self.append_slots_batch(rows, num_new_tokens, num_lookahead_slots,
                                        token_ids=tokens)
+
+    def _append_one(self, seq_id: Hashable, row: int, token_ids: TokenIds | None
+                    ) -> AppendResult:
+        """One token of one sequence in every group (the pool has the two pages per group
+        one token can take at most, so the groups cannot run out part way): each group's
+        plan-free step (`append.append_one`, scalar), or its own planned append when the
+        write needs a copy; then the windows' scalar release test."""
+        bs, gpu, limit = self.block_size, self.gpu, self.max_model_len
+        slots: list[int] = []
+        copies: list[np.ndarray] = []
+        for m in self._managers:
+            store = m.rows
+            slot = append_one(store, gpu, row, bs, limit)
+            if slot is None:  # a shared or cached block is written: the group plans
+                planned = m.append_slots(seq_id, token_ids=token_ids)
+                slots.append(planned.slots.item(0))
+                if planned.copies.size:
+                    copies.append(planned.copies)
+                continue
+            slots.append(slot)
+            chains = m.prefix_chains
+            if chains is not None:
+                if token_ids is None:
+                    chains.end_chain(row)
+                else:
+                    chains.record_token(row, store.ntokens.item(row) - 1, int(token_ids[0]))
+        if self._windows:
+            n = self._first.rows.ntokens.item(row)
+            for m, spec in self._windows:  # scalar test first: most steps free nothing
+                if due(m.rows, spec, row, n, bs):
+                    self.num_released_blocks += release(
+                        m.rows, gpu, spec, np.asarray([row], dtype=np.int64),
+                        np.asarray([n], dtype=np.int64), bs)
+        out = np.array(slots, dtype=np.int64)
+        return AppendResult(out[:1], np.concatenate(copies) if copies else EMPTY_PAIRS,
+                            tuple(out[g : g + 1] for g in range(len(slots))))
 
     def append_slots_batch(self, rows: np.ndarray, num_new_tokens: int = 1,
                            num_lookahead_slots: int = 0, *,
@@ -353,7 +386,16 @@ class HybridKVCacheManager:
             raise OutOfBlocksError("gpu", need, self.gpu.num_free)
         results = [m.apply_plan(p, tokens) for m, p in zip(self._managers, plans, strict=True)]
         if self._windows and rows.size:
-            self._release(rows, first.rows.ntokens.take(rows))
+            after = plans[0].ntokens + num_new_tokens
+            if num_new_tokens == 1:  # a decode step: only rows whose window moved a block
+                for m, spec in self._windows:
+                    moved = crossing(spec, after, self.block_size)
+                    if moved.size:
+                        self.num_released_blocks += release(
+                            m.rows, self.gpu, spec, rows[moved], after[moved],
+                            self.block_size)
+            else:
+                self._release(rows, after)
         copies = [r.copies for r in results if r.copies.size]
         return AppendResult(results[0].slots,
                             np.concatenate(copies) if copies else EMPTY_PAIRS,
