@@ -428,8 +428,8 @@ class HybridKVCacheManager:
                         self.num_released_blocks += release(
                             m.rows, self.gpu, spec, rows[moved], after[moved],
                             self.block_size)
-            else:
-                self._release(rows, after)
+            else:  # the step's first query (at the old length) still reads its window
+                self._release(rows, plans[0].ntokens + 1)
         copies = [r.copies for r in results if r.copies.size]
         if state_copy.size:
             copies.append(state.copy_on_write(rows, state_copy, self.gpu))  # type: ignore[union-attr]
