@@ -36,6 +36,7 @@ from kvpager.core.groups import (
     StateSpec,
 )
 from kvpager.core.memory.hybrid import HybridKVCacheManager
+from kvpager.core.plans import AllocStatus
 
 from .manager_helpers import state
 from .test_manager_stateful import PREFIXES, values_of
@@ -122,7 +123,10 @@ class HybridMachine(RuleBasedStateMachine):
         self.next_id += 1
 
     def admit(self, seq: int, tokens: list[int]) -> None:
+        status = self.m.can_allocate(len(tokens), token_ids=tokens)
         got = self.try_call(self.m.allocate, seq, token_ids=tokens)
+        # admission counts exactly what allocate takes (hits, revived pages, state pages)
+        assert (status is AllocStatus.OK) == (got is not None), status
         if got is None:
             return
         self.tokens[seq] = list(tokens)
