@@ -13,7 +13,14 @@ from rich.text import Text
 
 from kvpager.sim.config import DESCRIPTIONS
 from kvpager.sim.rejections import describe
-from kvpager.sim.summary import BRIEF, BRIEF_PREFIX, BRIEF_TIER, SUMMARY_ROWS, get_path
+from kvpager.sim.summary import (
+    BRIEF,
+    BRIEF_GROUPS,
+    BRIEF_PREFIX,
+    BRIEF_TIER,
+    SUMMARY_ROWS,
+    get_path,
+)
 
 GiB = 1 << 30
 
@@ -30,6 +37,8 @@ def comparison_table(metrics: dict) -> Table:
     shown = BRIEF + (BRIEF_PREFIX if get_path(metrics, ("config", "prefix_caching")) else ())
     if get_path(metrics, ("config", "cpu_prefix_cache_gib")) not in (None, 0, 0.0):
         shown += BRIEF_TIER
+    if any("kv_by_group" in m for m in strategies.values()):
+        shown += BRIEF_GROUPS
     for label, path, fmt in SUMMARY_ROWS:
         if label in shown:
             table.add_row(label, *(fmt(get_path(strategies[n], path)) for n in strategies))

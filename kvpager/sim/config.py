@@ -81,6 +81,9 @@ class SimConfig:
             (`kvpager.sim.tier`). 0 disables it; `math.inf` is "unlimited": room for every
             block the trace can register. Needs prefix_caching and the paged strategy. It
             is host memory on top of `swap_space_gib` (the two are separate areas).
+        hybrid: give each attention kind of a hybrid model its own KV-cache group
+            (`kvpager.sim.kv_groups`, the library's HybridKVCacheManager); False allocates
+            every layer as full attention, as a manager without groups does.
     """
 
     model: str = "llama-2-7b"
@@ -105,6 +108,7 @@ class SimConfig:
     kv_cache_memory_gib: float | None = None
     long_prompts: str = "reject"
     cpu_prefix_cache_gib: float = 0.0
+    hybrid: bool = True
 
     def __post_init__(self) -> None:
         _positive_int("tp", self.tp)

@@ -22,6 +22,9 @@ from kvpager.core.memory.event_sink import KVEventSink
 from kvpager.core.sched.scheduler import Scheduler
 from kvpager.sim.config import PAGED, STATIC, SimConfig
 from kvpager.sim.cost_model import CostModel
+from kvpager.sim.hybrid_manager import HybridSimManager
+from kvpager.sim.kv_groups import KVLayout, layout, num_pages
+from kvpager.sim.presets import get_model
 from kvpager.sim.manager_protocol import PagedSimManager, SimManager
 
 GiB = 1 << 30
@@ -57,6 +60,10 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
     swap_bytes = config.swap_space_gib * GiB
     if strategy == PAGED:
         bs = config.block_size
+        if get_model(config.model).is_hybrid:  # a window, a chunk or a state
+            kv = layout(cost, bs, config.hybrid)
+            if not kv.single_full:  # the multi-group manager
+                return _hybrid(kv, config, cost, sched, swap_bytes)
         cache = {"num_gpu_blocks": cost.num_gpu_blocks(bs), "block_size": bs,
                  "num_cpu_blocks": cost.num_cpu_blocks(swap_bytes, bs),
                  "enable_prefix_caching": config.prefix_caching,
@@ -76,6 +83,29 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
                                 num_cpu_tokens=cost.num_cpu_blocks(swap_bytes, 1))
     scheduler = Scheduler(manager, sched, kernel_inputs=False)
     return Deployment(strategy, manager, scheduler, 1, capacity)
+
+
+def _hybrid(kv: KVLayout, config: SimConfig, cost: CostModel, sched: SchedulerConfig,
+            swap_bytes: float) -> Deployment:
+    """The library's multi-group manager over one pool of pages (`kvpager.sim.kv_groups`:
+    states reserved for max_num_seqs sequences outside it)."""
+    check_hybrid_options(config, kv)
+    pages = (config.num_gpu_blocks if config.num_gpu_blocks is not None
+             else num_pages(cost, kv, config.max_num_seqs))
+    cache = CacheConfig(num_gpu_blocks=pages, block_size=kv.block_size,
+                        num_cpu_blocks=int(swap_bytes // kv.page_bytes),
+                        max_model_len=config.max_model_len, groups=kv.paged)
+    manager = HybridSimManager(cache)
+    return Deployment(PAGED, manager, Scheduler(manager, sched, kernel_inputs=False),
+                      kv.block_size, pages * kv.block_size)
+
+
+def check_hybrid_options(config: SimConfig, kv: KVLayout) -> None:
+    """Refuse what the hybrid manager cannot do yet, naming the option (ValueError)."""
+    if config.prefix_caching:
+        raise ValueError("prefix_caching: prefix caching across KV-cache groups is not in the "
+                         "library yet (its hybrid manager refuses it); add --no-hybrid to "
+                         "allocate every layer as full attention with prefix caching")
 
 
 def _tiered_manager(cache: dict, tier_blocks: int, cost: CostModel, block_size: int,
