@@ -24,8 +24,8 @@ from kvpager.sim.config import PAGED, STATIC, SimConfig
 from kvpager.sim.cost_model import CostModel
 from kvpager.sim.hybrid_manager import HybridSimManager
 from kvpager.sim.kv_groups import KVLayout, layout, num_pages
-from kvpager.sim.presets import get_model
 from kvpager.sim.manager_protocol import PagedSimManager, SimManager
+from kvpager.sim.presets import get_model
 
 GiB = 1 << 30
 
