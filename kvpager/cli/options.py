@@ -13,6 +13,7 @@ import typer
 from kvpager.sim.config import PAGED, STRATEGIES, SimConfig, parse_tier_size
 from kvpager.sim.cost_model import KV_CACHE_DTYPES, choose_cost_model
 from kvpager.sim.presets import GPUS, MODELS, get_model
+from kvpager.sim.strategies import hybrid_refusal
 
 Model = Annotated[str, typer.Option(
     help=f"Model preset ({', '.join(MODELS)}) or a model spec JSON file.")]
@@ -99,10 +100,11 @@ def sim_config(
             hybrid=hybrid)
         spec = get_model(config.model)
         choose_cost_model(config.cost_model, config.gpu, spec)  # a bad file or GPU: fail now
-        if hybrid and prefix_caching and spec.is_hybrid:
-            raise ValueError(f"--prefix-caching: {spec.name} has several KV-cache groups and "
-                             "prefix caching across groups is not in the library yet; add "
-                             "--no-hybrid to allocate every layer as full attention")
+        if hybrid and spec.is_hybrid:
+            refusal = hybrid_refusal(spec.linear_attention is not None, prefix_caching,
+                                     cpu_prefix_cache_gib > 0)
+            if refusal:
+                raise ValueError(refusal)
     except ValueError as exc:
         raise ValueError(as_options(str(exc))) from None
     return config

@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvpager.core.memory.hybrid import HybridKVCacheManager
-from kvpager.core.memory.prefix import PrefixCache
 from kvpager.core.plans import EMPTY_PAIRS
 
 
 class HybridSimManager(HybridKVCacheManager):
-    """`HybridKVCacheManager` as a `kvpager.sim.manager_protocol.SimManager`."""
-
-    prefix_cache: PrefixCache | None = None  # no prefix caching across groups yet
+    """`HybridKVCacheManager` as a `kvpager.sim.manager_protocol.SimManager` (its
+    `prefix_cache` counts the model's hits across groups)."""
 
     @property
     def num_cow_copies(self) -> int:  # type: ignore[override]

@@ -94,6 +94,7 @@ def _hybrid(kv: KVLayout, config: SimConfig, cost: CostModel, sched: SchedulerCo
              else num_pages(cost, kv, config.max_num_seqs))
     cache = CacheConfig(num_gpu_blocks=pages, block_size=kv.block_size,
                         num_cpu_blocks=int(swap_bytes // kv.page_bytes),
+                        enable_prefix_caching=config.prefix_caching,
                         max_model_len=config.max_model_len, groups=kv.paged)
     manager = HybridSimManager(cache)
     return Deployment(PAGED, manager, Scheduler(manager, sched, kernel_inputs=False),
@@ -102,10 +103,21 @@ def _hybrid(kv: KVLayout, config: SimConfig, cost: CostModel, sched: SchedulerCo
 
 def check_hybrid_options(config: SimConfig, kv: KVLayout) -> None:
     """Refuse what the hybrid manager cannot do yet, naming the option (ValueError)."""
-    if config.prefix_caching:
-        raise ValueError("prefix_caching: prefix caching across KV-cache groups is not in the "
-                         "library yet (its hybrid manager refuses it); add --no-hybrid to "
-                         "allocate every layer as full attention with prefix caching")
+    message = hybrid_refusal(kv.states != (), config.prefix_caching, config.has_prefix_tier)
+    if message:
+        raise ValueError(message)
+
+
+def hybrid_refusal(has_state: bool, prefix_caching: bool, prefix_tier: bool) -> str:
+    """Why a hybrid layout cannot run these options ("" when it can)."""
+    if prefix_tier:
+        return ("cpu_prefix_cache_gib: the host prefix tier with several KV-cache groups is "
+                "not in the library yet; add --no-hybrid to allocate every layer as full "
+                "attention")
+    if prefix_caching and has_state:
+        return ("prefix_caching: a prefix hit would skip the linear-attention state, and the "
+                "library keeps no state checkpoints yet; run without prefix caching")
+    return ""
 
 
 def _tiered_manager(cache: dict, tier_blocks: int, cost: CostModel, block_size: int,

@@ -80,11 +80,25 @@ def test_a_good_spec_file_takes_the_same_fields(tmp_path):
     assert json.loads(r.output)["groups"][1]["window"] == 256
 
 
-def test_prefix_caching_on_a_hybrid_model_is_refused_until_the_library_has_it(tmp_path):
+def test_what_the_hybrid_manager_cannot_do_yet_is_refused_naming_the_option(tmp_path):
     r = run("simulate", str(SAMPLE), "--model", "gemma-2-27b", "--gpu", "h100-80gb",
-            "--cache", "paged", "--prefix-caching", "--limit", "5", "--out", str(tmp_path))
+            "--cache", "paged", "--prefix-caching", "--cpu-prefix-cache", "4", "--limit", "5",
+            "--out", str(tmp_path))
     assert r.exit_code == 2
-    assert "--prefix-caching" in r.output and "--no-hybrid" in r.output
+    assert "--cpu-prefix-cache" in r.output and "--no-hybrid" in r.output
+    r = run("simulate", str(SAMPLE), "--model", "qwen3-next-80b-a3b", "--gpu", "h200",
+            "--tp", "2", "--cache", "paged", "--prefix-caching", "--limit", "5",
+            "--out", str(tmp_path))
+    assert r.exit_code == 2 and "--prefix-caching" in r.output and "state" in r.output
+
+
+def test_prefix_caching_across_groups_runs(tmp_path):
+    r = run("simulate", str(SAMPLE), "--model", "gpt-oss-20b", "--gpu", "h100-80gb",
+            "--cache", "paged", "--prefix-caching", "--max-model-len", "16384",
+            "--chunked-prefill", "--limit", "40", "--out", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["strategies"]["paged"]["prefix_cache"] is not None
 
 
 def test_no_hybrid_on_a_model_without_groups_is_a_note(tmp_path):
