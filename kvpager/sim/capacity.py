@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from kvpager.sim.cost_model import CostModel, ModelDoesNotFitError
 from kvpager.sim.kv_groups import layout
-from kvpager.sim.presets import GPUSpec, ModelSpec, get_model
+from kvpager.sim.presets import GPUSpec, ModelSpec, get_gpu, get_model
 
 
 def _one(cost: CostModel, max_model_len: int, block_size: int, hybrid: bool) -> dict:
@@ -58,7 +58,7 @@ def capacity(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1,
                      max_num_batched_tokens=max_num_batched_tokens)
     main = _one(cost, length, block_size, hybrid)
     other = _one(cost, length, block_size, not hybrid)
-    out = {"model": spec.name, "gpu": cost.gpu.name, "tp": tp, "max_model_len": length,
+    out = {"model": spec.name, "gpu": get_gpu(cost.gpu).name, "tp": tp, "max_model_len": length,
            "kv_cache_dtype": kv_cache_dtype, "block_size": block_size,
            "weight_bytes_per_gpu": cost.weight_bytes_per_gpu,
            "kv_cache_bytes": cost.kv_capacity_bytes} | main

@@ -56,7 +56,12 @@ class HybridSimManager(HybridKVCacheManager):
     def group_pages(self, rows: np.ndarray) -> list[int]:
         """Distinct GPU pages each group holds for `rows` (int64, resident sequences)."""
         rows = np.asarray(rows, dtype=np.int64)
-        return [int(np.unique(self._entries(g, rows)[0]).size) for g in range(self.num_groups)]
+        out = []
+        for g in range(self.num_groups):
+            held = np.zeros(self.gpu.num_blocks, dtype=bool)  # cheaper than np.unique
+            held[self._entries(g, rows)[0]] = True
+            out.append(int(np.count_nonzero(held)))
+        return out
 
     def memory_breakdown(self, rows: np.ndarray, final_slots: np.ndarray,
                          next_reservation: int | None = None, *,

@@ -107,7 +107,7 @@ def _split(count: int, size: int) -> list[int]:
 
 def layout(cost: CostModel, block_size: int, hybrid: bool = True) -> KVLayout:
     """The groups of `cost.model` on one of `cost.tp` GPUs (module docstring)."""
-    m, tp = cost.model, cost.tp
+    m, tp = get_model(cost.model), cost.tp  # the spec itself (the field is typed as given)
     kvb = cost.kv_element_bytes
     kinds = m.layer_kinds()
     counts: dict[str, int] = {}

@@ -64,6 +64,15 @@ def test_experts_touched_by_a_step_follow_the_expected_distinct_count():
     assert 58 < cost.weight_bytes_per_gpu / 2**30 < 64
 
 
+def test_the_expected_distinct_count_matches_random_routing():
+    moe = get_model("Qwen3-Next-80B-A3B").moe  # 512 experts, 10 per token
+    rng = np.random.default_rng(0)
+    for tokens in (1, 16, 100):
+        seen = [np.unique(np.concatenate([rng.choice(512, 10, replace=False)
+                                          for _ in range(tokens)])).size for _ in range(200)]
+        assert np.mean(seen) == pytest.approx(moe.expected_distinct_experts(tokens), rel=0.02)
+
+
 def test_mla_is_replicated_and_kv_heads_split_down_to_one():
     for tp in (1, 8):  # the latent is the same on every rank, not split
         cost = CostModel("DeepSeek-V3", "h200", tp=tp, kv_cache_bytes=2**34)
