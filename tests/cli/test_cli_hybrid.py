@@ -111,9 +111,11 @@ def test_no_hybrid_on_a_model_without_groups_is_a_note(tmp_path):
 def test_simulate_shows_kv_by_group(tmp_path):
     r = run("simulate", str(SAMPLE), "--model", "gpt-oss-20b", "--gpu", "h100-80gb",
             "--cache", "paged", "--max-model-len", "16384", "--chunked-prefill", "--limit",
-            "30", "--out", str(tmp_path))
+            "30", "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.html"))
     assert r.exit_code == 0, r.output
     assert "KV by group, mean GiB" in r.output and "sliding_window" in r.output
+    assert "KV memory by group" in (tmp_path / "r.html").read_text()
+    tmp_path = tmp_path / "run"
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["strategies"]["paged"]["kv_by_group"]["groups"] == ["full", "sliding_window"]
     assert metrics["capacity"]["hybrid"] is True
