@@ -37,10 +37,23 @@ class HybridSimManager(HybridKVCacheManager):
     def take_copies(self) -> np.ndarray:
         return EMPTY_PAIRS  # a paged fork shares blocks in every group
 
+    _memo_rows: np.ndarray | None = None  # the rows of the last sample (identity)
+    _memo: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+
     def _entries(self, group: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray,
                                                               np.ndarray]:
         """(block ids, owner index into rows, logical block index) of the held,
-        non-released blocks of `rows` in `group`."""
+        non-released blocks of `rows` in `group`; a sample's `memory_breakdown` and
+        `group_pages` right after it get the same `rows` array and share the work (the
+        memo lives from one `memory_breakdown` to the next `group_pages`)."""
+        if rows is not self._memo_rows or self._memo is None:
+            return self._compute_entries(group, rows)
+        if group not in self._memo:
+            self._memo[group] = self._compute_entries(group, rows)
+        return self._memo[group]
+
+    def _compute_entries(self, group: int, rows: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         store = self.group(group).rows
         nblocks = store.nblocks[rows].astype(np.int64)
         total = int(nblocks.sum())
@@ -61,6 +74,7 @@ class HybridSimManager(HybridKVCacheManager):
             held = np.zeros(self.gpu.num_blocks, dtype=bool)  # cheaper than np.unique
             held[self._entries(g, rows)[0]] = True
             out.append(int(np.count_nonzero(held)))
+        self._memo_rows = self._memo = None
         return out
 
     def memory_breakdown(self, rows: np.ndarray, final_slots: np.ndarray,
@@ -70,6 +84,7 @@ class HybridSimManager(HybridKVCacheManager):
         to the pool's pages x block_size. A page of a group with fewer bytes per token than
         the largest counts its slots all the same (its padding is in `page_bytes`)."""
         rows = np.asarray(rows, dtype=np.int64)
+        self._memo_rows, self._memo = rows, {}  # fresh: the manager may have changed
         bs, pool = self.block_size, self.gpu
         filled = np.zeros(pool.num_blocks, dtype=np.int64)
         future = np.zeros(pool.num_blocks, dtype=np.int64)

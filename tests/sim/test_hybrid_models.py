@@ -133,3 +133,29 @@ def test_a_dense_model_runs_the_plain_manager_as_before():
         m["strategies"]["paged"]["time"].pop("wall_s")
     assert a["strategies"] == b["strategies"]
     assert "kv_by_group" not in a["strategies"]["paged"]
+
+
+def test_group_pages_and_the_breakdown_account_for_every_page():
+    from kvpager.core.config import CacheConfig
+    from kvpager.core.groups import FullAttentionSpec, SlidingWindowSpec
+    from kvpager.sim.hybrid_manager import HybridSimManager, group_series
+
+    groups = (FullAttentionSpec(num_layers=2), SlidingWindowSpec(num_layers=2, window=32))
+    m = HybridSimManager(CacheConfig(num_gpu_blocks=200, block_size=16, groups=groups))
+    for i, n in enumerate((40, 100, 7)):
+        m.allocate(i, n)
+        m.mark_computed(i, n)
+    for _ in range(20):
+        m.append_slots_batch(m.rows_of([0, 1, 2]))
+    rows = m.rows_of([0, 1, 2])
+    final = m.seq_lens(rows) + 5
+    slots = m.memory_breakdown(rows, final)
+    pages = m.group_pages(rows)
+    assert sum(pages) == m.gpu.num_used
+    assert pages[1] < pages[0]  # the window released its early blocks
+    assert sum(slots.values()) == 200 * 16
+    assert slots["token"] == int(m.seq_lens(rows).sum()) - sum(
+        max(0, n - 32) // 16 * 16 for n in m.seq_lens(rows)) + int(m.seq_lens(rows).sum())
+    series = group_series(m)
+    series.add(0.0, pages)
+    assert series.to_dict(1.0)["groups"] == ["full", "sliding_window"]
