@@ -106,9 +106,15 @@ def capacity_line(metrics: dict) -> str:
     if gib is None or blocks is None or tokens is None:
         return "KV capacity: not recorded"
     limit = cfg.get("max_model_len")
+    tail = "" if limit is None else f"; max_model_len {limit:,} tokens per request"
+    page = cap.get("page_bytes")
+    if page is not None:  # several KV-cache groups share pages of the largest group's block
+        kinds = ", ".join(f"{g['type']} x{g['layers']}" for g in cap.get("kv_groups", []))
+        return (f"KV capacity: {gib:,.1f} GiB per GPU = {blocks:,} pages of {size} tokens "
+                f"({page / 2**20:.2f} MiB) shared by the KV-cache groups {kinds}; "
+                f"{tokens:,} tokens without groups" + tail)
     return (f"KV capacity: {gib:,.1f} GiB per GPU = {blocks:,} blocks of {size} tokens = "
-            f"{tokens:,} tokens" + ("" if limit is None else f"; max_model_len {limit:,} "
-                                                              "tokens per request"))
+            f"{tokens:,} tokens" + tail)
 
 
 def cost_model_line(metrics: dict) -> str:
