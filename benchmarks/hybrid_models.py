@@ -8,8 +8,9 @@ window group holding its window plus one 8,192-token prefill chunk) and while de
 
 Part 2, the Mooncake conversation trace (12k-token prompts, prefix blocks shared by hash
 id): throughput, TTFT and prefix hit rate of hybrid vs --no-hybrid, prefix caching on,
-chunked prefill, for gpt-oss-120b on one H200 and Gemma-3-27B on one H200; hybrid without
-prefix caching beside them. The first `--limit` requests (the trace's first minutes, at its
+chunked prefill, for gpt-oss-120b on one H200 and Gemma-3-27B on one H200, the hybrid
+manager's free order window_first (default) and lru; hybrid without prefix caching beside
+them. The first `--limit` requests (the trace's first minutes, at its
 own arrival times): the machine is 2 shared cores and a hybrid run of the whole trace takes
 many minutes.
 
@@ -62,13 +63,15 @@ DEPLOYMENTS = [
 #: wastes.
 PUBLISHED_WASTE = {"gemma-2-27b": 0.25, "ministral-8b": 0.5625}
 
-RUNS = [  # (model, gpu, tp, hybrid, prefix caching)
-    ("gpt-oss-120b", "h200", 1, True, True),
-    ("gpt-oss-120b", "h200", 1, False, True),
-    ("gpt-oss-120b", "h200", 1, True, False),
-    ("gemma-3-27b", "h200", 1, True, True),
-    ("gemma-3-27b", "h200", 1, False, True),
-    ("gemma-3-27b", "h200", 1, True, False),
+RUNS = [  # (model, gpu, tp, hybrid, prefix caching, free order)
+    ("gpt-oss-120b", "h200", 1, True, True, "window_first"),
+    ("gpt-oss-120b", "h200", 1, True, True, "lru"),
+    ("gpt-oss-120b", "h200", 1, False, True, "window_first"),
+    ("gpt-oss-120b", "h200", 1, True, False, "window_first"),
+    ("gemma-3-27b", "h200", 1, True, True, "window_first"),
+    ("gemma-3-27b", "h200", 1, True, True, "lru"),
+    ("gemma-3-27b", "h200", 1, False, True, "window_first"),
+    ("gemma-3-27b", "h200", 1, True, False, "window_first"),
 ]
 
 
@@ -95,9 +98,10 @@ def capacity_table() -> list[dict]:
 def trace_runs(limit: int) -> list[dict]:
     trace = load_trace(TRACE, limit=limit)
     out = []
-    for model, gpu, tp, hybrid, prefix in RUNS:
+    for model, gpu, tp, hybrid, prefix, order in RUNS:
         config = SimConfig(model=model, gpu=gpu, tp=tp, chunked_prefill=True,
-                           max_model_len=131072, prefix_caching=prefix, hybrid=hybrid)
+                           max_model_len=131072, prefix_caching=prefix, hybrid=hybrid,
+                           free_order=order)
         start = time.perf_counter()
         m = simulate(trace, replace(config), strategies=("paged",))
         wall = time.perf_counter() - start
@@ -105,6 +109,7 @@ def trace_runs(limit: int) -> list[dict]:
         cache = p["prefix_cache"]
         out.append({
             "model": model, "gpu": gpu, "tp": tp, "hybrid": hybrid, "prefix_caching": prefix,
+            "free_order": order if hybrid else None,
             "requests": limit, "gpu_pages": m["capacity"]["gpu_blocks"],
             "kv_capacity_gib": m["capacity"]["kv_capacity_gib"],
             "throughput_req_s": p["throughput"]["requests_per_s"],
@@ -132,8 +137,6 @@ def main() -> None:
     args = parser.parse_args()
     results = {"capacity": capacity_table(), "mooncake": trace_runs(args.limit),
                "trace": str(TRACE.name), "limit": args.limit,
-               "free_order_policy": "not in the merged library (hybridmem at 341584a has no "
-                                    "option for it); not measured",
                "machine_note": "2 CPU cores shared with about 7 other agents: wall times "
                                "are loaded-machine figures"}
     for row in results["capacity"]:

@@ -73,6 +73,9 @@ Hybrid = Annotated[bool, typer.Option(
     help="Give each attention kind of a hybrid model (sliding window, chunked, MLA, "
          "state) its own KV-cache group (default); --no-hybrid allocates every layer as full "
          "attention, as a manager without groups does, for comparison.")]
+FreeOrder = Annotated[str, typer.Option(
+    help="Hybrid models: free pages reused first. window_first (blocks a window released, "
+         "before other requests' cached blocks) or lru (one queue, for comparison).")]
 ArrivalCv = Annotated[float | None, typer.Option(
     help="Coefficient of variation of generated gaps (Gamma; default 1 = Poisson).")]
 
@@ -84,6 +87,7 @@ def sim_config(
     gpu_memory_utilization: float, cost_model: str, calibration: Path | None, seed: int,
     num_gpu_blocks: int | None = None, kv_cache_memory: float | None = None,
     long_prompts: str = "reject", cpu_prefix_cache_gib: float = 0.0, hybrid: bool = True,
+    free_order: str = "window_first",
 ) -> SimConfig:
     """The `SimConfig` the shared options describe, its cost model chosen (raises ValueError
     naming the bad option, not the config field)."""
@@ -97,7 +101,7 @@ def sim_config(
             cost_model=_cost_model(cost_model, calibration),
             num_gpu_blocks=num_gpu_blocks, kv_cache_memory_gib=kv_cache_memory,
             long_prompts=long_prompts, cpu_prefix_cache_gib=cpu_prefix_cache_gib,
-            hybrid=hybrid)
+            hybrid=hybrid, free_order=free_order)
         spec = get_model(config.model)
         choose_cost_model(config.cost_model, config.gpu, spec)  # a bad file or GPU: fail now
         if hybrid and spec.is_hybrid:
@@ -120,6 +124,7 @@ FIELD_OPTIONS = {
     "num_gpu_blocks": "--num-gpu-blocks", "kv_cache_memory_gib": "--kv-cache-memory",
     "long_prompts": "--long-prompts", "cpu_prefix_cache_gib": "--cpu-prefix-cache",
     "prefix_caching": "--prefix-caching", "calibration": "--cost-model",
+    "free_order": "--free-order",
     # the sweep's own (SweepSpec, run_sweep)
     "metric": "--metric", "latency_bound": "--latency-bound", "workers": "--workers",
     "rate_scales": "--rate-scale", "arrival_cv": "--arrival-cv", "limit": "--limit",

@@ -44,6 +44,7 @@ def simulate(
     cpu_prefix_cache: opts.CpuPrefixCache = None,
     tier_baseline: opts.TierBaseline = True,
     hybrid: opts.Hybrid = True,
+    free_order: opts.FreeOrder = "window_first",
     replicas: opts.Replicas = 1,
     router: opts.RouterName = "round-robin",
     router_weights: opts.RouterWeights = None,
@@ -93,7 +94,7 @@ def simulate(
             cost_model=cost_model, calibration=calibration, seed=seed,
             num_gpu_blocks=num_gpu_blocks,
             kv_cache_memory=kv_cache_memory, long_prompts=long_prompts,
-            cpu_prefix_cache_gib=tier_gib, hybrid=hybrid)
+            cpu_prefix_cache_gib=tier_gib, hybrid=hybrid, free_order=free_order)
         data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed), limit=limit,
                     rate_scale=rate_scale)
         with _progress(enabled=not json_output) as report_progress:

@@ -75,6 +75,8 @@ class HybridSimManager(HybridKVCacheManager):
             held[self._entries(g, rows)[0]] = True
             out.append(int(np.count_nonzero(held)))
         self._memo_rows = self._memo = None
+        if self.num_state_groups:  # every resident sequence holds its state pages
+            out.append(self.state_pages_per_seq * int(rows.size))
         return out
 
     def memory_breakdown(self, rows: np.ndarray, final_slots: np.ndarray,
@@ -99,8 +101,9 @@ class HybridSimManager(HybridKVCacheManager):
                                         0), bs)
             np.maximum.at(filled, block, now)
             np.maximum.at(future, block, end)
-        token = int(filled.sum())
-        reserved = int(future.sum()) - token
+        # a state group's pages hold live state: counted with the token states
+        token = int(filled.sum()) + self.state_pages_per_seq * int(rows.size) * bs
+        reserved = int(future.sum()) - int(filled.sum())
         return {"token": token, "reserved": reserved,
                 "internal": pool.num_used * bs - token - reserved, "external": 0,
                 "cached": pool.num_evictable * bs,
@@ -149,10 +152,11 @@ def group_series(manager: object) -> GroupMemorySeries | None:
     if not isinstance(manager, HybridSimManager):
         return None
     names: list[str] = []
-    for spec in manager.groups:
+    specs = [*manager.paged_groups, *manager.state_groups[:1]]  # states: one entry
+    for spec in specs:
         if spec.kind not in names:
             names.append(spec.kind)
-    return GroupMemorySeries(names, [names.index(g.kind) for g in manager.groups],
+    return GroupMemorySeries(names, [names.index(g.kind) for g in specs],
                              manager.page_bytes)
 
 

@@ -11,9 +11,8 @@ model's one per-layer figure (`kvpager.sim.cost_model.layers.layer_kv_bytes`):
 - `hybrid=False`: every attention layer as full attention in one group (what a manager
   without groups allocates); linear-attention layers still keep a state per sequence.
 
-State groups (linear attention) are outside the library's hybrid manager for now: the
-simulator reserves their state for `max_num_seqs` sequences out of the KV memory (vLLM's
-former Mamba cache did the same) and pages the attention groups in the rest.
+State groups (linear attention) follow the paged ones; the manager gives each sequence whole
+pages of the same pool for its state (`kvpager.core.memory.state_pages`).
 """
 
 from __future__ import annotations
@@ -142,11 +141,9 @@ def layout(cost: CostModel, block_size: int, hybrid: bool = True) -> KVLayout:
     return KVLayout(tuple(paged), states, block_size, hybrid)
 
 
-def num_pages(cost: CostModel, kv: KVLayout, reserve_states_for: int) -> int:
-    """Pages of the shared pool: the KV memory, less the states of `reserve_states_for`
-    sequences, in pages."""
-    free = cost.kv_capacity_bytes - reserve_states_for * kv.state_bytes_per_seq
-    return max(0, int(free // kv.page_bytes))
+def num_pages(cost: CostModel, kv: KVLayout) -> int:
+    """Pages of the shared pool: the KV memory in pages of `kv.page_bytes`."""
+    return max(0, int(cost.kv_capacity_bytes // kv.page_bytes))
 
 
 def has_groups_to_merge(model: str | ModelSpec) -> bool:
@@ -161,9 +158,8 @@ def capacity_fields(cost: CostModel, config: SimConfig) -> dict:
     out: dict = {"hybrid": config.hybrid, "kv_groups": kv.describe()}
     if not kv.single_full:
         out["gpu_blocks"] = (config.num_gpu_blocks if config.num_gpu_blocks is not None
-                             else num_pages(cost, kv, config.max_num_seqs))
+                             else num_pages(cost, kv))
         out["page_bytes"] = kv.page_bytes
-        out["state_reserved_bytes"] = config.max_num_seqs * kv.state_bytes_per_seq
     return out
 
 

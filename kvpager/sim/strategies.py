@@ -87,15 +87,16 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
 
 def _hybrid(kv: KVLayout, config: SimConfig, cost: CostModel, sched: SchedulerConfig,
             swap_bytes: float) -> Deployment:
-    """The library's multi-group manager over one pool of pages (`kvpager.sim.kv_groups`:
-    states reserved for max_num_seqs sequences outside it)."""
+    """The library's multi-group manager over one pool of pages (`kvpager.sim.kv_groups`;
+    state groups take whole pages of it per sequence)."""
     check_hybrid_options(config, kv)
     pages = (config.num_gpu_blocks if config.num_gpu_blocks is not None
-             else num_pages(cost, kv, config.max_num_seqs))
+             else num_pages(cost, kv))
     cache = CacheConfig(num_gpu_blocks=pages, block_size=kv.block_size,
                         num_cpu_blocks=int(swap_bytes // kv.page_bytes),
                         enable_prefix_caching=config.prefix_caching,
-                        max_model_len=config.max_model_len, groups=kv.paged)
+                        free_order=config.free_order,
+                        max_model_len=config.max_model_len, groups=kv.paged + kv.states)
     manager = HybridSimManager(cache)
     return Deployment(PAGED, manager, Scheduler(manager, sched, kernel_inputs=False),
                       kv.block_size, pages * kv.block_size)

@@ -119,3 +119,22 @@ def test_simulate_shows_kv_by_group(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["strategies"]["paged"]["kv_by_group"]["groups"] == ["full", "sliding_window"]
     assert metrics["capacity"]["hybrid"] is True
+
+
+def test_state_groups_and_free_order_at_the_command_line(tmp_path):
+    r = run("simulate", str(SAMPLE), "--model", "qwen3-next-80b-a3b", "--gpu", "h200", "--tp",
+            "2", "--cache", "paged", "--max-model-len", "16384", "--chunked-prefill",
+            "--limit", "20", "--out", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    groups = json.loads((tmp_path / "metrics.json").read_text())["strategies"]["paged"][
+        "kv_by_group"]
+    assert groups["groups"] == ["full", "state"] and max(groups["peak_gib"]) > 0
+    r = run("simulate", str(SAMPLE), "--model", "gpt-oss-20b", "--gpu", "h100-80gb",
+            "--cache", "paged", "--free-order", "fifo", "--limit", "5", "--out", str(tmp_path))
+    assert r.exit_code == 2 and "--free-order" in r.output
+    r = run("simulate", str(SAMPLE), "--model", "gpt-oss-20b", "--gpu", "h100-80gb",
+            "--cache", "paged", "--prefix-caching", "--free-order", "lru", "--max-model-len",
+            "16384", "--chunked-prefill", "--limit", "20", "--out", str(tmp_path / "lru"))
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "lru" / "metrics.json").read_text())["config"]
+    assert config["free_order"] == "lru"

@@ -35,6 +35,9 @@ class PrefillChunk:
     #: With several KV-cache groups (`HybridKVCacheManager`): each group's int64 slots of
     #: the chunk's tokens, group 0's being `slots`; empty otherwise.
     group_slots: tuple[np.ndarray, ...] = ()
+    #: With state groups (linear attention / Mamba): per state group, the int32 `[P_g]`
+    #: pages holding the sequence's recurrent state; empty otherwise.
+    state_pages: tuple[np.ndarray, ...] = ()
 
 
 @dataclass
@@ -65,6 +68,9 @@ class SchedulerOutput:
     #: group 0's are `decode_block_tables` / `decode_slots`. Empty for one group.
     decode_group_block_tables: tuple[np.ndarray, ...] = ()
     decode_group_slots: tuple[np.ndarray, ...] = ()
+    #: With state groups: per state group, int32 `[B, P_g]` pages of each decoding
+    #: sequence's state (shared pages were copied by `copies` first). Empty otherwise.
+    decode_state_pages: tuple[np.ndarray, ...] = ()
     num_decode_steps: int = 1
     copies: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
     swap_in: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
