@@ -63,6 +63,10 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
         if get_model(config.model).is_hybrid:  # a window, a chunk or a state
             kv = layout(cost, bs, config.hybrid)
             if not kv.single_full:  # the multi-group manager
+                if events is not None:
+                    raise ValueError("router: prefix-precise needs the replicas' KV events, "
+                                     "which the hybrid manager does not publish yet; add "
+                                     "--no-hybrid or choose another --router")
                 return _hybrid(kv, config, cost, sched, swap_bytes)
         cache = {"num_gpu_blocks": cost.num_gpu_blocks(bs), "block_size": bs,
                  "num_cpu_blocks": cost.num_cpu_blocks(swap_bytes, bs),

@@ -138,3 +138,10 @@ def test_state_groups_and_free_order_at_the_command_line(tmp_path):
     assert r.exit_code == 0, r.output
     config = json.loads((tmp_path / "lru" / "metrics.json").read_text())["config"]
     assert config["free_order"] == "lru"
+
+
+def test_prefix_precise_routing_needs_events_the_hybrid_manager_lacks(tmp_path):
+    r = run("simulate", str(SAMPLE), "--model", "gpt-oss-20b", "--gpu", "h100-80gb",
+            "--cache", "paged", "--replicas", "2", "--router", "prefix-precise",
+            "--prefix-caching", "--limit", "10", "--out", str(tmp_path))
+    assert r.exit_code == 2 and "--router" in r.output and "--no-hybrid" in r.output
