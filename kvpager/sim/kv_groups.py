@@ -28,6 +28,7 @@ from kvpager.core.groups import (
     SlidingWindowSpec,
     StateSpec,
     page_bytes,
+    state_pages,
 )
 from kvpager.sim.config import SimConfig
 from kvpager.sim.cost_model import CostModel
@@ -79,8 +80,10 @@ class KVLayout:
         return total
 
     def bytes_per_request(self, num_tokens: int, step_tokens: int) -> int:
-        return (self.pages_per_request(num_tokens, step_tokens) * self.page_bytes
-                + self.state_bytes_per_seq)
+        """Bytes of the pages a request holds at most, its state pages included (whole
+        pages, as the manager gives them)."""
+        states = sum(state_pages(s, self.page_bytes) for s in self.states)
+        return (self.pages_per_request(num_tokens, step_tokens) + states) * self.page_bytes
 
     def describe(self) -> list[dict]:
         """Per group: type, layers, bytes per token (paged) or per sequence (state)."""
