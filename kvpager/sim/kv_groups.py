@@ -5,8 +5,9 @@
 model's one per-layer figure (`kvpager.sim.cost_model.layers.layer_kv_bytes`):
 
 - hybrid (default): one kind per group, and kinds split into groups of equal layer counts
-  (vLLM's uniform-page rule: the group size is the smallest kind's layer count, or the
-  largest when all are within 25%), because the manager's one pool pages every group with
+  (vLLM's hybrid allocator pads groups to the same layer count, vllm-project/vllm#29303;
+  the size rule here is our reading of it: the smallest kind's layer count, or the largest
+  when all counts are within 25%), because the manager's one pool pages every group with
   the largest group's block: unequal groups would pad the small groups' pages;
 - `hybrid=False`: every attention layer as full attention in one group (what a manager
   without groups allocates); linear-attention layers still keep a state per sequence.
