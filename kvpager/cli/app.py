@@ -9,6 +9,7 @@ import typer
 from kvpager import __version__
 from kvpager.cli import bench as bench_cmd
 from kvpager.cli import calibrate as calibrate_cmd
+from kvpager.cli import capacity as capacity_cmd
 from kvpager.cli import report as report_cmd
 from kvpager.cli import simulate as simulate_cmd
 from kvpager.cli import sweep as sweep_cmd
@@ -42,6 +43,7 @@ def main(
 app.command("simulate")(simulate_cmd.simulate)
 app.command("sweep")(sweep_cmd.sweep)
 app.command("report")(report_cmd.report)
+app.command("capacity")(capacity_cmd.capacity)
 app.add_typer(trace_cmd.app, name="trace")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(calibrate_cmd.app, name="calibrate")

@@ -12,13 +12,13 @@ import typer
 
 from kvpager.sim.config import PAGED, STRATEGIES, SimConfig, parse_tier_size
 from kvpager.sim.cost_model import KV_CACHE_DTYPES, choose_cost_model
+from kvpager.sim.presets import GPUS, MODELS, get_model
+from kvpager.sim.strategies import hybrid_refusal
 
 Model = Annotated[str, typer.Option(
-    help="Model preset (llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b, "
-         "llama-3.1-8b, llama-3.1-70b, "
-         "mistral-7b, opt-13b) or a model spec JSON file.")]
+    help=f"Model preset ({', '.join(MODELS)}) or a model spec JSON file.")]
 Gpu = Annotated[str, typer.Option(
-    help="GPU preset (a100-40gb, a100-80gb, h100-80gb, h200) or a GPU spec JSON file.")]
+    help=f"GPU preset ({', '.join(GPUS)}) or a GPU spec JSON file.")]
 Tp = Annotated[int, typer.Option(help="Tensor-parallel degree.")]
 Cache = Annotated[list[str] | None, typer.Option(
     "--cache", help=f"Cache strategy; repeat for several ({', '.join(STRATEGIES)}). "
@@ -67,6 +67,15 @@ CpuPrefixCache = Annotated[str | None, typer.Option(
 TierBaseline = Annotated[bool, typer.Option(
     help="With --cpu-prefix-cache: also run paged without the tier and report what the tier "
          "saved in TTFT (doubles the paged run's time).")]
+# Hybrid models (issue 20).
+Hybrid = Annotated[bool, typer.Option(
+    "--hybrid/--no-hybrid",
+    help="Give each attention kind of a hybrid model (sliding window, chunked, MLA, "
+         "state) its own KV-cache group (default); --no-hybrid allocates every layer as full "
+         "attention, as a manager without groups does, for comparison.")]
+FreeOrder = Annotated[str, typer.Option(
+    help="Hybrid models: free pages reused first. window_first (blocks a window released, "
+         "before other requests' cached blocks) or lru (one queue, for comparison).")]
 ArrivalCv = Annotated[float | None, typer.Option(
     help="Coefficient of variation of generated gaps (Gamma; default 1 = Poisson).")]
 
@@ -77,7 +86,8 @@ def sim_config(
     max_num_batched_tokens: int | None, max_model_len: int | None, kv_cache_dtype: str,
     gpu_memory_utilization: float, cost_model: str, calibration: Path | None, seed: int,
     num_gpu_blocks: int | None = None, kv_cache_memory: float | None = None,
-    long_prompts: str = "reject", cpu_prefix_cache_gib: float = 0.0,
+    long_prompts: str = "reject", cpu_prefix_cache_gib: float = 0.0, hybrid: bool = True,
+    free_order: str = "window_first",
 ) -> SimConfig:
     """The `SimConfig` the shared options describe, its cost model chosen (raises ValueError
     naming the bad option, not the config field)."""
@@ -90,8 +100,15 @@ def sim_config(
             max_model_len=max_model_len, chunked_prefill=chunked_prefill, seed=seed,
             cost_model=_cost_model(cost_model, calibration),
             num_gpu_blocks=num_gpu_blocks, kv_cache_memory_gib=kv_cache_memory,
-            long_prompts=long_prompts, cpu_prefix_cache_gib=cpu_prefix_cache_gib)
-        choose_cost_model(config.cost_model, config.gpu)  # a bad file or GPU: fail now
+            long_prompts=long_prompts, cpu_prefix_cache_gib=cpu_prefix_cache_gib,
+            hybrid=hybrid, free_order=free_order)
+        spec = get_model(config.model)
+        choose_cost_model(config.cost_model, config.gpu, spec)  # a bad file or GPU: fail now
+        if hybrid and spec.is_hybrid:
+            refusal = hybrid_refusal(spec.linear_attention is not None, prefix_caching,
+                                     cpu_prefix_cache_gib > 0)
+            if refusal:
+                raise ValueError(refusal)
     except ValueError as exc:
         raise ValueError(as_options(str(exc))) from None
     return config
@@ -107,6 +124,7 @@ FIELD_OPTIONS = {
     "num_gpu_blocks": "--num-gpu-blocks", "kv_cache_memory_gib": "--kv-cache-memory",
     "long_prompts": "--long-prompts", "cpu_prefix_cache_gib": "--cpu-prefix-cache",
     "prefix_caching": "--prefix-caching", "calibration": "--cost-model",
+    "free_order": "--free-order",
     # the sweep's own (SweepSpec, run_sweep)
     "metric": "--metric", "latency_bound": "--latency-bound", "workers": "--workers",
     "rate_scales": "--rate-scale", "arrival_cv": "--arrival-cv", "limit": "--limit",

@@ -15,6 +15,7 @@ from kvpager.cli.loading import ArrivalOptions, load
 from kvpager.cli.outputs import check_out_dir, check_out_file
 from kvpager.cli.tables import comparison_table, print_caveats, replica_tables, run_summary
 from kvpager.sim.config import DEFAULT_STRATEGIES, PAGED
+from kvpager.sim.kv_groups import has_groups_to_merge
 
 
 def simulate(
@@ -42,6 +43,8 @@ def simulate(
     long_prompts: opts.LongPrompts = "reject",
     cpu_prefix_cache: opts.CpuPrefixCache = None,
     tier_baseline: opts.TierBaseline = True,
+    hybrid: opts.Hybrid = True,
+    free_order: opts.FreeOrder = "window_first",
     replicas: opts.Replicas = 1,
     router: opts.RouterName = "round-robin",
     router_weights: opts.RouterWeights = None,
@@ -91,7 +94,7 @@ def simulate(
             cost_model=cost_model, calibration=calibration, seed=seed,
             num_gpu_blocks=num_gpu_blocks,
             kv_cache_memory=kv_cache_memory, long_prompts=long_prompts,
-            cpu_prefix_cache_gib=tier_gib)
+            cpu_prefix_cache_gib=tier_gib, hybrid=hybrid, free_order=free_order)
         data = load(trace, ArrivalOptions(arrival_rate, arrival_cv, seed), limit=limit,
                     rate_scale=rate_scale)
         with _progress(enabled=not json_output) as report_progress:
@@ -119,6 +122,10 @@ def simulate(
     if tier_gib and not cache:
         console.print("note: --cpu-prefix-cache runs the paged strategy only (the contiguous "
                       "strategies cache no prefix blocks); add --cache to name strategies",
+                      markup=False, highlight=False)
+    if not hybrid and not has_groups_to_merge(config.model):
+        console.print(f"note: --no-hybrid: {config.model} has no KV-cache groups to merge "
+                      "(no window or chunked layers); the run is the same either way",
                       markup=False, highlight=False)
     for line in run_summary(metrics, run_dir, report):
         console.print(line, markup=False, highlight=False)

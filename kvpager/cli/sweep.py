@@ -57,6 +57,7 @@ def sweep(
     calibration: opts.Calibration = None,
     num_gpu_blocks: opts.NumGpuBlocks = None,
     kv_cache_memory: opts.KvCacheMemory = None,
+    hybrid: opts.Hybrid = True,
     cpu_prefix_cache: Annotated[str | None, typer.Option(
         "--cpu-prefix-cache", metavar="SIZES",
         help="CPU prefix tier sizes, GiB per GPU or 'unlimited', e.g. 0,64,256,unlimited: "
@@ -113,7 +114,8 @@ def sweep(
             cost_model=cost_model, calibration=calibration, seed=seed,
             num_gpu_blocks=num_gpu_blocks,
             kv_cache_memory=kv_cache_memory,
-            cpu_prefix_cache_gib=tiers[0] if tiers is not None and len(tiers) == 1 else 0.0)
+            cpu_prefix_cache_gib=tiers[0] if tiers is not None and len(tiers) == 1 else 0.0,
+            hybrid=hybrid)
         if not trace.is_file():
             raise FileNotFoundError(2, "no such trace file", str(trace))
         try:

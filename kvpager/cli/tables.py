@@ -14,7 +14,14 @@ from rich.text import Text
 
 from kvpager.sim.config import DESCRIPTIONS
 from kvpager.sim.rejections import describe
-from kvpager.sim.summary import BRIEF, BRIEF_PREFIX, BRIEF_TIER, SUMMARY_ROWS, get_path
+from kvpager.sim.summary import (
+    BRIEF,
+    BRIEF_GROUPS,
+    BRIEF_PREFIX,
+    BRIEF_TIER,
+    SUMMARY_ROWS,
+    get_path,
+)
 
 GiB = 1 << 30
 
@@ -31,6 +38,8 @@ def comparison_table(metrics: dict) -> Table:
     shown = BRIEF + (BRIEF_PREFIX if get_path(metrics, ("config", "prefix_caching")) else ())
     if get_path(metrics, ("config", "cpu_prefix_cache_gib")) not in (None, 0, 0.0):
         shown += BRIEF_TIER
+    if any("kv_by_group" in m for m in strategies.values()):
+        shown += BRIEF_GROUPS
     for label, path, fmt in SUMMARY_ROWS:
         if label in shown:
             table.add_row(label, *(fmt(get_path(strategies[n], path)) for n in strategies))
@@ -98,9 +107,15 @@ def capacity_line(metrics: dict) -> str:
     if gib is None or blocks is None or tokens is None:
         return "KV capacity: not recorded"
     limit = cfg.get("max_model_len")
+    tail = "" if limit is None else f"; max_model_len {limit:,} tokens per request"
+    page = cap.get("page_bytes")
+    if page is not None:  # several KV-cache groups share pages of the largest group's block
+        kinds = ", ".join(f"{g['type']} x{g['layers']}" for g in cap.get("kv_groups", []))
+        return (f"KV capacity: {gib:,.1f} GiB per GPU = {blocks:,} pages of {size} tokens "
+                f"({page / 2**20:.2f} MiB) shared by the KV-cache groups {kinds}; "
+                f"{tokens:,} tokens without groups" + tail)
     return (f"KV capacity: {gib:,.1f} GiB per GPU = {blocks:,} blocks of {size} tokens = "
-            f"{tokens:,} tokens" + ("" if limit is None else f"; max_model_len {limit:,} "
-                                                              "tokens per request"))
+            f"{tokens:,} tokens" + tail)
 
 
 def cost_model_line(metrics: dict) -> str:

@@ -44,6 +44,7 @@ def run_sections(run: RunData, max_points: int = 1000) -> list[Section]:
         prefix_figure,
         waste_figure,
     )
+    from kvpager.report.groups_report import group_section
     from kvpager.report.tier_report import tier_section
 
     m = run.metrics
@@ -69,6 +70,9 @@ def run_sections(run: RunData, max_points: int = 1000) -> list[Section]:
                 "output token and normalized latency (end-to-end latency / output tokens).",
                 figure=latency_figure(run, max_points)),
     ]
+    groups = group_section(run, max_points)
+    if groups is not None:
+        sections.append(groups)
     if run.prefix_caching:
         sections.append(Section(
             "prefix", "Prefix-cache hit rate",

@@ -77,7 +77,9 @@ _OTHER_FIXES = {
 
 
 def _longer_models(tokens: int, most: int = 2) -> str:
-    """Presets whose context holds `tokens`, shortest context first."""
+    """Dense presets whose context holds `tokens`, shortest context first (a hybrid or
+    mixture-of-experts model is a different deployment, not a longer-context stand-in)."""
     fit = sorted((m.max_context, m.num_params, key) for key, m in MODELS.items()
-                 if m.max_context >= tokens)
+                 if m.max_context >= tokens and not m.is_hybrid and m.moe is None
+                 and m.mla is None)
     return ", ".join(f"{key}: {context:,} tokens" for context, _, key in fit[:most])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from kvpager.core.config import PREEMPTION_MODES
+from kvpager.core.config import FREE_ORDERS, PREEMPTION_MODES
 
 PAGED = "paged"
 CONTIGUOUS = ("orca-max", "orca-pow2", "orca-oracle")
@@ -81,6 +81,11 @@ class SimConfig:
             (`kvpager.sim.tier`). 0 disables it; `math.inf` is "unlimited": room for every
             block the trace can register. Needs prefix_caching and the paged strategy. It
             is host memory on top of `swap_space_gib` (the two are separate areas).
+        hybrid: give each attention kind of a hybrid model its own KV-cache group
+            (`kvpager.sim.kv_groups`, the library's HybridKVCacheManager); False allocates
+            every layer as full attention, as a manager without groups does.
+        free_order: which free pages a hybrid manager reuses first: "window_first" (blocks
+            a window released, before other requests' cached blocks) or "lru" (one queue).
     """
 
     model: str = "llama-2-7b"
@@ -105,8 +110,13 @@ class SimConfig:
     kv_cache_memory_gib: float | None = None
     long_prompts: str = "reject"
     cpu_prefix_cache_gib: float = 0.0
+    hybrid: bool = True
+    free_order: str = "window_first"
 
     def __post_init__(self) -> None:
+        if self.free_order not in FREE_ORDERS:
+            raise ValueError(f"free_order must be one of {', '.join(FREE_ORDERS)}, got "
+                             f"{self.free_order!r}")
         _positive_int("tp", self.tp)
         _positive_int("block_size", self.block_size)
         _positive_int("max_num_seqs", self.max_num_seqs)

@@ -33,7 +33,8 @@ class SimManager(KVManager, Protocol):
         num_blocks_swapped_out, num_blocks_swapped_in: units moved by swaps so far.
     """
 
-    num_cow_copies: int
+    @property
+    def num_cow_copies(self) -> int: ...
 
     @property
     def prefix_cache(self) -> PrefixCache | None: ...

@@ -8,8 +8,9 @@ GPUs are the SXM parts with vendor datasheet figures: HBM bandwidth, dense (not 
 FP16/BF16 tensor-core FLOP/s, NVLink bandwidth per direction (half the marketed
 bidirectional figure: 600 GB/s -> 300 GB/s for A100, 900 -> 450 GB/s for H100/H200) and the
 host link per direction (PCIe 4.0 x16, 32 GB/s, for A100; PCIe 5.0 x16, 64 GB/s, for
-H100/H200), which bounds swapping KV blocks to CPU memory.
-`memory_bytes` is the total that `nvidia-smi` reports (40960, 81920, 81559 and 143771 MiB),
+H100/H200/B200), which bounds swapping KV blocks to CPU memory (B200: NVLink 5, 900 GB/s
+per direction). `memory_bytes` is the total that `nvidia-smi` reports (40960, 81920, 81559,
+143771 and 183359 MiB),
 i.e. what `gpu_memory_utilization` is a fraction of.
 
 Users add their own with `load_model_spec(path)` / `load_gpu_spec(path)`: a JSON object
@@ -25,6 +26,16 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from kvpager.core.errors import KVPagerError
+from kvpager.sim.architecture import (
+    LinearAttentionShape,
+    MLAShape,
+    MoEShape,
+    alternating,
+    check_layer_types,
+    every_nth,
+    shape_from_json,
+)
+from kvpager.sim.param_count import Quirks, estimated_params
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -50,9 +61,14 @@ def _positive_float(owner: str, name: str, value: object) -> None:
 class ModelSpec:
     """A decoder-only transformer, as far as memory and FLOPs are concerned.
 
-    num_params counts every weight once (tied input/output embeddings once).
-    sliding_window is recorded for reference; the cost model treats attention as full,
-    which over-estimates Mistral's attention work past 4,096 tokens.
+    num_params counts every weight once (tied input/output embeddings once), every expert
+    included. The layers' attention kinds (`layer_types`, `sliding_window`,
+    `attention_chunk_size`, `mla`, `linear_attention`) and experts (`moe`) are described in
+    `kvpager.sim.architecture`; `layer_kinds()` resolves them per layer. A model without a
+    pattern but with a window (Mistral-7B) has every layer windowed.
+    weight_bits / expert_weight_bits: bits per layer weight / per routed-expert weight as
+    published (fp8: 8, MXFP4: 4.25 with its scales); None: the cost model's dtype. The
+    embedding tables always take the cost model's dtype.
     """
 
     name: str
@@ -67,6 +83,13 @@ class ModelSpec:
     max_context: int
     tie_word_embeddings: bool = False
     sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    attention_chunk_size: int | None = None
+    moe: MoEShape | None = None
+    mla: MLAShape | None = None
+    linear_attention: LinearAttentionShape | None = None
+    weight_bits: float | None = None
+    expert_weight_bits: float | None = None
 
     def __post_init__(self) -> None:
         owner = f"model {self.name!r}"
@@ -81,8 +104,52 @@ class ModelSpec:
         if type(self.tie_word_embeddings) is not bool:
             raise SpecError(f"{owner}: field 'tie_word_embeddings': expected true or false, got "
                             f"{self.tie_word_embeddings!r}")
-        if self.sliding_window is not None:
-            _positive_int(owner, "sliding_window", self.sliding_window)
+        for f in ("sliding_window", "attention_chunk_size"):
+            if getattr(self, f) is not None:
+                _positive_int(owner, f, getattr(self, f))
+        for f in ("weight_bits", "expert_weight_bits"):
+            if getattr(self, f) is not None:
+                _positive_float(owner, f, getattr(self, f))
+        try:
+            for f in ("moe", "mla", "linear_attention"):
+                object.__setattr__(self, f, shape_from_json(owner, f, getattr(self, f)))
+            if self.layer_types is not None:
+                object.__setattr__(self, "layer_types", check_layer_types(
+                    owner, self.layer_types, self.num_layers))
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        self._check_layer_fields(owner)
+
+    def _check_layer_fields(self, owner: str) -> None:
+        kinds = set(self.layer_types or ())
+        needs = {"sliding_attention": "sliding_window", "chunked_attention":
+                 "attention_chunk_size", "linear_attention": "linear_attention"}
+        for kind, f in needs.items():
+            if kind in kinds and getattr(self, f) is None:
+                raise SpecError(f"{owner}: field '{f}': layer_types has {kind} layers but "
+                                f"{f} is not given")
+        if self.mla is not None and kinds - {"full_attention"}:
+            raise SpecError(f"{owner}: field 'layer_types': MLA models have only full "
+                            "(latent) attention layers here")
+        if self.moe is not None and self.moe.num_dense_layers > self.num_layers:
+            raise SpecError(f"{owner}: field 'moe.num_dense_layers': "
+                            f"{self.moe.num_dense_layers} > num_layers = {self.num_layers}")
+
+    def layer_kinds(self) -> tuple[str, ...]:
+        """Per layer: "full", "sliding", "chunked", "mla" or "linear"."""
+        if self.mla is not None:
+            return ("mla",) * self.num_layers
+        short = {"full_attention": "full", "sliding_attention": "sliding",
+                 "chunked_attention": "chunked", "linear_attention": "linear"}
+        if self.layer_types is not None:
+            return tuple(short[k] for k in self.layer_types)
+        return ("sliding" if self.sliding_window else "full",) * self.num_layers
+
+    @property
+    def is_hybrid(self) -> bool:
+        """Whether a manager with KV-cache groups allocates differently from one without:
+        some layer reads less than every earlier token, or keeps a state."""
+        return any(k in ("sliding", "chunked", "linear") for k in self.layer_kinds())
 
     @property
     def embedding_params(self) -> int:
@@ -92,31 +159,45 @@ class ModelSpec:
     @property
     def body_params(self) -> int:
         """Weights every token passes through (layers, norms), i.e. without the input
-        embedding (a row gather, no FLOPs) and the LM head (applied only where sampling)."""
+        embedding (a row gather, no FLOPs) and the LM head (applied only where sampling).
+        Every expert counts; `active_body_params` counts those a token uses."""
         tables = 1 if self.tie_word_embeddings else 2
         return self.num_params - tables * self.embedding_params
 
-    def kv_bytes_per_token(self, dtype_bytes: float) -> float:
-        """K and V of one token over all layers and KV heads (no tensor parallelism)."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_size * dtype_bytes
+    @property
+    def num_moe_layers(self) -> int:
+        return 0 if self.moe is None else self.num_layers - self.moe.num_dense_layers
 
-    def estimated_params(self, *, gated_mlp: bool = True, biases: bool = False,
-                         learned_positions: int = 0) -> int:
+    @property
+    def routed_expert_params(self) -> int:
+        """Weights of every routed expert of every MoE layer (gated: 3 matrices each)."""
+        if self.moe is None:
+            return 0
+        return (self.num_moe_layers * self.moe.num_experts * 3 * self.hidden_size
+                * self.moe.expert_intermediate_size)
+
+    @property
+    def active_body_params(self) -> int:
+        """Body weights one token multiplies: all but the routed experts it is not sent to."""
+        if self.moe is None:
+            return self.body_params
+        per_expert = 3 * self.hidden_size * self.moe.expert_intermediate_size
+        active = self.num_moe_layers * self.moe.experts_per_token * per_expert
+        return self.body_params - self.routed_expert_params + active
+
+    def kv_bytes_per_token(self, dtype_bytes: float) -> float:
+        """K and V of one token over all layers and KV heads (no tensor parallelism), as a
+        manager without groups allocates it (every attention layer keeps every token; an MLA
+        layer one latent; a linear-attention layer nothing per token)."""
+        per_kind = {"mla": self.mla.latent_dim if self.mla else 0, "linear": 0}
+        kv = 2 * self.num_kv_heads * self.head_size
+        return sum(per_kind.get(k, kv) for k in self.layer_kinds()) * dtype_bytes
+
+    def estimated_params(self, **quirks: object) -> int:
         """Parameter count from the shapes (Llama-style gated MLP and RMSNorm by default;
-        OPT: gated_mlp=False, biases=True, two LayerNorm vectors, learned positions)."""
-        h, d = self.hidden_size, self.head_size
-        q_out, kv_out = self.num_heads * d, self.num_kv_heads * d
-        attn = h * q_out + 2 * h * kv_out + q_out * h
-        mlp = (3 if gated_mlp else 2) * h * self.intermediate_size
-        norms = 2 * h * (2 if biases else 1)
-        if biases:
-            attn += q_out + 2 * kv_out + h
-            mlp += self.intermediate_size + h
-        per_layer = attn + mlp + norms
-        final_norm = h * (2 if biases else 1)
-        tables = (1 if self.tie_word_embeddings else 2) * self.embedding_params
-        return (self.num_layers * per_layer + final_norm + tables
-                + learned_positions * h)
+        the keyword arguments are `kvpager.sim.param_count.Quirks` fields, e.g. OPT:
+        gated_mlp=False, biases=True, learned_positions=2050)."""
+        return estimated_params(self, Quirks(**quirks))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -147,6 +228,15 @@ class GPUSpec:
                 _positive_float(owner, f, getattr(self, f))
 
 
+# Counts recomputed from the shapes where the model card gives only a rounded total (or
+# counts parts we leave out: vision towers, multi-token-prediction layers); the tests check
+# each against its card's figure.
+GEMMA2_27B = 27_227_128_320  # card: 27.2B
+GEMMA3_27B = 27_009_346_304  # card: 27.4B with the 0.4B SigLIP vision tower
+LLAMA4_SCOUT = 107_769_861_120  # card: 109B with the vision encoder
+QWEN3_NEXT = 79_674_391_296  # card: 80B; the checkpoint's 81.3B adds the MTP layer
+DEEPSEEK_V3 = 671_026_419_200  # card: 671B main model (+14B MTP module)
+
 MODELS: dict[str, ModelSpec] = {m.name.lower(): m for m in (
     # facebook/opt-13b: LayerNorm, biases, ReLU MLP (ffn_dim), learned positions (2048 + 2)
     ModelSpec("OPT-13B", 40, 5120, 40, 40, 128, 20480, 50272, 12_853_473_280, 2048,
@@ -163,6 +253,49 @@ MODELS: dict[str, ModelSpec] = {m.name.lower(): m for m in (
     # mistralai/Mistral-7B-v0.1
     ModelSpec("Mistral-7B", 32, 4096, 32, 8, 128, 14336, 32000, 7_241_732_096, 32768,
               sliding_window=4096),
+    # The models below: Hugging Face config.json of the repository named (text model only
+    # for the multimodal ones); counts checked against the shapes in tests/sim/test_presets.
+    # openai/gpt-oss-20b, -120b: alternating 128-token window / full (window first), sinks,
+    # q/k/v/o biases, experts with biases in MXFP4 (4.25 bits with scales), the rest bf16
+    ModelSpec("gpt-oss-20b", 24, 2880, 64, 8, 64, 2880, 201088, 20_914_757_184, 131072,
+              sliding_window=128, layer_types=alternating("sliding_attention",
+                                                          "full_attention", 24),
+              moe=MoEShape(32, 4, 2880), expert_weight_bits=4.25),
+    ModelSpec("gpt-oss-120b", 36, 2880, 64, 8, 64, 2880, 201088, 116_829_156_672, 131072,
+              sliding_window=128, layer_types=alternating("sliding_attention",
+                                                          "full_attention", 36),
+              moe=MoEShape(128, 4, 2880), expert_weight_bits=4.25),
+    # google/gemma-2-27b: 1:1 window 4,096 (even layers) / global, 4 norms per layer, tied
+    ModelSpec("gemma-2-27b", 46, 4608, 32, 16, 128, 36864, 256000, GEMMA2_27B, 8192,
+              tie_word_embeddings=True, sliding_window=4096,
+              layer_types=alternating("sliding_attention", "full_attention", 46)),
+    # google/gemma-3-27b-it text_config: 5 local (window 1,024) : 1 global, q/k norms, tied
+    ModelSpec("gemma-3-27b", 62, 5376, 32, 16, 128, 21504, 262208, GEMMA3_27B, 131072,
+              tie_word_embeddings=True, sliding_window=1024,
+              layer_types=every_nth("full_attention", 6, "sliding_attention", 62)),
+    # mistralai/Ministral-8B-Instruct-2410: 128k context, one full layer then three with a
+    # 32,768-token window (params.json's per-layer window [131072, 32768, 32768, 32768])
+    ModelSpec("Ministral-8B", 36, 4096, 32, 8, 128, 12288, 131072, 8_019_808_256, 131072,
+              sliding_window=32768, layer_types=tuple(
+                  "full_attention" if i % 4 == 0 else "sliding_attention" for i in range(36))),
+    # meta-llama/Llama-4-Scout-17B-16E text_config: 3 layers attend within 8,192-token chunks,
+    # every 4th globally (NoPE); 16 experts, 1 active, 1 shared, every layer MoE
+    ModelSpec("Llama-4-Scout", 48, 5120, 40, 8, 128, 16384, 202048, LLAMA4_SCOUT, 10485760,
+              attention_chunk_size=8192,
+              layer_types=every_nth("full_attention", 4, "chunked_attention", 48),
+              moe=MoEShape(16, 1, 8192, num_shared_experts=1)),
+    # Qwen/Qwen3-Next-80B-A3B-Instruct: 3 Gated DeltaNet : 1 gated full attention; 512
+    # experts, 10 active, 1 shared (gated)
+    ModelSpec("Qwen3-Next-80B-A3B", 48, 2048, 16, 2, 256, 5120, 151936, QWEN3_NEXT, 262144,
+              layer_types=every_nth("full_attention", 4, "linear_attention", 48),
+              linear_attention=LinearAttentionShape(16, 32, 128, 128, 4),
+              moe=MoEShape(512, 10, 512, num_shared_experts=1)),
+    # deepseek-ai/DeepSeek-V3 (without the multi-token-prediction module): MLA, 3 dense layers
+    # then 256 experts, 8 active, 1 shared; published in fp8
+    ModelSpec("DeepSeek-V3", 61, 7168, 128, 128, 192, 18432, 129280, DEEPSEEK_V3, 163840,
+              mla=MLAShape(1536, 512, 128, 64, 128),
+              moe=MoEShape(256, 8, 2048, num_shared_experts=1, num_dense_layers=3),
+              weight_bits=8.0),
 )}
 
 GPUS: dict[str, GPUSpec] = {g.name.lower(): g for g in (
@@ -170,6 +303,10 @@ GPUS: dict[str, GPUSpec] = {g.name.lower(): g for g in (
     GPUSpec("A100-80GB", 81920 * MiB, 2.039e12, 312e12, 300e9, 32e9),
     GPUSpec("H100-80GB", 81559 * MiB, 3.35e12, 989e12, 450e9, 64e9),
     GPUSpec("H200", 143771 * MiB, 4.8e12, 989e12, 450e9, 64e9),
+    # HGX B200 datasheet: 180 GB HBM3e at 8 TB/s, 2.25 PFLOP/s dense FP16/BF16 (4.5 with
+    # sparsity), NVLink 5 at 1.8 TB/s (900 GB/s per direction), PCIe Gen5 x16 to the host;
+    # nvidia-smi shows 183,359 MiB
+    GPUSpec("B200", 183359 * MiB, 8.0e12, 2.25e15, 900e9, 64e9),
 )}
 
 

@@ -31,7 +31,8 @@ from kvpager.core.sched.scheduler import SchedulerOutput
 from kvpager.sim import queries
 from kvpager.sim.beams import BeamModel
 from kvpager.sim.config import PAGED, SimConfig
-from kvpager.sim.cost_model import CostModel, prefill_attention_work
+from kvpager.sim.cost_model import CostModel
+from kvpager.sim.hybrid_manager import HybridSimManager, group_series
 from kvpager.sim.metrics import FINISHED, REJECTED, MemorySeries, RequestLog, StepLog
 from kvpager.sim.strategies import Deployment, build
 from kvpager.sim.tier import hit_blocks_by_tier, tier_metrics, tier_step_seconds
@@ -76,6 +77,7 @@ class Replica:
         self.scheduler = self.deploy.scheduler
         self.manager = self.deploy.manager
         self.memory = MemorySeries(self.deploy.capacity_slots)
+        self.group_memory = group_series(self.manager)  # None: one group
         self.steps = StepLog()
         self.beams = BeamModel(config.beam_replace_prob, config.seed)
         self.has_beams = has_beams
@@ -153,7 +155,8 @@ class Replica:
             return 1
         arrival = self.run.next_arrival()
         if arrival is not None:
-            one = self.cost.step_time(0, 0.0, rows.size, int(lens.sum()) + rows.size)
+            one = self.cost.step_time(0, 0.0, rows.size,
+                                      self.cost.decode_context(lens + 1))
             k = min(k, max(1, int((arrival - now) / one))) if one > 0 else k
         return k  # the scheduler shrinks a window whose blocks do not fit to one step
 
@@ -163,15 +166,14 @@ class Replica:
         attn = 0.0
         for chunk in out.prefills:
             prefill += chunk.count
-            attn += prefill_attention_work(chunk.count, chunk.start)
+            attn += cost.prefill_work(chunk.count, chunk.start)
             completes += chunk.completes
         self._prefill_tokens += prefill
         batch = int(out.decode_rows.size)
         context = 0.0
         if batch:
             # lengths after the window's appends; the middle step attends (k + 1) / 2 fewer
-            after = int(out.decode_seq_lens.sum())
-            context = after - batch * (k - 1) / 2
+            context = cost.decode_context(out.decode_seq_lens, k)
         seconds, self._pending_copy_s = self._pending_copy_s, 0.0
         if prefill or batch:
             seconds = k * cost.step_time(prefill, max(attn, float(prefill)), batch,
@@ -275,6 +277,8 @@ class Replica:
                 gpu_hit, cpu_hit = gpu / prefix.queried_blocks, cpu / prefix.queried_blocks
         self.memory.add(now, slots, sched.num_running_seqs, len(sched.waiting),
                         len(sched.swapped), hit, (gpu_hit, cpu_hit))
+        if self.group_memory is not None and isinstance(self.manager, HybridSimManager):
+            self.group_memory.add(now, self.manager.group_pages(rows))
         self._next_sample = now + self.sample_interval
 
     def counters(self) -> dict:

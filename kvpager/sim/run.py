@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from kvpager.core.memory.usage import FIELDS as MEMORY_FIELDS
+from kvpager.sim import kv_groups
 from kvpager.sim.caveats import run_caveats
 from kvpager.sim.cluster.config import ClusterConfig
 from kvpager.sim.config import (
@@ -58,7 +59,7 @@ def cost_model(config: SimConfig, given: SimConfig | None = None,
     limit the user set there, the message says which and how to lower it. `choice`: the
     step-time model already chosen for `config.cost_model` (chosen here when None)."""
     if choice is None:
-        choice = choose_cost_model(config.cost_model, config.gpu)
+        choice = choose_cost_model(config.cost_model, config.gpu, get_model(config.model))
     calibration = choice.calibration
     try:
         return _cost(config, calibration)
@@ -161,7 +162,7 @@ def simulate(
     names = check_strategies(tuple(strategies))
     check_tier_strategies(config, names)
     given, config = config, resolve(config)
-    choice = choose_cost_model(config.cost_model, config.gpu)
+    choice = choose_cost_model(config.cost_model, config.gpu, get_model(config.model))
     cost = cost_model(config, given, choice)
     started = time.perf_counter()
     results: dict[str, dict] = {}
@@ -172,6 +173,9 @@ def simulate(
         sim = Simulation(trace, config, name, cost, report, cluster)
         results[name] = sim.run()
         sims[name] = sim
+        if sim.replica.group_memory is not None:  # replica 0's groups
+            results[name]["kv_by_group"] = sim.replica.group_memory.to_dict(
+                results[name]["time"]["simulated_s"])
     if config.has_prefix_tier and tier_baseline:
         report = None if progress is None else (
             lambda d, t: progress(f"{PAGED} (GPU only)", d, t))
@@ -192,7 +196,7 @@ def simulate(
             "source": capacity_source(config),
             "long_prompts": config.long_prompts,
             "cpu_prefix_blocks": sims[PAGED].tier_blocks if PAGED in sims else 0,
-        },
+        } | kv_groups.capacity_fields(cost, config),
         "cost_model": choice.to_dict()
         | ({"terms": cost.calibration_notes} if cost.calibration_notes else {}),
         "cluster": (cluster or ClusterConfig()).to_dict() | {

@@ -23,7 +23,10 @@ from kvpager.core.memory.event_sink import KVEventSink
 from kvpager.core.sched.scheduler import Scheduler
 from kvpager.sim.config import PAGED, STATIC, SimConfig
 from kvpager.sim.cost_model import CostModel
+from kvpager.sim.hybrid_manager import HybridSimManager
+from kvpager.sim.kv_groups import KVLayout, layout, num_pages
 from kvpager.sim.manager_protocol import PagedSimManager, SimManager
+from kvpager.sim.presets import get_model
 
 GiB = 1 << 30
 
@@ -58,6 +61,14 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
     swap_bytes = config.swap_space_gib * GiB
     if strategy == PAGED:
         bs = config.block_size
+        if get_model(config.model).is_hybrid:  # a window, a chunk or a state
+            kv = layout(cost, bs, config.hybrid)
+            if not kv.single_full:  # the multi-group manager
+                if events is not None:
+                    raise ValueError("router: prefix-precise needs the replicas' KV events, "
+                                     "which the hybrid manager does not publish yet; add "
+                                     "--no-hybrid or choose another --router")
+                return _hybrid(kv, config, cost, sched, swap_bytes)
         cache: dict[str, Any] = {"num_gpu_blocks": cost.num_gpu_blocks(bs), "block_size": bs,
                  "num_cpu_blocks": cost.num_cpu_blocks(swap_bytes, bs),
                  "enable_prefix_caching": config.prefix_caching,
@@ -77,6 +88,42 @@ def build(strategy: str, config: SimConfig, cost: CostModel, tier_blocks: int = 
                                 num_cpu_tokens=cost.num_cpu_blocks(swap_bytes, 1))
     scheduler = Scheduler(manager, sched, kernel_inputs=False)
     return Deployment(strategy, manager, scheduler, 1, capacity)
+
+
+def _hybrid(kv: KVLayout, config: SimConfig, cost: CostModel, sched: SchedulerConfig,
+            swap_bytes: float) -> Deployment:
+    """The library's multi-group manager over one pool of pages (`kvpager.sim.kv_groups`;
+    state groups take whole pages of it per sequence)."""
+    check_hybrid_options(config, kv)
+    pages = (config.num_gpu_blocks if config.num_gpu_blocks is not None
+             else num_pages(cost, kv))
+    cache = CacheConfig(num_gpu_blocks=pages, block_size=kv.block_size,
+                        num_cpu_blocks=int(swap_bytes // kv.page_bytes),
+                        enable_prefix_caching=config.prefix_caching,
+                        free_order=config.free_order,
+                        max_model_len=config.max_model_len, groups=kv.paged + kv.states)
+    manager = HybridSimManager(cache)
+    return Deployment(PAGED, manager, Scheduler(manager, sched, kernel_inputs=False),
+                      kv.block_size, pages * kv.block_size)
+
+
+def check_hybrid_options(config: SimConfig, kv: KVLayout) -> None:
+    """Refuse what the hybrid manager cannot do yet, naming the option (ValueError)."""
+    message = hybrid_refusal(kv.states != (), config.prefix_caching, config.has_prefix_tier)
+    if message:
+        raise ValueError(message)
+
+
+def hybrid_refusal(has_state: bool, prefix_caching: bool, prefix_tier: bool) -> str:
+    """Why a hybrid layout cannot run these options ("" when it can)."""
+    if prefix_tier:
+        return ("cpu_prefix_cache_gib: the host prefix tier with several KV-cache groups is "
+                "not in the library yet; add --no-hybrid to allocate every layer as full "
+                "attention")
+    if prefix_caching and has_state:
+        return ("prefix_caching: a prefix hit would skip the linear-attention state, and the "
+                "library keeps no state checkpoints yet; run without prefix caching")
+    return ""
 
 
 def _tiered_manager(cache: dict, tier_blocks: int, cost: CostModel, block_size: int,

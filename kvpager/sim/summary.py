@@ -30,6 +30,15 @@ def _pct(v: object) -> str:
     return "-" if not isinstance(v, SupportsFloat) else f"{100 * float(v):.1f}%"
 
 
+def _by_group(key: str) -> Callable[[object], str]:
+    """A hybrid run's `kv_by_group` as "full 1.2 / sliding_window 0.1" (GiB)."""
+    def f(v: object) -> str:
+        if not isinstance(v, dict):
+            return "-"
+        return " / ".join(f"{n} {x:.2f}" for n, x in zip(v["groups"], v[key], strict=True))
+    return f
+
+
 def load_verdict(load: object) -> str:
     """'SATURATED since 12.3 s' or 'keeps up' from a strategy's `load` metrics
     (`kvpager.sim.saturation.assess`); '-' for runs written before it existed."""
@@ -87,6 +96,8 @@ SUMMARY_ROWS: list[tuple[str, tuple[str, ...], Callable[[object], str]]] = [
         ("TTFT p50 saved by the tier (s)", ("ttft_saved_s", "p50"), _num(".3f")),
         ("TTFT p99 saved by the tier (s)", ("ttft_saved_s", "p99"), _num(".3f")),
     )],
+    ("KV by group, mean GiB", ("kv_by_group",), _by_group("mean_gib")),
+    ("KV by group, peak GiB", ("kv_by_group",), _by_group("peak_gib")),
     ("simulated time (s)", ("time", "simulated_s"), _num(".1f")),
     ("simulation wall time (s)", ("time", "wall_s"), _num(".2f")),
 ]
@@ -114,5 +125,7 @@ BRIEF = (
 
 #: Rows the terminal table adds when the run used prefix caching.
 BRIEF_PREFIX = ("prefix-cache hit rate",)
+#: Rows the terminal table adds when the run had several KV-cache groups.
+BRIEF_GROUPS = ("KV by group, mean GiB", "KV by group, peak GiB")
 #: Rows the terminal table adds when the run had a CPU prefix tier.
 BRIEF_TIER = tuple(label for label, path, _ in SUMMARY_ROWS if path[0] == "prefix_tier")

@@ -36,6 +36,12 @@ class ConstantCost:
     def step_time(self, prefill, attention, decode_seqs, context, prefill_seqs=0) -> float:
         return self.step if prefill or decode_seqs else 0.0
 
+    def decode_context(self, seq_lens, steps: int = 1) -> float:
+        return float(seq_lens.sum()) - seq_lens.size * (steps - 1) / 2
+
+    def prefill_work(self, chunk_tokens: int, context_before: int) -> float:
+        return chunk_tokens * (context_before + (chunk_tokens + 1) / 2)
+
     def swap_time(self, blocks: int, block_size: int) -> float:
         return 0.0
 

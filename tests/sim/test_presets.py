@@ -21,14 +21,79 @@ from kvpager.sim.presets import (
 KiB = 1024
 
 
+# what each family adds to a Llama-style layer (kvpager.sim.param_count.Quirks)
+GPT_OSS = {"attention_bias": True, "sinks": True, "router_bias": True, "expert_biases": True}
+QUIRKS: dict[str, dict] = {
+    # ReLU MLP, biases, LayerNorm, 2048 + 2 learned positions
+    "OPT-13B": {"gated_mlp": False, "biases": True, "learned_positions": 2050},
+    "gpt-oss-20b": GPT_OSS, "gpt-oss-120b": GPT_OSS,
+    "gemma-2-27b": {"norms_per_layer": 4},
+    "gemma-3-27b": {"norms_per_layer": 4, "qk_norm": True},
+    "Qwen3-Next-80B-A3B": {"qk_norm": True, "output_gate": True, "shared_expert_gate": True},
+    "DeepSeek-V3": {"router_bias": True},  # e_score_correction_bias
+}
+
+
 @pytest.mark.parametrize("name", [m.name for m in MODELS.values()])
 def test_parameter_counts_follow_from_the_shapes(name):
     m = get_model(name)
-    if name == "OPT-13B":  # ReLU MLP, biases, LayerNorm, 2048 + 2 learned positions
-        estimate = m.estimated_params(gated_mlp=False, biases=True, learned_positions=2050)
-    else:
-        estimate = m.estimated_params()
-    assert estimate == m.num_params
+    assert m.estimated_params(**QUIRKS.get(name, {})) == m.num_params
+
+
+def test_a_wrong_shape_changes_the_estimate():
+    m = get_model("gpt-oss-120b")
+    assert m.estimated_params(**GPT_OSS) != m.estimated_params()  # the quirks count
+    wider = ModelSpec(**{**{f: getattr(m, f) for f in m.__dataclass_fields__},
+                         "name": "x", "moe": {"num_experts": 129, "experts_per_token": 4,
+                                              "expert_intermediate_size": 2880}})
+    assert wider.estimated_params(**GPT_OSS) != m.num_params
+
+
+@pytest.mark.parametrize(("name", "billions", "rel"), [
+    ("gpt-oss-20b", 20.91, 0.001),      # safetensors total 20,914,757,184
+    ("gpt-oss-120b", 116.83, 0.001),    # 116,829,156,672
+    ("gemma-2-27b", 27.2, 0.002),
+    ("gemma-3-27b", 27.4, 0.02),        # the card counts the 0.4B vision tower
+    ("Ministral-8B", 8.02, 0.001),
+    ("Llama-4-Scout", 109, 0.02),       # the card counts the vision encoder
+    ("Qwen3-Next-80B-A3B", 80, 0.01),   # without the multi-token-prediction layer
+    ("DeepSeek-V3", 671, 0.001),        # main model; the MTP module adds 14B
+])
+def test_new_presets_match_model_cards(name, billions, rel):
+    assert get_model(name).num_params / 1e9 == pytest.approx(billions, rel=rel)
+
+
+@pytest.mark.parametrize(("name", "active", "head"), [
+    # active parameters per token as the model cards give them (with the LM head, except
+    # Qwen's "A3B", which counts the layers only)
+    ("gpt-oss-20b", 3.6, True), ("gpt-oss-120b", 5.1, True), ("Llama-4-Scout", 17, True),
+    ("Qwen3-Next-80B-A3B", 3, False), ("DeepSeek-V3", 37, True),
+])
+def test_active_parameters_match_model_cards(name, active, head):
+    m = get_model(name)
+    counted = m.active_body_params + (m.embedding_params if head else 0)
+    assert counted / 1e9 == pytest.approx(active, rel=0.1)
+
+
+def test_layer_kinds_follow_the_published_patterns():
+    kinds = get_model("gpt-oss-120b").layer_kinds()
+    assert kinds[:2] == ("sliding", "full") and kinds.count("full") == 18
+    assert get_model("gemma-3-27b").layer_kinds().count("full") == 10   # 5 local : 1 global
+    assert get_model("gemma-3-27b").layer_kinds()[5] == "full"
+    assert get_model("Ministral-8B").layer_kinds()[:4] == ("full", "sliding", "sliding",
+                                                           "sliding")
+    assert get_model("Llama-4-Scout").layer_kinds().count("chunked") == 36
+    assert get_model("Qwen3-Next-80B-A3B").layer_kinds().count("linear") == 36
+    assert set(get_model("DeepSeek-V3").layer_kinds()) == {"mla"}
+    assert set(get_model("Mistral-7B").layer_kinds()) == {"sliding"}  # window applied
+    assert not get_model("Llama-3-8B").is_hybrid and get_model("gemma-2-27b").is_hybrid
+
+
+def test_b200_from_its_datasheet():
+    b200 = get_gpu("b200")
+    assert b200.memory_bytes / 2**30 == pytest.approx(179.06, abs=0.01)
+    assert b200.hbm_bytes_per_s == 8e12 and b200.fp16_flops == 2.25e15
+    assert b200.memory_bytes > get_gpu("h200").memory_bytes
 
 
 @pytest.mark.parametrize(("name", "billions"), [

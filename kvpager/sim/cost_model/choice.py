@@ -21,6 +21,19 @@ from kvpager.sim.cost_model.calibration import (
     load_calibration,
     shipped_calibration,
 )
+from kvpager.sim.presets import ModelSpec
+
+
+def _outside_the_fits(model: ModelSpec | None) -> str:
+    """What of `model` the profiled operators do not cover ("" when nothing)."""
+    if model is None:
+        return ""
+    parts = [name for name, present in (("experts", model.moe is not None),
+                                         ("MLA", model.mla is not None),
+                                         ("linear attention", model.linear_attention
+                                          is not None)) if present]
+    return " and ".join(parts)
+
 
 #: The names `SimConfig.cost_model` / `--cost-model` accept besides a calibration file.
 COST_MODELS = ("auto", "roofline", "calibrated")
@@ -40,12 +53,24 @@ class CostModelChoice:
         return {"kind": self.kind, "source": self.source, "why": self.why}
 
 
-def choose_cost_model(cost_model: str | os.PathLike, gpu: str) -> CostModelChoice:
+def choose_cost_model(cost_model: str | os.PathLike, gpu: str,
+                      model: ModelSpec | None = None) -> CostModelChoice:
     """The step-time model `cost_model` ("auto", "roofline", "calibrated" or a calibration
-    file) gives on `gpu` (a preset name or a GPU spec file). Raises CalibrationError naming
-    `cost_model` when "calibrated" has no shipped fit for the GPU or the file is bad."""
+    file) gives on `gpu` (a preset name or a GPU spec file) for `model`. Raises
+    CalibrationError naming `cost_model` when "calibrated" has no shipped fit for the GPU or
+    the model, or the file is bad. The shipped fits know dense GEMMs and attention only: a
+    model with experts, MLA or linear attention runs the roofline under "auto"."""
     name = os.fspath(cost_model)
     shipped = SHIPPED.get(str(gpu).lower())
+    outside = _outside_the_fits(model)
+    if outside and name in ("auto", "calibrated") and shipped is not None:
+        if name == "calibrated":
+            raise CalibrationError(f"cost_model: the shipped fits cover dense models only; "
+                                   f"{model.name if model else ''} has {outside}: use "
+                                   "roofline or a calibration file")
+        return CostModelChoice("roofline", "roofline (peak FLOP/s and bandwidth x "
+                               "efficiencies)", f"the shipped fit for {gpu} covers dense "
+                               f"models only and this one has {outside}", None)
     if name == "roofline":
         return CostModelChoice("roofline", "roofline (peak FLOP/s and bandwidth x "
                                "efficiencies)", "asked for (--cost-model roofline)", None)

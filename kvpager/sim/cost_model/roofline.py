@@ -39,6 +39,15 @@ cost its KV reads. Defaults: 60% of peak FLOP/s (large GEMMs reach 60-75%), 80% 
 bandwidth, 70% of NVLink, 10 us per all-reduce, 1 ms of scheduler/launch/sampling overhead
 per step. A calibration file replaces the roofline where it has measurements
 (`kvpager.sim.cost_model.calibration`).
+
+Layers that are not dense full attention (`kvpager.sim.cost_model.layers`): the sums over L
+run over each layer's own KV bytes (MLA: its latent, replicated on every rank; a
+linear-attention layer: none); C and prefill_attention_work count what each layer reads
+(`decode_context`, `prefill_work`: a window or chunk reads less), averaged over attention
+layers; P_body counts a token's active experts only, W every dense weight plus each MoE
+layer's E (1 - (1 - k/E)^T) expected distinct experts, P b_w every expert; decode adds each
+sequence's linear-attention state, read and written once, and the linear term its update
+FLOPs. Dense models: the formulas above, unchanged.
 """
 
 from __future__ import annotations
@@ -46,9 +55,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from kvpager.core.errors import KVPagerError
 from kvpager.sim.cost_model.calibration import BoundCalibration, Calibration
 from kvpager.sim.cost_model.fitted_terms import FittedTerms
+from kvpager.sim.cost_model.layers import LayerCosts
 from kvpager.sim.presets import GiB, GPUSpec, ModelSpec, get_gpu, get_model
 
 #: Bytes per element of the dtype names (kv_cache_dtype names follow vLLM).
@@ -130,6 +142,7 @@ class CostModel:
     _k: dict[str, float] = field(init=False, repr=False, compare=False)
     _cal: BoundCalibration | None = field(init=False, repr=False, compare=False, default=None)
     _fit: FittedTerms | None = field(init=False, repr=False, compare=False, default=None)
+    _layers: LayerCosts = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -142,17 +155,17 @@ class CostModel:
         tp = self.tp
         flops = g.fp16_flops * self.flops_efficiency
         bw = g.hbm_bytes_per_s * self.bandwidth_efficiency
-        kv_heads = max(1, m.num_kv_heads // tp)
-        kv_token = 2 * m.num_layers * kv_heads * m.head_size * kvb
-        streamed = m.num_params - (0 if m.tie_word_embeddings else m.embedding_params)
+        layers = LayerCosts.of(m, tp, wb, kvb)
+        kv_token = layers.kv_token
         k = {
-            "weight_bytes": m.num_params * wb,
+            "weight_bytes": layers.weight_bytes,
             "kv_token": kv_token,
-            "lin_token": 2 * m.body_params / tp / flops,
+            "lin_token": 2 * layers.active_params / tp / flops + layers.state_flops / flops,
             "head_row": 2 * m.embedding_params / tp / flops,
-            "weights_read": streamed * wb / tp / bw,
-            "attn_pair": 4 * m.num_layers * m.num_heads * m.head_size / tp / flops,
+            "weights_read": layers.streamed_bytes / tp / bw,
+            "attn_pair": layers.attn_pair_flops / flops,
             "kv_per_token": kv_token / bw,
+            "state_seq": layers.state_seq / bw,
             "allreduce_token": 0.0,
             "allreduce_fixed": 0.0,
         }
@@ -162,6 +175,7 @@ class CostModel:
                                     / link)
             k["allreduce_fixed"] = 2 * m.num_layers * self.allreduce_latency_s
         put(self, "_k", k)
+        put(self, "_layers", layers)
         self._check_fit()
         if self.calibration is not None and self.calibration.gpu_fit is not None:
             roof = {name: k[name] for name in ("attn_pair", "kv_per_token", "allreduce_token",
@@ -224,6 +238,17 @@ class CostModel:
                              f"{type(self.calibration).__name__}")
 
     # ---- memory ---------------------------------------------------------------------------
+
+    @property
+    def weight_element_bytes(self) -> int:
+        """Bytes of one activation / dense weight element (`dtype`)."""
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def kv_element_bytes(self) -> int:
+        """Bytes of one KV-cache element (`kv_cache_dtype`, "auto" = `dtype`)."""
+        auto = self.kv_cache_dtype == "auto"
+        return DTYPE_BYTES[self.dtype if auto else self.kv_cache_dtype]
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -327,11 +352,12 @@ class CostModel:
         fit = self._fit
         dec = 0.0
         if decode_seqs:
-            dec = self._decode_attention(decode_seqs, decode_context_tokens)
+            dec = (self._decode_attention(decode_seqs, decode_context_tokens)
+                   + decode_seqs * k["state_seq"])
         write = tokens * k["kv_per_token"]
         if fit is None:
             lin = max(tokens * k["lin_token"] + (decode_seqs + prefill_seqs) * k["head_row"],
-                      k["weights_read"])
+                      self._weights_read(tokens))
             pre = prefill_attention_work * k["attn_pair"]
             comm = tokens * k["allreduce_token"] + k["allreduce_fixed"]
             over = self.step_overhead_s
@@ -347,6 +373,33 @@ class CostModel:
         if cal is not None and cal.has_decode_attention and "decode_attention" not in measured:
             measured = (*measured, "decode_attention")
         return StepBreakdown(lin, pre, dec, write, comm, over, roof, total, measured)
+
+    def _weights_read(self, tokens: int) -> float:
+        """Seconds to stream the weights a step of `tokens` tokens multiplies: every dense
+        weight, and each MoE layer's experts that some token is routed to (expected)."""
+        model = self.model_spec
+        if model.moe is None:
+            return self._k["weights_read"]
+        read = self._layers.expert_bytes_read(model, tokens)
+        return self._k["weights_read"] + read / self.tp / (self.gpu_spec.hbm_bytes_per_s
+                                                           * self.bandwidth_efficiency)
+
+    def decode_context(self, seq_lens: np.ndarray, steps: int = 1) -> float:
+        """`decode_context_tokens` for a decode batch whose lengths after a window of
+        `steps` steps are `seq_lens` (int64 array): the keys read at the window's middle
+        step, per full-attention-equivalent layer (a window or chunk reads less;
+        `kvpager.sim.cost_model.layers`)."""
+        return self._layers.decode_context(seq_lens, steps)
+
+    def prefill_work(self, chunk_tokens: int, context_before: int) -> float:
+        """`prefill_attention_work` of one chunk for this model's layers (a window or chunk
+        caps what each query reads; full attention: `prefill_attention_work(n, c)`)."""
+        return self._layers.prefill_work(chunk_tokens, context_before)
+
+    @property
+    def layer_costs(self) -> LayerCosts:
+        """The per-layer figures the step time and capacity come from."""
+        return self._layers
 
     def roofline_decode_attention(self, decode_seqs: int,
                                   decode_context_tokens: float) -> float:
@@ -404,10 +457,11 @@ class CostModel:
         if tokens == 0:
             return 0.0
         lin = tokens * k["lin_token"] + (decode_seqs + prefill_seqs) * k["head_row"]
-        weights = k["weights_read"]
+        weights = self._weights_read(tokens)
         t = (lin if lin > weights else weights) + prefill_attention_work * k["attn_pair"]
         if decode_seqs:
-            t += self._decode_attention(decode_seqs, decode_context_tokens)
+            t += (self._decode_attention(decode_seqs, decode_context_tokens)
+                  + decode_seqs * k["state_seq"])
         t += tokens * (k["kv_per_token"] + k["allreduce_token"])
         t += k["allreduce_fixed"] + self.step_overhead_s
         cal = self._cal
