@@ -60,6 +60,8 @@ def instantiate(command: str) -> list[str]:
     command = re.sub(r"([^\s|]+)(\|[^\s|]+)+", r"\1", command)  # a|b|c -> a
     command = re.sub(r"--max-num-batched-tokens N\b", "--max-num-batched-tokens 8192", command)
     command = re.sub(r"--max-model-len N\b", "--max-model-len 4096", command)
+    command = re.sub(r"--max-model-len L\b", "--max-model-len 8192", command)
+    command = re.sub(r"--tp N\b", "--tp 1", command)
     command = command.replace("RUN_DIR", "runs/my-run")
     command = command.replace("TRACE", "examples/azure_conv_sample.csv")
     args = shlex.split(command)[1:]  # without "kvpager"
