@@ -170,7 +170,7 @@ def covering_order(pool: list[AttentionCase], *, seed: int = 0, pairs: bool = Tr
             if not doubles[id(best)] & wanted_pairs:
                 break
             pool.remove(best)
-            wanted -= doubles[id(best)]
+            wanted_pairs -= doubles[id(best)]
             yield best
     yield from pool
 
