@@ -181,3 +181,23 @@ def test_padding_before_the_window_passes_the_index_checks_but_inside_it_does_no
     inputs.block_tables[0, 5] = -1  # tokens 80..95: read
     with pytest.raises(OpArgumentError, match=r"^block_tables \[0, 5\] = -1"):
         run_v1(inputs, "reference")
+
+
+def test_attended_logits_all_minus_inf_with_sinks_give_zero_in_v1_and_v2() -> None:
+    """A key of -inf makes the only attended logit -inf (window 1): softmax over it and the
+    sink gives the sink all the weight, so v1 and v2 both output 0 (found by the fuzzer;
+    test_triton_window_sinks.py checks the kernels)."""
+    inputs = minus_inf_inputs()
+    assert run_v1(inputs, "reference").eq(0).all()
+    assert run_v2(inputs, "reference")[0].eq(0).all()
+
+
+def minus_inf_inputs():
+    """One sequence of 600 tokens, window 1, sinks, the last key -inf."""
+    case = AttentionCase((2, 1), 32, 16, "float32", False, "auto", None, seed=14, window=1,
+                         sinks=True)
+    inputs = make_inputs(case, lengths=[600])
+    inputs.query.fill_(1.0)
+    block = int(inputs.block_tables[0, 599 // 16])
+    inputs.key_cache[block, :, :, 599 % 16, :] = float("-inf")
+    return inputs

@@ -74,3 +74,11 @@ def test_partitions_before_the_window_are_not_written() -> None:
     assert tmp[0, :, :2].isnan().all() and sums[0, :, 2].isfinite().all()
     assert out[1].eq(0).all()  # an empty sequence with sinks still outputs 0
     torch.testing.assert_close(out, run_v1(inputs, "reference"), atol=1e-3, rtol=1e-5)
+
+
+def test_attended_logits_all_minus_inf_with_sinks_give_zero_in_v1_and_v2() -> None:
+    from test_reference_window_sinks import minus_inf_inputs
+
+    inputs = minus_inf_inputs()
+    assert run_v1(inputs, "triton").eq(0).all()
+    assert run_v2(inputs, "triton")[0].eq(0).all()

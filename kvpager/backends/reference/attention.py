@@ -45,7 +45,9 @@ Semantics (the contract other backends meet):
   value is 0: out_h = sum_t e^(l_t - m) v_t / (e^(s_h - m) + sum_t e^(l_t - m)),
   m = max(s_h, max_t l_t). v1 adds it to its one softmax; v2's partitions are sink-free
   and the reduce adds it once. A head that attends nothing still outputs 0; one whose
-  attended logits are all -inf outputs 0 too (the sink takes all the weight).
+  attended logits are all -inf outputs 0 too (the sink takes all the weight), so with sinks
+  a v2 partition whose attended logits are all -inf is written as empty (max -inf, sum 0,
+  output 0) rather than as 0 / 0.
 
 Host syncs: grouping reads seq_lens back to the host (one sync per call on a GPU); nothing
 else waits for the device.
@@ -216,7 +218,8 @@ def attention_logits(
 
 
 def _softmax_parts(
-    logits: torch.Tensor, attended: torch.Tensor, sinks: torch.Tensor | None = None
+    logits: torch.Tensor, attended: torch.Tensor, sinks: torch.Tensor | None = None,
+    *, all_neg_inf_is_empty: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(probabilities, max, sum of exp) over the attended positions of the last dim.
 
@@ -227,8 +230,14 @@ def _softmax_parts(
 
     sinks (float32 [H], logits [S, H, T] only): one more logit per head in the denominator
     (max and sum include it; no probability is returned for it).
+    all_neg_inf_is_empty: a row whose attended logits are all -inf counts as attending
+    nothing (0, -inf, 0) instead of 0 / 0: v2's partitions when the call has sinks, whose
+    reduce then gives the sink all the weight, as v1's one softmax does.
     """
-    anything = attended.any(-1)  # [..., 1 or H]
+    if all_neg_inf_is_empty:
+        anything = (attended & (logits != _NEG_INF)).any(-1)
+    else:
+        anything = attended.any(-1)  # [..., 1 or H]
     top = logits.amax(-1)  # propagates NaN; -inf where nothing is attended
     if sinks is not None:
         top = torch.maximum(top, sinks.float()[None, :])
@@ -342,7 +351,8 @@ def paged_attention_v2(args: PagedAttentionArgs) -> None:
         n = logits.shape[0]
         by_part = (n, attended.shape[1], parts, PARTITION_SIZE)
         probs, top, total = _softmax_parts(
-            logits.reshape(n, num_heads, parts, PARTITION_SIZE), attended.reshape(by_part))
+            logits.reshape(n, num_heads, parts, PARTITION_SIZE), attended.reshape(by_part),
+            all_neg_inf_is_empty=args.sinks is not None)
         # [n, K, G, P, 512] x [n, K, P, 512, D] -> [n, H, P, D]: head h reads kv head h // G,
         # its values selected by what it attends (see `_weighted_values`)
         grouped = probs.reshape(n, num_kv_heads, group, parts, PARTITION_SIZE)

@@ -234,6 +234,9 @@ def paged_attention_kernel(
         l_i = l_i * alpha + tl.exp(sink - m_sink)
         acc = acc * alpha[:, None]
     seen = row_ok & attends_any
+    if PARTITIONED:  # with sinks, attended logits all -inf make an empty partition (0, not
+        # 0 / 0): the reduce then gives the sink all the weight, as v1 does
+        seen = seen & ~((l_i == 0.0) & (rows < GROUP_PAD * has_sinks))
     l_i = tl.where(seen & (l_i == 0.0), float("nan"), l_i)
     result = tl.where(seen[:, None], acc / tl.where(seen, l_i, 1.0)[:, None], 0.0)
     result = result * v_factor

@@ -210,7 +210,9 @@ __global__ void __launch_bounds__(kAttnThreads, 4)
   // Attended logits that are all -inf: the softmax is 0 / 0, NaN as in the reference (not a
   // silent 0). NaN and +inf logits already made exp_sum NaN. A head attending nothing keeps
   // exp_sum 0 and outputs 0.
-  if (attends && exp_sum == 0.f) exp_sum = NAN;
+  // With sinks a v2 partition like that is empty instead (exp_sum 0, output 0): the reduce
+  // gives the sink all the weight, as v1 does (its exp_sum already holds the sink).
+  if (attends && exp_sum == 0.f && !(partitioned && a.sinks != nullptr)) exp_sum = NAN;
   const float inv_sum = __fdividef(1.f, exp_sum + 1e-6f);
   for (int i = first_local + tid; i < num_tokens; i += kAttnThreads) logits[i] *= inv_sum;
   __syncthreads();
