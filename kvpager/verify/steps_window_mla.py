@@ -32,7 +32,8 @@ def _cases(ctx: Context) -> list[tuple[str, str, Any]]:
     if ctx.dry_run:
         window = sorted(window, key=case_cost)[: ctx.sizes.window_cases]
         mla = sorted(mla, key=lambda c: c.latent_dim * c.num_heads)[: ctx.sizes.mla_cases]
-    groups = [[("window_sinks", backend, case) for case in window] for backend in backends]
+    groups: list[list[tuple[str, str, Any]]] = [
+        [("window_sinks", backend, case) for case in window] for backend in backends]
     if "triton" in backends:
         groups.append([("mla", "triton", case) for case in mla])
     # The first case of every (kind, backend) first: they always run (see the step).
