@@ -47,7 +47,8 @@ from kvpager.backends.layout import (
     v2_workspace,
     x_for,
 )
-from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
+from kvpager.backends.mla_checks import MLA_BLOCK_SIZES
+from kvpager.backends.op_args import CacheWriteArgs, MLADecodeArgs, PagedAttentionArgs
 from kvpager.backends.validation import (
     OpArgumentError,
     check_dtype,
@@ -87,7 +88,8 @@ def paged_attention_v1(
     alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
     tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
     blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
-    *, backend: str = "auto", check_indices: bool = True,
+    *, sliding_window: int | None = None, sinks: torch.Tensor | None = None,
+    backend: str = "auto", check_indices: bool = True,
 ) -> None:
     """Decode attention of one query token per sequence over its paged cache, into `out`.
 
@@ -102,9 +104,19 @@ def paged_attention_v1(
     `BLOCK_SIZES`, num_heads a multiple of num_kv_heads (GQA / MQA). Block-sparse attention
     is on when blocksparse_vert_stride > 1 (semantics in `kvpager.backends.reference`).
 
+    Keyword-only extensions (kvpager's, not vLLM's; every backend serves them, combined with
+    GQA / MQA, ALiBi, FP8 caches and block sparsity):
+    sliding_window: int >= 1 or None. The query (at position p = seq_len - 1) attends keys
+        p - W + 1 .. p, transformers' convention; None attends every key. Blocks wholly
+        before the window are never read, so their table entries may be padding.
+    sinks: float32 [num_heads] or None. One extra logit per query head that joins the
+        softmax's denominator only (it carries no value), as gpt-oss's attention sinks:
+        out_h = sum_t e^(l_t) v_t / (e^(sink_h) + sum_t e^(l_t)).
+
     What a head does not read never affects the output: cache slots past seq_len, blocks
     behind table entries past ceil(seq_len / block_size) (padding: any value), blocks that
-    block-sparsity skips; stale bytes there, NaN included, are ignored. What it reads is
+    block-sparsity skips or that lie wholly before the window; stale bytes there, NaN
+    included, are ignored. What it reads is
     plain softmax arithmetic: NaN or inf in the query, a read key or value, or an ALiBi slope
     gives NaN where softmax attention does (never a silent 0).
     """
@@ -113,11 +125,13 @@ def paged_attention_v1(
             blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
             blocksparse_head_sliding_step)
     if torch.compiler.is_compiling():
-        torch.ops.kvpager.paged_attention_v1(out, *_schema_scales(rest), backend=backend,
-                                             check_indices=check_indices)
+        torch.ops.kvpager.paged_attention_v1(out, *_schema_scales(rest),
+                                             sliding_window=sliding_window, sinks=sinks,
+                                             backend=backend, check_indices=check_indices)
         return
-    dispatch.paged_attention_v1(PagedAttentionArgs(out, *rest), backend=backend,
-                                check_indices=check_indices)
+    dispatch.paged_attention_v1(PagedAttentionArgs(out, *rest, sliding_window=sliding_window,
+                                                   sinks=sinks),
+                                backend=backend, check_indices=check_indices)
 
 
 def paged_attention_v2(
@@ -128,7 +142,8 @@ def paged_attention_v2(
     alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
     tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
     blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
-    *, backend: str = "auto", check_indices: bool = True,
+    *, sliding_window: int | None = None, sinks: torch.Tensor | None = None,
+    backend: str = "auto", check_indices: bool = True,
 ) -> None:
     """`paged_attention_v1` split into partitions of `PARTITION_SIZE` (512) tokens.
 
@@ -139,7 +154,10 @@ def paged_attention_v2(
         output; then reduces them into `out`. Entries of later partitions are never read
     (their content afterwards is unspecified; the reference leaves them untouched). A
     partition that block-sparsity leaves empty gets max -inf, sum 0 and output 0 from the
-    reference. `v2_workspace` allocates the three buffers.
+    reference. With `sliding_window`, partitions wholly before the window are neither
+    written nor read (like those past seq_len); `sinks` enter once, in the reduce (the
+    partition buffers hold the sink-free per-partition softmax). `v2_workspace` allocates
+    the three buffers.
     """
     rest = (query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
             block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
@@ -147,10 +165,13 @@ def paged_attention_v2(
             blocksparse_head_sliding_step)
     if torch.compiler.is_compiling():
         torch.ops.kvpager.paged_attention_v2(out, exp_sums, max_logits, tmp_out,
-                                             *_schema_scales(rest), backend=backend,
-                                             check_indices=check_indices)
+                                             *_schema_scales(rest),
+                                             sliding_window=sliding_window, sinks=sinks,
+                                             backend=backend, check_indices=check_indices)
         return
-    dispatch.paged_attention_v2(PagedAttentionArgs.v2(out, exp_sums, max_logits, tmp_out, *rest),
+    dispatch.paged_attention_v2(PagedAttentionArgs.v2(out, exp_sums, max_logits, tmp_out, *rest,
+                                                      sliding_window=sliding_window,
+                                                      sinks=sinks),
                                 backend=backend, check_indices=check_indices)
 
 
@@ -162,6 +183,7 @@ def paged_attention(
     kv_cache_dtype: str = "auto", k_scale: Scale = 1.0, v_scale: Scale = 1.0,
     tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
     blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
+    sliding_window: int | None = None, sinks: torch.Tensor | None = None,
     out: torch.Tensor | None = None, backend: str = "auto", check_indices: bool = True,
 ) -> torch.Tensor:
     """Allocate the output (and v2's workspace), pick v1 or v2 as vLLM does, return `out`.
@@ -200,13 +222,94 @@ def paged_attention(
     if isinstance(max_seq_len, int) and max_seq_len >= 1 and not use_v1(
         max_seq_len, num_seqs, num_heads
     ):
-        exp_sums, max_logits, tmp_out = v2_workspace(num_seqs, num_heads, head_size, max_seq_len,
-                                                     dtype=query.dtype, device=query.device)
-        paged_attention_v2(out, exp_sums, max_logits, tmp_out, *common, backend=backend,
+        exp_sums, max_logits, tmp_out = v2_workspace(num_seqs, num_heads, head_size,
+                                                     max_seq_len, dtype=query.dtype,
+                                                     device=query.device)
+        paged_attention_v2(out, exp_sums, max_logits, tmp_out, *common,
+                           sliding_window=sliding_window, sinks=sinks, backend=backend,
                            check_indices=check_indices)
     else:  # v1, or a bad max_seq_len that v1's checks will name
-        paged_attention_v1(out, *common, backend=backend, check_indices=check_indices)
+        paged_attention_v1(out, *common, sliding_window=sliding_window, sinks=sinks,
+                           backend=backend, check_indices=check_indices)
     return out
+
+
+# ---- MLA (DeepSeek-V2/V3 latent attention) -----------------------------------------------
+def paged_mla_decode(
+    out: torch.Tensor, query: torch.Tensor, latent_cache: torch.Tensor,
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, kv_lora_rank: int,
+    scale: float, *, sliding_window: int | None = None, backend: str = "auto",
+    check_indices: bool = True,
+) -> None:
+    """Decode attention of one absorbed-form query per sequence over a paged latent cache.
+
+    MLA caches one latent row per token and no K/V pair; keys are the whole rows and values
+    their first kv_lora_rank elements, shared by every query head:
+        out[s, h] = sum_t softmax_t(scale * query[s, h] . latent[t]) * latent[t, :kv_lora_rank]
+
+    out: [num_seqs, num_heads, kv_lora_rank], query's dtype, contiguous.
+    query: [num_seqs, num_heads, L], L = kv_lora_rank + rope_dim (DeepSeek-V3: 512 + 64 =
+        576): the no-rope part already absorbed into the latent space (q_nope @ W_UK), then
+        the rope part; float32 / float16 / bfloat16, heads packed (the sequence stride is
+        free).
+    latent_cache: [num_blocks, block_size, L] of query's dtype (no FP8), block_size in
+        `MLA_BLOCK_SIZES` (8, 16, 32, 64); rows packed, the block stride free.
+    block_tables: int32 [num_seqs, max_blocks_per_seq]; seq_lens: int32 [num_seqs] (0 gives
+        a zero output). scale: the softmax scale (DeepSeek: 1 / sqrt(qk_nope + qk_rope head
+        dims), times the YaRN mscale^2 where the model uses it).
+    sliding_window: keyword-only, as in `paged_attention_v1` (blocks wholly before the
+        window are never read; their table entries may be padding).
+    Backends: reference and triton ("auto" picks what runs here; cuda has no MLA kernel and
+    says so). Unread slots never matter; NaN in what is read propagates.
+    """
+    if torch.compiler.is_compiling():
+        torch.ops.kvpager.paged_mla_decode(out, query, latent_cache, block_tables, seq_lens,
+                                           block_size, kv_lora_rank, scale,
+                                           sliding_window=sliding_window, backend=backend,
+                                           check_indices=check_indices)
+        return
+    dispatch.paged_mla_decode(
+        MLADecodeArgs(out, query, latent_cache, block_tables, seq_lens, block_size,
+                      kv_lora_rank, scale, sliding_window=sliding_window),
+        backend=backend, check_indices=check_indices)
+
+
+def concat_and_cache_mla(
+    kv_c: torch.Tensor, k_pe: torch.Tensor, latent_cache: torch.Tensor,
+    slot_mapping: torch.Tensor, kv_cache_dtype: str = "auto", scale: Scale = 1.0, *,
+    check_indices: bool = True,
+) -> None:
+    """Write new tokens' latent rows [kv_c | k_pe] into the paged latent cache (vLLM's name
+    and argument order).
+
+    kv_c: [num_tokens, kv_lora_rank]; k_pe: [num_tokens, rope_dim] (rows may be strided),
+    one dtype; latent_cache: [num_blocks, block_size, kv_lora_rank + rope_dim] of that dtype;
+    slot_mapping: int64 [num_tokens], slot = block * block_size + offset, negative = padding
+    (skipped), no slot twice. kv_cache_dtype must be "auto" (FP8 latent caches are refused
+    by name); scale is checked and unused. One implementation on every device (torch
+    indexing: a row scatter needs no kernel), so there is no `backend` argument.
+    """
+    if torch.compiler.is_compiling():
+        torch.ops.kvpager.concat_and_cache_mla(kv_c, k_pe, latent_cache, slot_mapping,
+                                               kv_cache_dtype, _scale_tensor(scale),
+                                               check_indices=check_indices)
+        return
+    dispatch.concat_and_cache_mla(kv_c, k_pe, latent_cache, slot_mapping, kv_cache_dtype,
+                                  scale, check_indices=check_indices)
+
+
+def allocate_latent_cache(
+    num_blocks: int, block_size: int, latent_dim: int, *, dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """A zeroed MLA latent cache [num_blocks, block_size, latent_dim] (latent_dim =
+    kv_lora_rank + rope_dim, 576 for DeepSeek-V3)."""
+    check_int("num_blocks", num_blocks, 1)
+    if block_size not in MLA_BLOCK_SIZES:
+        raise OpArgumentError("block_size", f"must be one of {MLA_BLOCK_SIZES}, got "
+                                            f"{block_size!r}")
+    check_int("latent_dim", latent_dim, 1)
+    return torch.zeros(num_blocks, block_size, latent_dim, dtype=dtype, device=device)
 
 
 # ---- cache ops ---------------------------------------------------------------------------
@@ -309,10 +412,13 @@ from kvpager.sparse import (  # noqa: E402
 __all__ = [
     "BLOCK_SIZES",
     "HEAD_SIZES",
+    "MLA_BLOCK_SIZES",
     "PARTITION_SIZE",
     "OpArgumentError",
     "allocate_kv_cache",
+    "allocate_latent_cache",
     "cache_dtype_for",
+    "concat_and_cache_mla",
     "convert_vertical_slash_indexes",
     "convert_vertical_slash_indexes_mergehead",
     "copy_blocks",
@@ -322,6 +428,7 @@ __all__ = [
     "paged_attention",
     "paged_attention_v1",
     "paged_attention_v2",
+    "paged_mla_decode",
     "reshape_and_cache",
     "swap_blocks",
     "top_k_per_row_decode",

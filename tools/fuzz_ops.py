@@ -4,12 +4,12 @@ Each case is one random call, derived from (seed, case number) alone, so any fin
 reproduced by its case number:
 
 - a *valid* call (paged attention v1 / v2 and the `paged_attention` convenience, with GQA,
-  ALiBi, block sparsity, FP8 caches, padded block tables, stale NaN in unread slots, NaN /
-  inf in what is read; the cache ops; merge_attn_states; the sparse index ops; zero-size
-  batches throughout) whose outputs are compared with an independent
-  oracle: the tests' float64 dense attention (`tests/backends/dense_attention.py`) and
-  per-element Python statements of the other ops (`tests/sparse/sparse_oracles.py`, and the
-  loops below);
+  ALiBi, block sparsity, FP8 caches, sliding windows, attention sinks, padded block
+  tables, stale NaN in unread slots, NaN / inf in what is read; the cache ops;
+  merge_attn_states; the sparse index ops; zero-size batches throughout) whose outputs are
+  compared with an independent oracle: the tests' float64 dense attention
+  (`tests/backends/dense_attention.py`) and per-element Python statements of the other ops
+  (`tests/sparse/sparse_oracles.py`, and the loops below);
 - an *invalid* call: a valid one with one argument broken (a wrong dtype, rank, device or
   type; an int beyond int32, negative, a bool or a float; a NaN, inf or huge scale; a bad
   string), which must raise ValueError or TypeError whose message starts with the name of an
@@ -241,14 +241,17 @@ def attention_call(rng: random.Random, backend: str, tiny: bool) -> Call:
         k_scale = torch.tensor(k_scale, dtype=torch.float32).reshape(shape)
         v_scale = torch.tensor(v_scale, dtype=torch.float32).reshape(shape)
     max_seq_len = max([1, *lens]) + rng.choice([0, 0, 1, 600])
+    window = rng.choice([1, 5, 40, 300, 700]) if rng.random() < 0.3 else None
+    sinks = _randn(rng, (num_heads,), scale=3.0) if rng.random() < 0.3 else None
     case = AttentionCase(heads, head_size, block_size, str(dtype).removeprefix("torch."),
                          alibi is not None, kv, None if sparse is None else tuple(sparse.values()),
-                         seed=0)
+                         seed=0, window=window, sinks=sinks is not None)
     inputs = AttentionInputs(case, query, key_cache, value_cache, table,
                              torch.tensor(lens, dtype=torch.int32), max_seq_len,
                              rng.choice([1.0 / math.sqrt(head_size), 0.05, 0.3]), alibi,
                              k_scale, v_scale, sparse_kwargs=sparse or {},
-                             tp_rank=rng.choice([0, 0, 1, 3]))
+                             tp_rank=rng.choice([0, 0, 1, 3]), sliding_window=window,
+                             sinks=sinks)
     notes = []
     if num_seqs and rng.random() < 0.5:
         poison_unread(inputs)
@@ -275,15 +278,20 @@ def attention_call(rng: random.Random, backend: str, tiny: bool) -> Call:
              "blocksparse_head_sliding_step"]
     args.update(zip(names, inputs.args(), strict=True))
     lens_t = inputs.seq_lens
+    extensions = {k: v for k, v in inputs.kwargs().items() if v is not None}
     if version == "auto":  # `paged_attention`: allocates out, picks v1 or v2
-        return _convenience_call(rng, args, want.out, backend, atol, rtol, case.id, lens)
+        return _convenience_call(rng, args, want.out, backend, atol, rtol, case.id, lens,
+                                 extensions)
 
     def check(a: dict[str, object], result: object) -> None:
         _close(a["out"], want.out, atol, rtol, "out")
         if version == 1:
             return
         parts = a["exp_sums"].shape[-1]
-        used = (torch.arange(parts)[None, :] < ((lens_t.long() + 511) // 512)[:, None])
+        first = (lens_t.long() - window).clamp(min=0) if window else torch.zeros_like(lens_t)
+        index = torch.arange(parts)[None, :]
+        used = (index < ((lens_t.long() + 511) // 512)[:, None]) & (
+            index >= (first.long() // 512)[:, None])  # partitions that hold the window
         used = used[:, None, :].expand(num_seqs, num_heads, parts)
         for name, got, exp in (("exp_sums", a["exp_sums"], want.part_sum),
                                ("max_logits", a["max_logits"], want.part_max)):
@@ -296,12 +304,13 @@ def attention_call(rng: random.Random, backend: str, tiny: bool) -> Call:
         _close(a["tmp_out"][used], want.part_out[used], atol, rtol, "tmp_out")
 
     note = f"v{version} {case.id} lens={lens} " + " ".join(notes)
-    return Call(f"paged_attention_v{version}", args, check, {"backend": backend}, note)
+    return Call(f"paged_attention_v{version}", args, check, {"backend": backend, **extensions},
+                note)
 
 
 def _convenience_call(rng: random.Random, args: dict[str, object], want: torch.Tensor,
                       backend: str, atol: float, rtol: float, case_id: str,
-                      lens: list[int]) -> Call:
+                      lens: list[int], extensions: dict[str, object]) -> Call:
     """`ops.paged_attention`: five positional arguments, the rest by keyword, some left to
     their defaults (scale, num_kv_heads, block_size and max_seq_len come from the inputs)."""
     order = ["query", "key_cache", "value_cache", "block_tables", "seq_lens"]
@@ -314,6 +323,7 @@ def _convenience_call(rng: random.Random, args: dict[str, object], want: torch.T
     for name in keywords:
         if name not in optional or rng.random() < 0.5:
             chosen[name] = args[name]
+    chosen.update(extensions)  # sliding_window / sinks, when the case has them
 
     def check(a: dict[str, object], result: object) -> None:
         _close(result, want, atol, rtol, "out")
@@ -653,7 +663,7 @@ INT_ARGS = {"num_kv_heads", "block_size", "max_seq_len", "tp_rank", "blocksparse
             "next_n", "context_size", "block_size_M", "block_size_N"}
 FLOAT_ARGS = {"scale", "k_scale", "v_scale"}
 #: Tensors whose None is valid.
-OPTIONAL = {"alibi_slopes", "output_lse"}
+OPTIONAL = {"alibi_slopes", "output_lse", "sinks"}
 
 
 def break_argument(rng: random.Random, call: Call) -> tuple[str, bool] | None:

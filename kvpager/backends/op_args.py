@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kvpager.backends import attention_checks, cache_checks
+from kvpager.backends import attention_checks, cache_checks, mla_checks
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +50,8 @@ class PagedAttentionArgs:
     out, query: [S, H, D]; key_cache [blocks, K, D // x, block_size, x]; value_cache
     [blocks, K, D, block_size]; block_tables int32 [S, max_blocks_per_seq]; seq_lens int32
     [S]; alibi_slopes float32 [H] or None; k_scale / v_scale floats or one-element float32
-    tensors. `workspace` is set for v2 and None for v1.
+    tensors. `workspace` is set for v2 and None for v1. `sliding_window` (int >= 1 or None)
+    and `sinks` (float32 [H] or None) are keyword-only, after vLLM's arguments.
     """
 
     out: torch.Tensor
@@ -73,6 +74,11 @@ class PagedAttentionArgs:
     blocksparse_block_size: int = 64
     blocksparse_head_sliding_step: int = 0
     workspace: V2Workspace | None = field(default=None, kw_only=True)
+    #: kvpager's keyword-only extensions (not in vLLM's signature): a query at position
+    #: p = seq_len - 1 attends keys p - W + 1 .. p (None: every key); one extra float32
+    #: logit per query head [num_heads] in the softmax denominator (gpt-oss's sinks).
+    sliding_window: int | None = field(default=None, kw_only=True)
+    sinks: torch.Tensor | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         kv_cache_dtype, scale = attention_checks.check_attention(self)
@@ -84,10 +90,12 @@ class PagedAttentionArgs:
     @classmethod
     def v2(
         cls, out: torch.Tensor, exp_sums: torch.Tensor, max_logits: torch.Tensor,
-        tmp_out: torch.Tensor, *attention: Any,
+        tmp_out: torch.Tensor, *attention: Any, sliding_window: int | None = None,
+        sinks: torch.Tensor | None = None,
     ) -> PagedAttentionArgs:
         """From paged_attention_v2's argument order: out, the workspace, then v1's rest."""
-        return cls(out, *attention, workspace=V2Workspace(exp_sums, max_logits, tmp_out))
+        return cls(out, *attention, workspace=V2Workspace(exp_sums, max_logits, tmp_out),
+                   sliding_window=sliding_window, sinks=sinks)
 
     # ---- what the checks established (read from the tensors, not stored twice) ----------
     @property
@@ -127,6 +135,12 @@ class PagedAttentionArgs:
     def is_empty(self) -> bool:
         """Nothing to write: no sequences or no heads (backends are never called then)."""
         return self.num_seqs == 0 or self.num_heads == 0
+
+    def window_start(self, seq_len: int) -> int:
+        """First token a sequence of `seq_len` tokens attends: seq_len - W, or 0."""
+        if self.sliding_window is None:
+            return 0
+        return max(0, seq_len - self.sliding_window)
 
     def v2_workspace(self) -> V2Workspace:
         """The workspace of a v2 call; a v1 call has none."""
@@ -189,4 +203,57 @@ class CacheWriteArgs:
         return self.num_tokens == 0 or self.key.numel() == 0
 
 
-__all__ = ["CacheWriteArgs", "PagedAttentionArgs", "V2Workspace"]
+@dataclass(frozen=True)
+class MLADecodeArgs:
+    """Every argument of one `paged_mla_decode` call (DeepSeek-V2/V3 latent attention).
+
+    out [S, H, kv_lora_rank]; query [S, H, L] in the absorbed form (L = kv_lora_rank +
+    rope_dim: the no-rope part already multiplied into the latent space, then the rope
+    part); latent_cache [blocks, block_size, L] of query's dtype; block_tables int32 [S,
+    max_blocks_per_seq]; seq_lens int32 [S]. Keys are whole latent rows, values their first
+    kv_lora_rank elements. sliding_window as in `PagedAttentionArgs` (keyword-only).
+    """
+
+    out: torch.Tensor
+    query: torch.Tensor
+    latent_cache: torch.Tensor
+    block_tables: torch.Tensor
+    seq_lens: torch.Tensor
+    block_size: int
+    kv_lora_rank: int
+    scale: float
+    sliding_window: int | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", mla_checks.check_mla_decode(self))
+
+    @property
+    def num_seqs(self) -> int:
+        return self.query.shape[0]
+
+    @property
+    def num_heads(self) -> int:
+        return self.query.shape[1]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.query.shape[2]
+
+    @property
+    def rope_dim(self) -> int:
+        return self.latent_dim - self.kv_lora_rank
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.query.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.query.device
+
+    @property
+    def is_empty(self) -> bool:
+        return self.num_seqs == 0 or self.num_heads == 0
+
+
+__all__ = ["CacheWriteArgs", "MLADecodeArgs", "PagedAttentionArgs", "V2Workspace"]

@@ -51,13 +51,19 @@ class AttentionCase:
     sparse: tuple[int, int, int, int] | None
     seed: int
     scale_as_tensor: bool = False
+    #: kvpager's keyword-only extensions: a sliding window (tokens) and attention sinks.
+    window: int | None = None
+    sinks: bool = False
 
     @property
     def id(self) -> str:
         sparse = "dense" if self.sparse is None else "sparse" + "-".join(map(str, self.sparse))
+        extra = ("" if self.window is None else f"-w{self.window}") + (
+            "-sinks" if self.sinks else "")
         return (f"h{self.heads[0]}kv{self.heads[1]}-d{self.head_size}-bs{self.block_size}-"
                 f"{self.dtype}-{'alibi' if self.use_alibi else 'noalibi'}-"
-                f"{self.kv_cache_dtype}-{sparse}-{'tscale' if self.scale_as_tensor else 'fscale'}")
+                f"{self.kv_cache_dtype}-{sparse}-{'tscale' if self.scale_as_tensor else 'fscale'}"
+                f"{extra}")
 
 
 def _fp8_fits(kv_cache_dtype: str, head_size: int) -> bool:
@@ -87,6 +93,33 @@ def full_matrix() -> list[AttentionCase]:
         cases.append(AttentionCase(heads, head_size, block_size, DTYPES[(index // 3) % 3],
                                    bool(index % 2), kv, sparse, seed=10_000 + index,
                                    scale_as_tensor=bool(index % 4 == 1)))
+    return cases
+
+
+#: Sliding windows of the window matrix: inside one block, not a block multiple, and longer
+#: than a v2 partition (so partitions straddle the window's start).
+WINDOWS = (5, 40, 600)
+
+
+def window_sink_matrix() -> list[AttentionCase]:
+    """Cases with a sliding window and / or attention sinks (kvpager's keyword-only
+    extensions): every window with and without sinks, plus sinks alone, rotated over the
+    head layouts, head sizes, block sizes, dtypes, ALiBi, KV formats and a block-sparse
+    pattern, so each value of each dimension meets the window and the sinks."""
+    cases: list[AttentionCase] = []
+    variants = [(w, sinks) for w in WINDOWS for sinks in (False, True)] + [(None, True)]
+    for index in range(4 * len(variants)):
+        window, sinks = variants[index % len(variants)]
+        kv = KV_CACHE_DTYPES[index % 3]
+        head_size = (64, 128, 80, 256, 32, 96)[index % 6]
+        if not _fp8_fits(kv, head_size):
+            head_size = 128
+        sparse = SPARSE_CONFIGS[index % len(SPARSE_CONFIGS)] if index % 5 == 4 else None
+        cases.append(AttentionCase(HEADS[index % len(HEADS)], head_size,
+                                   BLOCK_SIZES[index % 3], DTYPES[(index // 3) % 3],
+                                   bool(index % 2), kv, sparse, seed=20_000 + index,
+                                   scale_as_tensor=bool(index % 4 == 3), window=window,
+                                   sinks=sinks))
     return cases
 
 
@@ -130,13 +163,14 @@ def covering_order(pool: list[AttentionCase], *, seed: int = 0, pairs: bool = Tr
     if pairs:
         doubles = {id(c): frozenset(itertools.combinations(sorted(singles[id(c)], key=repr), 2))
                    for c in pool}
-        wanted = set().union(*doubles.values()) if pool else set()
-        while wanted and pool:
-            best = max(pool, key=lambda c: (len(doubles[id(c)] & wanted), -case_cost(c)))
-            if not doubles[id(best)] & wanted:
+        wanted_pairs: set[object] = set().union(*doubles.values()) if pool else set()
+        while wanted_pairs and pool:
+            best = max(pool, key=lambda c: (len(doubles[id(c)] & wanted_pairs),
+                                            -case_cost(c)))
+            if not doubles[id(best)] & wanted_pairs:
                 break
             pool.remove(best)
-            wanted -= doubles[id(best)]
+            wanted_pairs -= doubles[id(best)]
             yield best
     yield from pool
 
@@ -169,6 +203,8 @@ class AttentionInputs:
     v_scale: float | torch.Tensor
     sparse_kwargs: dict[str, int] = field(default_factory=dict)
     tp_rank: int = 0
+    sliding_window: int | None = None
+    sinks: torch.Tensor | None = None  # float32 [num_heads]
 
     @property
     def num_kv_heads(self) -> int:
@@ -183,6 +219,15 @@ class AttentionInputs:
                 self.tp_rank,
                 s.get("local", 0), s.get("vert", 0), s.get("block", 64), s.get("step", 0))
 
+    def kwargs(self) -> dict[str, object]:
+        """The keyword-only extensions (sliding_window, sinks) of the attention call."""
+        return {"sliding_window": self.sliding_window, "sinks": self.sinks}
+
+    def window_start(self, seq: int) -> int:
+        """First token sequence `seq` attends (seq_len - W, at least 0)."""
+        length = int(self.seq_lens[seq])
+        return 0 if self.sliding_window is None else max(0, length - self.sliding_window)
+
     def num_partitions(self) -> int:
         return math.ceil(self.max_seq_len / PARTITION_SIZE)
 
@@ -191,11 +236,9 @@ class AttentionInputs:
         def move(t):
             return t.to(device) if isinstance(t, torch.Tensor) else t
 
-        skip = ("case", "sparse_kwargs", "tp_rank")
-        # the ignore: mypy cannot count the arguments a star-expanded generator gives
-        return AttentionInputs(self.case, *(move(getattr(self, f.name)) for f in fields(self)  # type: ignore[misc]
-                                            if f.name not in skip),
-                               sparse_kwargs=dict(self.sparse_kwargs), tp_rank=self.tp_rank)
+        moved = {f.name: move(getattr(self, f.name)) for f in fields(self)}
+        moved["sparse_kwargs"] = dict(self.sparse_kwargs)
+        return AttentionInputs(**moved)
 
 
 def seq_lengths(case: AttentionCase, long_len: tuple[int, int] = (1025, 2100)) -> list[int]:
@@ -266,14 +309,21 @@ def make_inputs(
         local, vert, block, step = case.sparse
         sparse_kwargs = {"local": local, "vert": vert, "block": block, "step": step}
     if case.scale_as_tensor:
-        k_scale = torch.tensor(k_scale, dtype=torch.float32)
-        v_scale = torch.tensor(v_scale, dtype=torch.float32)
+        k_scale_arg: float | torch.Tensor = torch.tensor(k_scale, dtype=torch.float32)
+        v_scale_arg: float | torch.Tensor = torch.tensor(v_scale, dtype=torch.float32)
+    else:
+        k_scale_arg, v_scale_arg = k_scale, v_scale
+    # Drawn last, so cases without sinks keep the data they always had. Centred on
+    # log(1000): a sink weighs as much as hundreds of tokens (|logit| ~ 1 here), so it moves
+    # the output of long and short sequences alike.
+    sinks = 7.0 + 2.0 * torch.randn(num_heads, generator=gen) if case.sinks else None
     inputs = AttentionInputs(
         case=case, query=query, key_cache=key_cache, value_cache=value_cache,
         block_tables=table, seq_lens=torch.tensor(lens, dtype=torch.int32),
         max_seq_len=max(1, *lens), scale=1.0 / math.sqrt(head_size),
         alibi_slopes=alibi_slopes(num_heads) if case.use_alibi else None,
-        k_scale=k_scale, v_scale=v_scale, sparse_kwargs=sparse_kwargs,
+        k_scale=k_scale_arg, v_scale=v_scale_arg, sparse_kwargs=sparse_kwargs,
+        sliding_window=case.window, sinks=sinks,
     )
     return inputs.to(device)
 
@@ -303,7 +353,8 @@ def run_v1(inputs: AttentionInputs, backend: str) -> torch.Tensor:
     import kvpager.ops as ops
 
     out = torch.empty_like(inputs.query)
-    ops.paged_attention_v1(out, *inputs.args(), backend=backend)
+    ops.paged_attention_v1(out, *inputs.args(), sliding_window=inputs.sliding_window,
+                           sinks=inputs.sinks, backend=backend)
     return out
 
 
@@ -318,7 +369,9 @@ def run_v2(inputs: AttentionInputs, backend: str, fill: float = float("nan")):
     exp_sums = torch.full((s, h, p), fill, dtype=torch.float32, device=device)
     max_logits = torch.full((s, h, p), fill, dtype=torch.float32, device=device)
     tmp_out = torch.full((s, h, p, d), fill, dtype=inputs.query.dtype, device=device)
-    ops.paged_attention_v2(out, exp_sums, max_logits, tmp_out, *inputs.args(), backend=backend)
+    ops.paged_attention_v2(out, exp_sums, max_logits, tmp_out, *inputs.args(),
+                           sliding_window=inputs.sliding_window, sinks=inputs.sinks,
+                           backend=backend)
     return out, exp_sums, max_logits, tmp_out
 
 
@@ -342,6 +395,22 @@ def assert_partitions_close(
                                atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(tmp_out.cpu()[keep].float(), want_tmp.cpu()[keep].float(),
                                atol=atol, rtol=rtol)
+
+
+def check_window_sinks_against_reference(
+    case: AttentionCase, backend: str, device: torch.device | str = "cuda", *,
+    long_len: tuple[int, int] = (1025, 2100),
+) -> None:
+    """Like `check_backend_against_reference`, for a case with a window and / or sinks: the
+    reference runs on clean inputs, `backend` on inputs whose blocks before each window hold
+    NaN behind -1 table entries (`poison_outside_window`): the outputs must be finite and
+    agree."""
+    inputs = make_inputs(case, device, long_len=long_len)
+    want = reference_outputs(inputs)
+    if case.window is not None:
+        inputs = poison_outside_window(inputs)
+    assert torch.isfinite(run_v1(inputs, backend)).all(), "v1 read outside the window"
+    assert_matches_reference(inputs, want, backend)
 
 
 def reference_outputs(inputs: AttentionInputs) -> tuple[torch.Tensor, tuple]:
@@ -399,4 +468,35 @@ def poison_unused_slots(inputs: AttentionInputs) -> AttentionInputs:
         value_cache[index] = fill
     poisoned = AttentionInputs(**{f.name: getattr(inputs, f.name) for f in fields(inputs)})
     poisoned.key_cache, poisoned.value_cache = key_cache, value_cache
+    return poisoned
+
+
+def poison_outside_window(inputs: AttentionInputs, *, pad_block_id: int | None = -1
+                          ) -> AttentionInputs:
+    """A copy of `inputs` (which has a sliding window) where nothing before any sequence's
+    window can be read harmlessly: blocks wholly before the window hold NaN (their table
+    entries become `pad_block_id` when it is given), and the slots before the window's first
+    token inside its first block hold NaN too. Outputs must not change."""
+    if inputs.sliding_window is None:
+        raise ValueError("poison_outside_window needs inputs with a sliding_window")
+    key_cache, value_cache = inputs.key_cache.clone(), inputs.value_cache.clone()
+    tables = inputs.block_tables.clone()
+    fill = FP8_NAN_BYTE if key_cache.dtype == torch.uint8 else float("nan")
+    block_size = inputs.case.block_size
+    for row in range(tables.shape[0]):
+        first = inputs.window_start(row)
+        whole, partial = divmod(first, block_size)
+        for col in range(whole):
+            block = int(tables[row, col])
+            key_cache[block] = fill
+            value_cache[block] = fill
+            if pad_block_id is not None:
+                tables[row, col] = pad_block_id
+        if partial:
+            block = int(tables[row, whole])
+            key_cache[block, :, :, :partial, :] = fill
+            value_cache[block, :, :, :partial] = fill
+    poisoned = AttentionInputs(**{f.name: getattr(inputs, f.name) for f in fields(inputs)})
+    poisoned.key_cache, poisoned.value_cache = key_cache, value_cache
+    poisoned.block_tables = tables
     return poisoned

@@ -34,8 +34,9 @@ try:
 except ImportError as exc:
     print("SKIP no ahead-of-time compile API:", exc)
     sys.exit(0)
-from kvpager.backends.triton import attention_kernels as ak, cache_ops, merge
+from kvpager.backends.triton import attention_kernels as ak, cache_ops, merge, mla_kernels
 from kvpager.backends.triton.attention import attention_config
+from kvpager.backends.triton.mla import mla_config
 
 PTR = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32"}
 X = {"float16": 8, "bfloat16": 8, "float32": 4}
@@ -58,13 +59,14 @@ def attention(arch, dtype, kv, heads, kv_heads, head, bs, partitioned, ptrs):
     cache = "*u8" if kv else t
     sig = dict(out_ptr=t, exp_sums_ptr="*fp32", max_logits_ptr="*fp32", tmp_out_ptr=t,
                q_ptr=t, k_cache_ptr=cache, v_cache_ptr=cache, block_tables_ptr="*i32",
-               seq_lens_ptr="*i32", alibi_ptr="*fp32",
+               seq_lens_ptr="*i32", alibi_ptr="*fp32", sinks_ptr="*fp32",
                k_scale="*fp32" if ptrs else "fp32", v_scale="*fp32" if ptrs else "fp32",
                qk_factor="fp32", v_factor="fp32", q_seq_stride="i32", k_block_stride="i32",
                v_block_stride="i32", table_stride="i32", max_partitions="i32",
                num_kv_heads="i32", group="i32", per_program="i32", has_alibi="i32",
                tp_rank="i32",
-               sparse_local="i32", sparse_vert="i32", sparse_block="i32", sparse_step="i32")
+               sparse_local="i32", sparse_vert="i32", sparse_block="i32", sparse_step="i32",
+               window="i32", has_sinks="i32")
     const = dict(HEAD_SIZE=head, HEAD_PAD=cfg.head_pad, BLOCK_SIZE=bs, X=16 if kv else X[dtype],
                  GROUP_PAD=cfg.group_pad, TILE=cfg.tile, PARTITION_SIZE=512,
                  PARTITIONED=partitioned, KV_FP8=kv, K_SCALE_PTR=ptrs, V_SCALE_PTR=ptrs,
@@ -111,8 +113,8 @@ for arch in arch_list:
         for chunk in (1, 32):
             build(ak.reduce_partitions_kernel,
                   dict(out_ptr=PTR[dtype], exp_sums_ptr="*fp32", max_logits_ptr="*fp32",
-                       tmp_out_ptr=PTR[dtype], seq_lens_ptr="*i32", num_heads="i32",
-                       max_partitions="i32"),
+                       tmp_out_ptr=PTR[dtype], seq_lens_ptr="*i32", sinks_ptr="*fp32",
+                       num_heads="i32", max_partitions="i32", window="i32", has_sinks="i32"),
                   dict(HEAD_SIZE=80, HEAD_PAD=128, PARTITION_SIZE=512, CHUNK=chunk), arch, 4)
     for dtype, kv, ptrs in (("float16", 0, False), ("bfloat16", 1, True), ("float32", 2, False)):
         cache = "*u8" if kv else PTR[dtype]
@@ -132,6 +134,17 @@ for arch in arch_list:
                        output_lse_ptr="*fp32" if lse else PTR[dtype], num_tokens="i32",
                        output_stride="i32", prefix_stride="i32", suffix_stride="i32"),
                   dict(HEAD_SIZE=120, HEAD_PAD=128, WRITE_LSE=lse), arch, 1)
+    # MLA decode: DeepSeek-V3's 512 + 64 in each dtype and block size, an odd layout, no rope.
+    for dtype, rank, rope, bs in (("bfloat16", 512, 64, 64), ("float16", 512, 64, 16),
+                                  ("float32", 512, 64, 32), ("bfloat16", 96, 32, 8),
+                                  ("float16", 128, 0, 16)):
+        config = mla_config(rank, rope, getattr(torch, dtype), interpreted=False)
+        build(mla_kernels.paged_mla_decode_kernel,
+              dict(out_ptr=PTR[dtype], q_ptr=PTR[dtype], cache_ptr=PTR[dtype],
+                   block_tables_ptr="*i32", seq_lens_ptr="*i32", scale="fp32",
+                   q_seq_stride="i32", cache_block_stride="i32", table_stride="i32",
+                   num_heads="i32", window="i32"),
+              dict(config, BLOCK_SIZE=bs), arch, 4 if rank <= 128 else 8)
 print("COMPILED", arch_list)
 """
 

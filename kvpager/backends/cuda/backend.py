@@ -145,6 +145,7 @@ class CudaBackend(Backend):
             *_split_scale(args.v_scale), int(args.tp_rank), int(args.blocksparse_local_blocks),
             int(args.blocksparse_vert_stride), int(args.blocksparse_block_size),
             int(args.blocksparse_head_sliding_step),
+            0 if args.sliding_window is None else int(args.sliding_window), args.sinks,
         )
 
     def paged_attention_v1(self, args: PagedAttentionArgs) -> None:
@@ -158,7 +159,8 @@ class CudaBackend(Backend):
         sequence, exp_sums[s, h, p] is the sum of exp(logit - max_logits[s, h, p]) over the
         partition and tmp_out[s, h, p] the partition's normalized output; a partition whose
         blocks were all skipped by block-sparsity has exp_sum 0 and max_logit -inf. Entries of
-        partitions past a sequence's length are not written."""
+        partitions past a sequence's length, or wholly before its sliding window, are not
+        written; sinks are added by the reduce."""
         ws = args.v2_workspace()
         self._ext().paged_attention_v2(args.out, ws.exp_sums, ws.max_logits, ws.tmp_out,
                                        *self._attention_tail(args))
