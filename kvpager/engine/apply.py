@@ -14,11 +14,10 @@ tokens are appended so that a child copies its parent's tokens, not its sibling'
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import torch
 
-from kvpager.core.memory.manager import KVCacheManager
 from kvpager.core.sched.request import SequenceState
 from kvpager.core.sched.scheduler import Scheduler
 from kvpager.engine.outputs import EngineStats
@@ -49,9 +48,10 @@ def decide_beam_step(
     return [seq.seq_id for seq in current] if step.done else []
 
 
-def apply_beam_step(scheduler: Scheduler, manager: KVCacheManager, stats: EngineStats,
-                    state: RequestState) -> None:
-    """Re-form the running beams as decided: fork, free, append tokens."""
+def apply_beam_step(scheduler: Scheduler, held_blocks: Callable[[Hashable], int],
+                    stats: EngineStats, state: RequestState) -> None:
+    """Re-form the running beams as decided: fork, free, append tokens. held_blocks(seq_id):
+    the GPU blocks a sequence holds (what a fork of it shares)."""
     step, state.beam_step = state.beam_step, None
     if step is None:
         return
@@ -71,7 +71,7 @@ def apply_beam_step(scheduler: Scheduler, manager: KVCacheManager, stats: Engine
             continue
         parent_id = current[parent].seq_id
         stats.forks += 1
-        stats.fork_shared_blocks += len(manager.block_table(parent_id))
+        stats.fork_shared_blocks += held_blocks(parent_id)
         beams.append(scheduler.fork_seq(parent_id))
     for unused in spare.values():
         for seq in unused:
