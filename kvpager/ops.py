@@ -87,7 +87,8 @@ def paged_attention_v1(
     alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
     tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
     blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
-    *, backend: str = "auto", check_indices: bool = True,
+    *, sliding_window: int | None = None, sinks: torch.Tensor | None = None,
+    backend: str = "auto", check_indices: bool = True,
 ) -> None:
     """Decode attention of one query token per sequence over its paged cache, into `out`.
 
@@ -102,9 +103,19 @@ def paged_attention_v1(
     `BLOCK_SIZES`, num_heads a multiple of num_kv_heads (GQA / MQA). Block-sparse attention
     is on when blocksparse_vert_stride > 1 (semantics in `kvpager.backends.reference`).
 
+    Keyword-only extensions (kvpager's, not vLLM's; every backend serves them, combined with
+    GQA / MQA, ALiBi, FP8 caches and block sparsity):
+    sliding_window: int >= 1 or None. The query (at position p = seq_len - 1) attends keys
+        p - W + 1 .. p, transformers' convention; None attends every key. Blocks wholly
+        before the window are never read, so their table entries may be padding.
+    sinks: float32 [num_heads] or None. One extra logit per query head that joins the
+        softmax's denominator only (it carries no value), as gpt-oss's attention sinks:
+        out_h = sum_t e^(l_t) v_t / (e^(sink_h) + sum_t e^(l_t)).
+
     What a head does not read never affects the output: cache slots past seq_len, blocks
     behind table entries past ceil(seq_len / block_size) (padding: any value), blocks that
-    block-sparsity skips; stale bytes there, NaN included, are ignored. What it reads is
+    block-sparsity skips or that lie wholly before the window; stale bytes there, NaN
+    included, are ignored. What it reads is
     plain softmax arithmetic: NaN or inf in the query, a read key or value, or an ALiBi slope
     gives NaN where softmax attention does (never a silent 0).
     """
@@ -113,11 +124,13 @@ def paged_attention_v1(
             blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
             blocksparse_head_sliding_step)
     if torch.compiler.is_compiling():
-        torch.ops.kvpager.paged_attention_v1(out, *_schema_scales(rest), backend=backend,
-                                             check_indices=check_indices)
+        torch.ops.kvpager.paged_attention_v1(out, *_schema_scales(rest),
+                                             sliding_window=sliding_window, sinks=sinks,
+                                             backend=backend, check_indices=check_indices)
         return
-    dispatch.paged_attention_v1(PagedAttentionArgs(out, *rest), backend=backend,
-                                check_indices=check_indices)
+    dispatch.paged_attention_v1(PagedAttentionArgs(out, *rest, sliding_window=sliding_window,
+                                                   sinks=sinks),
+                                backend=backend, check_indices=check_indices)
 
 
 def paged_attention_v2(
@@ -128,7 +141,8 @@ def paged_attention_v2(
     alibi_slopes: torch.Tensor | None, kv_cache_dtype: str, k_scale: Scale, v_scale: Scale,
     tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
     blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
-    *, backend: str = "auto", check_indices: bool = True,
+    *, sliding_window: int | None = None, sinks: torch.Tensor | None = None,
+    backend: str = "auto", check_indices: bool = True,
 ) -> None:
     """`paged_attention_v1` split into partitions of `PARTITION_SIZE` (512) tokens.
 
@@ -139,7 +153,10 @@ def paged_attention_v2(
         output; then reduces them into `out`. Entries of later partitions are never read
     (their content afterwards is unspecified; the reference leaves them untouched). A
     partition that block-sparsity leaves empty gets max -inf, sum 0 and output 0 from the
-    reference. `v2_workspace` allocates the three buffers.
+    reference. With `sliding_window`, partitions wholly before the window are neither
+    written nor read (like those past seq_len); `sinks` enter once, in the reduce (the
+    partition buffers hold the sink-free per-partition softmax). `v2_workspace` allocates
+    the three buffers.
     """
     rest = (query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
             block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank,
@@ -147,10 +164,13 @@ def paged_attention_v2(
             blocksparse_head_sliding_step)
     if torch.compiler.is_compiling():
         torch.ops.kvpager.paged_attention_v2(out, exp_sums, max_logits, tmp_out,
-                                             *_schema_scales(rest), backend=backend,
-                                             check_indices=check_indices)
+                                             *_schema_scales(rest),
+                                             sliding_window=sliding_window, sinks=sinks,
+                                             backend=backend, check_indices=check_indices)
         return
-    dispatch.paged_attention_v2(PagedAttentionArgs.v2(out, exp_sums, max_logits, tmp_out, *rest),
+    dispatch.paged_attention_v2(PagedAttentionArgs.v2(out, exp_sums, max_logits, tmp_out, *rest,
+                                                      sliding_window=sliding_window,
+                                                      sinks=sinks),
                                 backend=backend, check_indices=check_indices)
 
 
@@ -162,6 +182,7 @@ def paged_attention(
     kv_cache_dtype: str = "auto", k_scale: Scale = 1.0, v_scale: Scale = 1.0,
     tp_rank: int = 0, blocksparse_local_blocks: int = 0, blocksparse_vert_stride: int = 0,
     blocksparse_block_size: int = 64, blocksparse_head_sliding_step: int = 0,
+    sliding_window: int | None = None, sinks: torch.Tensor | None = None,
     out: torch.Tensor | None = None, backend: str = "auto", check_indices: bool = True,
 ) -> torch.Tensor:
     """Allocate the output (and v2's workspace), pick v1 or v2 as vLLM does, return `out`.
@@ -202,10 +223,11 @@ def paged_attention(
     ):
         workspace = v2_workspace(num_seqs, num_heads, head_size, max_seq_len,
                                  dtype=query.dtype, device=query.device)
-        paged_attention_v2(out, *workspace, *common, backend=backend,
-                           check_indices=check_indices)
+        paged_attention_v2(out, *workspace, *common, sliding_window=sliding_window,
+                           sinks=sinks, backend=backend, check_indices=check_indices)
     else:  # v1, or a bad max_seq_len that v1's checks will name
-        paged_attention_v1(out, *common, backend=backend, check_indices=check_indices)
+        paged_attention_v1(out, *common, sliding_window=sliding_window, sinks=sinks,
+                           backend=backend, check_indices=check_indices)
     return out
 
 

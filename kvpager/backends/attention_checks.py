@@ -21,6 +21,7 @@ from kvpager.backends.layout import (
 )
 
 if TYPE_CHECKING:
+    import torch
 
     from kvpager.backends.op_args import PagedAttentionArgs, V2Workspace
 
@@ -171,7 +172,32 @@ def check_attention(args: PagedAttentionArgs) -> tuple[str, float]:
     check_blocksparse(block_size, num_heads, max_seq_len, args.tp_rank,
                       args.blocksparse_local_blocks, args.blocksparse_vert_stride,
                       args.blocksparse_block_size, args.blocksparse_head_sliding_step)
+    check_window_and_sinks(args.sliding_window, args.sinks, num_heads, device)
     return kv_name, scale
+
+
+def check_window_and_sinks(
+    sliding_window: object, sinks: object, num_heads: int, device: torch.device
+) -> None:
+    """sliding_window: None or an int >= 1 (within int32); sinks: None or a float32 tensor
+    [num_heads] on the query's device, packed (one logit per query head).
+
+    Every combination with the other arguments is supported (GQA / MQA, ALiBi, FP8 caches,
+    block sparsity: a token is read when the window and the sparse pattern both keep it).
+    """
+    import torch
+
+    if sliding_window is not None:
+        if not v.is_int(sliding_window):
+            raise v.fail("sliding_window", f"must be a positive int or None, got "
+                                           f"{type(sliding_window).__name__} {sliding_window!r}")
+        v.check_int("sliding_window", sliding_window, 1)
+    if sinks is not None:
+        sinks = v.check_tensor("sinks", sinks)
+        v.check_device("sinks", sinks, device, "query")
+        v.check_dtype("sinks", sinks, (torch.float32,))
+        v.check_shape("sinks", sinks, (num_heads,), "[num_heads] (one logit per query head)")
+        v.check_packed("sinks", sinks, 0, "[num_heads]")
 
 
 def check_v2_workspace(args: PagedAttentionArgs, workspace: V2Workspace) -> None:
@@ -203,7 +229,8 @@ def queue_attention_data_checks(checks: v.DataChecks, args: PagedAttentionArgs) 
     """Lengths within max_seq_len and the table, and every block id a sequence reads valid.
 
     Only the first ceil(seq_len / block_size) entries of a row are read, so entries past them
-    (padding such as -1) are allowed.
+    (padding such as -1) are allowed; with a sliding window, so are the entries of blocks
+    wholly before the window.
     """
     import torch
 
@@ -222,6 +249,9 @@ def queue_attention_data_checks(checks: v.DataChecks, args: PagedAttentionArgs) 
         f"{args.max_blocks_per_seq} blocks of block_tables (capacity {capacity} tokens)"))
     columns = torch.arange(args.max_blocks_per_seq, device=block_tables.device)
     read = columns[None, :] * args.block_size < lens[:, None]
+    if args.sliding_window is not None:  # blocks wholly before the window are not read
+        first = (lens - args.sliding_window).clamp(min=0)
+        read &= (columns[None, :] + 1) * args.block_size > first[:, None]
     bad = read & ((block_tables < 0) | (block_tables >= args.num_blocks))
 
     def explain_block() -> str:

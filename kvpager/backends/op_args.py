@@ -50,7 +50,8 @@ class PagedAttentionArgs:
     out, query: [S, H, D]; key_cache [blocks, K, D // x, block_size, x]; value_cache
     [blocks, K, D, block_size]; block_tables int32 [S, max_blocks_per_seq]; seq_lens int32
     [S]; alibi_slopes float32 [H] or None; k_scale / v_scale floats or one-element float32
-    tensors. `workspace` is set for v2 and None for v1.
+    tensors. `workspace` is set for v2 and None for v1. `sliding_window` (int >= 1 or None)
+    and `sinks` (float32 [H] or None) are keyword-only, after vLLM's arguments.
     """
 
     out: torch.Tensor
@@ -73,6 +74,11 @@ class PagedAttentionArgs:
     blocksparse_block_size: int = 64
     blocksparse_head_sliding_step: int = 0
     workspace: V2Workspace | None = field(default=None, kw_only=True)
+    #: kvpager's keyword-only extensions (not in vLLM's signature): a query at position
+    #: p = seq_len - 1 attends keys p - W + 1 .. p (None: every key); one extra float32
+    #: logit per query head [num_heads] in the softmax denominator (gpt-oss's sinks).
+    sliding_window: int | None = field(default=None, kw_only=True)
+    sinks: torch.Tensor | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         kv_cache_dtype, scale = attention_checks.check_attention(self)
@@ -84,10 +90,12 @@ class PagedAttentionArgs:
     @classmethod
     def v2(
         cls, out: torch.Tensor, exp_sums: torch.Tensor, max_logits: torch.Tensor,
-        tmp_out: torch.Tensor, *attention: Any,
+        tmp_out: torch.Tensor, *attention: Any, sliding_window: int | None = None,
+        sinks: torch.Tensor | None = None,
     ) -> PagedAttentionArgs:
         """From paged_attention_v2's argument order: out, the workspace, then v1's rest."""
-        return cls(out, *attention, workspace=V2Workspace(exp_sums, max_logits, tmp_out))
+        return cls(out, *attention, workspace=V2Workspace(exp_sums, max_logits, tmp_out),
+                   sliding_window=sliding_window, sinks=sinks)
 
     # ---- what the checks established (read from the tensors, not stored twice) ----------
     @property
@@ -127,6 +135,12 @@ class PagedAttentionArgs:
     def is_empty(self) -> bool:
         """Nothing to write: no sequences or no heads (backends are never called then)."""
         return self.num_seqs == 0 or self.num_heads == 0
+
+    def window_start(self, seq_len: int) -> int:
+        """First token a sequence of `seq_len` tokens attends: seq_len - W, or 0."""
+        if self.sliding_window is None:
+            return 0
+        return max(0, seq_len - self.sliding_window)
 
     def v2_workspace(self) -> V2Workspace:
         """The workspace of a v2 call; a v1 call has none."""

@@ -32,7 +32,8 @@ _ATTENTION_TAIL = (
     "Tensor? alibi_slopes, str kv_cache_dtype, Tensor k_scale, Tensor v_scale, "
     "int tp_rank=0, int blocksparse_local_blocks=0, int blocksparse_vert_stride=0, "
     "int blocksparse_block_size=64, int blocksparse_head_sliding_step=0, "
-    "*, str backend='auto', bool check_indices=True) -> ()"
+    "*, int? sliding_window=None, Tensor? sinks=None, str backend='auto', "
+    "bool check_indices=True) -> ()"
 )
 
 #: Op name -> schema (without the name). `(a!)` marks what an op writes.
@@ -65,16 +66,20 @@ SCHEMAS: dict[str, str] = {
 # ---- real implementations of the ops with an argument object -----------------------------
 # The dispatcher passes the schema's arguments positionally (vLLM's order) and the keyword-only
 # ones by name; `PagedAttentionArgs` / `CacheWriteArgs` take the same order.
-def real_paged_attention_v1(*vllm_args: Any, backend: str = "auto",
+def real_paged_attention_v1(*vllm_args: Any, sliding_window: int | None = None,
+                            sinks: torch.Tensor | None = None, backend: str = "auto",
                             check_indices: bool = True) -> None:
-    dispatch.paged_attention_v1(PagedAttentionArgs(*vllm_args), backend=backend,
-                                check_indices=check_indices)
+    dispatch.paged_attention_v1(PagedAttentionArgs(*vllm_args, sliding_window=sliding_window,
+                                                  sinks=sinks),
+                                backend=backend, check_indices=check_indices)
 
 
-def real_paged_attention_v2(*vllm_args: Any, backend: str = "auto",
+def real_paged_attention_v2(*vllm_args: Any, sliding_window: int | None = None,
+                            sinks: torch.Tensor | None = None, backend: str = "auto",
                             check_indices: bool = True) -> None:
-    dispatch.paged_attention_v2(PagedAttentionArgs.v2(*vllm_args), backend=backend,
-                                check_indices=check_indices)
+    dispatch.paged_attention_v2(PagedAttentionArgs.v2(*vllm_args, sliding_window=sliding_window,
+                                                   sinks=sinks),
+                                backend=backend, check_indices=check_indices)
 
 
 def real_reshape_and_cache(*vllm_args: Any, backend: str = "auto",
@@ -87,14 +92,16 @@ def real_reshape_and_cache(*vllm_args: Any, backend: str = "auto",
 # What torch.compile runs on fake tensors while tracing: the static checks, so a bad call
 # fails at trace time with the same message; no data is read and no backend is chosen, so
 # `backend` and `check_indices` are accepted and unused.
-def fake_paged_attention_v1(*vllm_args: Any, backend: str = "auto",
+def fake_paged_attention_v1(*vllm_args: Any, sliding_window: int | None = None,
+                            sinks: torch.Tensor | None = None, backend: str = "auto",
                             check_indices: bool = True) -> None:
-    PagedAttentionArgs(*vllm_args)
+    PagedAttentionArgs(*vllm_args, sliding_window=sliding_window, sinks=sinks)
 
 
-def fake_paged_attention_v2(*vllm_args: Any, backend: str = "auto",
+def fake_paged_attention_v2(*vllm_args: Any, sliding_window: int | None = None,
+                            sinks: torch.Tensor | None = None, backend: str = "auto",
                             check_indices: bool = True) -> None:
-    PagedAttentionArgs.v2(*vllm_args)
+    PagedAttentionArgs.v2(*vllm_args, sliding_window=sliding_window, sinks=sinks)
 
 
 def fake_reshape_and_cache(*vllm_args: Any, backend: str = "auto",

@@ -51,13 +51,19 @@ class AttentionCase:
     sparse: tuple[int, int, int, int] | None
     seed: int
     scale_as_tensor: bool = False
+    #: kvpager's keyword-only extensions: a sliding window (tokens) and attention sinks.
+    window: int | None = None
+    sinks: bool = False
 
     @property
     def id(self) -> str:
         sparse = "dense" if self.sparse is None else "sparse" + "-".join(map(str, self.sparse))
+        extra = ("" if self.window is None else f"-w{self.window}") + (
+            "-sinks" if self.sinks else "")
         return (f"h{self.heads[0]}kv{self.heads[1]}-d{self.head_size}-bs{self.block_size}-"
                 f"{self.dtype}-{'alibi' if self.use_alibi else 'noalibi'}-"
-                f"{self.kv_cache_dtype}-{sparse}-{'tscale' if self.scale_as_tensor else 'fscale'}")
+                f"{self.kv_cache_dtype}-{sparse}-{'tscale' if self.scale_as_tensor else 'fscale'}"
+                f"{extra}")
 
 
 def _fp8_fits(kv_cache_dtype: str, head_size: int) -> bool:
@@ -169,6 +175,8 @@ class AttentionInputs:
     v_scale: float | torch.Tensor
     sparse_kwargs: dict[str, int] = field(default_factory=dict)
     tp_rank: int = 0
+    sliding_window: int | None = None
+    sinks: torch.Tensor | None = None  # float32 [num_heads]
 
     @property
     def num_kv_heads(self) -> int:
@@ -183,6 +191,15 @@ class AttentionInputs:
                 self.tp_rank,
                 s.get("local", 0), s.get("vert", 0), s.get("block", 64), s.get("step", 0))
 
+    def kwargs(self) -> dict[str, object]:
+        """The keyword-only extensions (sliding_window, sinks) of the attention call."""
+        return {"sliding_window": self.sliding_window, "sinks": self.sinks}
+
+    def window_start(self, seq: int) -> int:
+        """First token sequence `seq` attends (seq_len - W, at least 0)."""
+        length = int(self.seq_lens[seq])
+        return 0 if self.sliding_window is None else max(0, length - self.sliding_window)
+
     def num_partitions(self) -> int:
         return math.ceil(self.max_seq_len / PARTITION_SIZE)
 
@@ -191,10 +208,9 @@ class AttentionInputs:
         def move(t):
             return t.to(device) if isinstance(t, torch.Tensor) else t
 
-        skip = ("case", "sparse_kwargs", "tp_rank")
-        return AttentionInputs(self.case, *(move(getattr(self, f.name)) for f in fields(self)
-                                            if f.name not in skip),
-                               sparse_kwargs=dict(self.sparse_kwargs), tp_rank=self.tp_rank)
+        moved = {f.name: move(getattr(self, f.name)) for f in fields(self)}
+        moved["sparse_kwargs"] = dict(self.sparse_kwargs)
+        return AttentionInputs(**moved)
 
 
 def seq_lengths(case: AttentionCase, long_len: tuple[int, int] = (1025, 2100)) -> list[int]:
@@ -265,12 +281,17 @@ def make_inputs(
     if case.scale_as_tensor:
         k_scale = torch.tensor(k_scale, dtype=torch.float32)
         v_scale = torch.tensor(v_scale, dtype=torch.float32)
+    # Drawn last, so cases without sinks keep the data they always had. Centred on
+    # log(1000): a sink weighs as much as hundreds of tokens (|logit| ~ 1 here), so it moves
+    # the output of long and short sequences alike.
+    sinks = 7.0 + 2.0 * torch.randn(num_heads, generator=gen) if case.sinks else None
     inputs = AttentionInputs(
         case=case, query=query, key_cache=key_cache, value_cache=value_cache,
         block_tables=table, seq_lens=torch.tensor(lens, dtype=torch.int32),
         max_seq_len=max(1, *lens), scale=1.0 / math.sqrt(head_size),
         alibi_slopes=alibi_slopes(num_heads) if case.use_alibi else None,
         k_scale=k_scale, v_scale=v_scale, sparse_kwargs=sparse_kwargs,
+        sliding_window=case.window, sinks=sinks,
     )
     return inputs.to(device)
 
@@ -300,7 +321,8 @@ def run_v1(inputs: AttentionInputs, backend: str) -> torch.Tensor:
     import kvpager.ops as ops
 
     out = torch.empty_like(inputs.query)
-    ops.paged_attention_v1(out, *inputs.args(), backend=backend)
+    ops.paged_attention_v1(out, *inputs.args(), sliding_window=inputs.sliding_window,
+                           sinks=inputs.sinks, backend=backend)
     return out
 
 
@@ -315,7 +337,9 @@ def run_v2(inputs: AttentionInputs, backend: str, fill: float = float("nan")):
     exp_sums = torch.full((s, h, p), fill, dtype=torch.float32, device=device)
     max_logits = torch.full((s, h, p), fill, dtype=torch.float32, device=device)
     tmp_out = torch.full((s, h, p, d), fill, dtype=inputs.query.dtype, device=device)
-    ops.paged_attention_v2(out, exp_sums, max_logits, tmp_out, *inputs.args(), backend=backend)
+    ops.paged_attention_v2(out, exp_sums, max_logits, tmp_out, *inputs.args(),
+                           sliding_window=inputs.sliding_window, sinks=inputs.sinks,
+                           backend=backend)
     return out, exp_sums, max_logits, tmp_out
 
 
@@ -396,4 +420,35 @@ def poison_unused_slots(inputs: AttentionInputs) -> AttentionInputs:
         value_cache[index] = fill
     poisoned = AttentionInputs(**{f.name: getattr(inputs, f.name) for f in fields(inputs)})
     poisoned.key_cache, poisoned.value_cache = key_cache, value_cache
+    return poisoned
+
+
+def poison_outside_window(inputs: AttentionInputs, *, pad_block_id: int | None = -1
+                          ) -> AttentionInputs:
+    """A copy of `inputs` (which has a sliding window) where nothing before any sequence's
+    window can be read harmlessly: blocks wholly before the window hold NaN (their table
+    entries become `pad_block_id` when it is given), and the slots before the window's first
+    token inside its first block hold NaN too. Outputs must not change."""
+    if inputs.sliding_window is None:
+        raise ValueError("poison_outside_window needs inputs with a sliding_window")
+    key_cache, value_cache = inputs.key_cache.clone(), inputs.value_cache.clone()
+    tables = inputs.block_tables.clone()
+    fill = FP8_NAN_BYTE if key_cache.dtype == torch.uint8 else float("nan")
+    block_size = inputs.case.block_size
+    for row in range(tables.shape[0]):
+        first = inputs.window_start(row)
+        whole, partial = divmod(first, block_size)
+        for col in range(whole):
+            block = int(tables[row, col])
+            key_cache[block] = fill
+            value_cache[block] = fill
+            if pad_block_id is not None:
+                tables[row, col] = pad_block_id
+        if partial:
+            block = int(tables[row, whole])
+            key_cache[block, :, :, :partial, :] = fill
+            value_cache[block, :, :, :partial] = fill
+    poisoned = AttentionInputs(**{f.name: getattr(inputs, f.name) for f in fields(inputs)})
+    poisoned.key_cache, poisoned.value_cache = key_cache, value_cache
+    poisoned.block_tables = tables
     return poisoned

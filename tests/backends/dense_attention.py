@@ -41,12 +41,18 @@ def gather_sequence(inp: AttentionInputs, seq: int) -> tuple[torch.Tensor, torch
 
     Token t lives in block block_tables[seq, t // bs] at offset t % bs; in the key cache
     element d of head h is key_cache[block, h, d // x, offset, d % x], in the value cache
-    value_cache[block, h, d, offset].
+    value_cache[block, h, d, offset]. Blocks wholly before the sliding window are not looked
+    up (their table entries may be padding): their tokens read as 0, and are masked.
     """
     length = int(inp.seq_lens[seq])
     bs = inp.case.block_size
+    first = inp.window_start(seq)
     keys, values = [], []
     for b in range(math.ceil(length / bs)):
+        if (b + 1) * bs <= first:
+            keys.append(torch.zeros_like(keys_of(inp, 0)))
+            values.append(torch.zeros_like(inp.value_cache[0].permute(2, 0, 1)))
+            continue
         block = int(inp.block_tables[seq, b])
         kb = inp.key_cache[block]  # [K, D // x, bs, x]
         keys.append(kb.permute(2, 0, 1, 3).reshape(bs, kb.shape[0], -1))  # [bs, K, D]
@@ -55,6 +61,12 @@ def gather_sequence(inp: AttentionInputs, seq: int) -> tuple[torch.Tensor, torch
     k = torch.cat(keys)[:length] if keys else inp.key_cache.new_empty(0)
     v = torch.cat(values)[:length] if values else inp.value_cache.new_empty(0)
     return _decode(k, kv, inp.k_scale), _decode(v, kv, inp.v_scale)
+
+
+def keys_of(inp: AttentionInputs, block: int) -> torch.Tensor:
+    """[bs, K, D]: the keys of one cache block, token-major."""
+    kb = inp.key_cache[block]
+    return kb.permute(2, 0, 1, 3).reshape(kb.shape[2], kb.shape[0], -1)
 
 
 def block_attended(inp: AttentionInputs, length: int, head: int, block_idx: int) -> bool:
@@ -76,11 +88,14 @@ def block_attended(inp: AttentionInputs, length: int, head: int, block_idx: int)
     return (k_bs + offset) % vert == 0 or k_bs > q_bs - local
 
 
-def token_mask(inp: AttentionInputs, length: int, head: int) -> torch.Tensor:
-    """bool [length]: token t is attended iff its block t // block_size is."""
+def token_mask(inp: AttentionInputs, length: int, head: int, first: int = 0) -> torch.Tensor:
+    """bool [length]: token t is attended iff its block t // block_size is and t >= first
+    (the sliding window's first token, transformers' convention: t > p - W, p = length - 1).
+    """
     bs = inp.case.block_size
     blocks = [block_attended(inp, length, head, b) for b in range(math.ceil(length / bs))]
-    return torch.tensor(blocks).repeat_interleave(bs)[:length]
+    in_window = torch.arange(length) >= first
+    return torch.tensor(blocks).repeat_interleave(bs)[:length] & in_window
 
 
 def dense_attention(inp: AttentionInputs) -> DenseResult:
@@ -104,12 +119,16 @@ def dense_attention(inp: AttentionInputs) -> DenseResult:
             logits = inp.scale * (keys[:, kv_head] @ q)  # [L]
             if inp.alibi_slopes is not None:
                 logits = logits + float(inp.alibi_slopes[h]) * (positions - length + 1)
-            mask = token_mask(inp, length, h)
+            mask = token_mask(inp, length, h, inp.window_start(s))
             logits = torch.where(mask, logits, -math.inf)
             # Tokens the head skips are removed by selection: 0 * a stale NaN would be NaN.
             vals = torch.where(mask[:, None], values[:, kv_head], 0.0)  # [L, D]
             if mask.any():
-                out[s, h] = torch.softmax(logits, 0) @ vals
+                if inp.sinks is None:
+                    out[s, h] = torch.softmax(logits, 0) @ vals
+                else:  # the sink is one more logit with no value: softmax, then drop it
+                    sink = inp.sinks[h].double().reshape(1)
+                    out[s, h] = torch.softmax(torch.cat([logits, sink]), 0)[:length] @ vals
             for p in range(math.ceil(length / PARTITION_SIZE)):
                 part = slice(p * PARTITION_SIZE, min(length, (p + 1) * PARTITION_SIZE))
                 if not mask[part].any():

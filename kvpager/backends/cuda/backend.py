@@ -138,6 +138,10 @@ class CudaBackend(Backend):
         """The binding's arguments after out (v1) or the workspace (v2): vLLM's order, each
         scale split into (device tensor or None, host value). The one place the argument
         object is unpacked for the C++ signature (csrc/binding_attention.cpp)."""
+        if args.sliding_window is not None or args.sinks is not None:  # TODO(issue 19)
+            from kvpager.backends import BackendUnavailableError
+            raise BackendUnavailableError("sliding_window / sinks are not implemented by "
+                                          "this backend yet; use backend='reference'")
         return (
             args.query, args.key_cache, args.value_cache, int(args.num_kv_heads), args.scale,
             args.block_tables, args.seq_lens, int(args.block_size), int(args.max_seq_len),

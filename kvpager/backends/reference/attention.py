@@ -36,6 +36,16 @@ Semantics (the contract other backends meet):
   partitions below ceil(seq_len / 512), so leftovers there never matter.
 - only the block-table entries a sequence reads (the first ceil(seq_len / block_size)) are
   looked at; the rest may hold padding such as -1.
+- sliding window W: the query (at p = seq_len - 1) attends tokens t >= seq_len - W only
+  (`window_start`); blocks wholly before that are not gathered (their table entries are
+  replaced by block 0 before indexing, like padding), so they may hold anything. It
+  combines with block sparsity as an intersection. In v2, partitions wholly before the
+  window are, like those past seq_len, neither written nor read by the reduce.
+- sinks [H]: the softmax of head h runs over its attended logits plus `sinks[h]`, whose
+  value is 0: out_h = sum_t e^(l_t - m) v_t / (e^(s_h - m) + sum_t e^(l_t - m)),
+  m = max(s_h, max_t l_t). v1 adds it to its one softmax; v2's partitions are sink-free
+  and the reduce adds it once. A head that attends nothing still outputs 0; one whose
+  attended logits are all -inf outputs 0 too (the sink takes all the weight).
 
 Host syncs: grouping reads seq_lens back to the host (one sync per call on a GPU); nothing
 else waits for the device.
@@ -137,20 +147,32 @@ def _decode(cache_values: torch.Tensor, kv_cache_dtype: str, scale: Scale) -> to
     return cache_values.float()
 
 
+def window_starts(seq_lens: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+    """int64 [S]: the first token each sequence attends (seq_len - W, at least 0)."""
+    lens = seq_lens.long()
+    if sliding_window is None:
+        return torch.zeros_like(lens)
+    return (lens - sliding_window).clamp(min=0)
+
+
 def gather_kv(
     key_cache: torch.Tensor, value_cache: torch.Tensor, block_tables: torch.Tensor,
     seq_lens: torch.Tensor, num_blocks: int, kv_cache_dtype: str, k_scale: Scale,
-    v_scale: Scale,
+    v_scale: Scale, first_tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense float32 keys and values [S, K, num_blocks * block_size, D] of each sequence.
 
     Reads the first `num_blocks` entries of each table row; entries a sequence does not
-    need are replaced by block 0 before indexing, so padding ids never reach the cache.
-    Tokens at or past seq_len hold whatever their block holds: callers mask them.
+    need (past seq_len, or wholly before `first_tokens` [S], its window's first token) are
+    replaced by block 0 before indexing, so padding ids never reach the cache.
+    Tokens at or past seq_len or before the window hold whatever their block holds (block 0
+    for unneeded blocks): callers mask them.
     """
     _, num_kv_heads, chunks, block_size, x = key_cache.shape
     columns = torch.arange(num_blocks, device=block_tables.device)
     needed = columns[None, :] * block_size < seq_lens[:, None].long()
+    if first_tokens is not None:
+        needed &= (columns[None, :] + 1) * block_size > first_tokens[:, None]
     ids = torch.where(needed, block_tables[:, :num_blocks], 0).long()  # [S, n]
     seqs, n = ids.shape
     # [S, n, K, D // x, bs, x] -> [S, K, n, bs, D // x, x]: tokens in order, then the head dim
@@ -165,12 +187,14 @@ def gather_kv(
 def attention_logits(
     query: torch.Tensor, keys: torch.Tensor, seq_lens: torch.Tensor, scale: float,
     alibi_slopes: torch.Tensor | None, sparse: BlockSparse | None, block_size: int,
+    first_tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, attended): float32 logits [S, H, T], and bool attended [S, 1, T] (dense) or
     [S, H, T] (block-sparse), True where head h of sequence s reads token t.
 
-    Positions not attended (past seq_len, or masked by sparsity) hold -inf, put there by
-    selection (`torch.where`), so whatever their keys hold, NaN included, is dropped.
+    Positions not attended (past seq_len, before `first_tokens` [S] (the window), or masked
+    by sparsity) hold -inf, put there by selection (`torch.where`), so whatever their keys
+    hold, NaN included, is dropped.
     """
     seqs, num_heads, head_size = query.shape
     num_kv_heads, num_tokens = keys.shape[1], keys.shape[2]
@@ -182,6 +206,8 @@ def attention_logits(
     if alibi_slopes is not None:
         logits = logits + alibi_slopes.float()[None, :, None] * (tokens - lens + 1).float()
     attended = tokens < lens  # [S, 1, T]
+    if first_tokens is not None:
+        attended = attended & (tokens >= first_tokens[:, None, None])
     if sparse is not None:
         blocks = sparse.block_mask(seq_lens, num_heads, num_kv_heads,
                                    num_tokens // block_size, block_size)
@@ -190,7 +216,7 @@ def attention_logits(
 
 
 def _softmax_parts(
-    logits: torch.Tensor, attended: torch.Tensor
+    logits: torch.Tensor, attended: torch.Tensor, sinks: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(probabilities, max, sum of exp) over the attended positions of the last dim.
 
@@ -198,12 +224,19 @@ def _softmax_parts(
     the usual stable softmax, so a NaN or +inf logit, or attended logits that are all -inf,
     give NaN, as softmax does: the oracle does not hide a model's NaN. Positions not
     attended are left out by selection, never multiplied by a zero weight.
+
+    sinks (float32 [H], logits [S, H, T] only): one more logit per head in the denominator
+    (max and sum include it; no probability is returned for it).
     """
     anything = attended.any(-1)  # [..., 1 or H]
     top = logits.amax(-1)  # propagates NaN; -inf where nothing is attended
+    if sinks is not None:
+        top = torch.maximum(top, sinks.float()[None, :])
     shift = torch.where(anything, top, 0.0)
     shifted = torch.where(attended, torch.exp(logits - shift[..., None]), 0.0)
     total = shifted.sum(-1)
+    if sinks is not None:
+        total = total + torch.exp(sinks.float()[None, :] - shift)
     probs = torch.where(anything[..., None], shifted / total[..., None], 0.0)
     return probs, top, total
 
@@ -270,11 +303,14 @@ def _read_groups(
         if longest == 0:
             continue
         lens = seq_lens[rows]
+        first = None if args.sliding_window is None else window_starts(lens,
+                                                                       args.sliding_window)
         num_blocks = min(-(-longest // args.block_size), block_tables.shape[1])
         keys, values = gather_kv(args.key_cache, args.value_cache, block_tables[rows], lens,
-                                 num_blocks, args.kv_cache_dtype, args.k_scale, args.v_scale)
+                                 num_blocks, args.kv_cache_dtype, args.k_scale, args.v_scale,
+                                 first)
         logits, attended = attention_logits(args.query[rows], keys, lens, args.scale,
-                                            args.alibi_slopes, sparse, args.block_size)
+                                            args.alibi_slopes, sparse, args.block_size, first)
         yield rows, longest, lens, values, logits, attended
 
 
@@ -283,7 +319,7 @@ def paged_attention_v1(args: PagedAttentionArgs) -> None:
     out = args.out
     out.masked_fill_((args.seq_lens == 0)[:, None, None], 0)  # a head that reads nothing
     for rows, _, _, values, logits, attended in _read_groups(args):
-        probs, _, _ = _softmax_parts(logits, attended)
+        probs, _, _ = _softmax_parts(logits, attended, args.sinks)
         out[rows] = _weighted_values(probs, values, attended).to(out.dtype)
 
 
@@ -322,37 +358,52 @@ def paged_attention_v2(args: PagedAttentionArgs) -> None:
             else:
                 partial[:, :, g] = torch.einsum("nkpt,nkptd->nkpd", grouped[:, :, g], read)
         partial = partial.reshape(n, num_heads, parts, head_size)
-        used = _used_partitions(lens, parts)  # [n, 1, P]
+        used = _used_partitions(lens, parts, args.sliding_window)  # [n, 1, P]
         window = (rows, slice(None), slice(0, parts))
         exp_sums[window] = torch.where(used, total, exp_sums[window])
         max_logits[window] = torch.where(used, top, max_logits[window])
         tmp_out[window] = torch.where(used[..., None], partial.to(tmp_out.dtype),
                                       tmp_out[window])
-    reduce_partitions(args.out, exp_sums, max_logits, tmp_out, args.seq_lens)
+    reduce_partitions(args.out, exp_sums, max_logits, tmp_out, args.seq_lens,
+                      sliding_window=args.sliding_window, sinks=args.sinks)
 
 
-def _used_partitions(seq_lens: torch.Tensor, parts: int) -> torch.Tensor:
-    """bool [S, 1, P]: partition p holds tokens of the sequence (p < ceil(seq_len / 512))."""
-    count = (seq_lens.long() + PARTITION_SIZE - 1) // PARTITION_SIZE
-    return (torch.arange(parts, device=seq_lens.device)[None, :] < count[:, None])[:, None, :]
+def _used_partitions(
+    seq_lens: torch.Tensor, parts: int, sliding_window: int | None = None
+) -> torch.Tensor:
+    """bool [S, 1, P]: partition p holds attended tokens of the sequence: p below
+    ceil(seq_len / 512) and, with a window, not wholly before its first token."""
+    lens = seq_lens.long()
+    count = (lens + PARTITION_SIZE - 1) // PARTITION_SIZE
+    index = torch.arange(parts, device=seq_lens.device)[None, :]
+    used = index < count[:, None]
+    if sliding_window is not None:
+        used &= index >= (window_starts(lens, sliding_window) // PARTITION_SIZE)[:, None]
+    return used[:, None, :]
 
 
 def reduce_partitions(
     out: torch.Tensor, exp_sums: torch.Tensor, max_logits: torch.Tensor,
-    tmp_out: torch.Tensor, seq_lens: torch.Tensor,
+    tmp_out: torch.Tensor, seq_lens: torch.Tensor, *, sliding_window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> None:
     """v2's second pass: combine partition results as stored (tmp_out in out's dtype).
 
     Partition p gets weight `exp_sums_p * exp(max_logits_p - max over partitions)`; the
-    partitions past the sequence are left out with `where`, never multiplied, so NaN or inf
-    leftovers there cannot leak into `out`.
+    partitions past the sequence (or wholly before its window) are left out with `where`,
+    never multiplied, so NaN or inf leftovers there cannot leak into `out`. sinks (float32
+    [H]) join the max and the denominator once, here.
     """
-    used = _used_partitions(seq_lens, exp_sums.shape[-1])  # [S, 1, P]
+    used = _used_partitions(seq_lens, exp_sums.shape[-1], sliding_window)  # [S, 1, P]
     maxes = torch.where(used, max_logits, _NEG_INF)
     top = maxes.amax(-1, keepdim=True)  # NaN when a used partition's max is NaN
+    if sinks is not None:
+        top = torch.maximum(top, sinks.float()[None, :, None])
     top = torch.where(top == _NEG_INF, 0.0, top)
     weights = torch.where(used, exp_sums * torch.exp(maxes - top), 0.0)  # [S, H, P]
     total = weights.sum(-1)[..., None]  # [S, H, 1]
+    if sinks is not None:
+        total = total + torch.exp(sinks.float()[None, :, None] - top)
     parts = torch.where(used[..., None], tmp_out.float(), 0.0)
     merged = (weights[..., None] * parts).sum(-2)  # [S, H, D]
     # total is 0 only when no partition attends anything (the partition holding the global
@@ -367,4 +418,5 @@ __all__ = [
     "paged_attention_v1",
     "paged_attention_v2",
     "reduce_partitions",
+    "window_starts",
 ]

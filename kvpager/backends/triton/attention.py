@@ -125,6 +125,10 @@ def attention_config(
 
 def _launch_attention(args: PagedAttentionArgs, workspace: V2Workspace | None) -> None:
     """v1 (no workspace) or v2's partition programs plus the reduce, for one checked call."""
+    if args.sliding_window is not None or args.sinks is not None:  # TODO(issue 19)
+        from kvpager.backends import BackendUnavailableError
+        raise BackendUnavailableError("sliding_window / sinks are not implemented by the "
+                                      "triton backend yet; use backend='reference'")
     out, query, key_cache, value_cache = args.out, args.query, args.key_cache, args.value_cache
     block_tables, seq_lens, alibi_slopes = args.block_tables, args.seq_lens, args.alibi_slopes
     num_seqs, num_heads, head_size = query.shape
