@@ -40,8 +40,9 @@ class CacheConfig:
             only when the GPU evicts it (more host-link traffic, no copy on the eviction path).
         groups: the model's KV-cache groups (`kvpager.core.groups` specs), group 0 first;
             None: one full-attention group, the manager of every earlier release. Several
-            groups need `HybridKVCacheManager`. A state group refuses prefix caching (it
-            keeps no checkpoint to serve a hit from), and the host prefix tier is not
+            groups need `HybridKVCacheManager`, which caches prefixes across groups (a hit
+            is the longest prefix every group serves). A state group refuses prefix caching
+            (it keeps no checkpoint to serve a hit from), and the host prefix tier is not
             supported with several groups yet.
     """
 

@@ -17,8 +17,14 @@ same row in every group; group 0's `rows` is the table the scheduler registers i
 on. Windowed groups release the blocks no future query reads (`kvpager.core.memory.window`)
 after each append and each `mark_computed`, leaving `NULL_BLOCK` entries.
 
-Not yet supported (a named error at construction): state groups, prefix caching and the
-host prefix tier with several groups.
+Prefix caching: every group registers its computed blocks in the shared pool under its
+own tagged keys, and a hit is the longest prefix every group can serve
+(`kvpager.core.memory.group_hits`): full attention and MLA need every block, a window group
+only what its window reads past the hit (its earlier entries stay `NULL_BLOCK`). Group 0's
+`prefix_cache` counts the model's hits.
+
+Not yet supported (a named error at construction): state groups, and the host prefix tier
+with several groups.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import numpy as np
 from kvpager.core.config import CacheConfig
 from kvpager.core.errors import OutOfBlocksError
 from kvpager.core.groups import (
+    NULL_BLOCK,
     ChunkedLocalSpec,
     GroupSpec,
     PagedSpec,
@@ -41,11 +48,15 @@ from kvpager.core.groups import (
 from kvpager.core.memory.append import plan_append
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.block_table import num_blocks_for, slots_for_positions
+from kvpager.core.memory.group_hits import hit_start, match_groups
 from kvpager.core.memory.manager import KVCacheManager, TokenIds
+from kvpager.core.memory.prefix import PrefixCache
 from kvpager.core.memory.seq_store import ON_CPU, ON_GPU, SequenceStore
 from kvpager.core.memory.swap import distinct_blocks, group_rows
 from kvpager.core.memory.window import add_released_column, check_truncate, due, release
 from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
+
+_NO_BLOCKS = np.zeros(0, dtype=np.int32)
 
 
 class HybridKVCacheManager:
@@ -68,9 +79,6 @@ class HybridKVCacheManager:
             if isinstance(spec, StateSpec):
                 raise ValueError(f"groups[{i}]: state groups are not supported by the "
                                  "manager yet (only paged attention groups)")
-        if config.enable_prefix_caching and len(groups) > 1:
-            raise ValueError("enable_prefix_caching: prefix caching across several groups "
-                             "is not supported yet")
         self.config = config
         self.groups: tuple[GroupSpec, ...] = groups
         self.block_size = config.block_size
@@ -79,8 +87,8 @@ class HybridKVCacheManager:
         self.gpu = BlockPool(config.num_gpu_blocks, "gpu")
         self.cpu = BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
         sub = replace(config, groups=None)
-        self._managers = [KVCacheManager(sub, shared_pools=(self.gpu, self.cpu))
-                          for _ in groups]
+        self._managers = [KVCacheManager(sub, shared_pools=(self.gpu, self.cpu), key_tag=g)
+                          for g in range(len(groups))]
         self._windows: list[tuple[KVCacheManager, SlidingWindowSpec | ChunkedLocalSpec]] = []
         for m, spec in zip(self._managers, groups, strict=True):
             if isinstance(spec, (SlidingWindowSpec, ChunkedLocalSpec)):
@@ -164,9 +172,35 @@ class HybridKVCacheManager:
         `pad`): what an executor hands each group's layers."""
         return tuple(m.block_tables_array(rows, pad=pad) for m in self._managers)
 
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """Group 0's prefix cache, which counts the hits of the whole model (a hit is the
+        prefix every group serves, `group_hits`); its length counts the cached pages of all
+        groups (one pool). None without prefix caching."""
+        return self._first.prefix_cache
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached page of every group (one pool, one index); refused (False)
+        while a cached page is in use."""
+        return self._first.reset_prefix_cache()
+
     # ---- admission ----------------------------------------------------------------------
     def _prompt_blocks(self, num_tokens: int) -> int:
         return len(self._managers) * num_blocks_for(num_tokens, self.block_size)
+
+    def _match(self, keys: list[Hashable], num_tokens: int) -> tuple[int, list[np.ndarray]]:
+        caches = [m.prefix_cache for m in self._managers]
+        if not keys or caches[0] is None:
+            return 0, [_NO_BLOCKS] * len(caches)
+        return match_groups(caches, self.groups, keys, num_tokens,  # type: ignore[arg-type]
+                            self.block_size)
+
+    def _need(self, num_tokens: int, num_hits: int, heads: list[np.ndarray]) -> int:
+        """Free pages a prompt takes: each group's blocks past the hit, plus the hit pages
+        that are free (cached, evictable) and a hit revives."""
+        fresh = num_blocks_for(num_tokens, self.block_size) - num_hits
+        revived = sum(self.gpu.count_free(h[h != NULL_BLOCK]) for h in heads)
+        return len(self._managers) * fresh + revived
 
     def _status(self, need: int) -> AllocStatus:
         mark = self.config.watermark_blocks
@@ -180,7 +214,14 @@ class HybridKVCacheManager:
         """Whether every group can take its prompt blocks (each group's table holds the
         whole prompt until `mark_computed` lets a window release)."""
         self._first.can_allocate(num_tokens)  # validates num_tokens
-        return self._status(self._prompt_blocks(num_tokens))
+        keys = self._first.prompt_keys(num_tokens, token_ids, block_hashes)
+        num_hits, heads = self._match(keys, num_tokens)
+        total = self._prompt_blocks(num_tokens)
+        mark = self.config.watermark_blocks
+        if self.gpu.num_blocks - total < mark:
+            return AllocStatus.NEVER
+        need = self._need(num_tokens, num_hits, heads)
+        return AllocStatus.OK if self.gpu.num_free - need >= mark else AllocStatus.LATER
 
     def can_allocate_many(self, token_counts: Sequence[int], *,
                           max_tokens: int | None = None) -> AllocStatus:
@@ -190,40 +231,60 @@ class HybridKVCacheManager:
                  token_ids: TokenIds | None = None,
                  block_hashes: Sequence[Hashable] | None = None,
                  max_tokens: int | None = None, num_seqs: int = 1) -> Allocation:
-        """Blocks for a new sequence's prompt in every group (no prefix hits with several
-        groups yet). Raises OutOfBlocksError (nothing changed)."""
-        self._first.rows.check_new(seq_id)
-        if num_tokens is None:
-            if token_ids is None:
-                raise ValueError("allocate needs num_tokens or token_ids")
-            num_tokens = len(token_ids)
-        need = self._prompt_blocks(num_tokens) if isinstance(num_tokens, int) else 0
+        """Blocks for a new sequence's prompt in every group, sharing the longest prefix
+        every group can serve (`group_hits.match_groups`): a window group's table starts
+        with `NULL_BLOCK` entries before what its window reads of the hit. Raises
+        OutOfBlocksError, DuplicateSequenceError, ValueError (nothing changed)."""
+        first = self._first
+        num_tokens = first.check_prompt(seq_id, num_tokens, token_ids)
+        keys = first.prompt_keys(num_tokens, token_ids, block_hashes)
+        num_hits, heads = self._match(keys, num_tokens)
+        need = self._need(num_tokens, num_hits, heads)
         if need > self.gpu.num_free:
             raise OutOfBlocksError("gpu", need, self.gpu.num_free)
-        first = self._first.allocate(seq_id, num_tokens, token_ids=token_ids)
-        for m in self._managers[1:]:
-            m.allocate(seq_id, num_tokens, token_ids=token_ids)
-        return first
+        held = [h[h != NULL_BLOCK] for h in heads]
+        if num_hits:  # every group's hit pages first, so no fresh page evicts one
+            self.gpu.touch(np.concatenate(held))
+        fresh = self.gpu.allocate(len(self._managers)
+                                  * (num_blocks_for(num_tokens, self.block_size) - num_hits))
+        parts = np.split(fresh, len(self._managers))
+        for m, head, part in zip(self._managers, heads, parts, strict=True):
+            m.allocate_group_prompt(seq_id, num_tokens, head, part, keys, token_ids)
+        if num_hits:
+            row = first.rows.row_of[seq_id]
+            for m, spec in self._windows:
+                m.rows.released[row] = hit_start(spec, num_hits, self.block_size)
+        cache = first.prefix_cache
+        if cache is not None:
+            cache.record_query(min(len(keys), (num_tokens - 1) // self.block_size), num_hits)
+        return Allocation(seq_id, first.block_ids(seq_id), num_hits * self.block_size)
 
     def mark_computed(self, seq_id: Hashable, num_computed_tokens: int) -> int:
         """The first tokens are computed: windows release what the next chunk no longer
         reads (between prefill chunks)."""
         row = self._first.rows.row(seq_id)
-        self.mark_computed_batch(np.asarray([row], dtype=np.int64),
-                                 np.asarray([num_computed_tokens], dtype=np.int64))
-        return 0
+        return self.mark_computed_batch(np.asarray([row], dtype=np.int64),
+                                        np.asarray([num_computed_tokens], dtype=np.int64))
 
     def mark_computed_batch(self, rows: np.ndarray, num_computed: np.ndarray | None = None
                             ) -> int:
+        """Register each group's computed blocks (prefix caching), then let windows
+        release what the next chunk no longer reads; returns group 0's registered count."""
         rows = np.asarray(rows, dtype=np.int64)
+        added = 0
+        if self._first.prefix_cache is not None:
+            added = self._first.mark_computed_batch(rows, num_computed)
+            for m in self._managers[1:]:
+                m.mark_computed_batch(rows, num_computed)
         if rows.size and self._windows:
             store = self._first.rows
-            on = rows[store.where[rows] == ON_GPU]
+            gpu = store.where[rows] == ON_GPU
+            on = rows[gpu]
             held = store.ntokens[on]
             done = held if num_computed is None else np.minimum(
-                np.asarray(num_computed, dtype=np.int64)[store.where[rows] == ON_GPU], held)
+                np.asarray(num_computed, dtype=np.int64)[gpu], held)
             self._release(on, done)
-        return 0
+        return added
 
     def _release(self, rows: np.ndarray, num_tokens: np.ndarray) -> None:
         for m, spec in self._windows:
@@ -241,8 +302,9 @@ class HybridKVCacheManager:
         pages per group (the most one step can take) goes through each group's
         per-sequence path."""
         if (num_new_tokens == 1 and num_lookahead_slots == 0
-                and self.gpu.num_free >= 2 * len(self._managers)):
-            results = [m.append_slots(seq_id) for m in self._managers]
+                and self.gpu.num_free >= 2 * len(self._managers)
+                and (token_ids is None or len(token_ids) == 1)):
+            results = [m.append_slots(seq_id, token_ids=token_ids) for m in self._managers]
             if self._windows:
                 store = self._first.rows
                 row = store.row_of[seq_id]
@@ -257,7 +319,14 @@ class HybridKVCacheManager:
                                 np.concatenate(copies) if copies else EMPTY_PAIRS,
                                 tuple(r.slots for r in results))
         rows = self._first.rows_of([seq_id])
-        return self.append_slots_batch(rows, num_new_tokens, num_lookahead_slots)
+        tokens = None
+        if token_ids is not None:
+            tokens = np.asarray(token_ids, dtype=np.int64)
+            if tokens.shape != (num_new_tokens,):
+                raise ValueError(f"token_ids has shape {tokens.shape}, expected "
+                                 f"({num_new_tokens},)")
+        return self.append_slots_batch(rows, num_new_tokens, num_lookahead_slots,
+                                       token_ids=tokens)
 
     def append_slots_batch(self, rows: np.ndarray, num_new_tokens: int = 1,
                            num_lookahead_slots: int = 0, *,
@@ -267,7 +336,13 @@ class HybridKVCacheManager:
         in `group_slots`; copies of all groups (page copies) together."""
         rows = np.asarray(rows, dtype=np.int64)
         first = self._first
-        plans = [first._plan(rows, num_new_tokens, num_lookahead_slots)]  # checks the rows
+        tokens = None
+        if token_ids is not None:
+            tokens = np.asarray(token_ids, dtype=np.int64).reshape(rows.size, -1)
+            if tokens.shape[1] != num_new_tokens:
+                raise ValueError(f"token_ids must be [{rows.size}, {num_new_tokens}], got "
+                                 f"{np.shape(token_ids)}")
+        plans = [first.plan(rows, num_new_tokens, num_lookahead_slots)]  # checks the rows
         for m in self._managers[1:]:
             plans.append(plan_append(m.rows, self.gpu, rows, int(num_new_tokens),
                                      int(num_lookahead_slots), self.block_size,
@@ -275,7 +350,7 @@ class HybridKVCacheManager:
         need = sum(p.num_blocks for p in plans)
         if need > self.gpu.num_free:
             raise OutOfBlocksError("gpu", need, self.gpu.num_free)
-        results = [m.apply_plan(p) for m, p in zip(self._managers, plans, strict=True)]
+        results = [m.apply_plan(p, tokens) for m, p in zip(self._managers, plans, strict=True)]
         if self._windows and rows.size:
             self._release(rows, first.rows.ntokens.take(rows))
         copies = [r.copies for r in results if r.copies.size]

@@ -82,7 +82,7 @@ class KVCacheManager:
                  tier_load_policy: TierLoadPolicy | None = None,
                  events: KVEventSink | None = None,
                  shared_pools: tuple[BlockPool, BlockPool | None] | None = None,
-                 **fields: object) -> None:
+                 key_tag: Hashable | None = None, **fields: object) -> None:
         if config is None:
             config = CacheConfig(**fields)  # type: ignore[arg-type]
         elif fields:
@@ -114,7 +114,8 @@ class KVCacheManager:
         self._chains = (PrefixChains(self._seqs, self.block_size)
                         if config.enable_prefix_caching else None)
         self.prefix_cache = (PrefixCache(self.gpu, self.block_size, self._chains, tier,
-                                         config.prefix_tier_write_through, events=events)
+                                         config.prefix_tier_write_through, events=events,
+                                         key_tag=key_tag)
                              if self._chains is not None else None)
         self.tier_load_policy = tier_load_policy
         self.num_cow_copies = 0
@@ -284,18 +285,7 @@ class KVCacheManager:
         Raises:
             DuplicateSequenceError, ValueError, OutOfBlocksError (nothing changed).
         """
-        self._seqs.check_new(seq_id)
-        if num_tokens is None:
-            if token_ids is None:
-                raise ValueError("allocate needs num_tokens or token_ids")
-            num_tokens = len(token_ids)
-        _check_positive("num_tokens", num_tokens)
-        if token_ids is not None and len(token_ids) < num_tokens:
-            raise ValueError(
-                f"token_ids has {len(token_ids)} ids, fewer than num_tokens={num_tokens}")
-        if self.max_model_len is not None and num_tokens > self.max_model_len:
-            raise ValueError(f"num_tokens={num_tokens} exceeds max_model_len="
-                             f"{self.max_model_len}")
+        num_tokens = self.check_prompt(seq_id, num_tokens, token_ids)
         keys = self._prompt_keys(num_tokens, token_ids, block_hashes)
         hits = self._match(keys, num_tokens)
         total = num_blocks_for(num_tokens, self.block_size)
@@ -311,19 +301,59 @@ class KVCacheManager:
         if loaded:  # the blocks after the GPU hits come from the host tier
             self.prefix_cache.load(keys[len(hits) : len(hits) + loaded],  # type: ignore[union-attr]
                                    fresh[:loaded])
-        seqs = self._seqs
-        row = seqs.add(seq_id, ON_GPU)
-        blocks = np.concatenate([hit_ids, fresh]) if hits else fresh
-        set_prompt(seqs, row, blocks, num_tokens, self.block_size, self.max_model_len)
-        if self.prefix_cache is not None and self._chains is not None:
+        if self.prefix_cache is not None:
             queried = min(len(keys), (num_tokens - 1) // self.block_size)
             self.prefix_cache.record_query(queried, len(hits), loaded)
+        blocks = np.concatenate([hit_ids, fresh]) if hits else fresh
+        self._add_prompt_row(seq_id, num_tokens, blocks, keys, len(hits), token_ids)
+        return Allocation(seq_id, blocks, (len(hits) + loaded) * self.block_size)
+
+    def check_prompt(self, seq_id: Hashable, num_tokens: int | None,
+                     token_ids: TokenIds | None) -> int:
+        """Check a new sequence's id and prompt before anything changes; returns its
+        token count. Raises DuplicateSequenceError or ValueError naming the argument."""
+        self._seqs.check_new(seq_id)
+        if num_tokens is None:
+            if token_ids is None:
+                raise ValueError("allocate needs num_tokens or token_ids")
+            num_tokens = len(token_ids)
+        _check_positive("num_tokens", num_tokens)
+        if token_ids is not None and len(token_ids) < num_tokens:
+            raise ValueError(
+                f"token_ids has {len(token_ids)} ids, fewer than num_tokens={num_tokens}")
+        if self.max_model_len is not None and num_tokens > self.max_model_len:
+            raise ValueError(f"num_tokens={num_tokens} exceeds max_model_len="
+                             f"{self.max_model_len}")
+        return int(num_tokens)
+
+    def prompt_keys(self, num_tokens: int, token_ids: TokenIds | None,
+                    block_hashes: Sequence[Hashable] | None) -> list[Hashable]:
+        """Chained keys of a prompt's full blocks (empty without prefix caching)."""
+        return self._prompt_keys(num_tokens, token_ids, block_hashes)
+
+    def allocate_group_prompt(self, seq_id: Hashable, num_tokens: int,
+                              head: np.ndarray, fresh: np.ndarray, keys: list[Hashable],
+                              token_ids: TokenIds | None) -> None:
+        """One group's part of a `HybridKVCacheManager.allocate`, after it checked every
+        group and took the pages: the row's table is `head` (int32, the prefix hit: block
+        ids already referenced by the caller's `touch`, `NULL_BLOCK` where a window needs
+        none) then `fresh` (int32, allocated by the caller)."""
+        blocks = np.concatenate([head, fresh]) if head.size else fresh
+        self._add_prompt_row(seq_id, num_tokens, blocks, keys, int(head.size), token_ids)
+
+    def _add_prompt_row(self, seq_id: Hashable, num_tokens: int, blocks: np.ndarray,
+                        keys: list[Hashable], num_hits: int,
+                        token_ids: TokenIds | None) -> int:
+        seqs = self._seqs
+        row = seqs.add(seq_id, ON_GPU)
+        set_prompt(seqs, row, blocks, num_tokens, self.block_size, self.max_model_len)
+        if self._chains is not None:
             tail = None
             if token_ids is not None:
                 full = num_tokens // self.block_size * self.block_size
                 tail = np.asarray(token_ids[full:num_tokens], dtype=np.int64)
-            self._chains.start(row, keys, len(hits), tail)
-        return Allocation(seq_id, blocks, (len(hits) + loaded) * self.block_size)
+            self._chains.start(row, keys, num_hits, tail)
+        return row
 
     def mark_computed(self, seq_id: Hashable, num_computed_tokens: int) -> int:
         """Register the sequence's full blocks whose KV is now computed (prompt blocks, and
@@ -492,6 +522,12 @@ class KVCacheManager:
         """Per-row GPU blocks `append_slots_batch` would take now, int64 `[len(rows)]`."""
         rows = np.asarray(rows, dtype=np.int64)
         return self._plan(rows, num_new_tokens, num_lookahead_slots).blocks_per_row()
+
+    def plan(self, rows: np.ndarray, k: int, lookahead: int) -> AppendPlan:
+        """The append plan of `k` tokens (+ `lookahead` slots) for distinct GPU `rows`
+        (checked here), without applying it (`apply_plan`): a hybrid manager plans every
+        group before it changes any."""
+        return self._plan(rows, k, lookahead)
 
     def _plan(self, rows: np.ndarray, k: int, lookahead: int,
               allow_zero: bool = False) -> AppendPlan:

@@ -81,8 +81,11 @@ class PrefixCache:
 
     def __init__(self, pool: BlockPool, block_size: int, chains: PrefixChains,
                  tier: HostPrefixTier | None = None, write_through: bool = False, *,
-                 events: KVEventSink | None = None) -> None:
+                 events: KVEventSink | None = None, key_tag: Hashable | None = None) -> None:
         self._pool = pool
+        # A group of a HybridKVCacheManager other than group 0 registers its blocks in the
+        # shared pool under `(key_tag, key)`: the same prefix has one block per group.
+        self.key_tag = key_tag
         self._events = events
         self.block_size = block_size
         self.chains = chains
@@ -143,7 +146,18 @@ class PrefixCache:
 
         Stops at the first miss: a later block's KV is only valid after the same prefix.
         """
-        return self._pool.match(keys, max_blocks)
+        return self._pool.match(self._tagged(keys), max_blocks)
+
+    def lookup(self, keys: Sequence[Hashable]) -> np.ndarray:
+        """int32 `[len(keys)]`: each key's cached block, or -1 (`NULL_BLOCK`) where none;
+        no side effects. A window group's hit needs only some blocks, not a leading run."""
+        get = self._pool.block_of
+        return np.fromiter((-1 if b is None else b for b in map(get, self._tagged(keys))),
+                           dtype=np.int32, count=len(keys))
+
+    def _tagged(self, keys: Sequence[Hashable]) -> Sequence[Hashable]:
+        tag = self.key_tag
+        return keys if tag is None else [(tag, k) for k in keys]
 
     def match_tier(self, keys: Sequence[Hashable]) -> list[int]:
         """Host ids of the longest run of leading `keys` held by the host tier (the keys that
@@ -249,6 +263,12 @@ class PrefixCache:
         """Cache in-use full blocks under their keys in the pool (copying them to the tier
         too when it writes through); returns how many were cached. `parents` (pairwise, the
         key before each) is only for the events sink."""
+        if self.key_tag is not None:  # a group's blocks: released window entries are null
+            keep = [i for i, b in enumerate(blocks) if b >= 0]
+            if len(keep) < len(blocks):
+                keys, blocks = [keys[i] for i in keep], [blocks[i] for i in keep]
+                parents = None if parents is None else [parents[i] for i in keep]
+            keys = self._tagged(keys)
         fresh = self._pool.register(keys, blocks, parents)
         if fresh and self.write_through:
             pool = self._pool

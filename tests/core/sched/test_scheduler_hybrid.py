@@ -42,3 +42,25 @@ def test_scheduler_output_carries_every_groups_tables() -> None:
         s.complete_step(out)
     assert saw_decode
     assert m.num_free_blocks() == 64 and len(m) == 0
+
+
+def test_second_request_hits_the_first_ones_prompt_in_every_group() -> None:
+    groups = (SlidingWindowSpec(window=6), FullAttentionSpec())  # gemma-like: window first
+    m = HybridKVCacheManager(CacheConfig(num_gpu_blocks=64, block_size=4, watermark=0.0,
+                                         enable_prefix_caching=True, groups=groups))
+    s = Scheduler(m, max_num_seqs=4, max_num_batched_tokens=8, chunked_prefill=True)
+    prompt = list(range(1, 31))  # 30 tokens: 7 full blocks
+    s.add_request(Request("a", 30, 3, prompt_token_ids=prompt))
+    while s.has_unfinished():
+        s.complete_step(s.schedule())
+    s.add_request(Request("b", 33, 3, prompt_token_ids=prompt + [9, 9, 9]))
+    out = s.schedule()
+    (chunk,) = out.prefills
+    assert chunk.start == 28  # 7 blocks hit in both groups; only the rest is computed
+    win = m.group(0).block_ids(("b", 0))
+    assert win[:5].tolist() == [NULL_BLOCK] * 5  # a query at 28 reads keys 23..: blocks 5, 6
+    assert (win[5:] != NULL_BLOCK).all()
+    while s.has_unfinished():
+        s.complete_step(out)
+        out = s.schedule()
+    assert m.num_free_blocks() == 64 and len(m) == 0
