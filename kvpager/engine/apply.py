@@ -24,16 +24,25 @@ from kvpager.engine.outputs import EngineStats
 from kvpager.engine.tracking import RequestState
 
 
+def _append(seq: SequenceState, token: int) -> None:
+    """Add a generated token to the sequence's ids (the engine's sequences always carry
+    them: prefix caching and recomputation read them)."""
+    if seq.token_ids is None:
+        raise RuntimeError(f"sequence {seq.seq_id!r} carries no token ids")
+    seq.token_ids.append(token)
+
+
 def decide_beam_step(
     state: RequestState, items: list[tuple[int, SequenceState]], logits: torch.Tensor
 ) -> list[Hashable]:
     """Run the request's beam step on its rows of `logits`; return the ids to report as
     finished (every running beam, when the search is over)."""
-    if state.beam is None:
+    beam = state.beam
+    if beam is None:
         if len(items) != 1:
             raise RuntimeError(f"request {state.request_id!r}: {len(items)} sequences "
                                "produced a first token; expected the prompt's only")
-        state.start_beam_search()
+        beam = state.start_beam_search()
         state.beam_seqs = [items[0][1]]
     current = state.beam_seqs
     row_of = {id(seq): row for row, seq in items}
@@ -43,7 +52,7 @@ def decide_beam_step(
             "logits this step; a beam step needs all of them (a recomputed beam group was "
             "split across chunked-prefill steps; use preemption='swap')")
     rows = torch.tensor([row_of[id(seq)] for seq in current], device=logits.device)
-    step = state.beam.step(logits[rows])
+    step = beam.step(logits[rows])
     state.beam_step = step
     return [seq.seq_id for seq in current] if step.done else []
 
@@ -53,7 +62,7 @@ def apply_beam_step(scheduler: Scheduler, held_blocks: Callable[[Hashable], int]
     """Re-form the running beams as decided: fork, free, append tokens. held_blocks(seq_id):
     the GPU blocks a sequence holds (what a fork of it shares)."""
     step, state.beam_step = state.beam_step, None
-    if step is None:
+    if step is None or state.beam is None:
         return
     if step.done:
         if not state.finished:  # beams forked from the prompt in this very step
@@ -77,7 +86,7 @@ def apply_beam_step(scheduler: Scheduler, held_blocks: Callable[[Hashable], int]
         for seq in unused:
             scheduler.free_seq(seq.seq_id)
     for seq, token in zip(beams, step.tokens, strict=True):
-        seq.token_ids.append(token)
+        _append(seq, token)
     state.beam_seqs = beams
 
 
@@ -103,13 +112,14 @@ def apply_samples(scheduler: Scheduler, state: RequestState) -> None:
         (token, logprob), sample.pending = sample.pending, None
         sample.tokens.append(token)
         sample.logprob += logprob
-        alive = sample.seq is not None and id(sample.seq) in live
-        if sample.seq is not None:
-            sample.seq.token_ids.append(token)
+        own = sample.seq
+        alive = own is not None and id(own) in live
+        if own is not None:
+            _append(own, token)
         if token in state.eos:
             sample.finish_reason = "stop"
-            if alive:
-                to_end.append(sample.seq)
+            if alive and own is not None:
+                to_end.append(own)
         elif not alive:  # the scheduler ended it at its length limit
             sample.finish_reason = "length"
     if to_end:

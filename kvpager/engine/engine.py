@@ -238,8 +238,7 @@ class LLMEngine:
         for rid in [rid for rid, s in self._requests.items() if s.finished]:
             finished.append(self._requests.pop(rid).output())
         self.stats.steps += 1
-        prefix = self.manager.prefix_cache if isinstance(self.manager, KVCacheManager) \
-            else None
+        prefix = self.manager.prefix_cache
         if prefix is not None:
             self.stats.prefix_hit_blocks = prefix.hit_blocks
             self.stats.prefix_queried_blocks = prefix.queried_blocks
@@ -286,6 +285,8 @@ class LLMEngine:
         """Decide next tokens without applying them: sampled tokens go to each sample's
         `pending`, beam decisions to `state.beam_step`."""
         choices = _Choices()
+        if logits is None:  # a step that computed no token (only moved memory)
+            return choices
         by_state: dict[int, list[tuple[int, SequenceState]]] = {}
         for row, seq in enumerate(seqs):
             state = self._requests[seq.group.request_id]

@@ -82,13 +82,14 @@ def build_step_inputs(
             logits_at.append(offset + chunk.count - 1)
             logit_seqs.append(seq)
     for i, seq in enumerate(out.decode_seqs):
-        known = len(seq.token_ids or ())
+        known_ids = seq.token_ids or []
+        known = len(known_ids)
         held = int(out.decode_seq_lens[i])
         if held != known:
             raise RuntimeError(f"decoding sequence {seq.seq_id!r} holds {held} slots but the "
                                f"engine knows {known} tokens")
         logits_at.append(len(ids))
-        ids.append(seq.token_ids[-1])
+        ids.append(known_ids[-1])
         positions.append(np.asarray([known - 1], dtype=np.int64))
         slots.append(out.decode_slots[i : i + 1].astype(np.int64))
         logit_seqs.append(seq)

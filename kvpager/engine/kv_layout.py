@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 from kvpager.core.groups import (
     FullAttentionSpec,
-    GroupSpec,
+    PagedSpec,
     SlidingWindowSpec,
+    StateSpec,
     groups_from_layers,
 )
 
@@ -44,7 +45,7 @@ class KVLayout:
     num_slots: K/V tensor pairs the cache needs (layers of the largest group).
     """
 
-    groups: tuple[GroupSpec, ...]
+    groups: tuple[PagedSpec, ...]
     layer_group: tuple[int, ...]
     layer_slot: tuple[int, ...]
     layer_window: tuple[int | None, ...]
@@ -67,9 +68,9 @@ class KVLayout:
             raise UnsupportedModelError(f"{architecture}: config.sliding_window must be a "
                                         f"positive int for sliding_attention layers, got "
                                         f"{sliding_window!r}")
-        groups = groups_from_layers(layer_types, len(layer_types), window=sliding_window,
-                                    num_kv_heads=num_kv_heads, head_size=head_size,
-                                    dtype_bytes=dtype_bytes)
+        groups = tuple(g for g in groups_from_layers(
+            layer_types, len(layer_types), window=sliding_window, num_kv_heads=num_kv_heads,
+            head_size=head_size, dtype_bytes=dtype_bytes) if not isinstance(g, StateSpec))
         kinds = [g.kind for g in groups]
         layer_group, layer_slot, counts = [], [], [0] * len(groups)
         for kind in layer_types:
