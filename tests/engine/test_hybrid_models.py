@@ -154,3 +154,18 @@ def test_half_precision_runs_with_float32_sinks():
     (out,) = engine.generate(make_prompts((13,), seed=5),
                              SamplingParams(max_tokens=8, ignore_eos=True))
     assert len(out.outputs[0].token_ids) == 8
+
+
+@pytest.mark.parametrize("mode, cpu_blocks", [("swap", 32), ("recompute", 0)])
+def test_preemption_keeps_outputs_exact(hybrid_model, mode, cpu_blocks):
+    """14 pages for four sequences that grow to 50 tokens: the scheduler preempts, swapping
+    every group's pages out and back (window groups with released entries), or freeing
+    them and recomputing the prompt plus what was generated."""
+    prompts = make_prompts((13, 30, 9, 20), seed=5)
+    want = reference(hybrid_model, prompts, MAX_NEW)
+    engine = make_engine(hybrid_model, num_gpu_blocks=14, num_cpu_blocks=cpu_blocks,
+                         preemption=mode)
+    outputs = engine.generate(prompts, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
+    assert tokens_of(outputs) == want
+    assert engine.stats.preemptions[mode] > 0
+    assert engine.manager.num_used_blocks() == 0
