@@ -108,10 +108,11 @@ class StepInputs:
 def gather_history(
     cache: KVCache, layer: int, blocks: torch.Tensor, num_tokens: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """K and V of positions `0 .. num_tokens - 1` through a block table, as `dtype`.
+    """K and V of the first `num_tokens` positions `blocks` hold, as `dtype`.
 
-    blocks: int64 `[n]` on the cache's device. Returns `[num_tokens, num_kv_heads,
-    head_size]` each, dequantised when the cache is FP8.
+    blocks: int64 `[n]` on the cache's device (a table, or the part of one from a window's
+    first block). Returns `[num_tokens, num_kv_heads, head_size]` each, dequantised when the
+    cache is FP8.
     """
     k_cache, v_cache = cache.key_caches[layer], cache.value_caches[layer]
     heads, size = cache.num_kv_heads, cache.head_size

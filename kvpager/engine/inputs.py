@@ -94,9 +94,6 @@ def build_step_inputs(
         slots.append(out.decode_slots[i : i + 1].astype(np.int64))
         logit_seqs.append(seq)
 
-    def tensor(values: list[int] | np.ndarray) -> torch.Tensor:
-        return _int64(values, device)
-
     rows = out.decode_rows
     if rows.size:
         tables = torch.from_numpy(out.decode_block_tables).to(device)
@@ -108,14 +105,14 @@ def build_step_inputs(
         seq_lens = torch.zeros(0, dtype=torch.int32, device=device)
         longest = 1
     batch = StepInputs(
-        input_ids=tensor(ids),
-        positions=tensor(np.concatenate(positions) if positions else []),
-        slot_mapping=tensor(np.concatenate(slots) if slots else []),
+        input_ids=_int64(ids, device),
+        positions=_int64(np.concatenate(positions) if positions else [], device),
+        slot_mapping=_int64(np.concatenate(slots) if slots else [], device),
         prefills=segments,
         decode_block_tables=tables,
         decode_seq_lens=seq_lens,
         decode_max_seq_len=longest,
-        logits_indices=tensor(logits_at),
+        logits_indices=_int64(logits_at, device),
         extra_groups=_extra_groups(out, segments, bs, group_specs, device),
     )
     return batch, logit_seqs
@@ -139,8 +136,7 @@ def _extra_groups(out: SchedulerOutput, segments: list[PrefillSegment], block_si
         tables = torch.from_numpy(out.decode_group_block_tables[g]).to(device) \
             if out.decode_rows.size else torch.zeros((0, 1), dtype=torch.int32, device=device)
         groups.append(GroupInputs(_int64(np.concatenate(slots) if slots else [], device),
-                                  prefills,
-                                  tables))
+                                  prefills, tables))
     return tuple(groups)
 
 
