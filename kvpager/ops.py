@@ -47,7 +47,8 @@ from kvpager.backends.layout import (
     v2_workspace,
     x_for,
 )
-from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
+from kvpager.backends.mla_checks import MLA_BLOCK_SIZES
+from kvpager.backends.op_args import CacheWriteArgs, MLADecodeArgs, PagedAttentionArgs
 from kvpager.backends.validation import (
     OpArgumentError,
     check_dtype,
@@ -231,6 +232,84 @@ def paged_attention(
     return out
 
 
+# ---- MLA (DeepSeek-V2/V3 latent attention) -----------------------------------------------
+def paged_mla_decode(
+    out: torch.Tensor, query: torch.Tensor, latent_cache: torch.Tensor,
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, kv_lora_rank: int,
+    scale: float, *, sliding_window: int | None = None, backend: str = "auto",
+    check_indices: bool = True,
+) -> None:
+    """Decode attention of one absorbed-form query per sequence over a paged latent cache.
+
+    MLA caches one latent row per token and no K/V pair; keys are the whole rows and values
+    their first kv_lora_rank elements, shared by every query head:
+        out[s, h] = sum_t softmax_t(scale * query[s, h] . latent[t]) * latent[t, :kv_lora_rank]
+
+    out: [num_seqs, num_heads, kv_lora_rank], query's dtype, contiguous.
+    query: [num_seqs, num_heads, L], L = kv_lora_rank + rope_dim (DeepSeek-V3: 512 + 64 =
+        576): the no-rope part already absorbed into the latent space (q_nope @ W_UK), then
+        the rope part; float32 / float16 / bfloat16, heads packed (the sequence stride is
+        free).
+    latent_cache: [num_blocks, block_size, L] of query's dtype (no FP8), block_size in
+        `MLA_BLOCK_SIZES` (8, 16, 32, 64); rows packed, the block stride free.
+    block_tables: int32 [num_seqs, max_blocks_per_seq]; seq_lens: int32 [num_seqs] (0 gives
+        a zero output). scale: the softmax scale (DeepSeek: 1 / sqrt(qk_nope + qk_rope head
+        dims), times the YaRN mscale^2 where the model uses it).
+    sliding_window: keyword-only, as in `paged_attention_v1` (blocks wholly before the
+        window are never read; their table entries may be padding).
+    Backends: reference and triton ("auto" picks what runs here; cuda has no MLA kernel and
+    says so). Unread slots never matter; NaN in what is read propagates.
+    """
+    if torch.compiler.is_compiling():
+        torch.ops.kvpager.paged_mla_decode(out, query, latent_cache, block_tables, seq_lens,
+                                           block_size, kv_lora_rank, scale,
+                                           sliding_window=sliding_window, backend=backend,
+                                           check_indices=check_indices)
+        return
+    dispatch.paged_mla_decode(
+        MLADecodeArgs(out, query, latent_cache, block_tables, seq_lens, block_size,
+                      kv_lora_rank, scale, sliding_window=sliding_window),
+        backend=backend, check_indices=check_indices)
+
+
+def concat_and_cache_mla(
+    kv_c: torch.Tensor, k_pe: torch.Tensor, latent_cache: torch.Tensor,
+    slot_mapping: torch.Tensor, kv_cache_dtype: str = "auto", scale: Scale = 1.0, *,
+    check_indices: bool = True,
+) -> None:
+    """Write new tokens' latent rows [kv_c | k_pe] into the paged latent cache (vLLM's name
+    and argument order).
+
+    kv_c: [num_tokens, kv_lora_rank]; k_pe: [num_tokens, rope_dim] (rows may be strided),
+    one dtype; latent_cache: [num_blocks, block_size, kv_lora_rank + rope_dim] of that dtype;
+    slot_mapping: int64 [num_tokens], slot = block * block_size + offset, negative = padding
+    (skipped), no slot twice. kv_cache_dtype must be "auto" (FP8 latent caches are refused
+    by name); scale is checked and unused. One implementation on every device (torch
+    indexing: a row scatter needs no kernel), so there is no `backend` argument.
+    """
+    if torch.compiler.is_compiling():
+        torch.ops.kvpager.concat_and_cache_mla(kv_c, k_pe, latent_cache, slot_mapping,
+                                               kv_cache_dtype, _scale_tensor(scale),
+                                               check_indices=check_indices)
+        return
+    dispatch.concat_and_cache_mla(kv_c, k_pe, latent_cache, slot_mapping, kv_cache_dtype,
+                                  scale, check_indices=check_indices)
+
+
+def allocate_latent_cache(
+    num_blocks: int, block_size: int, latent_dim: int, *, dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """A zeroed MLA latent cache [num_blocks, block_size, latent_dim] (latent_dim =
+    kv_lora_rank + rope_dim, 576 for DeepSeek-V3)."""
+    check_int("num_blocks", num_blocks, 1)
+    if block_size not in MLA_BLOCK_SIZES:
+        raise OpArgumentError("block_size", f"must be one of {MLA_BLOCK_SIZES}, got "
+                                            f"{block_size!r}")
+    check_int("latent_dim", latent_dim, 1)
+    return torch.zeros(num_blocks, block_size, latent_dim, dtype=dtype, device=device)
+
+
 # ---- cache ops ---------------------------------------------------------------------------
 def reshape_and_cache(
     key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
@@ -331,10 +410,13 @@ from kvpager.sparse import (  # noqa: E402
 __all__ = [
     "BLOCK_SIZES",
     "HEAD_SIZES",
+    "MLA_BLOCK_SIZES",
     "PARTITION_SIZE",
     "OpArgumentError",
     "allocate_kv_cache",
+    "allocate_latent_cache",
     "cache_dtype_for",
+    "concat_and_cache_mla",
     "convert_vertical_slash_indexes",
     "convert_vertical_slash_indexes_mergehead",
     "copy_blocks",
@@ -344,6 +426,7 @@ __all__ = [
     "paged_attention",
     "paged_attention_v1",
     "paged_attention_v2",
+    "paged_mla_decode",
     "reshape_and_cache",
     "swap_blocks",
     "top_k_per_row_decode",

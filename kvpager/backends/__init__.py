@@ -106,6 +106,7 @@ def resolve(
     block_size: int | None = None,
     dtype: torch.dtype | None = None,
     kv_cache_dtype: str = "auto",
+    mla: bool = False,
 ) -> Backend:
     """Pick the backend for one call.
 
@@ -114,6 +115,7 @@ def resolve(
     configuration. On a CPU device auto means the reference backend: the Triton interpreter is
     a correctness tool, hundreds of times slower than torch, and is used only when asked for by
     name. A named backend that cannot serve the call raises; it is never swapped for another.
+    `mla`: the call is `paged_mla_decode`, which only some backends implement.
     """
     if name is None or name == AUTO:
         name = default_name()
@@ -121,6 +123,8 @@ def resolve(
 
     def reason_for(backend: Backend) -> str | None:
         reason = backend.device_reason(device)
+        if reason is None and mla:
+            reason = backend.mla_reason()
         if reason is None and wants_config:
             reason = backend.capability_reason(
                 head_size=head_size, block_size=block_size, dtype=dtype,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch stays optional for the memory manager
     import torch
 
-    from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
+    from kvpager.backends.op_args import CacheWriteArgs, MLADecodeArgs, PagedAttentionArgs
 
 
 def common_capability_reason(
@@ -105,6 +105,17 @@ class Backend(abc.ABC):
         max_num_partitions]; tmp_out [num_seqs, num_heads, max_num_partitions, head_size],
         dtype of `out`. Other fields as in `paged_attention_v1`.
         """
+
+    # ---- MLA (DeepSeek latent attention) --------------------------------------------------
+    def mla_reason(self) -> str | None:
+        """Why this backend cannot run `paged_mla_decode`, or None when it can. Backends
+        that implement the op override this and `paged_mla_decode`."""
+        return f"the {self.name} backend has no MLA decode kernel"
+
+    def paged_mla_decode(self, args: MLADecodeArgs) -> None:
+        """Decode attention of absorbed-form queries over a paged latent cache, into
+        `args.out` [num_seqs, num_heads, kv_lora_rank] (see `reference.mla`)."""
+        raise NotImplementedError(self.mla_reason())
 
     # ---- cache ops ----------------------------------------------------------------------
     @abc.abstractmethod

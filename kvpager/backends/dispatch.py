@@ -28,7 +28,13 @@ from kvpager.backends.cache_checks import (
     check_swap_blocks,
     queue_reshape_and_cache_data_checks,
 )
-from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
+from kvpager.backends.mla_checks import (
+    check_concat_and_cache_mla,
+    queue_concat_and_cache_mla_data_checks,
+    queue_mla_decode_data_checks,
+)
+from kvpager.backends.op_args import CacheWriteArgs, MLADecodeArgs, PagedAttentionArgs
+from kvpager.backends.reference import mla as reference_mla
 from kvpager.backends.validation import (
     DataChecks,
     check_block_pairs,
@@ -70,6 +76,35 @@ def paged_attention_v2(
     impl = _attention_backend(args, backend, check_indices)
     if impl is not None:
         impl.paged_attention_v2(args)
+
+
+def paged_mla_decode(
+    args: MLADecodeArgs, *, backend: str = "auto", check_indices: bool = True
+) -> None:
+    check_real_device("query", args.device)
+    impl = registry.resolve(backend, args.device, mla=True)
+    if check_indices:
+        checks = DataChecks()
+        queue_mla_decode_data_checks(checks, args)
+        checks.verify()
+    if not args.is_empty:
+        impl.paged_mla_decode(args)
+
+
+def concat_and_cache_mla(
+    kv_c: Tensor, k_pe: Tensor, latent_cache: Tensor, slot_mapping: Tensor,
+    kv_cache_dtype: str = "auto", scale: object = 1.0, *, check_indices: bool = True,
+) -> None:
+    """One implementation on every device (the reference's torch indexing): a scatter of
+    rows, bound by memory bandwidth, needs no kernel of its own."""
+    check_concat_and_cache_mla(kv_c, k_pe, latent_cache, slot_mapping, kv_cache_dtype, scale)
+    check_real_device("kv_c", kv_c.device)
+    if check_indices:
+        checks = DataChecks()
+        queue_concat_and_cache_mla_data_checks(checks, slot_mapping, latent_cache)
+        checks.verify()
+    if kv_c.shape[0]:
+        reference_mla.concat_and_cache_mla(kv_c, k_pe, latent_cache, slot_mapping)
 
 
 def reshape_and_cache(
@@ -146,10 +181,12 @@ def merge_attn_states(
 
 
 __all__ = [
+    "concat_and_cache_mla",
     "copy_blocks",
     "merge_attn_states",
     "paged_attention_v1",
     "paged_attention_v2",
+    "paged_mla_decode",
     "reshape_and_cache",
     "swap_blocks",
 ]

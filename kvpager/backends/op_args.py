@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kvpager.backends import attention_checks, cache_checks
+from kvpager.backends import attention_checks, cache_checks, mla_checks
 
 if TYPE_CHECKING:
     import torch
@@ -203,4 +203,57 @@ class CacheWriteArgs:
         return self.num_tokens == 0 or self.key.numel() == 0
 
 
-__all__ = ["CacheWriteArgs", "PagedAttentionArgs", "V2Workspace"]
+@dataclass(frozen=True)
+class MLADecodeArgs:
+    """Every argument of one `paged_mla_decode` call (DeepSeek-V2/V3 latent attention).
+
+    out [S, H, kv_lora_rank]; query [S, H, L] in the absorbed form (L = kv_lora_rank +
+    rope_dim: the no-rope part already multiplied into the latent space, then the rope
+    part); latent_cache [blocks, block_size, L] of query's dtype; block_tables int32 [S,
+    max_blocks_per_seq]; seq_lens int32 [S]. Keys are whole latent rows, values their first
+    kv_lora_rank elements. sliding_window as in `PagedAttentionArgs` (keyword-only).
+    """
+
+    out: torch.Tensor
+    query: torch.Tensor
+    latent_cache: torch.Tensor
+    block_tables: torch.Tensor
+    seq_lens: torch.Tensor
+    block_size: int
+    kv_lora_rank: int
+    scale: float
+    sliding_window: int | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", mla_checks.check_mla_decode(self))
+
+    @property
+    def num_seqs(self) -> int:
+        return self.query.shape[0]
+
+    @property
+    def num_heads(self) -> int:
+        return self.query.shape[1]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.query.shape[2]
+
+    @property
+    def rope_dim(self) -> int:
+        return self.latent_dim - self.kv_lora_rank
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.query.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.query.device
+
+    @property
+    def is_empty(self) -> bool:
+        return self.num_seqs == 0 or self.num_heads == 0
+
+
+__all__ = ["CacheWriteArgs", "MLADecodeArgs", "PagedAttentionArgs", "V2Workspace"]

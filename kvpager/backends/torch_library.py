@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from kvpager.backends import cache_checks, dispatch
-from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
+from kvpager.backends import cache_checks, dispatch, mla_checks
+from kvpager.backends.op_args import CacheWriteArgs, MLADecodeArgs, PagedAttentionArgs
 
 NAMESPACE = "kvpager"
 
@@ -56,6 +56,15 @@ SCHEMAS: dict[str, str] = {
         "(Tensor src, Tensor(a!) dst, Tensor block_mapping, "
         "*, str backend='auto', bool check_indices=True) -> ()"
     ),
+    "paged_mla_decode": (
+        "(Tensor(a!) out, Tensor query, Tensor latent_cache, Tensor block_tables, "
+        "Tensor seq_lens, int block_size, int kv_lora_rank, float scale, "
+        "*, int? sliding_window=None, str backend='auto', bool check_indices=True) -> ()"
+    ),
+    "concat_and_cache_mla": (
+        "(Tensor kv_c, Tensor k_pe, Tensor(a!) latent_cache, Tensor slot_mapping, "
+        "str kv_cache_dtype, Tensor scale, *, bool check_indices=True) -> ()"
+    ),
     "merge_attn_states": (
         "(Tensor(a!) output, Tensor prefix_output, Tensor prefix_lse, Tensor suffix_output, "
         "Tensor suffix_lse, Tensor(b!)? output_lse=None, *, str backend='auto') -> ()"
@@ -82,6 +91,12 @@ def real_paged_attention_v2(*vllm_args: Any, sliding_window: int | None = None,
                                 backend=backend, check_indices=check_indices)
 
 
+def real_paged_mla_decode(*args: Any, sliding_window: int | None = None,
+                          backend: str = "auto", check_indices: bool = True) -> None:
+    dispatch.paged_mla_decode(MLADecodeArgs(*args, sliding_window=sliding_window),
+                              backend=backend, check_indices=check_indices)
+
+
 def real_reshape_and_cache(*vllm_args: Any, backend: str = "auto",
                            check_indices: bool = True) -> None:
     dispatch.reshape_and_cache(CacheWriteArgs(*vllm_args), backend=backend,
@@ -102,6 +117,15 @@ def fake_paged_attention_v2(*vllm_args: Any, sliding_window: int | None = None,
                             sinks: torch.Tensor | None = None, backend: str = "auto",
                             check_indices: bool = True) -> None:
     PagedAttentionArgs.v2(*vllm_args, sliding_window=sliding_window, sinks=sinks)
+
+
+def fake_paged_mla_decode(*args: Any, sliding_window: int | None = None,
+                          backend: str = "auto", check_indices: bool = True) -> None:
+    MLADecodeArgs(*args, sliding_window=sliding_window)
+
+
+def fake_concat_and_cache_mla(*args: Any, check_indices: bool = True) -> None:
+    mla_checks.check_concat_and_cache_mla(*args)
 
 
 def fake_reshape_and_cache(*vllm_args: Any, backend: str = "auto",

@@ -96,6 +96,33 @@ def full_matrix() -> list[AttentionCase]:
     return cases
 
 
+#: Sliding windows of the window matrix: inside one block, not a block multiple, and longer
+#: than a v2 partition (so partitions straddle the window's start).
+WINDOWS = (5, 40, 600)
+
+
+def window_sink_matrix() -> list[AttentionCase]:
+    """Cases with a sliding window and / or attention sinks (kvpager's keyword-only
+    extensions): every window with and without sinks, plus sinks alone, rotated over the
+    head layouts, head sizes, block sizes, dtypes, ALiBi, KV formats and a block-sparse
+    pattern, so each value of each dimension meets the window and the sinks."""
+    cases: list[AttentionCase] = []
+    variants = [(w, sinks) for w in WINDOWS for sinks in (False, True)] + [(None, True)]
+    for index in range(4 * len(variants)):
+        window, sinks = variants[index % len(variants)]
+        kv = KV_CACHE_DTYPES[index % 3]
+        head_size = (64, 128, 80, 256, 32, 96)[index % 6]
+        if not _fp8_fits(kv, head_size):
+            head_size = 128
+        sparse = SPARSE_CONFIGS[index % len(SPARSE_CONFIGS)] if index % 5 == 4 else None
+        cases.append(AttentionCase(HEADS[index % len(HEADS)], head_size,
+                                   BLOCK_SIZES[index % 3], DTYPES[(index // 3) % 3],
+                                   bool(index % 2), kv, sparse, seed=20_000 + index,
+                                   scale_as_tensor=bool(index % 4 == 3), window=window,
+                                   sinks=sinks))
+    return cases
+
+
 def case_values(case: AttentionCase) -> frozenset[tuple[str, object]]:
     """The (dimension, value) pairs a case covers. Block-sparsity counts as dense or not
     plus each of its four fields (not as one 24-valued dimension)."""
@@ -363,6 +390,22 @@ def assert_partitions_close(
                                atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(tmp_out.cpu()[keep].float(), want_tmp.cpu()[keep].float(),
                                atol=atol, rtol=rtol)
+
+
+def check_window_sinks_against_reference(
+    case: AttentionCase, backend: str, device: torch.device | str = "cuda", *,
+    long_len: tuple[int, int] = (1025, 2100),
+) -> None:
+    """Like `check_backend_against_reference`, for a case with a window and / or sinks: the
+    reference runs on clean inputs, `backend` on inputs whose blocks before each window hold
+    NaN behind -1 table entries (`poison_outside_window`): the outputs must be finite and
+    agree."""
+    inputs = make_inputs(case, device, long_len=long_len)
+    want = reference_outputs(inputs)
+    if case.window is not None:
+        inputs = poison_outside_window(inputs)
+    assert torch.isfinite(run_v1(inputs, backend)).all(), "v1 read outside the window"
+    assert_matches_reference(inputs, want, backend)
 
 
 def reference_outputs(inputs: AttentionInputs) -> tuple[torch.Tensor, tuple]:

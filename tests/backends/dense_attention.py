@@ -139,3 +139,26 @@ def dense_attention(inp: AttentionInputs) -> DenseResult:
                 part_sum[s, h, p] = weights.sum()
                 part_out[s, h, p] = (weights / weights.sum()) @ vals[part]
     return DenseResult(out, part_max, part_sum, part_out)
+
+
+def dense_mla(inp) -> torch.Tensor:
+    """float64 [S, H, kv_lora_rank]: MLA decode by its definition, one sequence and head at a
+    time (`kvpager.verify.mla_matrix.MLAInputs`): token t's latent row sits at
+    latent_cache[block_tables[s, t // bs], t % bs]; keys are whole rows, values their first
+    kv_lora_rank elements; with a window only tokens t >= seq_len - W are looked up."""
+    cache = inp.latent_cache.cpu()
+    table = inp.block_tables.cpu()
+    bs, rank = inp.case.block_size, inp.case.kv_lora_rank
+    num_seqs, num_heads, _ = inp.query.shape
+    out = torch.zeros(num_seqs, num_heads, rank, dtype=torch.float64)
+    for s in range(num_seqs):
+        length = int(inp.seq_lens[s])
+        tokens = range(inp.window_start(s), length)
+        if not tokens:
+            continue
+        rows = torch.stack([cache[int(table[s, t // bs]), t % bs] for t in tokens]).double()
+        for h in range(num_heads):
+            q = inp.query[s, h].cpu().double()
+            weights = torch.softmax(inp.scale * (rows @ q), 0)
+            out[s, h] = weights @ rows[:, :rank]
+    return out

@@ -58,13 +58,14 @@ def attention(arch, dtype, kv, heads, kv_heads, head, bs, partitioned, ptrs):
     cache = "*u8" if kv else t
     sig = dict(out_ptr=t, exp_sums_ptr="*fp32", max_logits_ptr="*fp32", tmp_out_ptr=t,
                q_ptr=t, k_cache_ptr=cache, v_cache_ptr=cache, block_tables_ptr="*i32",
-               seq_lens_ptr="*i32", alibi_ptr="*fp32",
+               seq_lens_ptr="*i32", alibi_ptr="*fp32", sinks_ptr="*fp32",
                k_scale="*fp32" if ptrs else "fp32", v_scale="*fp32" if ptrs else "fp32",
                qk_factor="fp32", v_factor="fp32", q_seq_stride="i32", k_block_stride="i32",
                v_block_stride="i32", table_stride="i32", max_partitions="i32",
                num_kv_heads="i32", group="i32", per_program="i32", has_alibi="i32",
                tp_rank="i32",
-               sparse_local="i32", sparse_vert="i32", sparse_block="i32", sparse_step="i32")
+               sparse_local="i32", sparse_vert="i32", sparse_block="i32", sparse_step="i32",
+               window="i32", has_sinks="i32")
     const = dict(HEAD_SIZE=head, HEAD_PAD=cfg.head_pad, BLOCK_SIZE=bs, X=16 if kv else X[dtype],
                  GROUP_PAD=cfg.group_pad, TILE=cfg.tile, PARTITION_SIZE=512,
                  PARTITIONED=partitioned, KV_FP8=kv, K_SCALE_PTR=ptrs, V_SCALE_PTR=ptrs,
@@ -111,8 +112,8 @@ for arch in arch_list:
         for chunk in (1, 32):
             build(ak.reduce_partitions_kernel,
                   dict(out_ptr=PTR[dtype], exp_sums_ptr="*fp32", max_logits_ptr="*fp32",
-                       tmp_out_ptr=PTR[dtype], seq_lens_ptr="*i32", num_heads="i32",
-                       max_partitions="i32"),
+                       tmp_out_ptr=PTR[dtype], seq_lens_ptr="*i32", sinks_ptr="*fp32",
+                       num_heads="i32", max_partitions="i32", window="i32", has_sinks="i32"),
                   dict(HEAD_SIZE=80, HEAD_PAD=128, PARTITION_SIZE=512, CHUNK=chunk), arch, 4)
     for dtype, kv, ptrs in (("float16", 0, False), ("bfloat16", 1, True), ("float32", 2, False)):
         cache = "*u8" if kv else PTR[dtype]

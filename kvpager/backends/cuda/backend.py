@@ -138,10 +138,6 @@ class CudaBackend(Backend):
         """The binding's arguments after out (v1) or the workspace (v2): vLLM's order, each
         scale split into (device tensor or None, host value). The one place the argument
         object is unpacked for the C++ signature (csrc/binding_attention.cpp)."""
-        if args.sliding_window is not None or args.sinks is not None:  # TODO(issue 19)
-            from kvpager.backends import BackendUnavailableError
-            raise BackendUnavailableError("sliding_window / sinks are not implemented by "
-                                          "this backend yet; use backend='reference'")
         return (
             args.query, args.key_cache, args.value_cache, int(args.num_kv_heads), args.scale,
             args.block_tables, args.seq_lens, int(args.block_size), int(args.max_seq_len),
@@ -149,6 +145,7 @@ class CudaBackend(Backend):
             *_split_scale(args.v_scale), int(args.tp_rank), int(args.blocksparse_local_blocks),
             int(args.blocksparse_vert_stride), int(args.blocksparse_block_size),
             int(args.blocksparse_head_sliding_step),
+            0 if args.sliding_window is None else int(args.sliding_window), args.sinks,
         )
 
     def paged_attention_v1(self, args: PagedAttentionArgs) -> None:

@@ -3,7 +3,8 @@
 It runs wherever torch runs (CPU or GPU), computes attention in float32, and favours plain,
 readable tensor code over speed; vectorized over sequences so that the CPU engine and data
 tests can use it for real work. Its modules: `attention` (v1, v2 and the v2 reduce),
-`cache_ops` (reshape_and_cache, copy_blocks, swap_blocks), `merge` (merge_attn_states).
+`cache_ops` (reshape_and_cache, copy_blocks, swap_blocks), `merge` (merge_attn_states),
+`mla` (paged MLA decode and its latent-cache write).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from kvpager.backends.base import Backend, common_capability_reason
-from kvpager.backends.reference import attention, cache_ops, merge
+from kvpager.backends.reference import attention, cache_ops, merge, mla
 
 if TYPE_CHECKING:
-    from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
+    from kvpager.backends.op_args import CacheWriteArgs, MLADecodeArgs, PagedAttentionArgs
 
 
 class ReferenceBackend(Backend):
@@ -40,6 +41,12 @@ class ReferenceBackend(Backend):
 
     def paged_attention_v2(self, args: PagedAttentionArgs) -> None:
         attention.paged_attention_v2(args)
+
+    def mla_reason(self) -> str | None:
+        return None
+
+    def paged_mla_decode(self, args: MLADecodeArgs) -> None:
+        mla.paged_mla_decode(args)
 
     def reshape_and_cache(self, args: CacheWriteArgs) -> None:
         cache_ops.reshape_and_cache(args)

@@ -50,7 +50,7 @@ Semantics (the contract other backends meet):
 Host syncs: grouping reads seq_lens back to the host (one sync per call on a GPU); nothing
 else waits for the device.
 
-Sequences are processed in groups of similar length (see `_length_groups`), so the work
+Sequences are processed in groups of similar length (see `length_groups`), so the work
 follows the real tokens, not `max_seq_len`, and the gathered float32 keys and values of a
 group stay within about 256 MiB whatever the batch.
 """
@@ -112,7 +112,7 @@ class BlockSparse:
         return remote[None, :, :] | local[:, None, :]
 
 
-def _length_groups(
+def length_groups(
     seq_lens: torch.Tensor, bytes_per_token: int
 ) -> Iterator[tuple[torch.Tensor, int]]:
     """(row indices, longest length) of groups of sequences that are computed together.
@@ -292,14 +292,14 @@ def _read_groups(
     args: PagedAttentionArgs,
 ) -> Iterator[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(rows, longest, lens, values, logits, attended) for each group of sequences that read
-    at least one token (see `_length_groups`); sequences of length 0 are left out.
+    at least one token (see `length_groups`); sequences of length 0 are left out.
 
     values: float32 [n, K, T, D]; logits, attended as `attention_logits` gives them.
     """
     sparse = BlockSparse.from_args(args)
     seq_lens, block_tables = args.seq_lens, args.block_tables
     per_token = _bytes_per_token(args.num_heads, args.num_kv_heads, args.head_size)
-    for rows, longest in _length_groups(seq_lens, per_token):
+    for rows, longest in length_groups(seq_lens, per_token):
         if longest == 0:
             continue
         lens = seq_lens[rows]
@@ -415,6 +415,7 @@ __all__ = [
     "BlockSparse",
     "attention_logits",
     "gather_kv",
+    "length_groups",
     "paged_attention_v1",
     "paged_attention_v2",
     "reduce_partitions",

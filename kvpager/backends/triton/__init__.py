@@ -8,7 +8,7 @@ Importing this package imports neither torch nor triton: the registry asks
 Modules: `attention_kernels` / `attention` (v1, v2 and v2's reduce), `cache_ops`
 (reshape_and_cache; copy_blocks and swap_blocks are served by the reference's torch code, as
 their docstrings say), `merge` (merge_attn_states), `fp8_codec` (FP8 bytes in kernels),
-`runtime` (interpreter or GPU, scale arguments).
+`runtime` (interpreter or GPU, scale arguments), `mla_kernels` / `mla` (paged MLA decode).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from kvpager.backends.triton import runtime
 if TYPE_CHECKING:
     import torch
 
-    from kvpager.backends.op_args import CacheWriteArgs, PagedAttentionArgs
+    from kvpager.backends.op_args import CacheWriteArgs, MLADecodeArgs, PagedAttentionArgs
 
 
-_KERNEL_MODULES = ("attention", "cache_ops", "merge")
+_KERNEL_MODULES = ("attention", "cache_ops", "merge", "mla")
 
 
 def _kernels(name: str) -> ModuleType:
@@ -80,6 +80,13 @@ class TritonBackend(Backend):
 
     def paged_attention_v2(self, args: PagedAttentionArgs) -> None:
         _kernels("attention").paged_attention_v2(args)
+
+    # ---- MLA ----------------------------------------------------------------------------
+    def mla_reason(self) -> str | None:
+        return None
+
+    def paged_mla_decode(self, args: MLADecodeArgs) -> None:
+        _kernels("mla").paged_mla_decode(args)
 
     # ---- cache ops ----------------------------------------------------------------------
     def reshape_and_cache(self, args: CacheWriteArgs) -> None:

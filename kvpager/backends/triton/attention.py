@@ -125,10 +125,6 @@ def attention_config(
 
 def _launch_attention(args: PagedAttentionArgs, workspace: V2Workspace | None) -> None:
     """v1 (no workspace) or v2's partition programs plus the reduce, for one checked call."""
-    if args.sliding_window is not None or args.sinks is not None:  # TODO(issue 19)
-        from kvpager.backends import BackendUnavailableError
-        raise BackendUnavailableError("sliding_window / sinks are not implemented by the "
-                                      "triton backend yet; use backend='reference'")
     out, query, key_cache, value_cache = args.out, args.query, args.key_cache, args.value_cache
     block_tables, seq_lens, alibi_slopes = args.block_tables, args.seq_lens, args.alibi_slopes
     num_seqs, num_heads, head_size = query.shape
@@ -156,14 +152,16 @@ def _launch_attention(args: PagedAttentionArgs, workspace: V2Workspace | None) -
     tmp_out = out if workspace is None else workspace.tmp_out
     # A float32 placeholder (never read) keeps one pointer type with and without ALiBi.
     alibi = seq_lens.view(torch.float32) if alibi_slopes is None else alibi_slopes
+    sinks = seq_lens.view(torch.float32) if args.sinks is None else args.sinks
+    window = 0 if args.sliding_window is None else args.sliding_window
     paged_attention_kernel[(num_seqs, num_heads // per_program, parts)](
         out, exp_sums, max_logits, tmp_out,
-        query, key_cache, value_cache, block_tables, seq_lens, alibi,
+        query, key_cache, value_cache, block_tables, seq_lens, alibi, sinks,
         k_arg, v_arg, args.scale * factor, factor,
         query.stride(0), key_cache.stride(0), value_cache.stride(0), block_tables.stride(0),
         parts, num_kv_heads, group, per_program, int(alibi_slopes is not None), args.tp_rank,
         args.blocksparse_local_blocks, args.blocksparse_vert_stride if sparse else 1,
-        args.blocksparse_block_size, sliding_step,
+        args.blocksparse_block_size, sliding_step, window, int(args.sinks is not None),
         HEAD_SIZE=head_size, HEAD_PAD=cfg.head_pad, BLOCK_SIZE=block_size,
         X=key_cache.shape[4], GROUP_PAD=cfg.group_pad, TILE=cfg.tile,
         PARTITION_SIZE=PARTITION_SIZE, PARTITIONED=partitioned, KV_FP8=fmt,
@@ -173,7 +171,8 @@ def _launch_attention(args: PagedAttentionArgs, workspace: V2Workspace | None) -
     )
     if partitioned:
         reduce_partitions_kernel[(num_seqs, num_heads)](
-            out, exp_sums, max_logits, tmp_out, seq_lens, num_heads, parts,
+            out, exp_sums, max_logits, tmp_out, seq_lens, sinks, num_heads, parts, window,
+            int(args.sinks is not None),
             HEAD_SIZE=head_size, HEAD_PAD=cfg.head_pad, PARTITION_SIZE=PARTITION_SIZE,
             CHUNK=min(REDUCE_CHUNK, runtime.next_power_of_2(parts)), num_warps=4,
         )

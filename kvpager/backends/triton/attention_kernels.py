@@ -56,14 +56,15 @@ import triton.language as tl
 
 
 @triton.jit(do_not_specialize=["group", "per_program", "has_alibi", "num_kv_heads", "tp_rank",
-                                "sparse_local", "sparse_vert", "sparse_block", "sparse_step"])
+                                "sparse_local", "sparse_vert", "sparse_block", "sparse_step",
+                                "window", "has_sinks"])
 def paged_attention_kernel(
     out_ptr, exp_sums_ptr, max_logits_ptr, tmp_out_ptr,
-    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, alibi_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, alibi_ptr, sinks_ptr,
     k_scale, v_scale, qk_factor, v_factor,
     q_seq_stride, k_block_stride, v_block_stride, table_stride, max_partitions,
     num_kv_heads, group, per_program, has_alibi, tp_rank, sparse_local, sparse_vert,
-    sparse_block, sparse_step,
+    sparse_block, sparse_step, window, has_sinks,
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     X: tl.constexpr, GROUP_PAD: tl.constexpr, TILE: tl.constexpr,
     PARTITION_SIZE: tl.constexpr, PARTITIONED: tl.constexpr, KV_FP8: tl.constexpr,
@@ -85,22 +86,32 @@ def paged_attention_kernel(
     one float32 when K_SCALE_PTR / V_SCALE_PTR).
 
     The group size (query heads per kv head), ALiBi (has_alibi != 0; alibi_ptr is then
-    float32 [num_heads]) and block sparsity (sparse_vert > 1) are run-time values, not
-    compile-time ones: they change no tile shape, and compiling a variant for each would
-    multiply the kernels a deployment (or the GPU test matrix) compiles by twelve.
+    float32 [num_heads]), block sparsity (sparse_vert > 1), the sliding window (window > 0:
+    tokens seq_len - window .. seq_len - 1) and sinks (has_sinks != 0; sinks_ptr float32
+    [num_heads], added to v1's denominator here and to v2's in the reduce) are run-time
+    values, not compile-time ones: they change no tile shape, and compiling a variant for
+    each would multiply the kernels a deployment (or the GPU test matrix) compiles.
+
+    The window moves the first tile to the block holding the window's first token, so
+    blocks wholly before the window are never loaded (their table entries are not read
+    either); a v2 partition wholly before it returns at once, like one past seq_len.
     """
     seq = tl.program_id(0)
     first_head = tl.program_id(1) * per_program
     kv_head = first_head // group
     seq_len = tl.load(seq_lens_ptr + seq)
+    # The window's first token (0 without a window) and the start of its block.
+    first_token = tl.where(window > 0, tl.maximum(seq_len - window, 0), 0)
+    first_block_start = (first_token // BLOCK_SIZE) * BLOCK_SIZE
     if PARTITIONED:
         part = tl.program_id(2)
         start = part * PARTITION_SIZE
-        if start >= seq_len:
+        if (start >= seq_len) | (start + PARTITION_SIZE <= first_token):
             return
         end = tl.minimum(start + PARTITION_SIZE, seq_len)
+        start = tl.maximum(start, first_block_start)
     else:
-        start = 0
+        start = first_block_start
         end = seq_len
 
     rows = tl.arange(0, GROUP_PAD)
@@ -139,7 +150,7 @@ def paged_attention_kernel(
     # lo..hi (a sparse block is whole cache blocks), so they attend something iff hi is
     # local or some k in lo..hi has (k + offset) % vert == 0 (offset >= 1). A scalar computed
     # before the loop, not carried through it, which would cost registers there.
-    attends_any = end > start
+    attends_any = end > tl.maximum(start, first_token)
     if sparse_vert > 1:
         lo = (start // BLOCK_SIZE) * BLOCK_SIZE // sparse_block
         hi = ((end - 1) // BLOCK_SIZE) * BLOCK_SIZE // sparse_block
@@ -150,7 +161,7 @@ def paged_attention_kernel(
     acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
     for tile_start in tl.range(start, end, TILE, num_stages=NUM_STAGES):
         tokens = tile_start + tl.arange(0, TILE)
-        token_ok = tokens < end
+        token_ok = (tokens < end) & (tokens >= first_token)
         block_idx = tokens // BLOCK_SIZE
         in_block = tokens % BLOCK_SIZE
         physical = tl.load(table_row + block_idx, mask=token_ok, other=0).to(tl.int64)
@@ -212,6 +223,16 @@ def paged_attention_kernel(
     # division is IEEE: the max ignores NaN logits, but their exp(NaN) makes l_i and acc NaN;
     # a +inf logit gives exp(inf - inf) = NaN; and attended logits that are all -inf leave
     # l_i = 0, which is stored as NaN (the softmax is 0 / 0), as the reference does.
+    if not PARTITIONED:
+        # Sinks join v1's one softmax here (v2's in the reduce): one more logit per head,
+        # with no value. Without sinks the load is masked off: sink -inf changes nothing.
+        sink = tl.load(sinks_ptr + heads, mask=rows < per_program * has_sinks,
+                       other=float("-inf"))
+        m_sink = tl.maximum(m_i, sink)
+        m_sink = tl.where(m_sink == float("-inf"), 0.0, m_sink)
+        alpha = tl.exp(m_i - m_sink)
+        l_i = l_i * alpha + tl.exp(sink - m_sink)
+        acc = acc * alpha[:, None]
     seen = row_ok & attends_any
     l_i = tl.where(seen & (l_i == 0.0), float("nan"), l_i)
     result = tl.where(seen[:, None], acc / tl.where(seen, l_i, 1.0)[:, None], 0.0)
@@ -229,10 +250,10 @@ def paged_attention_kernel(
                  result.to(out_ptr.dtype.element_ty), mask=store_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["window", "has_sinks"])
 def reduce_partitions_kernel(
-    out_ptr, exp_sums_ptr, max_logits_ptr, tmp_out_ptr, seq_lens_ptr, num_heads,
-    max_partitions,
+    out_ptr, exp_sums_ptr, max_logits_ptr, tmp_out_ptr, seq_lens_ptr, sinks_ptr, num_heads,
+    max_partitions, window, has_sinks,
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, PARTITION_SIZE: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
@@ -244,29 +265,34 @@ def reduce_partitions_kernel(
     chunks of CHUNK: two passes, one for the global max, one for the weighted sum. NaN in a
     used partition's sum or output reaches `out` (0 * NaN included), as in the reference;
     the output is 0 only when no partition attended anything (all weights exactly 0).
+    With a window (window > 0) the partitions wholly before it are skipped (never written);
+    with sinks (has_sinks != 0) the head's sink joins the max and the denominator once.
     """
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)
     used = (seq_len + PARTITION_SIZE - 1) // PARTITION_SIZE
+    first_part = tl.where(window > 0, tl.maximum(seq_len - window, 0), 0) // PARTITION_SIZE
     row = seq.to(tl.int64) * num_heads + head
     base = row * max_partitions
     chunk = tl.arange(0, CHUNK)
 
     top = tl.full([CHUNK], float("-inf"), tl.float32)
-    for first in range(0, used, CHUNK):
-        parts = first + chunk
+    for begin in range(first_part, used, CHUNK):
+        parts = begin + chunk
         top = tl.maximum(top, tl.load(max_logits_ptr + base + parts, mask=parts < used,
                                       other=float("-inf")))
-    global_max = tl.max(top, axis=0)
+    # [CHUNK]: the sink in lane 0 (has_sinks is 0 or 1), -inf elsewhere
+    sink = tl.load(sinks_ptr + head + chunk * 0, mask=chunk < has_sinks, other=float("-inf"))
+    global_max = tl.max(tl.maximum(top, sink), axis=0)
     global_max = tl.where(global_max == float("-inf"), 0.0, global_max)
 
     dims = tl.arange(0, HEAD_PAD)
     dim_ok = dims < HEAD_SIZE
-    total = tl.zeros([CHUNK], tl.float32)
+    total = tl.exp(sink - global_max)  # 0 in every lane without a sink
     acc = tl.zeros([HEAD_PAD], tl.float32)
-    for first in range(0, used, CHUNK):
-        parts = first + chunk
+    for begin in range(first_part, used, CHUNK):
+        parts = begin + chunk
         ok = parts < used
         sums = tl.load(exp_sums_ptr + base + parts, mask=ok, other=0.0)
         maxes = tl.load(max_logits_ptr + base + parts, mask=ok, other=float("-inf"))

@@ -54,7 +54,8 @@ constexpr int kReduceWarps = kReduceThreads / kWarpSize;
 
 // v2 reduce, one CTA per (head, sequence): out = sum_i w_i * tmp_out_i / sum_i w_i with
 // w_i = exp_sum_i * exp(max_logit_i - global_max). Only the partitions that hold tokens of this
-// sequence are read; the others were never written.
+// sequence's window are read; the others were never written. A sink joins the global max and
+// the denominator once, here.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kReduceThreads)
     paged_attention_reduce_kernel(const PagedAttentionArgs a, int launched_partitions) {
@@ -64,17 +65,22 @@ __global__ void __launch_bounds__(kReduceThreads)
   const int seq_len = a.seq_lens[seq];
   const int num_parts =
       min((seq_len + a.partition_size - 1) / a.partition_size, launched_partitions);
+  const int first_part =
+      a.sliding_window > 0 ? max(seq_len - a.sliding_window, 0) / a.partition_size : 0;
+  const bool has_sink = a.sinks != nullptr;
   scalar_t* out = static_cast<scalar_t*>(a.out) + static_cast<int64_t>(seq) * a.out_seq_stride +
                   static_cast<int64_t>(head) * a.out_head_stride;
   const int64_t row = (static_cast<int64_t>(seq) * a.num_heads + head) * a.max_num_partitions;
   const scalar_t* tmp = static_cast<const scalar_t*>(a.tmp_out) + row * a.head_size;
 
-  if (num_parts <= 0) {
+  if (num_parts <= first_part) {
     for (int d = tid; d < a.head_size; d += kReduceThreads) out[d] = from_float<scalar_t>(0.f);
     return;
   }
-  if (num_parts == 1) {  // nothing to rescale: copy, bit-exact with the single partition
-    for (int d = tid; d < a.head_size; d += kReduceThreads) out[d] = tmp[d];
+  if (num_parts == first_part + 1 && !has_sink) {
+    // nothing to rescale: copy, bit-exact with the single partition
+    const scalar_t* only = tmp + static_cast<int64_t>(first_part) * a.head_size;
+    for (int d = tid; d < a.head_size; d += kReduceThreads) out[d] = only[d];
     return;
   }
 
@@ -85,12 +91,14 @@ __global__ void __launch_bounds__(kReduceThreads)
   const float* exp_sums = a.exp_sums + row;
 
   float m = -INFINITY;
-  for (int i = tid; i < num_parts; i += kReduceThreads) m = fmaxf(m, max_logits[i]);
+  for (int i = first_part + tid; i < num_parts; i += kReduceThreads) m = fmaxf(m, max_logits[i]);
   m = block_max<kReduceWarps>(m, red_max);
+  const float sink = has_sink ? a.sinks[head] : -INFINITY;
+  if (sink > m) m = sink;
   float total = 0.f;
   // Shift by 0 when every max is -inf, so that exp(-inf - shift) = 0, not NaN.
   const float shift = m == -INFINITY ? 0.f : m;
-  for (int i = tid; i < num_parts; i += kReduceThreads) {
+  for (int i = first_part + tid; i < num_parts; i += kReduceThreads) {
     // A partition with no attended token has max_logit -inf and exp_sum 0: weight 0 * 0. A
     // NaN exp_sum (NaN in the partition's logits) gives a NaN weight: NaN reaches `out`.
     const float w = exp_sums[i] * __expf(max_logits[i] - shift);
@@ -98,10 +106,11 @@ __global__ void __launch_bounds__(kReduceThreads)
     total += w;
   }
   total = block_sum<kReduceWarps>(total, red_sum);  // also publishes `weights`
+  if (has_sink) total += __expf(sink - shift);
   const float inv_total = __fdividef(1.f, total + 1e-6f);
   for (int d = tid; d < a.head_size; d += kReduceThreads) {
     float acc = 0.f;
-    for (int i = 0; i < num_parts; ++i) {
+    for (int i = first_part; i < num_parts; ++i) {
       acc = fmaf(weights[i], to_float(tmp[static_cast<int64_t>(i) * a.head_size + d]), acc);
     }
     out[d] = from_float<scalar_t>(acc * inv_total);

@@ -13,7 +13,10 @@
 //     hold that block's probabilities in registers. Partial rows are summed across the lanes
 //     that share a row (shuffles) and then across warps (shared memory).
 // Skipped blocks (block-sparse) load neither K nor V nor the block table entry; slots past
-// seq_len get logit -inf and their values are selected away (never 0 * a stale NaN). NaN and
+// seq_len get logit -inf and their values are selected away (never 0 * a stale NaN). With a
+// sliding window the CTA starts at the block of the window's first token: blocks wholly before
+// it are never visited, and the slots before that token in its block are masked like slots
+// past seq_len. Sinks (v1) join the block-wide max and sum once; v2's reduce adds them. NaN and
 // inf in what the head reads propagate as in the reference: NaN, never a silent 0.
 //
 // v1 (partition_size == 0) covers the whole sequence in one CTA and writes `out`; v2 covers
@@ -77,17 +80,23 @@ __global__ void __launch_bounds__(kAttnThreads, 4)
   const int start_token = part * cap_tokens;
   const int64_t out_row = static_cast<int64_t>(seq) * a.out_seq_stride +
                           static_cast<int64_t>(head) * a.out_head_stride;
-  if (start_token >= seq_len) {
+  // First token of the sliding window (0 without one).
+  const int first_token = a.sliding_window > 0 ? max(seq_len - a.sliding_window, 0) : 0;
+  if (start_token >= seq_len || (partitioned && start_token + cap_tokens <= first_token)) {
     if (!partitioned) {  // v1 with an empty sequence: attention over nothing is zero
       scalar_t* out = static_cast<scalar_t*>(a.out) + out_row;
       for (int d = tid; d < HEAD; d += kAttnThreads) out[d] = from_float<scalar_t>(0.f);
     }
-    return;  // v2: the reduce only reads partitions that hold tokens
+    return;  // v2: the reduce only reads partitions that hold tokens of the window
   }
   const int num_seq_blocks = (seq_len + BS - 1) / BS;
-  const int start_block = start_token / BS;
+  const int start_block = start_token / BS;  // logits[i] is token start_token + i
   const int end_block = min(start_block + cap_tokens / BS, num_seq_blocks);
   const int num_tokens = (end_block - start_block) * BS;  // whole blocks, padding included
+  // Blocks before first_block are wholly before the window: never visited (their logits are
+  // never written nor read).
+  const int first_block = max(start_block, first_token / BS);
+  const int first_local = (first_block - start_block) * BS;
   const int kv_head = head / (a.num_heads / a.num_kv_heads);
 
   extern __shared__ float smem[];
@@ -145,7 +154,7 @@ __global__ void __launch_bounds__(kAttnThreads, 4)
                                static_cast<int64_t>(kv_head) * a.k_head_stride + group * X;
   float qk_max = -INFINITY;
   bool read_any = false;  // this thread computed the logit of a token the head attends
-  for (int b = start_block + warp; b < end_block; b += kAttnWarps) {
+  for (int b = first_block + warp; b < end_block; b += kAttnWarps) {
     const int token = b * BS + group;
     float* logit = logits + (token - start_token);
     if (!attended(b)) {  // warp-uniform: the whole block is skipped, nothing is loaded
@@ -169,7 +178,7 @@ __global__ void __launch_bounds__(kAttnThreads, 4)
 #pragma unroll
     for (int m = kGroup / 2; m >= 1; m /= 2) dot += __shfl_xor_sync(kFullMask, dot, m);
     if (group_lane == 0) {
-      const bool valid = token < seq_len;
+      const bool valid = token < seq_len && token >= first_token;
       const float qk = dot * qk_scale + alibi * static_cast<float>(token - seq_len + 1);
       *logit = valid ? qk : -INFINITY;
       if (valid) {
@@ -185,20 +194,25 @@ __global__ void __launch_bounds__(kAttnThreads, 4)
   // ---- softmax over this CTA's tokens ----
   // A partition whose blocks were all skipped has qk_max = -inf: subtract 0 so that every
   // weight is exp(-inf) = 0 instead of NaN; its exp_sum is then 0 and the reduce ignores it.
-  const float shift = qk_max == -INFINITY ? 0.f : qk_max;
+  // v1 with sinks: the head's sink joins the max (a NaN sink is not taken as the max, but its
+  // exp makes exp_sum NaN below, as in the reference).
+  const float sink = (!partitioned && a.sinks != nullptr) ? a.sinks[head] : -INFINITY;
+  const float top = sink > qk_max ? sink : qk_max;
+  const float shift = top == -INFINITY ? 0.f : top;
   float exp_sum = 0.f;
-  for (int i = tid; i < num_tokens; i += kAttnThreads) {
+  for (int i = first_local + tid; i < num_tokens; i += kAttnThreads) {
     const float w = __expf(logits[i] - shift);
     logits[i] = w;
     exp_sum += w;
   }
   exp_sum = block_sum<kAttnWarps>(exp_sum, red_sum);
+  if (!partitioned && a.sinks != nullptr) exp_sum += __expf(sink - shift);
   // Attended logits that are all -inf: the softmax is 0 / 0, NaN as in the reference (not a
   // silent 0). NaN and +inf logits already made exp_sum NaN. A head attending nothing keeps
   // exp_sum 0 and outputs 0.
   if (attends && exp_sum == 0.f) exp_sum = NAN;
   const float inv_sum = __fdividef(1.f, exp_sum + 1e-6f);
-  for (int i = tid; i < num_tokens; i += kAttnThreads) logits[i] *= inv_sum;
+  for (int i = first_local + tid; i < num_tokens; i += kAttnThreads) logits[i] *= inv_sum;
   __syncthreads();
 
   // ---- PV ----
@@ -219,12 +233,13 @@ __global__ void __launch_bounds__(kAttnThreads, 4)
 #pragma unroll
       for (int r = 0; r < kRowsPerPack; ++r) acc[k][r] = 0.f;
 
-    for (int b = start_block + warp; b < end_block; b += kAttnWarps) {
+    for (int b = first_block + warp; b < end_block; b += kAttnWarps) {
       if (!attended(b)) continue;
       const cache_t* v_ptr = v_head_base + static_cast<int64_t>(block_table[b]) * a.v_block_stride;
       // Tokens of the last block past seq_len hold whatever the cache held (possibly NaN):
       // their probability is 0, but 0 * NaN is not, so their values are zeroed too.
       const int valid = seq_len - b * BS;
+      const int before = first_token - b * BS;  // slots before the window's first token
       float p[kTokPerPack];
 #pragma unroll
       for (int t = 0; t < kTokPerPack; ++t) p[t] = logits[b * BS - start_token + tok0 + t];
@@ -238,7 +253,8 @@ __global__ void __launch_bounds__(kAttnThreads, 4)
           for (int r = 0; r < kRowsPerPack; ++r)
 #pragma unroll
             for (int t = 0; t < kTokPerPack; ++t) {
-              const float v = tok0 + t < valid ? vf[r * kTokPerPack + t] : 0.f;
+              const float v =
+                  (tok0 + t < valid && tok0 + t >= before) ? vf[r * kTokPerPack + t] : 0.f;
               acc[k][r] = fmaf(p[t], v, acc[k][r]);
             }
         }

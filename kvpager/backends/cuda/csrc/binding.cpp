@@ -18,7 +18,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("k_scale_tensor"), py::arg("k_scale"), py::arg("v_scale_tensor"),
         py::arg("v_scale"), py::arg("tp_rank"), py::arg("blocksparse_local_blocks"),
         py::arg("blocksparse_vert_stride"), py::arg("blocksparse_block_size"),
-        py::arg("blocksparse_head_sliding_step"));
+        py::arg("blocksparse_head_sliding_step"), py::arg("sliding_window"), py::arg("sinks"));
   m.def("paged_attention_v2", &kvp_torch::paged_attention_v2, py::arg("out"), py::arg("exp_sums"),
         py::arg("max_logits"), py::arg("tmp_out"), py::arg("query"), py::arg("key_cache"),
         py::arg("value_cache"), py::arg("num_kv_heads"), py::arg("scale"),
@@ -27,7 +27,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("k_scale_tensor"), py::arg("k_scale"), py::arg("v_scale_tensor"),
         py::arg("v_scale"), py::arg("tp_rank"), py::arg("blocksparse_local_blocks"),
         py::arg("blocksparse_vert_stride"), py::arg("blocksparse_block_size"),
-        py::arg("blocksparse_head_sliding_step"));
+        py::arg("blocksparse_head_sliding_step"), py::arg("sliding_window"), py::arg("sinks"));
   m.def("reshape_and_cache", &kvp_torch::reshape_and_cache, py::arg("key"), py::arg("value"),
         py::arg("key_cache"), py::arg("value_cache"), py::arg("slot_mapping"),
         py::arg("kv_cache_dtype"), py::arg("k_scale_tensor"), py::arg("k_scale"),

@@ -20,7 +20,8 @@ void paged_attention_impl(at::Tensor& out, const std::optional<at::Tensor>& exp_
                           const std::optional<at::Tensor>& v_scale_tensor, double v_scale,
                           int64_t tp_rank, int64_t blocksparse_local_blocks,
                           int64_t blocksparse_vert_stride, int64_t blocksparse_block_size,
-                          int64_t blocksparse_head_sliding_step, bool v2) {
+                          int64_t blocksparse_head_sliding_step, int64_t sliding_window,
+                          const std::optional<at::Tensor>& sinks, bool v2) {
   const at::Device device = query.device();
   TORCH_CHECK_VALUE(device.is_cuda(), "query must be a CUDA tensor, got ", device);
   const c10::cuda::CUDAGuard guard(device);
@@ -59,6 +60,16 @@ void paged_attention_impl(at::Tensor& out, const std::optional<at::Tensor>& exp_
                           alibi_slopes->is_contiguous() && alibi_slopes->numel() == num_heads,
                       "alibi_slopes must be a contiguous float32 [num_heads]");
     alibi = alibi_slopes->data_ptr<float>();
+  }
+  TORCH_CHECK_VALUE(sliding_window >= 0 && sliding_window <= INT32_MAX,
+                    "sliding_window must be 0 (none) or a positive int32, got ", sliding_window);
+  const float* sink_ptr = nullptr;
+  if (sinks.has_value()) {
+    check_on(*sinks, "sinks", device);
+    TORCH_CHECK_VALUE(sinks->scalar_type() == at::kFloat && sinks->is_contiguous() &&
+                          sinks->numel() == num_heads,
+                      "sinks must be a contiguous float32 [num_heads]");
+    sink_ptr = sinks->data_ptr<float>();
   }
   const ScaleArg ks = scale_arg(k_scale_tensor, k_scale, "k_scale", device);
   const ScaleArg vs = scale_arg(v_scale_tensor, v_scale, "v_scale", device);
@@ -99,6 +110,8 @@ void paged_attention_impl(at::Tensor& out, const std::optional<at::Tensor>& exp_
   a.bs_vert_stride = static_cast<int>(blocksparse_vert_stride);
   a.bs_block_size = static_cast<int>(blocksparse_block_size);
   a.bs_head_sliding_step = static_cast<int>(blocksparse_head_sliding_step);
+  a.sliding_window = static_cast<int>(sliding_window);
+  a.sinks = sink_ptr;
 
   if (v2) {
     TORCH_CHECK_VALUE(exp_sums.has_value() && max_logits.has_value() && tmp_out.has_value(),
@@ -143,13 +156,15 @@ void paged_attention_v1(at::Tensor& out, const at::Tensor& query, const at::Tens
                         const std::optional<at::Tensor>& v_scale_tensor, double v_scale,
                         int64_t tp_rank, int64_t blocksparse_local_blocks,
                         int64_t blocksparse_vert_stride, int64_t blocksparse_block_size,
-                        int64_t blocksparse_head_sliding_step) {
+                        int64_t blocksparse_head_sliding_step, int64_t sliding_window,
+                        const std::optional<at::Tensor>& sinks) {
   paged_attention_impl(out, std::nullopt, std::nullopt, std::nullopt, query, key_cache,
                        value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size,
                        max_seq_len, alibi_slopes, kv_cache_dtype, k_scale_tensor, k_scale,
                        v_scale_tensor, v_scale, tp_rank, blocksparse_local_blocks,
                        blocksparse_vert_stride, blocksparse_block_size,
-                       blocksparse_head_sliding_step, /*v2=*/false);
+                       blocksparse_head_sliding_step, sliding_window, sinks,
+                       /*v2=*/false);
 }
 
 void paged_attention_v2(at::Tensor& out, const at::Tensor& exp_sums, const at::Tensor& max_logits,
@@ -163,12 +178,14 @@ void paged_attention_v2(at::Tensor& out, const at::Tensor& exp_sums, const at::T
                         const std::optional<at::Tensor>& v_scale_tensor, double v_scale,
                         int64_t tp_rank, int64_t blocksparse_local_blocks,
                         int64_t blocksparse_vert_stride, int64_t blocksparse_block_size,
-                        int64_t blocksparse_head_sliding_step) {
+                        int64_t blocksparse_head_sliding_step, int64_t sliding_window,
+                        const std::optional<at::Tensor>& sinks) {
   paged_attention_impl(out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache,
                        num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len,
                        alibi_slopes, kv_cache_dtype, k_scale_tensor, k_scale, v_scale_tensor,
                        v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
-                       blocksparse_block_size, blocksparse_head_sliding_step, /*v2=*/true);
+                       blocksparse_block_size, blocksparse_head_sliding_step, sliding_window,
+                       sinks, /*v2=*/true);
 }
 
 }  // namespace kvp_torch

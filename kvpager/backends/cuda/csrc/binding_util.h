@@ -127,7 +127,8 @@ void paged_attention_v1(at::Tensor& out, const at::Tensor& query, const at::Tens
                         const std::optional<at::Tensor>& v_scale_tensor, double v_scale,
                         int64_t tp_rank, int64_t blocksparse_local_blocks,
                         int64_t blocksparse_vert_stride, int64_t blocksparse_block_size,
-                        int64_t blocksparse_head_sliding_step);
+                        int64_t blocksparse_head_sliding_step, int64_t sliding_window,
+                        const std::optional<at::Tensor>& sinks);
 void paged_attention_v2(at::Tensor& out, const at::Tensor& exp_sums, const at::Tensor& max_logits,
                         const at::Tensor& tmp_out, const at::Tensor& query,
                         const at::Tensor& key_cache, const at::Tensor& value_cache,
@@ -139,7 +140,8 @@ void paged_attention_v2(at::Tensor& out, const at::Tensor& exp_sums, const at::T
                         const std::optional<at::Tensor>& v_scale_tensor, double v_scale,
                         int64_t tp_rank, int64_t blocksparse_local_blocks,
                         int64_t blocksparse_vert_stride, int64_t blocksparse_block_size,
-                        int64_t blocksparse_head_sliding_step);
+                        int64_t blocksparse_head_sliding_step, int64_t sliding_window,
+                        const std::optional<at::Tensor>& sinks);
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
                        at::Tensor& value_cache, const at::Tensor& slot_mapping,
                        const std::string& kv_cache_dtype,

@@ -94,6 +94,12 @@ struct PagedAttentionArgs {
   int bs_vert_stride;
   int bs_block_size;
   int bs_head_sliding_step;
+  // Sliding window (0: none): the query attends tokens max(0, seq_len - sliding_window) ..
+  // seq_len - 1; blocks wholly before that are never read, nor their table entries.
+  int sliding_window;
+  // Attention sinks, float32 [num_heads] or nullptr: one extra logit per head in the softmax
+  // denominator (v1's kernel adds it; in v2 the reduce does, once).
+  const float* sinks;
 };
 
 // Head sizes, block sizes compiled into the attention kernels.
