@@ -18,6 +18,9 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
+FREE_ORDERS = ("window_first", "lru")
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     """Shape of the paged KV cache as the memory manager sees it (no tensors).
@@ -38,6 +41,11 @@ class CacheConfig:
             (`kvpager.core.memory.prefix_tier`).
         prefix_tier_write_through: copy each block to the tier when it is registered, not
             only when the GPU evicts it (more host-link traffic, no copy on the eviction path).
+        free_order: which free blocks are reused first. "window_first" (default): blocks a
+            sliding window releases, before any other cached block (clean ones at once,
+            cached ones ahead of other requests' cached prefixes), so window churn does not
+            flush the prefix cache. "lru": one LRU queue of every freed block, cached or not
+            (vLLM's single free queue), for comparison.
         groups: the model's KV-cache groups (`kvpager.core.groups` specs), group 0 first;
             None: one full-attention group, the manager of every earlier release. Several
             groups need `HybridKVCacheManager`, which caches prefixes across groups (a hit
@@ -55,6 +63,7 @@ class CacheConfig:
     num_cpu_prefix_blocks: int = 0
     prefix_tier_write_through: bool = False
     groups: tuple[GroupSpec, ...] | None = None
+    free_order: str = "window_first"
 
     def __post_init__(self) -> None:
         _check_int("num_gpu_blocks", self.num_gpu_blocks, 1)
@@ -75,6 +84,9 @@ class CacheConfig:
         if not isinstance(self.prefix_tier_write_through, bool):
             raise ValueError(f"prefix_tier_write_through must be a bool, got "
                              f"{self.prefix_tier_write_through!r}")
+        if self.free_order not in FREE_ORDERS:
+            raise ValueError(f"free_order must be one of {FREE_ORDERS}, got "
+                             f"{self.free_order!r}")
         if self.groups is not None:
             groups = check_groups(self.groups)
             object.__setattr__(self, "groups", groups)

@@ -219,3 +219,12 @@ class GroupedKVManager(PagedKVManager, Protocol):
     def group_block_tables(self, rows: np.ndarray, pad: int = 0) -> tuple[np.ndarray, ...]:
         """One int32 `[len(rows), width]` table per group."""
         ...
+
+    @property
+    def num_state_groups(self) -> int:
+        """State groups (linear attention / Mamba): no tables, whole pages per sequence."""
+        ...
+
+    def state_pages(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per state group, int32 `[len(rows), P_g]` pages of each row's state."""
+        ...

@@ -20,7 +20,12 @@ Free blocks come in two kinds:
   O(1) append, O(1) removal from the middle on a cache hit and O(1) eviction of the oldest.
 
 `allocate` takes clean blocks first and evicts cached ones only when no clean block is left,
-so cached prefixes live as long as memory allows.
+so cached prefixes live as long as memory allows. Blocks a sliding window releases
+(`free(..., first=True)`) are reused before any other cached block: the clean ones go on
+the stack, the cached ones to the *front* of the eviction order, since they serve only hits
+that end within a window of them. With `one_queue=True` (vLLM's single free queue, kept to
+measure what the order is worth) every freed block, cached or not, joins the back of one LRU
+queue: a window's churn then evicts other requests' cached prefixes before its own blocks.
 
 The pool is the one owner of "is this block cached": its key index (key <-> block, the
 prefix cache's content keys) and the cached / evictable flags change together, here, and
@@ -55,12 +60,14 @@ class BlockPool:
         device: a name for messages and plans ("gpu", "cpu", "cuda:1", ...).
         events: where to report keys registered and evicted (None: nowhere).
         medium: the medium those reports name (vLLM's "GPU", "CPU").
+        one_queue: every freed block joins one LRU queue (see above; default False).
 
     Every method either does all of its work or raises before changing anything.
     """
 
     def __init__(self, num_blocks: int, device: str = "gpu", *,
-                 events: KVEventSink | None = None, medium: str = MEDIUM_GPU) -> None:
+                 events: KVEventSink | None = None, medium: str = MEDIUM_GPU,
+                 one_queue: bool = False) -> None:
         if isinstance(num_blocks, bool) or not isinstance(num_blocks, (int, np.integer)):
             raise ValueError(f"num_blocks must be an int, got {type(num_blocks).__name__}")
         if num_blocks <= 0:
@@ -76,6 +83,8 @@ class BlockPool:
         self._num_clean = self.num_blocks
         self._cached = np.zeros(self.num_blocks, dtype=bool)
         self._evictable: OrderedDict[int, None] = OrderedDict()
+        self._one_queue = bool(one_queue)
+        self._queued_clean = 0  # one_queue only: uncached blocks waiting in `_evictable`
         # The key index: a block is in it exactly when `_cached` says so.
         self._block_of: dict[Hashable, int] = {}
         self._key_of: dict[int, Hashable] = {}
@@ -99,7 +108,7 @@ class BlockPool:
     @property
     def num_evictable(self) -> int:
         """Free blocks that still hold cached content."""
-        return len(self._evictable)
+        return len(self._evictable) - self._queued_clean
 
     @property
     def ref_counts(self) -> np.ndarray:
@@ -177,6 +186,12 @@ class BlockPool:
             pop = evictable.popitem
             blocks = [pop(last=False)[0] for _ in range(num)]
         evicted = np.asarray(blocks, dtype=np.int32)
+        if self._queued_clean:  # one queue: some of them hold no cached content
+            held = self._cached[evicted]
+            self._queued_clean -= int(np.count_nonzero(~held))
+            blocks = evicted[held].tolist()
+            if not blocks:
+                return evicted
         self._cached[evicted] = False
         keys = list(map(self._key_of.pop, blocks))
         block_of = self._block_of
@@ -207,12 +222,14 @@ class BlockPool:
             )
         np.add.at(self._ref, ids, 1)
 
-    def free(self, blocks: BlockIds) -> np.ndarray:
+    def free(self, blocks: BlockIds, *, first: bool = False) -> np.ndarray:
         """Drop one reference per listed id (repeats drop more); return the blocks released.
 
         A block whose count reaches zero becomes free: cached blocks join the eviction order
         in the order listed (list a sequence's blocks tail first so its tail is evicted first),
-        the others go onto the clean stack. Returns int32 ids that reached zero.
+        the others go onto the clean stack. `first` (a window's release): cached blocks go
+        to the front of the eviction order instead, the last listed frontmost. Returns int32
+        ids that reached zero.
 
         Raises:
             UnknownBlockError: an id outside the pool.
@@ -229,14 +246,14 @@ class BlockPool:
             self._ref[ids] = counts - 1
             released = ids[counts == 1]
         else:
-            uniq, first, num = np.unique(ids, return_index=True, return_counts=True)
+            uniq, first_at, num = np.unique(ids, return_index=True, return_counts=True)
             bad = self._ref[uniq] < num
             if bad.any():
                 self._raise_double_free(uniq[bad][0])
             self._ref[uniq] -= num.astype(np.int32)
-            order = np.sort(first[self._ref[uniq] == 0])  # keep the caller's order
+            order = np.sort(first_at[self._ref[uniq] == 0])  # keep the caller's order
             released = ids[order]
-        self._release(released)
+        self._release(released, first)
         return released
 
     def _raise_double_free(self, block: np.integer) -> None:
@@ -245,12 +262,22 @@ class BlockPool:
             f"its reference count is {int(self._ref[block])}"
         )
 
-    def _release(self, released: np.ndarray) -> None:
+    def _release(self, released: np.ndarray, first: bool = False) -> None:
         if released.size == 0:
+            return
+        if self._one_queue:  # one LRU queue of every free block, cached or not
+            self._evictable.update(dict.fromkeys(released.tolist()))
+            self._queued_clean += int(np.count_nonzero(~self._cached[released]))
             return
         cached = self._cached[released]
         if cached.any():
-            self._evictable.update(dict.fromkeys(released[cached].tolist()))
+            evictable = self._evictable
+            if first:
+                for block in released[cached].tolist():
+                    evictable[block] = None
+                    evictable.move_to_end(block, last=False)
+            else:
+                evictable.update(dict.fromkeys(released[cached].tolist()))
             released = released[~cached]
         top = self._num_clean
         self._clean[top : top + released.size] = released
@@ -278,6 +305,20 @@ class BlockPool:
         counts = self._ref[ids]
         self._ref[ids] = counts - 1
         self._release(ids[counts == 1])
+
+    def free_released(self, ids: np.ndarray) -> None:
+        """`free(ids, first=True)` for ids read from a manager's tables (valid and in use;
+        not checked; repeats allowed: forked rows release a shared block together): what a
+        window releases, reused before other cached blocks."""
+        counts = self._ref[ids]
+        if counts.max(initial=0) == 1:  # each held once, so distinct: all released
+            self._ref[ids] = 0
+            self._release(ids, True)
+        elif ids.size == 1 or _all_distinct(ids):
+            self._ref[ids] = counts - 1
+            self._release(ids[counts == 1], True)
+        else:
+            self.free(ids, first=True)
 
     def writable(self, ids: np.ndarray) -> np.ndarray:
         """bool `[n]`: which blocks a holder may write in place (its only holder, and not
@@ -376,17 +417,20 @@ class BlockPool:
         Raises:
             ValueError: a cached block is in use (nothing changed).
         """
-        if len(self._evictable) != len(self._key_of):
+        if self.num_evictable != len(self._key_of):
             busy = next(b for b in self._key_of if b not in self._evictable)
             raise ValueError(f"clear_cached: cached {self.device} block {busy} is in use")
         forgotten = len(self._key_of)
-        released = np.fromiter(self._evictable, dtype=np.int32, count=len(self._evictable))
-        self._evictable.clear()
+        released = np.fromiter(self._key_of, dtype=np.int32, count=forgotten)
         self._block_of.clear()
         self._key_of.clear()
         self._cached[released] = False
         self._evicted_keys, self._evicted_blocks = [], []
-        self._release(released)
+        if self._one_queue:  # they stay where they are in the one queue, now clean
+            self._queued_clean += forgotten
+        else:
+            self._evictable.clear()
+            self._release(released)
         return forgotten
 
     def record_evictions(self, enabled: bool = True) -> None:

@@ -23,8 +23,13 @@ own tagged keys, and a hit is the longest prefix every group can serve
 only what its window reads past the hit (its earlier entries stay `NULL_BLOCK`). Group 0's
 `prefix_cache` counts the model's hits.
 
-Not yet supported (a named error at construction): state groups, and the host prefix tier
-with several groups.
+State groups (`StateSpec`: linear attention, Mamba) hold whole pages of the same pool per
+sequence (`kvpager.core.memory.state_pages`): allocated with the prompt, shared by a fork
+and copied by the next append (copy-on-write), swapped and freed with the sequence; a
+truncation is refused (a recurrent state cannot roll back), and so is prefix caching.
+
+Not yet supported (a named error at construction): the host prefix tier with several
+groups.
 """
 
 from __future__ import annotations
@@ -45,18 +50,26 @@ from kvpager.core.groups import (
     StateSpec,
     page_bytes,
 )
-from kvpager.core.memory.append import plan_append
+from kvpager.core.memory.append import append_one, plan_append
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.block_table import num_blocks_for, slots_for_positions
 from kvpager.core.memory.group_hits import hit_start, match_groups
 from kvpager.core.memory.manager import KVCacheManager, TokenIds
 from kvpager.core.memory.prefix import PrefixCache
 from kvpager.core.memory.seq_store import ON_CPU, ON_GPU, SequenceStore
+from kvpager.core.memory.state_pages import StatePages
 from kvpager.core.memory.swap import distinct_blocks, group_rows
-from kvpager.core.memory.window import add_released_column, check_truncate, due, release
+from kvpager.core.memory.window import (
+    add_released_column,
+    check_truncate,
+    crossing,
+    due,
+    release,
+)
 from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 
 _NO_BLOCKS = np.zeros(0, dtype=np.int32)
+_NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
 class HybridKVCacheManager:
@@ -75,33 +88,47 @@ class HybridKVCacheManager:
         groups = config.groups
         if groups is None:
             raise ValueError("groups: HybridKVCacheManager needs CacheConfig.groups")
-        for i, spec in enumerate(groups):
-            if isinstance(spec, StateSpec):
-                raise ValueError(f"groups[{i}]: state groups are not supported by the "
-                                 "manager yet (only paged attention groups)")
+        paged = [g for g in groups if not isinstance(g, StateSpec)]
+        states = [g for g in groups if isinstance(g, StateSpec)]
+        if groups[: len(paged)] != tuple(paged):
+            raise ValueError("groups: state groups must come after every paged group (the "
+                             "paged groups are numbered 0.. for tables and slots)")
         self.config = config
+        #: Every group's spec, the paged groups first; `paged_groups` / `state_groups`.
         self.groups: tuple[GroupSpec, ...] = groups
+        self.paged_groups: tuple[PagedSpec, ...] = tuple(paged)  # type: ignore[arg-type]
+        self.state_groups: tuple[StateSpec, ...] = tuple(states)
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len
         self.page_bytes = page_bytes(groups, config.block_size)
-        self.gpu = BlockPool(config.num_gpu_blocks, "gpu")
+        self.gpu = BlockPool(config.num_gpu_blocks, "gpu",
+                             one_queue=config.free_order == "lru")
         self.cpu = BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
         sub = replace(config, groups=None)
         self._managers = [KVCacheManager(sub, shared_pools=(self.gpu, self.cpu), key_tag=g)
-                          for g in range(len(groups))]
+                          for g in range(len(paged))]
         self._windows: list[tuple[KVCacheManager, SlidingWindowSpec | ChunkedLocalSpec]] = []
-        for m, spec in zip(self._managers, groups, strict=True):
+        for m, spec in zip(self._managers, paged, strict=True):
             if isinstance(spec, (SlidingWindowSpec, ChunkedLocalSpec)):
                 m.has_null_entries = True
                 add_released_column(m.rows)
                 self._windows.append((m, spec))
         self._first = self._managers[0]
         self.num_released_blocks = 0
+        self._state = StatePages(self._first.rows, states, self.page_bytes) if states else None
+        #: Pages one sequence's state groups hold (0 without state groups).
+        self.state_pages_per_seq = 0 if self._state is None else self._state.per_seq
 
     # ---- queries ------------------------------------------------------------------------
     @property
     def num_groups(self) -> int:
-        return len(self.groups)
+        """Paged groups (each with block tables and slots), numbered 0.. in `groups`."""
+        return len(self._managers)
+
+    @property
+    def num_state_groups(self) -> int:
+        """State groups (after the paged ones in `groups`): pages, no tables."""
+        return len(self.state_groups)
 
     def group(self, index: int) -> KVCacheManager:
         """Group `index`'s manager, for reads (tables, counts); change it through this
@@ -186,13 +213,14 @@ class HybridKVCacheManager:
 
     # ---- admission ----------------------------------------------------------------------
     def _prompt_blocks(self, num_tokens: int) -> int:
-        return len(self._managers) * num_blocks_for(num_tokens, self.block_size)
+        return (len(self._managers) * num_blocks_for(num_tokens, self.block_size)
+                + self.state_pages_per_seq)
 
     def _match(self, keys: list[Hashable], num_tokens: int) -> tuple[int, list[np.ndarray]]:
         caches = [m.prefix_cache for m in self._managers]
         if not keys or caches[0] is None:
             return 0, [_NO_BLOCKS] * len(caches)
-        return match_groups(caches, self.groups, keys, num_tokens,  # type: ignore[arg-type]
+        return match_groups(caches, self.paged_groups, keys, num_tokens,  # type: ignore[arg-type]
                             self.block_size)
 
     def _need(self, num_tokens: int, num_hits: int, heads: list[np.ndarray]) -> int:
@@ -200,7 +228,7 @@ class HybridKVCacheManager:
         that are free (cached, evictable) and a hit revives."""
         fresh = num_blocks_for(num_tokens, self.block_size) - num_hits
         revived = sum(self.gpu.count_free(h[h != NULL_BLOCK]) for h in heads)
-        return len(self._managers) * fresh + revived
+        return len(self._managers) * fresh + revived + self.state_pages_per_seq
 
     def _status(self, need: int) -> AllocStatus:
         mark = self.config.watermark_blocks
@@ -250,6 +278,8 @@ class HybridKVCacheManager:
         parts = np.split(fresh, len(self._managers))
         for m, head, part in zip(self._managers, heads, parts, strict=True):
             m.allocate_group_prompt(seq_id, num_tokens, head, part, keys, token_ids)
+        if self._state is not None:
+            self._state.add(first.rows.row_of[seq_id], self.gpu)
         if num_hits:
             row = first.rows.row_of[seq_id]
             for m, spec in self._windows:
@@ -301,23 +331,14 @@ class HybridKVCacheManager:
         """`append_slots_batch` of one sequence; a one-token step with at least two free
         pages per group (the most one step can take) goes through each group's
         per-sequence path."""
-        if (num_new_tokens == 1 and num_lookahead_slots == 0
-                and self.gpu.num_free >= 2 * len(self._managers)
+        try:
+            row = self._first.rows.row_of.get(seq_id)
+        except TypeError:  # unhashable: the planned path names the error
+            row = None
+        if (row is not None and num_new_tokens == 1 and num_lookahead_slots == 0
+                and self.gpu.num_free >= 2 * len(self._managers) + self.state_pages_per_seq
                 and (token_ids is None or len(token_ids) == 1)):
-            results = [m.append_slots(seq_id, token_ids=token_ids) for m in self._managers]
-            if self._windows:
-                store = self._first.rows
-                row = store.row_of[seq_id]
-                n = store.ntokens.item(row)
-                for m, spec in self._windows:  # scalar test first: most steps free nothing
-                    if due(m.rows, spec, row, n, self.block_size):
-                        self.num_released_blocks += release(
-                            m.rows, self.gpu, spec, np.asarray([row], dtype=np.int64),
-                            np.asarray([n], dtype=np.int64), self.block_size)
-            copies = [r.copies for r in results if r.copies.size]
-            return AppendResult(results[0].slots,
-                                np.concatenate(copies) if copies else EMPTY_PAIRS,
-                                tuple(r.slots for r in results))
+            return self._append_one(seq_id, row, token_ids)
         rows = self._first.rows_of([seq_id])
         tokens = None
         if token_ids is not None:
@@ -327,6 +348,48 @@ class HybridKVCacheManager:
                                  f"({num_new_tokens},)")
         return self.append_slots_batch(rows, num_new_tokens, num_lookahead_slots,
                                        token_ids=tokens)
+
+    def _append_one(self, seq_id: Hashable, row: int, token_ids: TokenIds | None
+                    ) -> AppendResult:
+        """One token of one sequence in every group (the pool has the two pages per group
+        one token can take at most, so the groups cannot run out part way): each group's
+        plan-free step (`append.append_one`, scalar), or its own planned append when the
+        write needs a copy; then the windows' scalar release test."""
+        bs, gpu, limit = self.block_size, self.gpu, self.max_model_len
+        slots: list[int] = []
+        copies: list[np.ndarray] = []
+        for m in self._managers:
+            store = m.rows
+            slot = append_one(store, gpu, row, bs, limit)
+            if slot is None:  # a shared or cached block is written: the group plans
+                planned = m.append_slots(seq_id, token_ids=token_ids)
+                slots.append(planned.slots.item(0))
+                if planned.copies.size:
+                    copies.append(planned.copies)
+                continue
+            slots.append(slot)
+            chains = m.prefix_chains
+            if chains is not None:
+                if token_ids is None:
+                    chains.end_chain(row)
+                else:
+                    chains.record_token(row, store.ntokens.item(row) - 1, int(token_ids[0]))
+        if self._windows:
+            n = self._first.rows.ntokens.item(row)
+            for m, spec in self._windows:  # scalar test first: most steps free nothing
+                if due(m.rows, spec, row, n, bs):
+                    self.num_released_blocks += release(
+                        m.rows, gpu, spec, np.asarray([row], dtype=np.int64),
+                        np.asarray([n], dtype=np.int64), bs)
+        state = self._state
+        if state is not None:  # every step rewrites the state: copy it if shared
+            one = np.asarray([row], dtype=np.int64)
+            pairs = state.copy_on_write(one, state.writers_that_copy(one, gpu), gpu)
+            if pairs.size:
+                copies.append(pairs)
+        out = np.array(slots, dtype=np.int64)
+        return AppendResult(out[:1], np.concatenate(copies) if copies else EMPTY_PAIRS,
+                            tuple(out[g : g + 1] for g in range(len(slots))))
 
     def append_slots_batch(self, rows: np.ndarray, num_new_tokens: int = 1,
                            num_lookahead_slots: int = 0, *,
@@ -348,12 +411,28 @@ class HybridKVCacheManager:
                                      int(num_lookahead_slots), self.block_size,
                                      self.max_model_len))
         need = sum(p.num_blocks for p in plans)
+        state = self._state
+        state_copy = _NO_ROWS
+        if state is not None and num_new_tokens:
+            state_copy = state.writers_that_copy(rows, self.gpu)
+            need += state_copy.size * state.per_seq
         if need > self.gpu.num_free:
             raise OutOfBlocksError("gpu", need, self.gpu.num_free)
         results = [m.apply_plan(p, tokens) for m, p in zip(self._managers, plans, strict=True)]
         if self._windows and rows.size:
-            self._release(rows, first.rows.ntokens.take(rows))
+            after = plans[0].ntokens + num_new_tokens
+            if num_new_tokens == 1:  # a decode step: only rows whose window moved a block
+                for m, spec in self._windows:
+                    moved = crossing(spec, after, self.block_size)
+                    if moved.size:
+                        self.num_released_blocks += release(
+                            m.rows, self.gpu, spec, rows[moved], after[moved],
+                            self.block_size)
+            else:
+                self._release(rows, after)
         copies = [r.copies for r in results if r.copies.size]
+        if state_copy.size:
+            copies.append(state.copy_on_write(rows, state_copy, self.gpu))  # type: ignore[union-attr]
         return AppendResult(results[0].slots,
                             np.concatenate(copies) if copies else EMPTY_PAIRS,
                             tuple(r.slots for r in results))
@@ -361,8 +440,22 @@ class HybridKVCacheManager:
     def blocks_needed_batch(self, rows: np.ndarray, num_new_tokens: int = 1,
                             num_lookahead_slots: int = 0) -> np.ndarray:
         """Per-row pages all groups' appends would take, int64 `[len(rows)]`."""
-        return sum((m.blocks_needed_batch(rows, num_new_tokens, num_lookahead_slots)
+        rows = np.asarray(rows, dtype=np.int64)
+        need = sum((m.blocks_needed_batch(rows, num_new_tokens, num_lookahead_slots)
                     for m in self._managers), np.zeros(len(rows), dtype=np.int64))
+        if self._state is not None and num_new_tokens:
+            need[self._state.writers_that_copy(rows, self.gpu)] += self._state.per_seq
+        return need
+
+    def state_pages(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per state group, int32 `[len(rows), P_g]` page ids of each row's state (empty
+        tuple without state groups): what an executor's linear-attention / Mamba layers
+        read and write (`SchedulerOutput.decode_state_pages`)."""
+        if self._state is None:
+            return ()
+        rows = np.asarray(rows, dtype=np.int64)
+        self._first.rows.check_rows(rows, ON_GPU)
+        return self._state.pages(rows)
 
     # ---- sharing and release ------------------------------------------------------------
     def fork(self, parent_id: Hashable, child_id: Hashable) -> None:
@@ -372,12 +465,24 @@ class HybridKVCacheManager:
         """Fork in every group (group 0 checks the ids; a fork takes no block)."""
         for m in self._managers:
             m.fork_many(parent_ids, child_ids)
-        if self._windows and len(child_ids):
+        if (self._windows or self._state is not None) and len(child_ids):
             parents, children = self.rows_of(parent_ids), self.rows_of(child_ids)
             for m, _spec in self._windows:
                 m.rows.released[children] = m.rows.released[parents]
+            if self._state is not None:  # shared until the first append copies it
+                self._state.fork(parents, children, self.gpu)
+
+    def _free_state(self, rows: np.ndarray) -> None:
+        state = self._state
+        if state is not None:
+            where = self._first.rows.where[rows]
+            state.free(rows[where == ON_GPU], self.gpu)
+            if self.cpu is not None:
+                state.free(rows[where == ON_CPU], self.cpu)
 
     def free(self, seq_id: Hashable) -> int:
+        if self._state is not None:
+            self._free_state(np.asarray([self._first.rows.row(seq_id)], dtype=np.int64))
         count = self._first.free(seq_id)
         for m in self._managers[1:]:
             m.free(seq_id)
@@ -386,6 +491,11 @@ class HybridKVCacheManager:
     preempt_recompute = free
 
     def free_many(self, seq_ids: Sequence[Hashable]) -> np.ndarray:
+        if self._state is not None:
+            rows = self._first.rows.rows(seq_ids)
+            if self._first.rows.has_repeats(rows):
+                raise ValueError("seq_ids lists a sequence twice")
+            self._free_state(rows)
         counts = self._first.free_many(seq_ids)
         for m in self._managers[1:]:
             m.free_many(seq_ids)
@@ -395,6 +505,10 @@ class HybridKVCacheManager:
         """Truncate every group; a window that already released what the new end reads
         refuses (ValueError, nothing changed)."""
         row = self._first.rows.row(seq_id)
+        if self._state is not None and num_tokens != self.num_tokens(seq_id):
+            raise ValueError("truncate: this model has a state group (linear attention / "
+                             "Mamba), whose recurrent state cannot be rolled back to "
+                             f"num_tokens={num_tokens!r}")
         if isinstance(num_tokens, (int, np.integer)) and not isinstance(num_tokens, bool):
             for m, spec in self._windows:
                 check_truncate(m.rows, spec, row, int(num_tokens), self.block_size)
@@ -403,8 +517,11 @@ class HybridKVCacheManager:
 
     # ---- swapping -----------------------------------------------------------------------
     def _distinct(self, seq_ids: list[Hashable], where: int) -> int:
-        return sum(distinct_blocks(m.rows, group_rows(m.rows, seq_ids, where)).size
-                   for m in self._managers)
+        total = sum(distinct_blocks(m.rows, group_rows(m.rows, seq_ids, where)).size
+                    for m in self._managers)
+        if self._state is not None:
+            total += self._state.distinct(group_rows(self._first.rows, seq_ids, where))
+        return total
 
     def can_swap_out(self, seq_ids: Iterable[Hashable]) -> bool:
         ids = list(seq_ids)
@@ -421,7 +538,11 @@ class HybridKVCacheManager:
         need = self._distinct(ids, ON_GPU)
         if need > self.cpu.num_free:
             raise OutOfBlocksError("cpu", need, self.cpu.num_free)
-        return np.concatenate([m.swap_out(ids) for m in self._managers])
+        rows = group_rows(self._first.rows, ids, ON_GPU)
+        pairs = [m.swap_out(ids) for m in self._managers]
+        if self._state is not None:
+            pairs.append(self._state.move(rows, self.gpu, self.cpu))
+        return np.concatenate(pairs)
 
     def swap_in(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
         ids = list(seq_ids)
@@ -430,7 +551,12 @@ class HybridKVCacheManager:
         need = self._distinct(ids, ON_CPU)
         if need > self.gpu.num_free:
             raise OutOfBlocksError("gpu", need, self.gpu.num_free)
-        return np.concatenate([m.swap_in(ids) for m in self._managers])
+        rows = group_rows(self._first.rows, ids, ON_CPU)
+        cpu = self.cpu
+        pairs = [m.swap_in(ids) for m in self._managers]
+        if self._state is not None:
+            pairs.append(self._state.move(rows, cpu, self.gpu))
+        return np.concatenate(pairs)
 
 
 __all__ = ["HybridKVCacheManager", "PagedSpec"]

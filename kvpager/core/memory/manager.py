@@ -104,7 +104,8 @@ class KVCacheManager:
         if shared_pools is not None:  # one group of a HybridKVCacheManager
             self.gpu, self.cpu = shared_pools
         else:
-            self.gpu = BlockPool(config.num_gpu_blocks, "gpu", events=events)
+            self.gpu = BlockPool(config.num_gpu_blocks, "gpu", events=events,
+                                 one_queue=config.free_order == "lru")
             self.cpu = (BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks
                         else None)
         tier = (HostPrefixTier(config.num_cpu_prefix_blocks, base=config.num_cpu_blocks,
@@ -339,7 +340,9 @@ class KVCacheManager:
         ids already referenced by the caller's `touch`, `NULL_BLOCK` where a window needs
         none) then `fresh` (int32, allocated by the caller)."""
         blocks = np.concatenate([head, fresh]) if head.size else fresh
-        self._add_prompt_row(seq_id, num_tokens, blocks, keys, int(head.size), token_ids)
+        # each group's chain grows its own copy of the keys
+        self._add_prompt_row(seq_id, num_tokens, blocks, list(keys), int(head.size),
+                             token_ids)
 
     def _add_prompt_row(self, seq_id: Hashable, num_tokens: int, blocks: np.ndarray,
                         keys: list[Hashable], num_hits: int,

@@ -36,6 +36,18 @@ def first_needed_blocks(spec: WindowSpec, num_tokens: np.ndarray, block_size: in
     return first // block_size
 
 
+def crossing(spec: WindowSpec, num_tokens: np.ndarray, block_size: int) -> np.ndarray:
+    """int64 indices of `num_tokens` (int64, each just grown by one token) at which the
+    first needed position has just entered a new block: the only rows a one-token step
+    can let release anything (a row that is behind, as one appended to without
+    `mark_computed`, catches up at its next crossing)."""
+    if isinstance(spec, SlidingWindowSpec):
+        phase = (num_tokens - spec.window) % block_size
+    else:  # the query at n - 1 starts a chunk whose first block follows the old one
+        phase = (num_tokens - 1) % spec.chunk
+    return np.flatnonzero(phase == 0)
+
+
 def due(store: SequenceStore, spec: WindowSpec, row: int, num_tokens: int,
         block_size: int) -> bool:
     """Scalar test of one row: whether `release` would free anything (a per-sequence
@@ -55,19 +67,32 @@ def release(store: SequenceStore, pool: BlockPool, spec: WindowSpec, rows: np.nd
     dead = np.minimum(first_needed_blocks(spec, num_tokens, block_size),
                       store.nblocks.take(rows))
     done = store.released.take(rows)
-    todo = np.flatnonzero(dead > done)
+    count = dead - done
+    todo = np.flatnonzero(count > 0)
     if todo.size == 0:
         return 0
-    r, start, count = rows[todo], done[todo].astype(np.int64), (dead - done)[todo]
-    flat_rows = np.repeat(r, count)
-    cols = np.repeat(start, count) + (np.arange(int(count.sum()))
-                                      - np.repeat(np.cumsum(count) - count, count))
-    ids = store.table[flat_rows, cols]
+    if todo.size < rows.size:
+        r, start, count, dead = rows[todo], done[todo].astype(np.int64), count[todo], dead[todo]
+    else:
+        r, start = rows, done.astype(np.int64)
+    if count.max() == 1:  # a decode step: one block per row
+        flat_rows, cols = r, start
+    else:
+        flat_rows = np.repeat(r, count)
+        cols = np.repeat(start, count) + (np.arange(int(count.sum()))
+                                          - np.repeat(np.cumsum(count) - count, count))
+    table = store.table
+    flat = flat_rows * table.shape[1] + cols
+    ids = table.take(flat)
     live = ids != NULL_BLOCK  # a prefix hit may have left leading entries null already
-    pool.free(ids[live][::-1])  # newest first: the oldest blocks are reused last
-    store.table[flat_rows, cols] = NULL_BLOCK
-    store.released[r] = dead[todo]
-    return int(live.sum())
+    if not live.all():
+        ids = ids[live]
+    # Reused before other cached blocks, the oldest first: a released block serves only
+    # hits that end within a window of it.
+    pool.free_released(ids[::-1])
+    table.put(flat, NULL_BLOCK)
+    store.released[r] = dead
+    return int(ids.size)
 
 
 def check_truncate(store: SequenceStore, spec: WindowSpec, row: int, num_tokens: int,

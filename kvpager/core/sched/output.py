@@ -39,6 +39,9 @@ class PrefillChunk:
     #: `0 .. start + count - 1` (released window entries read 0; group 0's equals
     #: `block_table` but for those); empty otherwise.
     group_block_tables: tuple[np.ndarray, ...] = ()
+    #: With state groups (linear attention / Mamba): per state group, the int32 `[P_g]`
+    #: pages holding the sequence's recurrent state; empty otherwise.
+    state_pages: tuple[np.ndarray, ...] = ()
 
 
 @dataclass
@@ -69,6 +72,9 @@ class SchedulerOutput:
     #: group 0's are `decode_block_tables` / `decode_slots`. Empty for one group.
     decode_group_block_tables: tuple[np.ndarray, ...] = ()
     decode_group_slots: tuple[np.ndarray, ...] = ()
+    #: With state groups: per state group, int32 `[B, P_g]` pages of each decoding
+    #: sequence's state (shared pages were copied by `copies` first). Empty otherwise.
+    decode_state_pages: tuple[np.ndarray, ...] = ()
     num_decode_steps: int = 1
     copies: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
     swap_in: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)

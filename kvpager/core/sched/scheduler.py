@@ -72,7 +72,8 @@ class Scheduler:
             manager if self.kernel_inputs and isinstance(manager, PagedKVManager) else None)
         self._grouped: GroupedKVManager | None = (
             manager if self._kernel_manager is not None
-            and isinstance(manager, GroupedKVManager) and manager.num_groups > 1 else None)
+            and isinstance(manager, GroupedKVManager)
+            and (manager.num_groups > 1 or manager.num_state_groups > 0) else None)
         self.waiting: deque[SequenceGroup] = deque()
         self.running = RunningSet(manager.rows_of)
         self.swapped: list[SequenceGroup] = []
@@ -218,6 +219,7 @@ class Scheduler:
             if self._grouped is not None:
                 out.decode_group_block_tables = self._grouped.group_block_tables(rows)
                 out.decode_group_slots = got.group_slots or ()
+                out.decode_state_pages = self._grouped.state_pages(rows)
         out.copies = got.copies
 
     def _decode_tokens(self, rows: np.ndarray, seqs: list[SequenceState],
@@ -263,6 +265,7 @@ class Scheduler:
                 rows = km.rows_of([seq.seq_id])
                 chunk.group_block_tables = tuple(
                     table[0] for table in self._grouped.group_block_tables(rows))
+                chunk.state_pages = tuple(p[0] for p in self._grouped.state_pages(rows))
         return chunk
 
     def _admit(self, out: SchedulerOutput) -> None:
