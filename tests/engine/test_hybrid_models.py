@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from engine_helpers import BLOCK_SIZE, make_engine, tokens_of
+from engine_helpers import BLOCK_SIZE, make_engine, require_backend, tokens_of
 from hf_reference import (
     TINY_WINDOW,
     hf_beams,
@@ -109,6 +109,18 @@ def test_greedy_matches_transformers_far_past_the_window(hybrid_model, chunked):
     assert engine.manager.num_released_blocks >= sum(
         num_blocks_for(n + MAX_NEW - 1, BLOCK_SIZE) - 2 for n in LENGTHS)
     assert engine.manager.num_used_blocks() == 0
+
+
+def test_triton_kernels_take_the_window_and_sinks():
+    """The Triton decode kernels (interpreted on a CPU: a small batch) with gpt-oss's window
+    and sinks give the same tokens."""
+    require_backend("triton")
+    model = tiny_gpt_oss()
+    prompts = make_prompts((5, 13), seed=5)
+    want = reference(model, prompts, 6)
+    outputs = make_engine(model, backend="triton").generate(
+        prompts, SamplingParams(max_tokens=6, ignore_eos=True))
+    assert tokens_of(outputs) == want
 
 
 def test_beam_search_matches_transformers(hybrid_model):
