@@ -5,7 +5,7 @@ far past the window, with a hybrid KV-cache manager whose window group releases 
 gpt-oss brings attention sinks, YaRN rotary and a mixture-of-experts MLP; Gemma 3 its (1 +
 w) norms, q/k norms, scaled embedding and a rotary base per layer type. Greedy (one batch,
 and chunked prefill mixing chunks with decodes), beam search, and prefix caching with a
-second request that shares the first one's prompt.
+second request that shares the first one's prompt; prefix caching is on throughout.
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def test_the_engine_builds_a_hybrid_manager_with_one_slot_per_layer_pair(hybrid_
     # the j-th layer of each group shares cache slot j: as many K/V pairs as the larger group
     largest = max(types.count("sliding_attention"), types.count("full_attention"))
     assert engine.cache.num_layers == layout.num_slots == largest
+    # a cache block is exactly the manager's page: the largest group's layers of one block
+    assert engine.memory_usage()["bytes_per_block"] == m.page_bytes
     assert window.num_layers + full.num_layers == len(types)
 
 
@@ -89,7 +91,7 @@ def test_greedy_matches_transformers_far_past_the_window(hybrid_model, chunked):
     prompts = make_prompts(LENGTHS, seed=5)
     want = reference(hybrid_model, prompts, MAX_NEW)
     scheduler = {"chunked_prefill": True, "max_num_batched_tokens": 8} if chunked else {}
-    engine = make_engine(hybrid_model, **scheduler)
+    engine = make_engine(hybrid_model, prefix=True, **scheduler)
     for tensor in engine.cache.key_caches + engine.cache.value_caches:
         tensor.fill_(float("nan"))  # a slot read before it is written poisons the output
     for rid, prompt in enumerate(prompts):
@@ -123,15 +125,19 @@ def test_triton_kernels_take_the_window_and_sinks():
     assert tokens_of(outputs) == want
 
 
-def test_beam_search_matches_transformers(hybrid_model):
+def test_beam_search_matches_transformers_with_prefix_caching(hybrid_model):
+    """Width 4 over a 22-token prompt, twice on one engine with prefix caching on: the
+    second search starts from the first one's cached prompt blocks."""
     prompt = make_prompts((22,), seed=3)[0]
     want = hf_beams(hybrid_model, prompt, 12, 4, num_return=4, eos=())
-    engine = make_engine(hybrid_model)
-    got = engine.generate([prompt], SamplingParams(max_tokens=12, beam_width=4,
-                                                   eos_token_id=()))[0]
-    assert [list(c.token_ids) for c in got.outputs] == [tokens for tokens, _ in want]
-    for completion, (_, score) in zip(got.outputs, want, strict=True):
-        assert completion.score == pytest.approx(score, rel=1e-5, abs=1e-5)
+    engine = make_engine(hybrid_model, prefix=True)
+    params = SamplingParams(max_tokens=12, beam_width=4, eos_token_id=())
+    for run in range(2):
+        got = engine.generate([prompt], params)[0]
+        assert [list(c.token_ids) for c in got.outputs] == [tokens for tokens, _ in want]
+        for completion, (_, score) in zip(got.outputs, want, strict=True):
+            assert completion.score == pytest.approx(score, rel=1e-5, abs=1e-5)
+        assert engine.stats.prefix_hit_blocks == run * 2  # 2 full blocks of 22 tokens
     assert engine.stats.cow_copies > 0  # forked beams wrote into shared partial blocks
     assert engine.manager.num_used_blocks() == 0
 
