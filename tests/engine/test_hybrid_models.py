@@ -189,3 +189,18 @@ def test_preemption_keeps_outputs_exact(hybrid_model, mode, cpu_blocks):
     assert tokens_of(outputs) == want
     assert engine.stats.preemptions[mode] > 0
     assert engine.manager.num_used_blocks() == 0
+
+
+def test_the_next_turn_hits_the_blocks_the_answer_filled(hybrid_model):
+    """A second turn (first prompt + answer + new text) hits the blocks filled while
+    decoding the answer in every group, the window group included, and stays exact."""
+    first, new_text = make_prompts((13, 5), seed=24)
+    engine = make_engine(hybrid_model, prefix=True)
+    (turn1,) = engine.generate([first], SamplingParams(max_tokens=20, ignore_eos=True))
+    answer = list(turn1.outputs[0].token_ids)
+    assert answer == reference(hybrid_model, [first], 20)[0]
+    second = first + answer + new_text  # 38 tokens
+    (turn2,) = engine.generate([second], SamplingParams(max_tokens=10, ignore_eos=True))
+    assert list(turn2.outputs[0].token_ids) == reference(hybrid_model, [second], 10)[0]
+    # 32 tokens of turn 1 hold KV in 4 full blocks, three filled during decode
+    assert engine.stats.prefix_hit_blocks == 4
