@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ class PagedGemma3(PagedModel):
         self.approximate, self.final_softcap = approximate, final_softcap
 
     @classmethod
-    def from_hf(cls, hf_model: object, *, dtype: torch.dtype | None = None,
+    def from_hf(cls, hf_model: Any, *, dtype: torch.dtype | None = None,
                 device: torch.device | str | None = None) -> PagedGemma3:
         """Copy the weights of a `transformers` `Gemma3ForCausalLM` (text only).
 
@@ -102,10 +103,10 @@ class PagedGemma3(PagedModel):
         if act not in _GELU:
             raise UnsupportedModelError(f"gemma3: config.hidden_activation {act!r} is not one "
                                         f"the engine implements ({sorted(_GELU)})")
-        base = hf_model.model  # type: ignore[attr-defined]
+        base = hf_model.model
         shape = shape_of(c)
-        layer_types = tuple(c.layer_types)  # type: ignore[attr-defined]
-        layout = KVLayout.build(layer_types, c.sliding_window,  # type: ignore[attr-defined]
+        layer_types = tuple(c.layer_types)
+        layout = KVLayout.build(layer_types, c.sliding_window,
                                 num_kv_heads=shape.num_kv_heads, head_size=shape.head_size,
                                 dtype_bytes=base.embed_tokens.weight.element_size(),
                                 architecture="gemma3")
@@ -127,9 +128,9 @@ class PagedGemma3(PagedModel):
         softcap = getattr(c, "final_logit_softcapping", None)
         model = cls(shape, layout, base.embed_tokens.weight.detach(), layers,
                     base.norm.weight.detach(),
-                    hf_model.lm_head.weight.detach(),  # type: ignore[attr-defined]
+                    hf_model.lm_head.weight.detach(),
                     rotaries, layer_types,
-                    scale=float(c.query_pre_attn_scalar) ** -0.5,  # type: ignore[attr-defined]
+                    scale=float(c.query_pre_attn_scalar) ** -0.5,
                     embed_scale=math.sqrt(shape.hidden_size), approximate=_GELU[act],
                     final_softcap=None if softcap is None else float(softcap))
         model.to(dtype=dtype, device=device)

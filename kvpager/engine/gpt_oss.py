@@ -19,6 +19,7 @@ Follows transformers' `GptOssForCausalLM` (v5) operation by operation:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,7 @@ class PagedGptOss(PagedModel):
         self.scale = shape.head_size ** -0.5
 
     @classmethod
-    def from_hf(cls, hf_model: object, *, dtype: torch.dtype | None = None,
+    def from_hf(cls, hf_model: Any, *, dtype: torch.dtype | None = None,
                 device: torch.device | str | None = None) -> PagedGptOss:
         """Copy the weights of a `transformers` `GptOssForCausalLM`.
 
@@ -112,14 +113,14 @@ class PagedGptOss(PagedModel):
         a model that is not gpt-oss.
         """
         config = check_model_type(hf_model, "gpt_oss", "GptOssForCausalLM")
-        base = hf_model.model  # type: ignore[attr-defined]
+        base = hf_model.model
         shape = shape_of(config)
         try:
             rotary = Rotary.of(base.rotary_emb)
         except ValueError as exc:
             raise UnsupportedModelError(f"gpt-oss: {exc}") from None
         layout = KVLayout.build(
-            config.layer_types, config.sliding_window,  # type: ignore[attr-defined]
+            config.layer_types, config.sliding_window,
             num_kv_heads=shape.num_kv_heads, head_size=shape.head_size,
             dtype_bytes=base.embed_tokens.weight.element_size(), architecture="gpt-oss")
         layers = []
@@ -132,12 +133,12 @@ class PagedGptOss(PagedModel):
                 router.weight.detach(), router.bias.detach(),
                 experts.gate_up_proj.detach(), experts.gate_up_proj_bias.detach(),
                 experts.down_proj.detach(), experts.down_proj_bias.detach()))
-        moe = MoeSettings(int(config.num_experts_per_tok),  # type: ignore[attr-defined]
-                          float(config.swiglu_alpha),  # type: ignore[attr-defined]
-                          float(config.swiglu_limit))  # type: ignore[attr-defined]
+        moe = MoeSettings(int(config.num_experts_per_tok),
+                          float(config.swiglu_alpha),
+                          float(config.swiglu_limit))
         model = cls(shape, layout, base.embed_tokens.weight.detach(), layers,
                     base.norm.weight.detach(),
-                    hf_model.lm_head.weight.detach(),  # type: ignore[attr-defined]
+                    hf_model.lm_head.weight.detach(),
                     rotary, moe)
         model.to(dtype=dtype, device=device)
         return model

@@ -9,6 +9,7 @@ bf16 they round at the same places.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,15 +33,13 @@ class ModelShape:
     rms_norm_eps: float
 
 
-def shape_of(config: object) -> ModelShape:
+def shape_of(config: Any) -> ModelShape:
     """A `ModelShape` from a transformers config (Llama, gpt-oss, Gemma 3 spell it alike)."""
-    heads = config.num_attention_heads  # type: ignore[attr-defined]
+    heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_size = getattr(config, "head_dim", None) or \
-        config.hidden_size // heads  # type: ignore[attr-defined]
-    return ModelShape(config.vocab_size, config.hidden_size,  # type: ignore[attr-defined]
-                      config.num_hidden_layers, heads, kv_heads,  # type: ignore[attr-defined]
-                      head_size, float(config.rms_norm_eps))  # type: ignore[attr-defined]
+    head_size = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return ModelShape(config.vocab_size, config.hidden_size, config.num_hidden_layers, heads,
+                      kv_heads, head_size, float(config.rms_norm_eps))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -158,9 +157,9 @@ class AttentionWeights:
         return F.linear(attn.reshape(attn.shape[0], -1), self.o, self.o_bias)
 
 
-def check_model_type(hf_model: object, model_type: str, class_name: str) -> object:
-    """The config of a transformers causal LM of `model_type`; ValueError naming what it got
-    otherwise."""
+def check_model_type(hf_model: Any, model_type: str, class_name: str) -> Any:
+    """The config of a transformers causal LM of `model_type` (a transformers config: its
+    fields are read by name); ValueError naming what it got otherwise."""
     config = getattr(hf_model, "config", None)
     base = getattr(hf_model, "model", None)
     if config is None or base is None or not hasattr(hf_model, "lm_head") \

@@ -13,6 +13,7 @@ Inference only: weights are plain tensors, the forward runs under `torch.inferen
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,7 @@ class PagedLlama(PagedModel):
         return self.rotary.inv_freq
 
     @classmethod
-    def from_hf(cls, hf_model: object, *, dtype: torch.dtype | None = None,
+    def from_hf(cls, hf_model: Any, *, dtype: torch.dtype | None = None,
                 device: torch.device | str | None = None) -> PagedLlama:
         """Copy the weights of a `transformers` `LlamaForCausalLM` (random or trained).
 
@@ -88,7 +89,7 @@ class PagedLlama(PagedModel):
         act = getattr(config, "hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"hf_model.config.hidden_act must be 'silu' (SwiGLU), got {act!r}")
-        base = hf_model.model  # type: ignore[attr-defined]
+        base = hf_model.model
         rotary = Rotary.of(base.rotary_emb)
         layers = []
         for layer in base.layers:
@@ -101,7 +102,7 @@ class PagedLlama(PagedModel):
             ))
         model = cls(shape_of(config), base.embed_tokens.weight.detach(), layers,
                     base.norm.weight.detach(),
-                    hf_model.lm_head.weight.detach(),  # type: ignore[attr-defined]
+                    hf_model.lm_head.weight.detach(),
                     rotary.inv_freq, rotary.scaling)
         return model.to(dtype=dtype, device=device)
 
