@@ -181,15 +181,24 @@ def state_pages(spec: StateSpec, page: int) -> int:
 def groups_from_layers(layer_types: Sequence[str], num_layers: int, *,
                        window: int | None = None, chunk: int | None = None,
                        num_kv_heads: int = 1, head_size: int = 1, dtype_bytes: int = 2,
-                       state_bytes: int | None = None) -> tuple[GroupSpec, ...]:
+                       state_bytes: int | None = None,
+                       layers_per_group: int | None = None) -> tuple[GroupSpec, ...]:
     """Group specs from a per-layer pattern as model configs spell it (`layer_types` of
     transformers: "full_attention", "sliding_attention", "chunked_attention",
     "linear_attention"), one group per kind in order of first appearance.
 
+    `layers_per_group` splits each kind's layers into groups of at most that many (vLLM
+    gives every group the same layer count): the one pool's common page is then the block
+    of that many layers, not of the largest kind's, so a kind with few layers (Gemma 3's 10
+    global layers beside 52 local ones) does not pay for pages sized for the other.
+
     Raises ValueError when the pattern's length is not `num_layers`, a kind is unknown, or
-    its window / chunk / state size is missing or not a positive int.
+    its window / chunk / state size (or `layers_per_group`) is missing or not a positive
+    int.
     """
     _check_positive_int("groups_from_layers", "num_layers", num_layers)
+    if layers_per_group is not None:
+        _check_positive_int("groups_from_layers", "layers_per_group", layers_per_group)
     if len(layer_types) != num_layers:
         raise ValueError(f"layer_types has {len(layer_types)} entries but num_layers is "
                          f"{num_layers}: the pattern must name every layer once")
@@ -203,7 +212,12 @@ def groups_from_layers(layer_types: Sequence[str], num_layers: int, *,
         counts[kind] = counts.get(kind, 0) + 1
     shape = {"num_kv_heads": num_kv_heads, "head_size": head_size, "dtype_bytes": dtype_bytes}
     out: list[GroupSpec] = []
-    for kind, n in counts.items():
+    split: list[tuple[str, int]] = []
+    for kind, total in counts.items():
+        step = total if layers_per_group is None or kind == "linear_attention" \
+            else layers_per_group
+        split += [(kind, min(step, total - at)) for at in range(0, total, step)]
+    for kind, n in split:
         if kind == "full_attention":
             out.append(FullAttentionSpec(num_layers=n, **shape))
         elif kind == "sliding_attention":

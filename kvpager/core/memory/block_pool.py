@@ -320,6 +320,24 @@ class BlockPool:
         else:
             self.free(ids, first=True)
 
+    def free_released_one(self, block: int) -> None:
+        """`free_released` of one block, with scalar reads and writes (a per-sequence
+        step's window release)."""
+        ref = self._ref.item(block)
+        self._ref[block] = ref - 1
+        if ref != 1:
+            return
+        if self._one_queue:
+            self._evictable[block] = None
+            if not self._cached.item(block):
+                self._queued_clean += 1
+        elif self._cached.item(block):
+            self._evictable[block] = None
+            self._evictable.move_to_end(block, last=False)
+        else:
+            self._clean[self._num_clean] = block
+            self._num_clean += 1
+
     def writable(self, ids: np.ndarray) -> np.ndarray:
         """bool `[n]`: which blocks a holder may write in place (its only holder, and not
         prefix-cached content, which is immutable)."""

@@ -65,6 +65,7 @@ from kvpager.core.memory.window import (
     crossing,
     due,
     release,
+    release_row,
 )
 from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 
@@ -114,6 +115,8 @@ class HybridKVCacheManager:
                 add_released_column(m.rows)
                 self._windows.append((m, spec))
         self._first = self._managers[0]
+        # What the per-sequence step touches in each group, looked up once.
+        self._steps = [(m, m.rows, m.prefix_chains) for m in self._managers]
         self.num_released_blocks = 0
         self._state = StatePages(self._first.rows, states, self.page_bytes) if states else None
         #: Pages one sequence's state groups hold (0 without state groups).
@@ -358,8 +361,7 @@ class HybridKVCacheManager:
         bs, gpu, limit = self.block_size, self.gpu, self.max_model_len
         slots: list[int] = []
         copies: list[np.ndarray] = []
-        for m in self._managers:
-            store = m.rows
+        for m, store, chains in self._steps:
             slot = append_one(store, gpu, row, bs, limit)
             if slot is None:  # a shared or cached block is written: the group plans
                 planned = m.append_slots(seq_id, token_ids=token_ids)
@@ -368,7 +370,6 @@ class HybridKVCacheManager:
                     copies.append(planned.copies)
                 continue
             slots.append(slot)
-            chains = m.prefix_chains
             if chains is not None:
                 if token_ids is None:
                     chains.end_chain(row)
@@ -378,18 +379,16 @@ class HybridKVCacheManager:
             n = self._first.rows.ntokens.item(row)
             for m, spec in self._windows:  # scalar test first: most steps free nothing
                 if due(m.rows, spec, row, n, bs):
-                    self.num_released_blocks += release(
-                        m.rows, gpu, spec, np.asarray([row], dtype=np.int64),
-                        np.asarray([n], dtype=np.int64), bs)
+                    self.num_released_blocks += release_row(m.rows, gpu, spec, row, n, bs)
         state = self._state
         if state is not None:  # every step rewrites the state: copy it if shared
             one = np.asarray([row], dtype=np.int64)
             pairs = state.copy_on_write(one, state.writers_that_copy(one, gpu), gpu)
             if pairs.size:
                 copies.append(pairs)
-        out = np.array(slots, dtype=np.int64)
-        return AppendResult(out[:1], np.concatenate(copies) if copies else EMPTY_PAIRS,
-                            tuple(out[g : g + 1] for g in range(len(slots))))
+        per_group = tuple([np.array((slot,), dtype=np.int64) for slot in slots])
+        return AppendResult(per_group[0], np.concatenate(copies) if copies else EMPTY_PAIRS,
+                            per_group)
 
     def append_slots_batch(self, rows: np.ndarray, num_new_tokens: int = 1,
                            num_lookahead_slots: int = 0, *,
@@ -428,8 +427,8 @@ class HybridKVCacheManager:
                         self.num_released_blocks += release(
                             m.rows, self.gpu, spec, rows[moved], after[moved],
                             self.block_size)
-            else:
-                self._release(rows, after)
+            else:  # the step's first query (at the old length) still reads its window
+                self._release(rows, plans[0].ntokens + 1)
         copies = [r.copies for r in results if r.copies.size]
         if state_copy.size:
             copies.append(state.copy_on_write(rows, state_copy, self.gpu))  # type: ignore[union-attr]

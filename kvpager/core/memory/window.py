@@ -95,6 +95,29 @@ def release(store: SequenceStore, pool: BlockPool, spec: WindowSpec, rows: np.nd
     return int(ids.size)
 
 
+def release_row(store: SequenceStore, pool: BlockPool, spec: WindowSpec, row: int,
+                num_tokens: int, block_size: int) -> int:
+    """`release` of one row with scalar reads and writes (a per-sequence step, after `due`
+    said it frees something); returns how many entries became null."""
+    if isinstance(spec, SlidingWindowSpec):
+        first = max(num_tokens - spec.window, 0)
+    else:
+        first = max(num_tokens - 1, 0) // spec.chunk * spec.chunk
+    dead = min(first // block_size, store.nblocks.item(row))
+    done = store.released.item(row)
+    table = store.table
+    freed = 0
+    for col in range(dead - 1, done - 1, -1):  # newest first: the oldest ends frontmost
+        block = table.item(row, col)
+        if block != NULL_BLOCK:
+            pool.free_released_one(block)
+            table[row, col] = NULL_BLOCK
+            freed += 1
+    if dead > done:
+        store.released[row] = dead
+    return freed
+
+
 def check_truncate(store: SequenceStore, spec: WindowSpec, row: int, num_tokens: int,
                    block_size: int) -> None:
     """A truncation to `num_tokens` must not need a block already released."""

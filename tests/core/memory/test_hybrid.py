@@ -235,3 +235,15 @@ def test_random_operations_keep_data_and_refs(seed: int) -> None:
                     block = int(table[pos // BS])
                     assert block != NULL_BLOCK
                     assert gpu[block * BS + pos % BS] == vals[pos], (s, g, pos)
+
+
+def test_layers_per_group_splits_kinds_into_equal_groups() -> None:
+    types = (["sliding_attention"] * 5 + ["full_attention"]) * 10 + ["sliding_attention"] * 2
+    groups = groups_from_layers(types, 62, window=1024, num_kv_heads=16, head_size=128,
+                                layers_per_group=10)
+    assert [(g.kind, g.num_layers) for g in groups] == (  # type: ignore[union-attr]
+        [("sliding_window", 10)] * 5 + [("sliding_window", 2), ("full", 10)])
+    # the common page is the block of 10 layers, not of the 52 local ones
+    assert page_bytes(groups, 16) == 10 * 2 * 16 * 128 * 2 * 16
+    with pytest.raises(ValueError, match="layers_per_group"):
+        groups_from_layers(types, 62, window=1024, layers_per_group=0)
