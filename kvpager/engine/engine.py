@@ -89,6 +89,10 @@ class LLMEngine:
         eos_token_id: default stop ids of requests that do not set their own.
         check_indices: let the ops re-validate every plan's indices (one host sync per op
             on a GPU); the manager's plans are trusted, so a server can turn it off.
+        layers_per_group: KV-cache groups of at most this many layers of one kind (None:
+            one group per kind). Equal groups make the common page the block of that many
+            layers, so a kind with fewer layers (Gemma 3's global ones) pads less; more
+            groups cost more tables per step (docs/architecture.md).
     """
 
     def __init__(
@@ -96,11 +100,16 @@ class LLMEngine:
         scheduler_config: SchedulerConfig | None = None, *, backend: str = "auto",
         kv_cache_dtype: str = "auto", k_scale: float | torch.Tensor = 1.0,
         v_scale: float | torch.Tensor = 1.0, eos_token_id: int | Sequence[int] | None = None,
-        check_indices: bool = True,
+        check_indices: bool = True, layers_per_group: int | None = None,
     ) -> None:
         if not isinstance(model, PagedModel):
             raise ValueError(f"model must be a PagedLlama, PagedGptOss or PagedGemma3 (a "
                              f"PagedModel), got {type(model).__name__}")
+        if layers_per_group is not None and (
+                isinstance(layers_per_group, bool) or not isinstance(layers_per_group, int)
+                or layers_per_group < 1):
+            raise ValueError(f"layers_per_group must be a positive int or None, got "
+                             f"{layers_per_group!r}")
         if not isinstance(cache_config, CacheConfig):
             raise ValueError(f"cache_config must be a CacheConfig, got "
                              f"{type(cache_config).__name__}")
@@ -115,6 +124,8 @@ class LLMEngine:
         self.backend = backends.resolve(backend, model.device, head_size=shape.head_size,
                                         block_size=cache_config.block_size, dtype=model.dtype,
                                         kv_cache_dtype=kv_cache_dtype).name
+        if layers_per_group is not None:
+            model.regroup(layers_per_group)
         self.model = model
         scheduler_config = scheduler_config or SchedulerConfig()
         if cache_config.max_model_len is None and scheduler_config.max_model_len is not None:

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kvpager.core.groups import (
-    FullAttentionSpec,
     PagedSpec,
     SlidingWindowSpec,
     StateSpec,
@@ -52,10 +51,13 @@ class KVLayout:
 
     @classmethod
     def build(cls, layer_types: Sequence[str], sliding_window: int | None, *,
-              num_kv_heads: int, head_size: int, dtype_bytes: int,
-              architecture: str) -> KVLayout:
-        """From a config's `layer_types`. Raises UnsupportedModelError for an attention type
-        the engine has no kernel path for, or a window that is not a positive int."""
+              num_kv_heads: int, head_size: int, dtype_bytes: int, architecture: str,
+              layers_per_group: int | None = None) -> KVLayout:
+        """From a config's `layer_types`: one group per kind, or groups of at most
+        `layers_per_group` layers of one kind (`groups_from_layers`: equal groups shrink the
+        common page when the kinds' layer counts differ, as Gemma 3's 5 : 1 do). Raises
+        UnsupportedModelError for an attention type the engine has no kernel path for, or a
+        window that is not a positive int; ValueError for a bad `layers_per_group`."""
         for i, kind in enumerate(layer_types):
             if kind not in SERVED_LAYER_TYPES:
                 raise UnsupportedModelError(
@@ -70,14 +72,19 @@ class KVLayout:
                                         f"{sliding_window!r}")
         groups = tuple(g for g in groups_from_layers(
             layer_types, len(layer_types), window=sliding_window, num_kv_heads=num_kv_heads,
-            head_size=head_size, dtype_bytes=dtype_bytes) if not isinstance(g, StateSpec))
-        kinds = [g.kind for g in groups]
-        layer_group, layer_slot, counts = [], [], [0] * len(groups)
+            head_size=head_size, dtype_bytes=dtype_bytes, layers_per_group=layers_per_group)
+            if not isinstance(g, StateSpec))
+        # A kind's groups are consecutive, in the order of its layers; each holds `step`
+        # layers (the last one the rest), so a layer's rank within its kind places it.
+        layer_group, layer_slot, seen = [], [], dict.fromkeys(SERVED_LAYER_TYPES.values(), 0)
         for kind in layer_types:
-            g = kinds.index(SERVED_LAYER_TYPES[kind])
-            layer_group.append(g)
-            layer_slot.append(counts[g])
-            counts[g] += 1
+            spec_kind = SERVED_LAYER_TYPES[kind]
+            first = next(g for g, spec in enumerate(groups) if spec.kind == spec_kind)
+            step = groups[first].num_layers
+            rank = seen[spec_kind]
+            seen[spec_kind] += 1
+            layer_group.append(first + rank // step)
+            layer_slot.append(rank % step)
         window = tuple(sliding_window if kind == "sliding_attention" else None
                        for kind in layer_types)
         return cls(groups, tuple(layer_group), tuple(layer_slot), window)
@@ -86,9 +93,19 @@ class KVLayout:
     def full(cls, num_layers: int, *, num_kv_heads: int, head_size: int,
              dtype_bytes: int) -> KVLayout:
         """Every layer full attention: one group, slot = layer."""
-        spec = FullAttentionSpec(num_layers=num_layers, num_kv_heads=num_kv_heads,
-                                 head_size=head_size, dtype_bytes=dtype_bytes)
-        return cls((spec,), (0,) * num_layers, tuple(range(num_layers)), (None,) * num_layers)
+        return cls.build(["full_attention"] * num_layers, None, num_kv_heads=num_kv_heads,
+                         head_size=head_size, dtype_bytes=dtype_bytes, architecture="llama")
+
+    def regrouped(self, layers_per_group: int | None) -> KVLayout:
+        """The same layers in groups of at most `layers_per_group` layers of one kind
+        (None: one group per kind)."""
+        spec = self.groups[0]
+        windows = {w for w in self.layer_window if w is not None}
+        return KVLayout.build(
+            ["full_attention" if w is None else "sliding_attention" for w in self.layer_window],
+            windows.pop() if windows else None, num_kv_heads=spec.num_kv_heads,
+            head_size=spec.head_size, dtype_bytes=spec.dtype_bytes, architecture="the model",
+            layers_per_group=layers_per_group)
 
     @property
     def hybrid(self) -> bool:

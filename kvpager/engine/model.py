@@ -68,6 +68,11 @@ class PagedModel:
         """Names of tensors `to` keeps in float32."""
         return frozenset()
 
+    def regroup(self, layers_per_group: int | None) -> None:
+        """Use KV-cache groups of at most `layers_per_group` layers of one kind (None: one
+        group per kind), before an engine builds its cache on `layout`."""
+        self.layout = self.layout.regrouped(layers_per_group)
+
     def attend(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                cache: KVCache, batch: StepInputs, scale: float, *, backend: str,
                check_indices: bool, sinks: torch.Tensor | None = None) -> torch.Tensor:

@@ -204,3 +204,22 @@ def test_the_next_turn_hits_the_blocks_the_answer_filled(hybrid_model):
     assert list(turn2.outputs[0].token_ids) == reference(hybrid_model, [second], 10)[0]
     # 32 tokens of turn 1 hold KV in 4 full blocks, three filled during decode
     assert engine.stats.prefix_hit_blocks == 4
+
+
+def test_equal_size_groups_shrink_the_page_and_stay_exact():
+    """Gemma 3's 3 local : 1 global layers in groups of one layer each (four groups): the
+    common page is one layer's block instead of three, every output unchanged."""
+    model = tiny_gemma3()
+    prompts = make_prompts((13, 30), seed=5)
+    want = reference(model, prompts, MAX_NEW)
+    one_per_kind = make_engine(model, prefix=True)
+    engine = make_engine(model, prefix=True, layers_per_group=1)
+    assert [g.kind for g in engine.manager.groups] == ["sliding_window"] * 3 + ["full"]
+    assert engine.cache.num_layers == 1
+    assert 3 * engine.manager.page_bytes == one_per_kind.manager.page_bytes
+    outputs = engine.generate(prompts, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
+    assert tokens_of(outputs) == want
+    (again,) = engine.generate(prompts[1:], SamplingParams(max_tokens=MAX_NEW,
+                                                           ignore_eos=True))
+    assert list(again.outputs[0].token_ids) == want[1]
+    assert engine.stats.prefix_hit_blocks == 3  # (30 - 1) // 8 blocks, in all four groups

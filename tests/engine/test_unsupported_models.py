@@ -64,3 +64,9 @@ def test_cache_groups_that_are_not_the_models():
     wrong = CacheConfig(num_gpu_blocks=16, block_size=8, groups=(FullAttentionSpec(),))
     with pytest.raises(ValueError, match=r"cache_config\.groups .* is not the model's"):
         LLMEngine.from_hf(tiny_gpt_oss(), wrong)
+
+
+@pytest.mark.parametrize("value", [0, 1.5, True])
+def test_bad_layers_per_group(value):
+    with pytest.raises(ValueError, match="layers_per_group must be a positive int or None"):
+        LLMEngine.from_hf(tiny_gpt_oss(), CACHE, layers_per_group=value)
