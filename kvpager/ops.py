@@ -222,10 +222,12 @@ def paged_attention(
     if isinstance(max_seq_len, int) and max_seq_len >= 1 and not use_v1(
         max_seq_len, num_seqs, num_heads
     ):
-        workspace = v2_workspace(num_seqs, num_heads, head_size, max_seq_len,
-                                 dtype=query.dtype, device=query.device)
-        paged_attention_v2(out, *workspace, *common, sliding_window=sliding_window,
-                           sinks=sinks, backend=backend, check_indices=check_indices)
+        exp_sums, max_logits, tmp_out = v2_workspace(num_seqs, num_heads, head_size,
+                                                     max_seq_len, dtype=query.dtype,
+                                                     device=query.device)
+        paged_attention_v2(out, exp_sums, max_logits, tmp_out, *common,
+                           sliding_window=sliding_window, sinks=sinks, backend=backend,
+                           check_indices=check_indices)
     else:  # v1, or a bad max_seq_len that v1's checks will name
         paged_attention_v1(out, *common, sliding_window=sliding_window, sinks=sinks,
                            backend=backend, check_indices=check_indices)

@@ -119,13 +119,12 @@ def resolve(
     """
     if name is None or name == AUTO:
         name = default_name()
-    wants_config = head_size is not None and block_size is not None and dtype is not None
-
     def reason_for(backend: Backend) -> str | None:
         reason = backend.device_reason(device)
         if reason is None and mla:
             reason = backend.mla_reason()
-        if reason is None and wants_config:
+        if reason is None and head_size is not None and block_size is not None and (
+                dtype is not None):
             reason = backend.capability_reason(
                 head_size=head_size, block_size=block_size, dtype=dtype,
                 kv_cache_dtype=kv_cache_dtype,
@@ -144,10 +143,11 @@ def resolve(
     candidates = ["reference"] if device.type == "cpu" else list(_MODULES)
     why_not: list[str] = []
     for candidate in candidates:
-        backend = _load(candidate)
-        if isinstance(backend, str):
-            why_not.append(f"{candidate}: {backend}")
+        loaded = _load(candidate)
+        if isinstance(loaded, str):
+            why_not.append(f"{candidate}: {loaded}")
             continue
+        backend = loaded
         reason = reason_for(backend)
         if reason is None:
             return backend

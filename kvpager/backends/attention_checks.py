@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 
 def check_blocksparse(
-    block_size: int, num_heads: int, max_seq_len: int, tp_rank: object, local_blocks: object,
-    vert_stride: object, sparse_block_size: object, sliding_step: object,
+    block_size: int, num_heads: int, max_seq_len: int, tp_rank: int, local_blocks: int,
+    vert_stride: int, sparse_block_size: int, sliding_step: int,
 ) -> None:
     """Block-sparse parameters; sparsity is on when vert_stride > 1 (as in vLLM's kernel).
 

@@ -163,10 +163,11 @@ def covering_order(pool: list[AttentionCase], *, seed: int = 0, pairs: bool = Tr
     if pairs:
         doubles = {id(c): frozenset(itertools.combinations(sorted(singles[id(c)], key=repr), 2))
                    for c in pool}
-        wanted = set().union(*doubles.values()) if pool else set()
-        while wanted and pool:
-            best = max(pool, key=lambda c: (len(doubles[id(c)] & wanted), -case_cost(c)))
-            if not doubles[id(best)] & wanted:
+        wanted_pairs: set[object] = set().union(*doubles.values()) if pool else set()
+        while wanted_pairs and pool:
+            best = max(pool, key=lambda c: (len(doubles[id(c)] & wanted_pairs),
+                                            -case_cost(c)))
+            if not doubles[id(best)] & wanted_pairs:
                 break
             pool.remove(best)
             wanted -= doubles[id(best)]
@@ -306,8 +307,10 @@ def make_inputs(
         local, vert, block, step = case.sparse
         sparse_kwargs = {"local": local, "vert": vert, "block": block, "step": step}
     if case.scale_as_tensor:
-        k_scale = torch.tensor(k_scale, dtype=torch.float32)
-        v_scale = torch.tensor(v_scale, dtype=torch.float32)
+        k_scale_arg: float | torch.Tensor = torch.tensor(k_scale, dtype=torch.float32)
+        v_scale_arg: float | torch.Tensor = torch.tensor(v_scale, dtype=torch.float32)
+    else:
+        k_scale_arg, v_scale_arg = k_scale, v_scale
     # Drawn last, so cases without sinks keep the data they always had. Centred on
     # log(1000): a sink weighs as much as hundreds of tokens (|logit| ~ 1 here), so it moves
     # the output of long and short sequences alike.
@@ -317,7 +320,7 @@ def make_inputs(
         block_tables=table, seq_lens=torch.tensor(lens, dtype=torch.int32),
         max_seq_len=max(1, *lens), scale=1.0 / math.sqrt(head_size),
         alibi_slopes=alibi_slopes(num_heads) if case.use_alibi else None,
-        k_scale=k_scale, v_scale=v_scale, sparse_kwargs=sparse_kwargs,
+        k_scale=k_scale_arg, v_scale=v_scale_arg, sparse_kwargs=sparse_kwargs,
         sliding_window=case.window, sinks=sinks,
     )
     return inputs.to(device)

@@ -141,9 +141,10 @@ def mla_tolerance(dtype: str) -> tuple[float, float]:
 
 
 def check_mla_against_reference(case: MLACase, backend: str,
-                                device: torch.device | str = "cuda") -> None:
+                                device: torch.device | str = "cuda", *,
+                                lengths: list[int] | None = None) -> None:
     """`backend` on poisoned inputs (window) against the reference on clean ones."""
-    inputs = make_mla_inputs(case, device)
+    inputs = make_mla_inputs(case, device, lengths=lengths)
     want = run_mla(inputs, "reference")
     got = run_mla(poison_mla(inputs) if case.window else inputs, backend)
     assert torch.isfinite(got).all(), "read a slot outside what the sequence attends"

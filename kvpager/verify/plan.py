@@ -1,9 +1,10 @@
 """The verification plan: the steps in priority order, their estimates, and their sizes.
 
-Order (the issue's priority): environment, CUDA build, correctness (attention sample, cache
-ops, merge, sparse ops, the > 2^31-element cache, the engine, compute-sanitizer), then
-speed. A step starts only when its estimate fits in what is left of the budget; elastic
-steps (the build, the attention sample, the sanitizer) also stop themselves in time.
+Order (the issue's priority): environment, CUDA build, correctness (attention sample, the
+window / sinks / MLA cases, cache ops, merge, sparse ops, the > 2^31-element cache, the
+engine, compute-sanitizer), then speed. A step starts only when its estimate fits in what is
+left of the budget; elastic steps (the build, the attention sample, the sanitizer) also stop
+themselves in time.
 
 Estimates are seconds on an H200 with a bare machine (no Triton cache, no CUDA build) or,
 for the dry run, on a CPU running Triton's interpreter; for the elastic steps they are the
@@ -22,6 +23,7 @@ from kvpager.verify.steps_attention import attention_sample_step, large_cache_st
 from kvpager.verify.steps_engine import engine_step
 from kvpager.verify.steps_ops import cache_ops_step, merge_step, sparse_step
 from kvpager.verify.steps_setup import build_step, environment_step
+from kvpager.verify.steps_window_mla import window_sinks_mla_step
 
 DEFAULT_BUDGET_S = 480.0
 DEFAULT_DRY_BUDGET_S = 150.0
@@ -51,6 +53,9 @@ class Sizes:
     speed_repeats: int
     estimates: dict[str, float]
     seed: int = 0
+    window_cases: int = 100_000  # window / sinks cases per backend
+    mla_cases: int = 100_000
+    mla_lengths: list[int] | None = None  # None: mla_matrix's own (up to 1,100 tokens)
 
 
 GPU = Sizes(
@@ -60,7 +65,8 @@ GPU = Sizes(
     sanitizer_timeout_s=180.0,
     speed_batches=(8, 32), speed_contexts=(4096, 8192, 32768), speed_heads=(32, 8),
     speed_head_size=128, speed_dtype="float16", speed_warmup=3, speed_repeats=20,
-    estimates={"environment": 5, "build": 90, "attention_sample": 60, "cache_ops": 20,
+    estimates={"environment": 5, "build": 90, "attention_sample": 60,
+               "window_sinks_mla": 45, "cache_ops": 20,
                "merge": 10, "sparse_ops": 20, "large_cache": 30, "engine": 60,
                "sanitizer": 75, "speed": 60},
 )
@@ -72,9 +78,11 @@ DRY = Sizes(
     sanitizer_timeout_s=30.0,
     speed_batches=(1, 3), speed_contexts=(16, 40, 72), speed_heads=(4, 2),
     speed_head_size=32, speed_dtype="float32", speed_warmup=1, speed_repeats=2,
-    estimates={"environment": 2, "build": 0, "attention_sample": 20, "cache_ops": 10,
+    estimates={"environment": 2, "build": 0, "attention_sample": 20,
+               "window_sinks_mla": 10, "cache_ops": 10,
                "merge": 5, "sparse_ops": 10, "large_cache": 3, "engine": 15,
                "sanitizer": 3, "speed": 15},
+    window_cases=2, mla_cases=1, mla_lengths=[1, 40, 150, 0],
 )
 
 
@@ -92,6 +100,8 @@ def steps() -> list[Step]:
         ("build", "CUDA extension from scratch (MAX_JOBS = cores)", build_step),
         ("attention_sample", "paged attention v1/v2 vs the reference, covering sample",
          attention_sample_step),
+        ("window_sinks_mla", "sliding window, sinks (triton, cuda) and MLA decode (triton) "
+         "vs the reference, NaN outside the window", window_sinks_mla_step),
         ("cache_ops", "reshape_and_cache / copy_blocks bit-exact, swap round trip",
          cache_ops_step),
         ("merge", "merge_attn_states vs the reference", merge_step),

@@ -93,7 +93,7 @@ def test_registered_ops_run_and_trace_on_fake_tensors() -> None:
     with FakeTensorMode() as mode:
         fake = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in args]
         torch.ops.kvpager.paged_mla_decode(torch.empty(2, 2, 64), *fake, sliding_window=20)
-        with pytest.raises(OpArgumentError, match="^out must have shape"):
+        with pytest.raises(OpArgumentError, match=r"^out must have shape"):
             torch.ops.kvpager.paged_mla_decode(torch.empty(2, 2, 63), *fake)
     cache = ops.allocate_latent_cache(1, 8, 3, dtype=torch.float32)
     torch.ops.kvpager.concat_and_cache_mla(torch.ones(1, 2), torch.ones(1, 1), cache,

@@ -34,8 +34,9 @@ try:
 except ImportError as exc:
     print("SKIP no ahead-of-time compile API:", exc)
     sys.exit(0)
-from kvpager.backends.triton import attention_kernels as ak, cache_ops, merge
+from kvpager.backends.triton import attention_kernels as ak, cache_ops, merge, mla_kernels
 from kvpager.backends.triton.attention import attention_config
+from kvpager.backends.triton.mla import mla_config
 
 PTR = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32"}
 X = {"float16": 8, "bfloat16": 8, "float32": 4}
@@ -133,6 +134,17 @@ for arch in arch_list:
                        output_lse_ptr="*fp32" if lse else PTR[dtype], num_tokens="i32",
                        output_stride="i32", prefix_stride="i32", suffix_stride="i32"),
                   dict(HEAD_SIZE=120, HEAD_PAD=128, WRITE_LSE=lse), arch, 1)
+    # MLA decode: DeepSeek-V3's 512 + 64 in each dtype and block size, an odd layout, no rope.
+    for dtype, rank, rope, bs in (("bfloat16", 512, 64, 64), ("float16", 512, 64, 16),
+                                  ("float32", 512, 64, 32), ("bfloat16", 96, 32, 8),
+                                  ("float16", 128, 0, 16)):
+        config = mla_config(rank, rope, getattr(torch, dtype), interpreted=False)
+        build(mla_kernels.paged_mla_decode_kernel,
+              dict(out_ptr=PTR[dtype], q_ptr=PTR[dtype], cache_ptr=PTR[dtype],
+                   block_tables_ptr="*i32", seq_lens_ptr="*i32", scale="fp32",
+                   q_seq_stride="i32", cache_block_stride="i32", table_stride="i32",
+                   num_heads="i32", window="i32"),
+              dict(config, BLOCK_SIZE=bs), arch, 4 if rank <= 128 else 8)
 print("COMPILED", arch_list)
 """
 

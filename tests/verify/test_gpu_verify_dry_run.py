@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 #: Installed here, absent on the device machine (which has torch, triton, ninja and nvcc).
 NOT_ON_THE_DEVICE = ("pytest", "hypothesis", "simpy", "plotly", "typer", "rich", "pydantic",
                      "ray", "transformers")
-STEPS = ["environment", "build", "attention_sample", "cache_ops", "merge", "sparse_ops",
-         "large_cache", "engine", "sanitizer", "speed"]
+STEPS = ["environment", "build", "attention_sample", "window_sinks_mla", "cache_ops", "merge",
+         "sparse_ops", "large_cache", "engine", "sanitizer", "speed"]
 
 
 @pytest.mark.slow
@@ -44,12 +44,15 @@ def test_dry_run_runs_the_whole_plan_and_records_it(tmp_path: Path) -> None:
     assert summary["statuses"]["sanitizer"] == "skipped"
     assert "transformers is not installed" in summary["skipped"]["engine"]
     ran = [s for s in STEPS if summary["statuses"][s] == "pass"]
-    assert set(ran) >= {"environment", "attention_sample", "cache_ops", "merge", "sparse_ops",
-                        "large_cache", "speed"}
+    assert set(ran) >= {"environment", "attention_sample", "window_sinks_mla", "cache_ops",
+                        "merge", "sparse_ops", "large_cache", "speed"}
     triton = summary["steps"]["attention_sample"]["backends"]["triton"]
     assert triton["every_value_covered"] and triton["cases"] >= triton["covering_prefix"] >= 8
     cases = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    cases = [c for c in cases if c["event"] == "case"]
+    window = [c for c in cases if c["event"] == "case" and c["step"] == "window_sinks_mla"]
+    assert {(c["kind"], c["backend"]) for c in window} == {("window_sinks", "triton"),
+                                                          ("mla", "triton")}
+    cases = [c for c in cases if c["event"] == "case" and c["step"] == "attention_sample"]
     assert len(cases) == triton["cases"] and {c["nan_unused"] for c in cases} == {True, False}
     findings = summary["findings"]
     assert findings and all(f["met"] is None for f in findings)  # no target judged on a CPU
