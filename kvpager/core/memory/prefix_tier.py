@@ -177,6 +177,11 @@ class HostPrefixTier:
         for key, host in reversed(skipped):  # pinned keys keep their place, oldest first
             host_of[key] = host
             host_of.move_to_end(key, last=False)
+        if dropped and self._offloads:  # a copy into a reused host block not done yet is
+            reused = set(hosts[fresh:])  # moot: drop it, so no plan writes a block twice
+            kept = [pair for pair in self._offloads if pair[1] not in reused]
+            self.offloaded_blocks -= len(self._offloads) - len(kept)
+            self._offloads = kept
         events = self._events
         if dropped and events is not None and events.active:
             events.removed(dropped, MEDIUM_CPU)
