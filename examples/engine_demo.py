@@ -3,6 +3,8 @@
     python examples/engine_demo.py                      # CPU, reference kernels
     python examples/engine_demo.py --gpu-blocks 12      # tighter cache: preemptions
     python examples/engine_demo.py --device cuda --dtype float16 --backend triton
+    python examples/engine_demo.py --model gpt-oss      # window + full layers, sinks, MoE
+    python examples/engine_demo.py --model gemma3       # 3 local (window 5) : 1 global
 
 The model is built from a `transformers` LlamaConfig with random weights (nothing is
 downloaded). One batch mixes greedy requests of different lengths, one request with four
@@ -22,6 +24,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kvpager.core.config import CacheConfig, SchedulerConfig
+from kvpager.core.memory.hybrid import HybridKVCacheManager
 from kvpager.engine import LLMEngine, SamplingParams
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -29,6 +32,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=("llama", "gpt-oss", "gemma3"), default="llama",
+                   help="architecture of the random model (gpt-oss and gemma3 have "
+                        "sliding-window layers of 5 tokens: a hybrid KV cache)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--backend", default="auto",
@@ -56,7 +62,13 @@ def build_model(seed: int, dtype: torch.dtype, device: str) -> LlamaForCausalLM:
 def main() -> None:
     args = parse_args()
     dtype = DTYPES[args.dtype]
-    hf = build_model(args.seed, dtype, args.device)
+    if args.model == "llama":
+        hf = build_model(args.seed, dtype, args.device)
+    else:
+        from kvpager.verify.hf_reference import tiny_gemma3, tiny_gpt_oss
+
+        tiny = tiny_gpt_oss if args.model == "gpt-oss" else tiny_gemma3
+        hf = tiny(seed=args.seed, dtype=dtype, device=args.device)
     engine = LLMEngine.from_hf(
         hf,
         CacheConfig(num_gpu_blocks=args.gpu_blocks, block_size=args.block_size,
@@ -101,6 +113,9 @@ def main() -> None:
           f"{s.cow_copies}; saved {s.blocks_saved_by_sharing} block copies")
     print(f"preemptions {s.preemptions}; blocks swapped out {s.swapped_out}, in "
           f"{s.swapped_in}")
+    if isinstance(engine.manager, HybridKVCacheManager):
+        print(f"KV-cache groups {[g.kind for g in engine.manager.groups]}; blocks released "
+              f"out of sliding windows {engine.manager.num_released_blocks}")
 
 
 if __name__ == "__main__":

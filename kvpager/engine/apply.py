@@ -14,15 +14,22 @@ tokens are appended so that a child copies its parent's tokens, not its sibling'
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import torch
 
-from kvpager.core.memory.manager import KVCacheManager
 from kvpager.core.sched.request import SequenceState
 from kvpager.core.sched.scheduler import Scheduler
 from kvpager.engine.outputs import EngineStats
-from kvpager.engine.tracking import RequestState, known_tokens
+from kvpager.engine.tracking import RequestState
+
+
+def _append(seq: SequenceState, token: int) -> None:
+    """Add a generated token to the sequence's ids (the engine's sequences always carry
+    them: prefix caching and recomputation read them)."""
+    if seq.token_ids is None:
+        raise RuntimeError(f"sequence {seq.seq_id!r} carries no token ids")
+    seq.token_ids.append(token)
 
 
 def decide_beam_step(
@@ -30,11 +37,12 @@ def decide_beam_step(
 ) -> list[Hashable]:
     """Run the request's beam step on its rows of `logits`; return the ids to report as
     finished (every running beam, when the search is over)."""
-    if state.beam is None:
+    beam = state.beam
+    if beam is None:
         if len(items) != 1:
             raise RuntimeError(f"request {state.request_id!r}: {len(items)} sequences "
                                "produced a first token; expected the prompt's only")
-        state.start_beam_search()
+        beam = state.start_beam_search()
         state.beam_seqs = [items[0][1]]
     current = state.beam_seqs
     row_of = {id(seq): row for row, seq in items}
@@ -44,16 +52,17 @@ def decide_beam_step(
             "logits this step; a beam step needs all of them (a recomputed beam group was "
             "split across chunked-prefill steps; use preemption='swap')")
     rows = torch.tensor([row_of[id(seq)] for seq in current], device=logits.device)
-    step = state.beam_search.step(logits[rows])
+    step = beam.step(logits[rows])
     state.beam_step = step
     return [seq.seq_id for seq in current] if step.done else []
 
 
-def apply_beam_step(scheduler: Scheduler, manager: KVCacheManager, stats: EngineStats,
-                    state: RequestState) -> None:
-    """Re-form the running beams as decided: fork, free, append tokens."""
+def apply_beam_step(scheduler: Scheduler, held_blocks: Callable[[Hashable], int],
+                    stats: EngineStats, state: RequestState) -> None:
+    """Re-form the running beams as decided: fork, free, append tokens. held_blocks(seq_id):
+    the GPU blocks a sequence holds (what a fork of it shares)."""
     step, state.beam_step = state.beam_step, None
-    if step is None:
+    if step is None or state.beam is None:
         return
     if step.done:
         if not state.finished:  # beams forked from the prompt in this very step
@@ -71,13 +80,13 @@ def apply_beam_step(scheduler: Scheduler, manager: KVCacheManager, stats: Engine
             continue
         parent_id = current[parent].seq_id
         stats.forks += 1
-        stats.fork_shared_blocks += len(manager.block_table(parent_id))
+        stats.fork_shared_blocks += held_blocks(parent_id)
         beams.append(scheduler.fork_seq(parent_id))
     for unused in spare.values():
         for seq in unused:
             scheduler.free_seq(seq.seq_id)
     for seq, token in zip(beams, step.tokens, strict=True):
-        known_tokens(seq).append(token)
+        _append(seq, token)
     state.beam_seqs = beams
 
 
@@ -103,13 +112,14 @@ def apply_samples(scheduler: Scheduler, state: RequestState) -> None:
         (token, logprob), sample.pending = sample.pending, None
         sample.tokens.append(token)
         sample.logprob += logprob
-        alive = sample.seq is not None and id(sample.seq) in live
-        if sample.seq is not None:
-            known_tokens(sample.seq).append(token)
+        own = sample.seq
+        alive = own is not None and id(own) in live
+        if own is not None:
+            _append(own, token)
         if token in state.eos:
             sample.finish_reason = "stop"
-            if alive and sample.seq is not None:
-                to_end.append(sample.seq)
+            if alive and own is not None:
+                to_end.append(own)
         elif not alive:  # the scheduler ended it at its length limit
             sample.finish_reason = "length"
     if to_end:

@@ -28,18 +28,20 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from kvpager import backends
-from kvpager.backends.layout import BLOCK_SIZES, HEAD_SIZES
+from kvpager.backends.layout import BLOCK_SIZES, HEAD_SIZES, cache_dtype_for
 from kvpager.cache import KVCache
 from kvpager.core.config import CacheConfig, SchedulerConfig
+from kvpager.core.memory.hybrid import HybridKVCacheManager
 from kvpager.core.memory.manager import KVCacheManager
 from kvpager.core.sched.output import SchedulerOutput
 from kvpager.core.sched.request import Request, SequenceState
 from kvpager.core.sched.scheduler import Scheduler
 from kvpager.engine.apply import apply_beam_step, apply_samples, decide_beam_step
 from kvpager.engine.inputs import build_step_inputs
-from kvpager.engine.llama import PagedLlama
+from kvpager.engine.model import PagedModel
 from kvpager.engine.outputs import EngineStats, RequestOutput
 from kvpager.engine.params import SamplingParams
+from kvpager.engine.registry import load_model
 from kvpager.engine.sampler import choose_tokens
 from kvpager.engine.tracking import RequestState, SampleState
 
@@ -52,13 +54,31 @@ def _eos_of(hf_model: object) -> tuple[int, ...]:
     return ()
 
 
+def _with_model_groups(config: CacheConfig, model: PagedModel, kv_cache_dtype: str
+                       ) -> CacheConfig:
+    """The cache config with the model's KV-cache groups (None for one full-attention
+    group), their bytes per element those of the cache's storage dtype."""
+    layout = model.layout
+    element = torch.empty((), dtype=cache_dtype_for(kv_cache_dtype, model.dtype)).element_size()
+    groups = tuple(replace(g, dtype_bytes=element) for g in layout.groups) \
+        if layout.hybrid else None
+    if config.groups is not None and config.groups != groups:
+        raise ValueError(f"cache_config.groups {config.groups!r} is not the model's KV-cache "
+                         f"groups {groups!r}: leave it None and the engine sets it")
+    return replace(config, groups=groups)
+
+
 class LLMEngine:
     """Continuous-batching generation over a paged KV cache.
 
     Args:
-        model: the network (`PagedLlama.from_hf(...)`), on the device the cache goes to.
+        model: the network (`PagedLlama` / `PagedGptOss` / `PagedGemma3`, usually through
+            `LLMEngine.from_hf`), on the device the cache goes to.
         cache_config: blocks of the device cache and of the CPU swap area, block size
-            (8, 16 or 32), prefix caching.
+            (8, 16 or 32), prefix caching. Its `groups` is the model's: left None, the engine
+            fills it in for a hybrid model (window and full layers) and builds a
+            `HybridKVCacheManager`, whose window groups release blocks; one attention
+            kind over full attention keeps the plain `KVCacheManager`.
         scheduler_config: batching limits and preemption policy (default `SchedulerConfig()`).
             `max_model_len` has one owner, the cache: set it in either config (a value given
             only to the scheduler is handed to the cache); two different values raise
@@ -69,17 +89,27 @@ class LLMEngine:
         eos_token_id: default stop ids of requests that do not set their own.
         check_indices: let the ops re-validate every plan's indices (one host sync per op
             on a GPU); the manager's plans are trusted, so a server can turn it off.
+        layers_per_group: KV-cache groups of at most this many layers of one kind (None:
+            one group per kind). Equal groups make the common page the block of that many
+            layers, so a kind with fewer layers (Gemma 3's global ones) pads less; more
+            groups cost more tables per step (docs/architecture.md).
     """
 
     def __init__(
-        self, model: PagedLlama, cache_config: CacheConfig,
+        self, model: PagedModel, cache_config: CacheConfig,
         scheduler_config: SchedulerConfig | None = None, *, backend: str = "auto",
         kv_cache_dtype: str = "auto", k_scale: float | torch.Tensor = 1.0,
         v_scale: float | torch.Tensor = 1.0, eos_token_id: int | Sequence[int] | None = None,
-        check_indices: bool = True,
+        check_indices: bool = True, layers_per_group: int | None = None,
     ) -> None:
-        if not isinstance(model, PagedLlama):
-            raise ValueError(f"model must be a PagedLlama, got {type(model).__name__}")
+        if not isinstance(model, PagedModel):
+            raise ValueError(f"model must be a PagedLlama, PagedGptOss or PagedGemma3 (a "
+                             f"PagedModel), got {type(model).__name__}")
+        if layers_per_group is not None and (
+                isinstance(layers_per_group, bool) or not isinstance(layers_per_group, int)
+                or layers_per_group < 1):
+            raise ValueError(f"layers_per_group must be a positive int or None, got "
+                             f"{layers_per_group!r}")
         if not isinstance(cache_config, CacheConfig):
             raise ValueError(f"cache_config must be a CacheConfig, got "
                              f"{type(cache_config).__name__}")
@@ -94,14 +124,22 @@ class LLMEngine:
         self.backend = backends.resolve(backend, model.device, head_size=shape.head_size,
                                         block_size=cache_config.block_size, dtype=model.dtype,
                                         kv_cache_dtype=kv_cache_dtype).name
+        if layers_per_group is not None:
+            model.regroup(layers_per_group)
         self.model = model
         scheduler_config = scheduler_config or SchedulerConfig()
         if cache_config.max_model_len is None and scheduler_config.max_model_len is not None:
             cache_config = replace(cache_config, max_model_len=scheduler_config.max_model_len)
-        self.manager = KVCacheManager(cache_config)
+        cache_config = _with_model_groups(cache_config, model, kv_cache_dtype)
+        self.manager: KVCacheManager | HybridKVCacheManager = (
+            KVCacheManager(cache_config) if cache_config.groups is None
+            else HybridKVCacheManager(cache_config))
         self.scheduler = Scheduler(self.manager, scheduler_config)  # checks they agree
-        self.cache = KVCache.for_manager(
-            self.manager, shape.num_layers, shape.num_kv_heads, shape.head_size,
+        # One K/V tensor pair per slot: the j-th layer of every group shares slot j.
+        self.cache = KVCache(
+            model.layout.num_slots, cache_config.num_gpu_blocks, shape.num_kv_heads,
+            shape.head_size, cache_config.block_size,
+            num_cpu_blocks=cache_config.num_cpu_blocks + cache_config.num_cpu_prefix_blocks,
             dtype=model.dtype, kv_cache_dtype=kv_cache_dtype, device=model.device,
             k_scale=k_scale, v_scale=v_scale, backend=self.backend)
         self.eos_token_ids = SamplingParams(eos_token_id=eos_token_id).eos_ids() or ()
@@ -117,9 +155,11 @@ class LLMEngine:
         scheduler_config: SchedulerConfig | None = None, *, dtype: torch.dtype | None = None,
         device: torch.device | str | None = None, **kwargs: object,
     ) -> LLMEngine:
-        """An engine over a copy of a `transformers` Llama's weights; eos ids default to the
-        model's generation config."""
-        model = PagedLlama.from_hf(hf_model, dtype=dtype, device=device)
+        """An engine over a copy of a `transformers` model's weights (Llama, gpt-oss, Gemma 3
+        text: `kvpager.engine.registry.MODELS`); eos ids default to the model's generation
+        config. An architecture or attention type the engine cannot serve raises
+        `UnsupportedModelError` (a ValueError) before anything is built."""
+        model = load_model(hf_model, dtype=dtype, device=device)
         kwargs.setdefault("eos_token_id", _eos_of(hf_model))
         return cls(model, cache_config, scheduler_config, **kwargs)  # type: ignore[arg-type]
 
@@ -192,7 +232,8 @@ class LLMEngine:
                                "requests unfinished")
         self.cache.execute(out)
         self._count_memory(out)
-        batch, logit_seqs = build_step_inputs(out, self.manager.block_size, self.model.device)
+        batch, logit_seqs = build_step_inputs(out, self.manager.block_size, self.model.device,
+                                              self.manager.config.groups)
         self.stats.prefill_tokens += batch.num_prefill_tokens
         self.stats.decode_tokens += batch.num_decodes
         logits = self.model.forward(batch, self.cache, backend=self.backend,
@@ -202,15 +243,16 @@ class LLMEngine:
         self.scheduler.complete_step(out, chosen.finished_ids)
         for state in chosen.states:
             if state.beam is not None:
-                apply_beam_step(self.scheduler, self.manager, self.stats, state)
+                apply_beam_step(self.scheduler, self._held_blocks, self.stats, state)
             else:
                 apply_samples(self.scheduler, state)
         for rid in [rid for rid, s in self._requests.items() if s.finished]:
             finished.append(self._requests.pop(rid).output())
         self.stats.steps += 1
-        if self.manager.prefix_cache is not None:
-            self.stats.prefix_hit_blocks = self.manager.prefix_cache.hit_blocks
-            self.stats.prefix_queried_blocks = self.manager.prefix_cache.queried_blocks
+        prefix = self.manager.prefix_cache
+        if prefix is not None:
+            self.stats.prefix_hit_blocks = prefix.hit_blocks
+            self.stats.prefix_queried_blocks = prefix.queried_blocks
         return finished
 
     def run(self, max_steps: int | None = None) -> list[RequestOutput]:
@@ -254,10 +296,7 @@ class LLMEngine:
         """Decide next tokens without applying them: sampled tokens go to each sample's
         `pending`, beam decisions to `state.beam_step`."""
         choices = _Choices()
-        if logits is None:  # the step ran no tokens, so no sequence can wait for one
-            if seqs:
-                raise RuntimeError(f"{len(seqs)} sequences wait for a token from a step that "
-                                   "ran none")
+        if logits is None:  # a step that computed no token (only moved memory)
             return choices
         by_state: dict[int, list[tuple[int, SequenceState]]] = {}
         for row, seq in enumerate(seqs):
@@ -299,8 +338,16 @@ class LLMEngine:
         if children:
             prompt_seq = state.group.seqs[0]
             self.stats.forks += children
-            self.stats.fork_shared_blocks += children * len(
-                self.manager.block_table(prompt_seq.seq_id))
+            self.stats.fork_shared_blocks += children * self._held_blocks(prompt_seq.seq_id)
+
+    def _held_blocks(self, seq_id: Hashable) -> int:
+        """GPU blocks the sequence holds in every group (released window entries not
+        counted): what a fork of it shares."""
+        m = self.manager
+        if isinstance(m, HybridKVCacheManager):
+            return sum(int((m.group(g).block_ids(seq_id) >= 0).sum())
+                       for g in range(m.num_groups))
+        return len(m.block_ids(seq_id))
 
 
 @dataclass

@@ -34,6 +34,66 @@ def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = 
     return model.to(dtype=dtype, device=device).eval()  # type: ignore[call-arg]
 
 
+def _perturb(model, seed: int) -> None:
+    """Give norms and biases random values (transformers initialises them to constants), so
+    that a check exercises every weight's role: norm weights move by N(0, 0.1), biases and
+    attention sinks are drawn from N(0, 0.5)."""
+    gen = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if "norm" in name:
+                param.add_(0.1 * noise.to(param.dtype))
+            elif name.endswith("bias") or name.endswith("sinks"):
+                param.copy_(0.5 * noise.to(param.dtype))
+
+
+#: A window of 5 tokens with blocks of 8: sequences of a few dozen tokens run far past it and
+#: their window groups release blocks.
+TINY_WINDOW = 5
+
+
+def tiny_gpt_oss(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                 **overrides: object):
+    """gpt-oss in miniature: 4 layers alternating sliding window (5 tokens) and full
+    attention, learned sinks, YaRN rotary scaling (factor 8 over 64 positions), 4 experts of
+    which 2 per token, hidden 64, 4 query heads and 2 KV heads of size 32, random weights."""
+    fields: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=64,
+                  num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=32, num_local_experts=4, num_experts_per_tok=2,
+                  sliding_window=TINY_WINDOW, max_position_embeddings=512,
+                  initializer_range=0.2, tie_word_embeddings=False, eos_token_id=EOS,
+                  bos_token_id=1, pad_token_id=0,
+                  rope_parameters={"rope_type": "yarn", "factor": 8.0, "beta_fast": 32.0,
+                                   "beta_slow": 1.0, "truncate": False, "rope_theta": 150000.0,
+                                   "original_max_position_embeddings": 64})
+    fields.update(overrides)
+    torch.manual_seed(seed)
+    model = transformers.GptOssForCausalLM(transformers.GptOssConfig(**fields))
+    _perturb(model, seed)
+    return model.to(dtype=dtype, device=device).eval()  # type: ignore[call-arg]
+
+
+def tiny_gemma3(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                **overrides: object):
+    """Gemma 3 text in miniature: 4 layers, local (window 5) : global = 3 : 1 as
+    [local, local, global, local], hidden 64, 4 query heads and 2 KV heads of size 32,
+    random weights (norms perturbed around Gemma's 1 + 0), an untied output head (tied,
+    the embedding scaled by sqrt(hidden) dominates and random weights only repeat a token)."""
+    fields: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=32, sliding_window=TINY_WINDOW, query_pre_attn_scalar=32,
+                  layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                               "sliding_attention"],
+                  max_position_embeddings=512, initializer_range=0.2,
+                  tie_word_embeddings=False, eos_token_id=EOS, bos_token_id=1, pad_token_id=0)
+    fields.update(overrides)
+    torch.manual_seed(seed)
+    model = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(**fields))
+    _perturb(model, seed)
+    return model.to(dtype=dtype, device=device).eval()  # type: ignore[call-arg]
+
+
 def make_prompts(lengths: tuple[int, ...], seed: int = 1) -> list[list[int]]:
     """Random prompts of token ids 3..127 (never the eos id)."""
     gen = torch.Generator().manual_seed(seed)
@@ -149,6 +209,7 @@ def assert_greedy_within_tolerance(model, prompt: list[int], got: list[int],
     return len(want)
 
 
-__all__ = ["EOS", "NEAR_TIE", "VOCAB", "assert_greedy_within_tolerance", "greedy_shortfalls",
+__all__ = ["EOS", "NEAR_TIE", "TINY_WINDOW", "VOCAB", "assert_greedy_within_tolerance",
+           "greedy_shortfalls",
            "hf_beams", "hf_greedy", "hf_greedy_batch", "hf_logprobs", "make_prompts",
-           "tiny_llama"]
+           "tiny_gemma3", "tiny_gpt_oss", "tiny_llama"]

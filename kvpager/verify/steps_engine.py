@@ -1,7 +1,9 @@
 """The engine's greedy decode against transformers' generate() on the same device.
 
-A tiny random Llama (`hf_reference.tiny_llama`) in float32, float16 and bfloat16, every
-backend that serves it here. The tokens must equal generate()'s until generate() itself
+A tiny random Llama (`hf_reference.tiny_llama`) in float32, float16 and bfloat16, and tiny
+gpt-oss and Gemma 3 models (sliding window of 5 tokens, sinks, MoE) in float32 (results keyed
+`gpt_oss/...`, `gemma3/...`; a dry run checks those on the reference backend only), every
+backend that serves them here. The tokens must equal generate()'s until generate() itself
 meets a near tie (two logits within the rounding the dtype explains: 1e-4 in float32), and
 every token must be the reference's argmax up to that rounding
 (`hf_reference.assert_greedy_within_tolerance`, as tests/engine/test_engine_gpu.py); the
@@ -40,13 +42,20 @@ def engine_step(ctx: Context) -> dict:
     prompts = hf.make_prompts(s.engine_prompt_lengths)
     params = SamplingParams(max_tokens=s.engine_new_tokens, ignore_eos=True)
     results: dict[str, dict] = {}
-    failed = False
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    # Llama in every dtype; the hybrid models (sliding window, sinks, MoE) in float32.
+    runs = [("", hf.tiny_llama, dtype) for dtype in (torch.float32, torch.float16,
+                                                     torch.bfloat16)]
+    runs += [("gpt_oss/", hf.tiny_gpt_oss, torch.float32),
+             ("gemma3/", hf.tiny_gemma3, torch.float32)]
+    for prefix, build, dtype in runs:
         if ctx.dry_run and dtype != torch.float32:
             continue  # half precision on the CPU says nothing about the GPU paths
-        model = hf.tiny_llama(dtype=dtype, device=ctx.device)
+        model = build(dtype=dtype, device=ctx.device)
         for backend in ("reference", "triton", "cuda"):
-            key = f"{backend}/{str(dtype).removeprefix('torch.')}"
+            key = f"{prefix}{backend}/{str(dtype).removeprefix('torch.')}"
+            if ctx.dry_run and prefix and backend != "reference":
+                results[key] = {"skipped": "dry run: interpreted kernels checked on Llama"}
+                continue
             try:
                 backends.resolve(backend, torch.device(ctx.device), head_size=32,
                                  block_size=BLOCK_SIZE, dtype=dtype)
@@ -64,7 +73,7 @@ def engine_step(ctx: Context) -> dict:
                                 "tokens": len(prompts) * s.engine_new_tokens}
             except Exception as exc:
                 results[key] = {"ok": False, "error": error_line(exc)}
-                failed = True
+    failed = any(v.get("ok") is False for v in results.values())
     ran = [k for k, v in results.items() if "skipped" not in v]
     return {"status": FAIL if failed else PASS, "results": results,
             "note": f"{len(ran)} backend/dtype pairs ran"

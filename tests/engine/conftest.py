@@ -35,3 +35,11 @@ def hf_model():
     from hf_reference import tiny_llama
 
     return tiny_llama()
+
+
+@pytest.fixture(scope="module", params=["gemma3", "gpt_oss"])
+def hybrid_model(request):
+    """A tiny gpt-oss or Gemma 3 (`hybrid_helpers.ARCHITECTURES`), one per test module."""
+    from hybrid_helpers import ARCHITECTURES
+
+    return ARCHITECTURES[request.param]()

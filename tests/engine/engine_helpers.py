@@ -24,14 +24,14 @@ def require_backend(name: str, device: str = "cpu", dtype: torch.dtype = torch.f
 
 def make_engine(hf_model, *, num_gpu_blocks: int = 256, num_cpu_blocks: int = 0,
                 prefix: bool = False, backend: str = "reference", dtype=None, device=None,
-                **scheduler: object):
+                layers_per_group: int | None = None, **scheduler: object):
     from kvpager.engine import LLMEngine
 
     cache = CacheConfig(num_gpu_blocks=num_gpu_blocks, block_size=BLOCK_SIZE,
                         num_cpu_blocks=num_cpu_blocks, watermark=0.0,
                         enable_prefix_caching=prefix)
     return LLMEngine.from_hf(hf_model, cache, SchedulerConfig(**scheduler), backend=backend,
-                             dtype=dtype, device=device)
+                             dtype=dtype, device=device, layers_per_group=layers_per_group)
 
 
 def tokens_of(outputs) -> list[list[int]]:

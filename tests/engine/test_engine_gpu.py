@@ -76,3 +76,26 @@ def test_beams_and_swap_pressure_fp32_on_gpu(backend):
     for prompt, out in zip(prompts, outputs, strict=True):
         assert_greedy_within_tolerance(hf, prompt, list(out.outputs[0].token_ids), 16,
                                        torch.float32)
+
+
+@pytest.mark.parametrize("arch", ["gpt_oss", "gemma3"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hybrid_models_on_gpu(arch, backend):
+    """gpt-oss and Gemma 3 (window 5 with blocks of 8, sinks for gpt-oss) on the GPU in
+    float32; a backend whose kernels do not take a window or sinks yet skips with its own
+    reason."""
+    from hf_reference import tiny_gemma3, tiny_gpt_oss
+
+    from kvpager.backends import BackendUnavailableError
+
+    require_backend(backend, "cuda", torch.float32)
+    hf = (tiny_gpt_oss if arch == "gpt_oss" else tiny_gemma3)(device="cuda")
+    prompts = make_prompts((5, 13, 30), seed=5)
+    try:
+        outputs = make_engine(hf, backend=backend).generate(
+            prompts, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
+    except BackendUnavailableError as exc:
+        pytest.skip(f"backend {backend!r}: {exc}")
+    for prompt, out in zip(prompts, outputs, strict=True):
+        assert_greedy_within_tolerance(hf, prompt, list(out.outputs[0].token_ids), MAX_NEW,
+                                       torch.float32)

@@ -76,5 +76,7 @@ def test_engine_step_on_the_cpu_matches_transformers(tmp_path: Path) -> None:
                   dry_run=True, sizes=DRY, say=lambda line: None)
     result = engine_step(ctx)
     assert result["status"] == "pass", result
-    reference = result["results"]["reference/float32"]
-    assert reference["ok"] and reference["tokens_equal_to_generate"] == reference["tokens"] > 0
+    for key in ("reference/float32", "gpt_oss/reference/float32", "gemma3/reference/float32"):
+        reference = result["results"][key]
+        assert reference["ok"] and reference["tokens_equal_to_generate"] == \
+            reference["tokens"] > 0, key

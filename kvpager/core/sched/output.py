@@ -35,6 +35,10 @@ class PrefillChunk:
     #: With several KV-cache groups (`HybridKVCacheManager`): each group's int64 slots of
     #: the chunk's tokens, group 0's being `slots`; empty otherwise.
     group_slots: tuple[np.ndarray, ...] = ()
+    #: With several KV-cache groups: each group's int32 GPU blocks covering positions
+    #: `0 .. start + count - 1` (released window entries read 0; group 0's equals
+    #: `block_table` but for those); empty otherwise.
+    group_block_tables: tuple[np.ndarray, ...] = ()
     #: With state groups (linear attention / Mamba): per state group, the int32 `[P_g]`
     #: pages holding the sequence's recurrent state; empty otherwise.
     state_pages: tuple[np.ndarray, ...] = ()

@@ -262,7 +262,9 @@ class Scheduler:
                 chunk.group_slots = tuple(
                     self._grouped.group_slot_mapping(g, seq.seq_id, start, start + count)
                     for g in range(self._grouped.num_groups))
-                rows = self.manager.rows_of([seq.seq_id])
+                rows = km.rows_of([seq.seq_id])
+                chunk.group_block_tables = tuple(
+                    table[0] for table in self._grouped.group_block_tables(rows))
                 chunk.state_pages = tuple(p[0] for p in self._grouped.state_pages(rows))
         return chunk
 
