@@ -25,6 +25,8 @@ import numpy as np
 from kvpager.core.memory.usage import FIELDS as MEMORY_FIELDS
 from kvpager.sim.caveats import run_caveats
 from kvpager.sim.cluster.config import ClusterConfig
+from kvpager.sim.cluster.disagg import DisaggSimulation
+from kvpager.sim.cluster.disagg_config import DisaggConfig, check_disagg
 from kvpager.sim.config import (
     DEFAULT_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
@@ -40,8 +42,6 @@ from kvpager.sim.cost_model import (
     ModelDoesNotFitError,
     choose_cost_model,
 )
-from kvpager.sim.cluster.disagg import DisaggSimulation
-from kvpager.sim.cluster.disagg_config import DisaggConfig, check_disagg
 from kvpager.sim.engine import Simulation
 from kvpager.sim.metrics import FINISHED, REJECTED
 from kvpager.sim.presets import get_model

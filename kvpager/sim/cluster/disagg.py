@@ -75,8 +75,8 @@ class _PoolView:
         self.requests: RequestLog = sim.requests
 
     def all_arrived(self) -> bool:
-        if self.role == PREFILL:
-            return self.sim.all_arrived()
+        if self.role == PREFILL:  # blocks it holds for transfers will come free
+            return self.sim.all_arrived() and not self.sim.holds[self.index]
         return self.sim.all_arrived() and not self.sim.inbound(self.index)
 
     def next_arrival(self) -> float | None:
@@ -132,6 +132,7 @@ class DisaggSimulation(Simulation):
         self._inbound: list[set[int]] = [set() for _ in range(disagg.decode_replicas)]
         self.transfer_ends: list[dict[int, float]] = [{} for _ in range(disagg.decode_replicas)]
         self._link_free = [0.0] * disagg.prefill_replicas
+        self.holds = [0] * disagg.prefill_replicas  # prompts held for transfer, per replica
         self.decode_waits = 0
         self.link_busy_s = 0.0
 
@@ -260,6 +261,7 @@ class DisaggSimulation(Simulation):
         handoff = self._handoffs[i]
         prefill = self.prefill_pool[p]
         prefill.manager.fork(group.seqs[0].seq_id, _hold(i))
+        self.holds[p] += 1
         prefill.scheduler.abort(i)
         handoff.ready_s, handoff.last_step_s = end, end - start
         self._room[handoff.decode].append(i)
@@ -325,6 +327,7 @@ class DisaggSimulation(Simulation):
         """The prefill replica drops its hold on the prompt's blocks."""
         prefill = self.prefill_pool[handoff.prefill]
         prefill.manager.free(_hold(i))
+        self.holds[handoff.prefill] -= 1
         prefill.wake()
 
     # ---- summary ------------------------------------------------------------------------
