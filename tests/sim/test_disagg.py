@@ -194,3 +194,47 @@ def test_scheduler_reserves_waits_and_decodes_a_remote_prefill():
     assert ok is AllocStatus.OK and cached == 48
     with pytest.raises(ValueError, match="one sequence"):
         s.add_remote(Request("e", 16, 3, n=2))
+
+
+# ---- the planner's disaggregated search -------------------------------------------------
+def _fake_run(table: dict):
+    """A runner answering from a table {(P, D): (attainment, goodput)} (P = 0 aggregated):
+    checks the search's logic apart from the simulations."""
+    def run(trace, config, cluster, disagg):
+        key = (0, cluster.replicas) if disagg is None else (disagg.prefill_replicas,
+                                                           disagg.decode_replicas)
+        att, good = table[key]
+        return {"slo": {"attainment": att, "goodput_requests_per_s": good}, "latency_s": {}}
+    return run
+
+
+def test_best_split_picks_the_highest_goodput_and_reports_the_aggregated_beside_it():
+    from kvpager.sim.cluster.disagg_plan import best_split
+
+    table = {(0, 4): (0.8, 2.0), (1, 3): (0.9, 2.5), (2, 2): (0.95, 3.0), (3, 1): (0.5, 1.0)}
+    cluster = ClusterConfig(slo_ttft_s=2.0)
+    answer = best_split(_trace(2), _config(), cluster, 4, run=_fake_run(table))
+    assert answer.disaggregated is not None and answer.disaggregated.label == "2P+2D"
+    assert answer.aggregated is not None and answer.aggregated.goodput == 2.0
+    assert answer.disaggregated.goodput_per_gpu == pytest.approx(0.75)
+    assert len(answer.probes) == 4
+
+
+def test_fewest_gpus_stops_at_the_first_count_that_meets_the_slo():
+    from kvpager.sim.cluster.disagg_plan import fewest_gpus
+
+    table = {(0, 1): (0.2, 1), (0, 2): (0.5, 1), (0, 3): (0.95, 3), (1, 1): (0.92, 2),
+             (0, 4): (1, 4)}
+    cluster = ClusterConfig(slo_ttft_s=2.0)
+    answer = fewest_gpus(_trace(2), _config(), cluster, 0.9, 8, run=_fake_run(table))
+    assert answer.disaggregated is not None and answer.disaggregated.gpus == 2
+    assert answer.aggregated is not None and answer.aggregated.gpus == 3
+    with pytest.raises(ValueError, match="--slo-ttft"):
+        fewest_gpus(_trace(2), _config(), ClusterConfig(), 0.9, 4, run=_fake_run(table))
+
+
+def test_a_real_probe_measures_attainment():
+    from kvpager.sim.cluster.disagg_plan import probe
+
+    result = probe(_trace(10), _config(), ClusterConfig(slo_ttft_s=100.0), 1, 1)
+    assert result.attainment == 1.0 and result.goodput > 0 and result.gpus == 2
