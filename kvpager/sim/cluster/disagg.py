@@ -102,6 +102,11 @@ class _PoolRouters:
 
     def __init__(self, prefill: Router, decode: Router) -> None:
         self.prefill, self.decode = prefill, decode
+        self.name = f"{decode.name} within each pool"
+
+    def route(self, keys, now: float) -> int:
+        """The decode pool's choice (the run asks each pool's router itself)."""
+        return self.decode.route(keys, now)
 
     def settings(self) -> dict:
         return {"prefill": self.prefill.settings(), "decode": self.decode.settings()}
@@ -225,9 +230,10 @@ class DisaggSimulation(Simulation):
 
     def _servable_remotely(self, request: Request) -> bool:
         """One sequence, a second token to decode, within the decode side's length limit."""
-        cfg = self.config
+        limit = self.config.max_model_len
         return (request.width == 1 and request.max_output_tokens >= 2
-                and request.prompt_tokens + request.max_output_tokens <= cfg.max_model_len)
+                and (limit is None
+                     or request.prompt_tokens + request.max_output_tokens <= limit))
 
     def _decide(self, request: Request, keys, p: int, d: int) -> bool:
         if self.decider.kind == "always":
