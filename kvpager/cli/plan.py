@@ -71,6 +71,17 @@ def plan(
         help="Plan file (JSON); default runs/<trace>-plan.json.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the plan document "
                                                              "instead of the table.")] = False,
+    disaggregated: Annotated[bool, typer.Option(
+        "--disaggregated", help="Search prefill / decode splits instead (one router, in "
+                                "process), with the aggregated answer beside it.")] = False,
+    gpus: Annotated[int | None, typer.Option(
+        help="--disaggregated: the best split of this many GPUs (default: the fewest GPUs "
+             "meeting the SLO, up to --max-replicas replicas).")] = None,
+    kv_link_gbps: Annotated[float | None, typer.Option(
+        help="--disaggregated: KV over a network at this rate, Gbit/s per GPU (default "
+             "NVLink).")] = None,
+    pd_decider: Annotated[str, typer.Option(
+        "--pd-decider", help="--disaggregated: always, threshold:N or cost.")] = "always",
 ) -> None:
     """The fewest replicas per router that meet an SLO on TRACE.
 
@@ -108,6 +119,11 @@ def plan(
         from kvpager.sim.run import resolve
 
         build_cost(resolve(config), config)  # a model that does not fit: fail now
+        if disaggregated:
+            chosen = spec.routers if routers is not None else ("round-robin",)
+            _disaggregated(trace, config, spec, chosen, gpus, kv_link_gbps, pd_decider, limit,
+                           seed, scales, path, json_output)
+            return
         traces = {s: load(trace, ArrivalOptions(seed=seed), limit=limit, rate_scale=s)
                   for s in scales}
         try:
@@ -125,6 +141,34 @@ def plan(
         print(path.read_text(encoding="utf-8"), end="")
         return
     _print(doc, trace, path)
+
+
+def _disaggregated(trace: Path, config, spec, routers: tuple[str, ...], gpus: int | None,
+                   link_gbps: float | None,
+                   decider: str, limit: int | None, seed: int, scales: list[float],
+                   path: Path, json_output: bool) -> None:
+    """`--disaggregated`: `kvpager.cli.plan_disagg` (one router, one rate scale)."""
+    from kvpager.cli.plan_disagg import check_disagg_plan, plan_disaggregated, print_plan
+    from kvpager.sim.cluster.config import ClusterConfig
+    from kvpager.sim.run import resolve
+
+    if len(scales) != 1:
+        raise ValueError("--rate-scale: --disaggregated plans one rate scale; give one")
+    disagg = check_disagg_plan(gpus=gpus, tp=config.tp, routers=routers,
+                               link_gbps=link_gbps, decider=decider)
+    cluster = ClusterConfig(router=routers[0], slo_ttft_s=spec.slo_ttft_s,
+                            slo_tpot_s=spec.slo_tpot_s, signal_delay_s=spec.signal_delay_s)
+    data = load(trace, ArrivalOptions(seed=seed), limit=limit, rate_scale=scales[0])
+    doc = plan_disaggregated(data, resolve(config), cluster, disagg, gpus, spec.attainment,
+                             spec.max_replicas)
+    doc["trace"] = {"source": str(trace), "requests": len(data),
+                    "rate_scale": scales[0]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(doc), indent=2) + "\n", encoding="utf-8")
+    if json_output:
+        print(path.read_text(encoding="utf-8"), end="")
+    else:
+        print_plan(doc, trace.name, path)
 
 
 def _clean(obj: object) -> object:

@@ -60,3 +60,43 @@ def test_a_disaggregated_run_reports_transfers_and_roles(tmp_path):
     assert metrics["strategies"]["paged"]["requests"]["finished"] == 12
     events = (tmp_path / "r" / "events_paged.csv").read_text()
     assert "kv-send" in events and "kv-receive" in events
+
+
+PLAN = ["plan", SAMPLE, "--limit", "12", "--model", "llama-3.1-8b", "--gpu", "h100-80gb",
+        "--chunked-prefill", "--slo-ttft", "5", "--slo-tpot", "0.05", "--disaggregated"]
+
+
+def test_plan_disaggregated_gives_the_best_split_beside_the_aggregated(tmp_path):
+    out = tmp_path / "plan.json"
+    result = invoke(*PLAN, "--gpus", "3", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "disaggregated" in result.output and "aggregated" in result.output
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "budget" and doc["gpus"] == 3
+    assert {p["config"] for p in doc["probes"]} == {"3 aggregated", "1P+2D", "2P+1D"}
+    assert doc["disaggregated"]["gpus"] == 3 and doc["aggregated"]["gpus"] == 3
+
+
+def test_plan_disaggregated_fewest_gpus(tmp_path):
+    out = tmp_path / "plan.json"
+    result = invoke(*PLAN, "--max-replicas", "3", "--out", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "fewest"
+    for key in ("disaggregated", "aggregated"):
+        if doc[key] is not None:
+            assert doc[key]["attainment"] >= 0.9
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--gpus", "1"], "--gpus 1"),
+    (["--routers", "round-robin,random", "--gpus", "2"], "--routers"),
+    (["--pd-decider", "threshold:x", "--gpus", "2"], "--pd-decider"),
+    (["--kv-link-gbps", "0", "--gpus", "2"], "--kv-link-gbps"),
+    (["--rate-scale", "1,2", "--gpus", "2"], "--rate-scale"),
+])
+def test_plan_disaggregated_bad_input_exits_2(tmp_path, args, needle):
+    result = invoke(*PLAN, *args, "--out", tmp_path / "plan.json")
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "plan.json").exists()
