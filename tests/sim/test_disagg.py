@@ -238,3 +238,5 @@ def test_a_real_probe_measures_attainment():
 
     result = probe(_trace(10), _config(), ClusterConfig(slo_ttft_s=100.0), 1, 1)
     assert result.attainment == 1.0 and result.goodput > 0 and result.gpus == 2
+    assert result.transfer_mean_s is not None and result.transfer_mean_s > 0
+    assert result.hit_rate is not None and result.decode_waits == 0

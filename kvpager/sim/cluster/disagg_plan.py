@@ -36,6 +36,12 @@ class Probe:
     goodput: float  # requests per second meeting the SLO
     ttft_p50_s: float | None
     tpot_p50_s: float | None
+    ttft_p90_s: float | None = None
+    tpot_p90_s: float | None = None
+    hit_rate: float | None = None  # prefix cache, over every replica
+    transfer_mean_s: float | None = None  # prompt computed -> KV arrived
+    transfer_p99_s: float | None = None
+    decode_waits: int | None = None  # requests that waited for room on a decode replica
 
     @property
     def goodput_per_gpu(self) -> float:
@@ -50,7 +56,10 @@ class Probe:
         return {"config": self.label, "prefill": self.prefill, "decode": self.decode,
                 "gpus": self.gpus, "attainment": self.attainment, "goodput": self.goodput,
                 "goodput_per_gpu": self.goodput_per_gpu, "ttft_p50_s": self.ttft_p50_s,
-                "tpot_p50_s": self.tpot_p50_s}
+                "tpot_p50_s": self.tpot_p50_s, "ttft_p90_s": self.ttft_p90_s,
+                "tpot_p90_s": self.tpot_p90_s, "hit_rate": self.hit_rate,
+                "transfer_mean_s": self.transfer_mean_s,
+                "transfer_p99_s": self.transfer_p99_s, "decode_waits": self.decode_waits}
 
 
 @dataclass
@@ -93,11 +102,16 @@ def probe(trace: Trace, config: SimConfig, cluster: ClusterConfig, prefill: int,
     else:
         m = run(trace, config, replace(cluster, replicas=decode), None)
     slo = m.get("slo") or {}
-    lat = m.get("latency_s") or {}
+    ttft = (m.get("latency_s") or {}).get("ttft") or {}
+    tpot = (m.get("latency_s") or {}).get("tpot") or {}
+    dis = m.get("disaggregation") or {}
+    moved = (dis.get("transfer") or {}).get("seconds") or {}
     return Probe(prefill, decode, (prefill + decode) * config.tp,
                  float(slo.get("attainment") or 0.0),
                  float(slo.get("goodput_requests_per_s") or 0.0),
-                 (lat.get("ttft") or {}).get("p50"), (lat.get("tpot") or {}).get("p50"))
+                 ttft.get("p50"), tpot.get("p50"), ttft.get("p90"), tpot.get("p90"),
+                 (m.get("prefix_cache") or {}).get("hit_rate"), moved.get("mean"),
+                 moved.get("p99"), (dis.get("decode_waits") or {}).get("requests"))
 
 
 def _better(a: Probe, b: Probe | None) -> bool:
