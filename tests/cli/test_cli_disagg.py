@@ -50,7 +50,8 @@ def test_bad_disaggregation_input_exits_2_naming_the_option(tmp_path, args, need
 def test_a_disaggregated_run_reports_transfers_and_roles(tmp_path):
     result = invoke("simulate", SAMPLE, "--limit", "12", "--model", "llama-3.1-8b", "--gpu",
                     "h100-80gb", "--prefix-caching", "--chunked-prefill", *POOLS,
-                    "--kv-link-gbps", "200", "--out", tmp_path / "r")
+                    "--kv-link-gbps", "200", "--out", tmp_path / "r", "--report",
+                    tmp_path / "report.html")
     assert result.exit_code == 0, result.output
     assert "1 prefill + 2 decode replicas, decider always" in result.output
     assert "0 prefill" in result.output and "2 decode" in result.output
@@ -60,6 +61,7 @@ def test_a_disaggregated_run_reports_transfers_and_roles(tmp_path):
     assert metrics["strategies"]["paged"]["requests"]["finished"] == 12
     events = (tmp_path / "r" / "events_paged.csv").read_text()
     assert "kv-send" in events and "kv-receive" in events
+    assert "kv-receive" in (tmp_path / "report.html").read_text()  # the events row shows them
 
 
 PLAN = ["plan", SAMPLE, "--limit", "12", "--model", "llama-3.1-8b", "--gpu", "h100-80gb",
