@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import record
+from _common import RESULTS, record
 
 TRACE = Path("/work/shared/traces/mooncake_fast25/conversation_trace.jsonl")
 
@@ -68,10 +68,15 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=2)
     ap.add_argument("--decode", type=int, default=6)
     ap.add_argument("--trace", type=Path, default=TRACE)
+    ap.add_argument("--append", action="store_true",
+                    help="keep the runs already in benchmarks/results/disagg_speed.json")
     args = ap.parse_args()
     runs = [one(args.trace, v, args.router, args.prefill, args.decode)
             for v in args.variants.split(",")]
     print(json.dumps(runs, indent=2))
+    if args.append:  # add these runs to the recorded ones (another router, say)
+        previous = json.loads((RESULTS / "disagg_speed.json").read_text())["results"]["runs"]
+        runs = previous + runs
     record("disagg_speed", {"runs": runs, "note": "2-core machine shared with other agents' "
                             "jobs (load average recorded): wall times are loaded; CPU seconds "
                             "are what an idle core would need",
