@@ -38,16 +38,18 @@ import simpy
 
 from kvpager.core.plans import AllocStatus
 from kvpager.core.sched.request import GroupStatus, Request, SequenceGroup
+from kvpager.sim.cluster import summary as cluster_summary
 from kvpager.sim.cluster.config import ClusterConfig
 from kvpager.sim.cluster.decider import Decider
 from kvpager.sim.cluster.disagg_config import DisaggConfig
+from kvpager.sim.cluster.disagg_summary import transfer_summary
 from kvpager.sim.cluster.routers import Router, build_router
 from kvpager.sim.cluster.signals import LoadBoard, load_of
 from kvpager.sim.cluster.transfer import KVLink
 from kvpager.sim.config import PAGED, SimConfig
 from kvpager.sim.cost_model import CostModel
 from kvpager.sim.engine import Progress, Simulation, _event_bus
-from kvpager.sim.metrics import REJECTED, RequestLog
+from kvpager.sim.metrics import REJECTED, RequestLog, summarize
 from kvpager.sim.replica import Replica
 from kvpager.sim.traces import Trace
 
@@ -339,7 +341,10 @@ class DisaggSimulation(Simulation):
     # ---- summary ------------------------------------------------------------------------
     def _summary(self) -> dict:
         result = super()._summary()
-        result["disaggregation"] = self._disagg_summary(result["time"]["simulated_s"])
+        result["disaggregation"] = transfer_summary(
+            self.disagg, self.link, self.cost.tp, self.disaggregated, self.moved_tokens,
+            self.transfer_s, self.wait_s, self.decode_waits, self.link_busy_s,
+            result["time"]["simulated_s"])
         return result
 
     def _replica_summary(self, index: int) -> dict:
@@ -347,32 +352,9 @@ class DisaggSimulation(Simulation):
         if index >= p:
             return super()._replica_summary(index) | {"role": DECODE}
         replica = self.replicas[index]
-        from kvpager.sim.cluster import summary as cluster_summary
-        from kvpager.sim.metrics import summarize
-
         log = cluster_summary.subset(self.requests, self.prefilled_on == index)
         out = summarize(log, replica.memory, replica.steps, replica.counters())
         return {"replica": index, "role": PREFILL} | out
-
-    def _disagg_summary(self, makespan: float) -> dict:
-        moved = self.disaggregated & np.isfinite(self.transfer_s)
-        tokens = self.moved_tokens[moved]
-        seconds = self.transfer_s[moved]
-        waits = self.wait_s[moved]
-        per_token = self.link.bytes_per_token * self.cost.tp
-        return self.disagg.to_dict() | {
-            "link": self.link.settings(),
-            "requests": {"disaggregated": int(self.disaggregated.sum()),
-                         "local": int((~self.disaggregated).sum()),
-                         "transferred": int(moved.sum())},
-            "transfer": {
-                "tokens": int(tokens.sum()), "bytes": float(tokens.sum() * per_token),
-                "link_busy_s": self.link_busy_s,
-                "link_utilization": (self.link_busy_s / (makespan * self.disagg.prefill_replicas)
-                                     if makespan > 0 else 0.0),
-                "seconds": _stats(seconds)},
-            "decode_waits": {"requests": self.decode_waits, "seconds": _stats(waits)},
-        }
 
 
 def _hold(i: int) -> tuple[str, int]:
@@ -394,10 +376,3 @@ def _cached(replica: Replica, keys, prompt: int) -> int:
 def _backlog(replica: Replica) -> int:
     """Prompt tokens waiting in `replica`'s queue."""
     return sum(g.request.prompt_tokens for g in replica.scheduler.waiting)
-
-
-def _stats(x: np.ndarray) -> dict:
-    if not x.size:
-        return {"mean": None, "p50": None, "p99": None, "max": None}
-    return {"mean": float(x.mean()), "p50": float(np.percentile(x, 50)),
-            "p99": float(np.percentile(x, 99)), "max": float(x.max())}
