@@ -31,7 +31,7 @@ SETUP = ("python3 -m venv", ". .venv/bin/activate", "pip install", "python -m py
          "PYTHONPATH=. python3 benchmarks/gpu_verify.py",
          "PYTHONPATH=. python benchmarks/gpu_verify.py")
 FAST = {"bench": ["--steps", "5", "--repeats", "1", "--scenario", "decode-256"],
-        "sweep": ["--workers", "1"]}
+        "sweep": ["--workers", "1"], "plan": ["--workers", "1"]}
 
 
 def blocks(language: str) -> list[str]:
@@ -65,7 +65,7 @@ def instantiate(command: str) -> list[str]:
     command = command.replace("RUN_DIR", "runs/my-run")
     command = command.replace("TRACE", "examples/azure_conv_sample.csv")
     args = shlex.split(command)[1:]  # without "kvpager"
-    if args[0] in ("simulate", "sweep") and "--limit" not in args:
+    if args[0] in ("simulate", "sweep", "plan") and "--limit" not in args:
         args += ["--limit", "100"]
     return args + FAST.get(args[0], [])
 

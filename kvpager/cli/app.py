@@ -10,6 +10,7 @@ from kvpager import __version__
 from kvpager.cli import bench as bench_cmd
 from kvpager.cli import calibrate as calibrate_cmd
 from kvpager.cli import capacity as capacity_cmd
+from kvpager.cli import plan as plan_cmd
 from kvpager.cli import report as report_cmd
 from kvpager.cli import simulate as simulate_cmd
 from kvpager.cli import sweep as sweep_cmd
@@ -42,6 +43,7 @@ def main(
 
 app.command("simulate")(simulate_cmd.simulate)
 app.command("sweep")(sweep_cmd.sweep)
+app.command("plan")(plan_cmd.plan)
 app.command("report")(report_cmd.report)
 app.command("capacity")(capacity_cmd.capacity)
 app.add_typer(trace_cmd.app, name="trace")

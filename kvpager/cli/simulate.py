@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from kvpager.cli import disagg_options as dopts
 from kvpager.cli import options as opts
 from kvpager.cli.console import make_console
 from kvpager.cli.errors import cli_errors
@@ -51,6 +52,13 @@ def simulate(
     router_signal_delay: opts.RouterSignalDelay = 0.0,
     slo_ttft: opts.SloTtft = None,
     slo_tpot: opts.SloTpot = None,
+    prefill_replicas: dopts.PrefillReplicas = None,
+    decode_replicas: dopts.DecodeReplicas = None,
+    pd_decider: dopts.PdDecider = "always",
+    kv_link_gbps: dopts.KvLinkGbps = None,
+    kv_link_latency_ms: dopts.KvLinkLatencyMs = 0.0,
+    kv_layerwise: dopts.KvLayerwise = False,
+    prefill_keep_cache: dopts.PrefillKeepCache = True,
     rate_scale: Annotated[float, typer.Option(help="Multiply the request rate (compress "
                                                    "arrival times by this factor).")] = 1.0,
     limit: Annotated[int | None, typer.Option(help="Replay only the first N requests.")]
@@ -82,9 +90,13 @@ def simulate(
         cluster = opts.cluster_config(
             replicas=replicas, router=router, router_weights=router_weights,
             signal_delay=router_signal_delay, slo_ttft=slo_ttft, slo_tpot=slo_tpot)
+        disagg = dopts.disagg_config(
+            prefill_replicas=prefill_replicas, decode_replicas=decode_replicas,
+            replicas=replicas, decider=pd_decider, link_gbps=kv_link_gbps,
+            latency_ms=kv_link_latency_ms, layerwise=kv_layerwise, keep_cache=prefill_keep_cache)
         tier_gib = opts.tier_size(cpu_prefix_cache, prefix_caching, cache)
         strategies = tuple(cache) if cache else (
-            (PAGED,) if tier_gib else DEFAULT_STRATEGIES)
+            (PAGED,) if tier_gib or disagg else DEFAULT_STRATEGIES)
         config = opts.sim_config(
             model=model, gpu=gpu, tp=tp, block_size=block_size, swap_space=swap_space,
             preemption=preemption, prefix_caching=prefix_caching,
@@ -100,7 +112,7 @@ def simulate(
         with _progress(enabled=not json_output) as report_progress:
             metrics = run_simulation(data, config, strategies, out_dir=run_dir,
                                      progress=report_progress, tier_baseline=tier_baseline,
-                                     cluster=cluster)
+                                     cluster=cluster, disagg=disagg)
         if report is not None:
             from kvpager.cli.progress import spinner
             from kvpager.report import write_report
@@ -115,9 +127,11 @@ def simulate(
     console.print(f"{trace.name}: {len(data)} requests, {config.model} on {tp} x {config.gpu}",
                   markup=False, highlight=False)
     console.print(comparison_table(metrics))
-    if replicas > 1:
+    if replicas > 1 or disagg is not None:
         for table in replica_tables(metrics):
             console.print(table)
+    for line in dopts.disagg_lines(metrics):
+        console.print(line, markup=False, highlight=False)
     print_caveats(console, metrics)
     if tier_gib and not cache:
         console.print("note: --cpu-prefix-cache runs the paged strategy only (the contiguous "

@@ -69,7 +69,8 @@ def replica_tables(metrics: dict) -> list[Table]:
         for label, _, _ in REPLICA_COLUMNS:
             table.add_column(label, justify="right")
         table.add_column("SLO attainment", justify="right")
-        rows = [(str(r["replica"]), r) for r in replicas] if len(replicas) <= \
+        rows = [(f"{r['replica']} {r.get('role', '')}".strip(), r) for r in replicas] \
+            if len(replicas) <= \
             MAX_REPLICA_ROWS else []
         for label, r in [*rows, ("cluster", m)]:
             att = get_path(r, ("slo", "attainment"))

@@ -37,7 +37,8 @@ REQUEST_COLUMNS = ("index", "id", "arrival_s", "prompt_tokens", "output_tokens",
 # Optional time-stamped events: `kind` is one of EVENT_KINDS, `count` how many sequence groups
 # (or blocks, for swaps, when the writer knows them) the event moved.
 EVENT_COLUMNS = ("time_s", "kind", "count")
-EVENT_KINDS = ("preempt-swap", "preempt-recompute", "swap-out", "swap-in")
+EVENT_KINDS = ("preempt-swap", "preempt-recompute", "swap-out", "swap-in",
+               "kv-send", "kv-receive")  # KV transfers of a disaggregated run, in blocks
 
 
 @dataclass(frozen=True)

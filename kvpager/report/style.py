@@ -37,6 +37,8 @@ EVENT_SYMBOLS = {
     "preempt-recompute": "diamond",
     "swap-out": "triangle-down",
     "swap-in": "triangle-up",
+    "kv-send": "circle-open",
+    "kv-receive": "circle",
 }
 
 TEMPLATE = "plotly_white"

@@ -68,13 +68,23 @@ class Simulation:
         interval = config.sample_interval_s or max(0.25, trace.duration / 2000)
         has_beams = bool((np.asarray(trace.beam_width) > 1).any())
         self.cluster = cluster if cluster is not None else ClusterConfig()
+        self._env: simpy.Environment | None = None  # the run's clock, once it runs
+        self._build_replicas(blocks, has_beams, interval)
+        self.assigned = np.full(len(trace), -1, dtype=np.int64)  # replica of each request
+        self._samples_t: list[float] = []  # arrival times, for load imbalance
+        self._samples_in_flight: list[list[int]] = []
+        self._arrived = 0
+        self._done = 0
+
+    def _build_replicas(self, tier_blocks: int, has_beams: bool, interval: float) -> None:
+        """`replicas`, their `board` and the `router` (a disaggregated run overrides it)."""
+        config, cost = self.config, self.cost
         # prefix-precise reads each paged replica's KV events (no prefix cache: no events)
         precise = (self.cluster.router == "prefix-precise" and self.cluster.replicas > 1
-                   and strategy == PAGED and config.prefix_caching)
+                   and self.strategy == PAGED and config.prefix_caching)
         buses = [_event_bus() if precise else None for _ in range(self.cluster.replicas)]
-        self.replicas = [Replica(config, strategy, cost, blocks, self, has_beams, interval,
-                                 events=bus) for bus in buses]
-        self._env: simpy.Environment | None = None  # the run's clock, once it runs
+        self.replicas = [Replica(config, self.strategy, cost, tier_blocks, self, has_beams,
+                                 interval, events=bus) for bus in buses]
         self.board = LoadBoard(self.replicas, self.cluster.signal_delay_s)
         for index, replica in enumerate(self.replicas):
             if self.cluster.signal_delay_s > 0:
@@ -82,11 +92,6 @@ class Simulation:
         self.router = build_router(self.cluster, self.board,
                                    cost.num_gpu_blocks(config.block_size), config.seed,
                                    buses, clock=self._clock)
-        self.assigned = np.full(len(trace), -1, dtype=np.int64)  # replica of each request
-        self._samples_t: list[float] = []  # arrival times, for load imbalance
-        self._samples_in_flight: list[list[int]] = []
-        self._arrived = 0
-        self._done = 0
 
     # ---- the single replica's parts (for callers that read them directly) ---------------
     @property

@@ -92,6 +92,9 @@ class Replica:
         self._wake: simpy.Event | None = None
         self._replay = config.prefix_caching and strategy == PAGED
         self.on_step: Callable[[float], None] | None = None  # a router's load board listens
+        # A prefill replica of a disaggregated run hands a computed prompt on, given the
+        # step's (start, end) (returns True: the first token is timed where it arrives).
+        self.on_first_token: Callable[[SequenceGroup, float, float], bool] | None = None
 
     # ---- requests -----------------------------------------------------------------------
     def add(self, request: Request, output_token_ids: list[int] | None = None) -> SequenceGroup:
@@ -222,7 +225,8 @@ class Replica:
         if out.preempted or out.swap_out.size or out.swap_in.size:
             self._events(out, start)
         for group in result.first_token:
-            req.first_token[cast(int, group.request_id)] = end
+            if self.on_first_token is None or not self.on_first_token(group, start, end):
+                req.first_token[cast(int, group.request_id)] = end
         for group in result.finished:
             self._finish(group, end)
         batch = int(out.decode_rows.size) + len(out.prefills)

@@ -26,6 +26,8 @@ from kvpager.core.memory.usage import FIELDS as MEMORY_FIELDS
 from kvpager.sim import kv_groups
 from kvpager.sim.caveats import run_caveats
 from kvpager.sim.cluster.config import ClusterConfig
+from kvpager.sim.cluster.disagg import DisaggSimulation
+from kvpager.sim.cluster.disagg_config import DisaggConfig, check_disagg
 from kvpager.sim.config import (
     DEFAULT_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
@@ -146,6 +148,7 @@ def simulate(
     progress: StrategyProgress | None = None,
     tier_baseline: bool = True,
     cluster: ClusterConfig | None = None,
+    disagg: DisaggConfig | None = None,
 ) -> dict:
     """Simulate every strategy on the trace; write the run directory when `out_dir` is set.
 
@@ -155,12 +158,16 @@ def simulate(
     tiered; positive = faster with the tier). It doubles the paged run's time.
 
     `cluster`: replicas behind a router (default one replica); every strategy runs on it.
+    `disagg`: a prefill pool and a decode pool instead (`kvpager.sim.cluster.disagg`; the
+    cluster's router chooses within each pool; the paged strategy only).
 
     Returns the `metrics.json` content: {"schema", "config", "trace", "capacity", "cluster",
     "strategies": {name: metrics}}.
     """
     names = check_strategies(tuple(strategies))
     check_tier_strategies(config, names)
+    if disagg is not None:
+        check_disagg(config, names)
     given, config = config, resolve(config)
     choice = choose_cost_model(config.cost_model, config.gpu, get_model(config.model))
     cost = cost_model(config, given, choice)
@@ -170,7 +177,8 @@ def simulate(
     for name in names:
         report: Progress | None = None if progress is None else (
             lambda d, t, n=name: progress(n, d, t))
-        sim = Simulation(trace, config, name, cost, report, cluster)
+        sim = (Simulation(trace, config, name, cost, report, cluster) if disagg is None
+               else DisaggSimulation(trace, config, name, cost, disagg, report, cluster))
         results[name] = sim.run()
         sims[name] = sim
         if sim.replica.group_memory is not None:  # replica 0's groups
@@ -200,7 +208,9 @@ def simulate(
         "cost_model": choice.to_dict()
         | ({"terms": cost.calibration_notes} if cost.calibration_notes else {}),
         "cluster": (cluster or ClusterConfig()).to_dict() | {
-            "router_settings": next(iter(sims.values())).router.settings()},
+            "router_settings": next(iter(sims.values())).router.settings()}
+        | ({} if disagg is None else {"replicas": disagg.replicas,
+                                       "disaggregation": disagg.to_dict()}),
         "strategies": results,
         "wall_s": time.perf_counter() - started,
     }

@@ -1,33 +1,24 @@
 """Run a sweep's points: in this process, in local worker processes, or on a Ray cluster.
 
 A point is one (sweep value, strategy) pair and one independent simulation; the points of
-a sweep share nothing, so they spread over processes without coordination. The driver
-loads each value's trace once (so a bad trace fails before any work starts) and ships it
-with the task; workers need only the installed `kvpager`, not the trace file, which is
-what lets a Ray cluster run a sweep whose trace sits on the laptop that submitted it.
-
-Local workers are started with the "spawn" method: the driver may hold threads (Rich's
-progress bar refresh, Ray's client), and forking a threaded process can deadlock.
+a sweep share nothing, so they spread over processes without coordination
+(`kvpager.sweep.parallel.Executor`). The driver loads each value's trace once (so a bad
+trace fails before any work starts) and ships it with the task.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from kvpager.sim.config import SimConfig
 from kvpager.sweep.analysis import sustained
+from kvpager.sweep.parallel import Executor, RayUnavailableError, check_workers
 from kvpager.sweep.spec import TIER_AXIS, SweepSpec, value_label
 
 Progress = Callable[[int, int], None]  # (points done, points total)
 SCHEMA = 1
 KIND = "kvpager-sweep"
-
-
-class RayUnavailableError(RuntimeError):
-    """`--ray` was asked for but Ray is not installed."""
 
 
 def run_point(trace, config: SimConfig, strategy: str) -> dict:
@@ -39,15 +30,6 @@ def run_point(trace, config: SimConfig, strategy: str) -> dict:
     m = simulate(trace, config, [strategy], tier_baseline=False)
     return {"metrics": m["strategies"][strategy], "config": m["config"],
             "capacity": m["capacity"]}
-
-
-def check_workers(workers: int | None) -> int:
-    """`workers` (None: one per CPU) validated; raises ValueError naming it."""
-    if workers is None:
-        return max(1, os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    return workers
 
 
 def _measured_rate(trace) -> float | None:
@@ -72,9 +54,7 @@ def run_sweep(spec: SweepSpec, workers: int | None = None, ray_address: str | No
     if not isinstance(spec, SweepSpec):
         raise ValueError(f"spec must be a SweepSpec, got {type(spec).__name__}")
     n_workers = check_workers(workers)
-    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address):
-        raise ValueError(f"ray_address must be 'local' or a cluster address, got "
-                         f"{ray_address!r}")
+    executor = Executor(n_workers, ray_address)
     started = time.perf_counter()
     if spec.axis == TIER_AXIS:  # one load: one trace shared by every tier size
         one = spec.load(spec.values[0])
@@ -86,18 +66,12 @@ def run_sweep(spec: SweepSpec, workers: int | None = None, ray_address: str | No
 
     cost_model(resolve(spec.config), spec.config)  # bad model/GPU: fail now
     tasks = [(v, s) for v in spec.values for s in spec.strategies]
-    if ray_address is not None:
-        results = _run_ray(ray_address, tasks, traces, configs, n_workers, progress)
-        executor = {"kind": "ray", "address": ray_address,
-                    "workers": n_workers if ray_address == "local" else None}
-    elif n_workers == 1 or len(tasks) == 1:
-        results = _run_inline(tasks, traces, configs, progress)
-        executor = {"kind": "inline", "workers": 1}
-    else:
-        n_workers = min(n_workers, len(tasks))
-        results = _run_processes(tasks, traces, configs, n_workers, progress)
-        executor = {"kind": "processes", "workers": n_workers}
-    return _document(spec, traces, tasks, results, executor, time.perf_counter() - started)
+    with executor:
+        done = executor.map(run_point, [(traces[v], configs[v], s) for v, s in tasks],
+                            progress)
+    results = dict(zip(tasks, done, strict=True))
+    return _document(spec, traces, tasks, results, executor.describe(),
+                     time.perf_counter() - started)
 
 
 def _document(spec: SweepSpec, traces: dict, tasks: list, results: dict, executor: dict,
@@ -136,68 +110,4 @@ def _document(spec: SweepSpec, traces: dict, tasks: list, results: dict, executo
     }
 
 
-def _run_inline(tasks, traces, configs, progress) -> dict:
-    out = {}
-    for done, (value, strategy) in enumerate(tasks, start=1):
-        out[(value, strategy)] = run_point(traces[value], configs[value], strategy)
-        if progress is not None:
-            progress(done, len(tasks))
-    return out
-
-
-def _run_processes(tasks, traces, configs, workers, progress) -> dict:
-    import multiprocessing
-
-    out = {}
-    pool = ProcessPoolExecutor(max_workers=workers,
-                               mp_context=multiprocessing.get_context("spawn"))
-    try:
-        futures = {pool.submit(run_point, traces[v], configs[v], s): (v, s) for v, s in tasks}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                out[futures[f]] = f.result()  # re-raises a worker's error here
-                if progress is not None:
-                    progress(len(out), len(tasks))
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return out
-
-
-def _run_ray(address, tasks, traces, configs, workers, progress) -> dict:
-    try:
-        import ray
-    except ImportError:
-        raise RayUnavailableError("--ray needs Ray, which is not installed: pip install "
-                                  "'kvpager[ray]' (or 'ray')") from None
-    owns = not ray.is_initialized()
-    if owns:
-        if address == "local":
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(run_point)
-        trace_refs = {v: ray.put(t) for v, t in traces.items()}
-        config_refs = {v: ray.put(c) for v, c in configs.items()}
-        refs = {remote.remote(trace_refs[v], config_refs[v], s): (v, s) for v, s in tasks}
-        pending, out = list(refs), {}
-        while pending:
-            finished, pending = ray.wait(pending, num_returns=1)
-            for ref in finished:
-                try:
-                    out[refs[ref]] = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:
-                    for p in pending:
-                        ray.cancel(p)
-                    cause = getattr(exc, "cause", None)
-                    raise (cause if isinstance(cause, Exception) else exc) from None
-                if progress is not None:
-                    progress(len(out), len(tasks))
-        return out
-    finally:
-        if owns:
-            ray.shutdown()
+__all__ = ["RayUnavailableError", "check_workers", "run_point", "run_sweep"]

@@ -224,12 +224,12 @@ def test_bad_sweep_documents_are_named(tmp_path, content, expect):
 
 def test_a_bad_model_fails_in_the_driver(monkeypatch):
     pytest.importorskip("simpy")
-    from kvpager.sweep import execute, run_sweep
+    from kvpager.sweep import parallel, run_sweep
 
     def no_pool(*args, **kwargs):
         raise AssertionError("points were started")
 
-    monkeypatch.setattr(execute, "_run_processes", no_pool)
+    monkeypatch.setattr(parallel.Executor, "map", no_pool)
     spec = SweepSpec(AZURE, SimConfig(model="gpt-9"), ("paged",), rates=(1.0, 2.0), limit=5)
     with pytest.raises(ValueError, match="unknown model 'gpt-9'"):
         run_sweep(spec, workers=2)

@@ -77,6 +77,8 @@ class Scheduler:
         self.waiting: deque[SequenceGroup] = deque()
         self.running = RunningSet(manager.rows_of, manager.rows)
         self.swapped: list[SequenceGroup] = []
+        # Requests whose prompt KV is being received from another server (`add_remote`).
+        self.receiving: dict[Hashable, SequenceGroup] = {}
         self._groups: dict[Hashable, SequenceGroup] = {}
         # Public counters (executors and the simulator read them instead of re-counting).
         self.num_preempted = {"swap": 0, "recompute": 0}  # groups, by mode
@@ -127,7 +129,68 @@ class Scheduler:
         self.num_rejected += 1
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running or self.swapped)
+        return bool(self.waiting or self.running or self.swapped or self.receiving)
+
+    # ---- requests whose prompt KV is computed elsewhere (disaggregated prefill) ---------
+    def add_remote(self, request: Request) -> tuple[SequenceGroup, AllocStatus, int]:
+        """Reserve blocks for a request whose prompt KV another server computed and will
+        send (prefill / decode disaggregation: this server decodes).
+
+        Returns `(group, status, cached_tokens)`. OK: the prompt's blocks are allocated now
+        (prefix hits shared; `cached_tokens` of the prompt are already here and need not be
+        sent) and the group waits in `receiving` until `complete_remote`. LATER: no room now
+        (blocks, or `max_num_seqs` counting the groups still receiving); nothing changed, call
+        again later. NEVER: the group comes back FINISHED and rejected, as `add_request` and
+        `schedule()` reject (too long, or more blocks than the cache has). Only requests of
+        one sequence with at least 2 output tokens (the first is sampled where the prompt was
+        computed) come here; others raise ValueError.
+        """
+        if request.request_id in self._groups:
+            raise ValueError(f"request {request.request_id!r} is already queued")
+        if request.width != 1 or request.max_output_tokens < 2:
+            raise ValueError(f"request {request.request_id!r}: a remote prefill needs one "
+                             "sequence and at least 2 output tokens")
+        group = SequenceGroup(request)
+        seq = SequenceState((request.request_id, 0), group, request.prompt_tokens,
+                            token_ids=None if request.prompt_token_ids is None
+                            else list(request.prompt_token_ids))
+        group.seqs.append(seq)
+        reason = self._never_fits(request)
+        if reason is not None:
+            self._reject(group, reason)
+            return group, AllocStatus.NEVER, 0
+        if self.running.num_seq_slots + len(self.receiving) + 1 > self.config.max_num_seqs:
+            return group, AllocStatus.LATER, 0
+        status = self._can_allocate(group)
+        if status is AllocStatus.NEVER:
+            self._reject(group, "needs more KV blocks than the cache has")
+            return group, status, 0
+        if status is AllocStatus.LATER:
+            return group, status, 0
+        got = self.manager.allocate(seq.seq_id, request.prompt_tokens,
+                                    **self._alloc_args(group, seq))
+        seq.advance_prefill(got.num_cached_tokens)
+        self._groups[request.request_id] = group
+        self.receiving[request.request_id] = group
+        return group, AllocStatus.OK, got.num_cached_tokens
+
+    def complete_remote(self, request_id: Hashable) -> SequenceGroup:
+        """The prompt KV of a `receiving` request has arrived: its blocks count as computed
+        (and are registered for prefix caching), and it joins the running set decoding, its
+        first token already sampled by the server that computed the prompt."""
+        group = self.receiving.pop(request_id, None)
+        if group is None:
+            raise ValueError(f"request {request_id!r} is not receiving its KV")
+        seq = group.seqs[0]
+        known, computed = seq.prefill_counts
+        seq.advance_prefill(known - computed)
+        self.manager.mark_computed(seq.seq_id, known)
+        seq.start_decoding()
+        group.expanded = True
+        self._start(group)
+        self.running.changed()
+        self._set_targets(self.manager.rows_of([seq.seq_id]), [seq])
+        return group
 
     @property
     def num_running_seqs(self) -> int:
@@ -202,9 +265,10 @@ class Scheduler:
                 k = out.num_decode_steps = 1  # preemption happens when single steps need it
                 continue
             victim = self.running.last
-            if len(self.running) == 1:
-                # Only running groups hold GPU blocks: one that cannot grow in an otherwise
-                # empty cache never will, and preempting it would loop forever.
+            if len(self.running) == 1 and not self.receiving:
+                # Only running groups (and ones receiving remote KV, which will run) hold
+                # GPU blocks: one that cannot grow in an otherwise empty cache never will,
+                # and preempting it would loop forever.
                 self._drop(victim, out, f"outgrew the KV cache: needs {need} more blocks, "
                                         f"{m.num_free_blocks()} are free with nothing else running")
             else:
@@ -494,6 +558,7 @@ class Scheduler:
             self.swapped.remove(group)
         if group in self.waiting:
             self.waiting.remove(group)
+        self.receiving.pop(request_id, None)
         group.status = GroupStatus.FINISHED
         group.finish_reason = "aborted"
         del self._groups[request_id]
