@@ -53,7 +53,7 @@ from kvpager.core.groups import (
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.block_table import num_blocks_for, slots_for_positions
 from kvpager.core.memory.group_hits import hit_start, match_groups
-from kvpager.core.memory.hybrid_growth import GroupedAppends
+from kvpager.core.memory.hybrid_growth import GroupGrowth
 from kvpager.core.memory.manager import KVCacheManager, TokenIds
 from kvpager.core.memory.prefix import PrefixCache
 from kvpager.core.memory.seq_store import ON_CPU, ON_GPU, SequenceStore
@@ -63,13 +63,13 @@ from kvpager.core.memory.window import (
     add_released_column,
     check_truncate,
 )
-from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus
+from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 
 _NO_BLOCKS = np.zeros(0, dtype=np.int32)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
-class HybridKVCacheManager(GroupedAppends):
+class HybridKVCacheManager:
     """The KV memory of a model with several KV-cache groups (`CacheConfig.groups`).
 
     Speaks the `PagedKVManager` protocol, answering for group 0 where the protocol has
@@ -105,18 +105,19 @@ class HybridKVCacheManager(GroupedAppends):
         self._managers = [KVCacheManager(sub, shared_pools=(self.gpu, self.cpu), key_tag=g)
                           for g in range(len(paged))]
         self._windows: list[tuple[KVCacheManager, SlidingWindowSpec | ChunkedLocalSpec]] = []
-        for m, spec in zip(self._managers, paged, strict=True):
+        windowed: list[tuple[int, SlidingWindowSpec | ChunkedLocalSpec]] = []
+        for g, (m, spec) in enumerate(zip(self._managers, paged, strict=True)):
             if isinstance(spec, (SlidingWindowSpec, ChunkedLocalSpec)):
                 m.has_null_entries = True
                 add_released_column(m.rows)
                 self._windows.append((m, spec))
+                windowed.append((g, spec))
         self._first = self._managers[0]
-        # What the per-sequence step touches in each group, looked up once.
-        self._steps = [(m, m.rows, m.prefix_chains) for m in self._managers]
-        self.num_released_blocks = 0
         self._state = StatePages(self._first.rows, states, self.page_bytes) if states else None
         #: Pages one sequence's state groups hold (0 without state groups).
         self.state_pages_per_seq = 0 if self._state is None else self._state.per_seq
+        self._growth = GroupGrowth(self._managers, self.gpu, windowed, self._state,
+                                   self.block_size, self.max_model_len)
 
     # ---- queries ------------------------------------------------------------------------
     @property
@@ -312,13 +313,39 @@ class HybridKVCacheManager(GroupedAppends):
             held = store.ntokens[on]
             done = held if num_computed is None else np.minimum(
                 np.asarray(num_computed, dtype=np.int64)[gpu], held)
-            self._release(on, done)
+            self._growth.release(on, done)
         return added
 
     def take_host_transfers(self) -> tuple[np.ndarray, np.ndarray]:
         return EMPTY_PAIRS, EMPTY_PAIRS
 
-    # ---- growth: `hybrid_growth.GroupedAppends` ---------------------------------------
+    # ---- growth: `hybrid_growth.GroupGrowth` -------------------------------------------
+    @property
+    def num_released_blocks(self) -> int:
+        """Window blocks released so far (every windowed group)."""
+        return self._growth.num_released_blocks
+
+    def append_slots(self, seq_id: Hashable, num_new_tokens: int = 1,
+                     num_lookahead_slots: int = 0, *, token_ids: TokenIds | None = None
+                     ) -> AppendResult:
+        """One sequence's step in every group (`GroupGrowth.append_slots`)."""
+        return self._growth.append_slots(seq_id, num_new_tokens, num_lookahead_slots,
+                                         token_ids=token_ids)
+
+    def append_slots_batch(self, rows: np.ndarray, num_new_tokens: int = 1,
+                           num_lookahead_slots: int = 0, *,
+                           token_ids: np.ndarray | None = None) -> AppendResult:
+        """A step for every row in every group, checked for all groups first
+        (`GroupGrowth.append_slots_batch`): group 0's slots in `slots`, every group's in
+        `group_slots`, all groups' copies together."""
+        return self._growth.append_slots_batch(rows, num_new_tokens, num_lookahead_slots,
+                                               token_ids=token_ids)
+
+    def blocks_needed_batch(self, rows: np.ndarray, num_new_tokens: int = 1,
+                            num_lookahead_slots: int = 0) -> np.ndarray:
+        """Per-row pages all groups' appends would take, int64 `[len(rows)]`."""
+        return self._growth.blocks_needed_batch(rows, num_new_tokens, num_lookahead_slots)
+
     def state_pages(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """Per state group, int32 `[len(rows), P_g]` page ids of each row's state (empty
         tuple without state groups): what an executor's linear-attention / Mamba layers
