@@ -10,9 +10,11 @@ shared or cached block (copy on write) or a lookahead block needs the planner
 (`append.plan_append`): these functions then change nothing and return None, and the caller
 plans every group (`hybrid_growth`).
 
-`step_rows` is the batch form (a fixed number of array operations per group), `step_row`
-the per-sequence form (scalar reads and writes). Both check every group before changing
-any, so a group can never be left a token ahead of another.
+`step_rows` is the batch form (a fixed number of array operations per group); it checks
+every group before changing any, so a group can never be left a token ahead of another.
+`step_row` is the per-sequence form (scalar reads and writes), which advances the groups
+that need no plan and leaves the others to the caller's planner (whose pool check it made
+first).
 """
 
 from __future__ import annotations
@@ -102,26 +104,26 @@ def step_rows(stores: Sequence[SequenceStore], pool: BlockPool, rows: np.ndarray
 
 
 def step_row(stores: Sequence[SequenceStore], pool: BlockPool, row: int, block_size: int,
-             max_model_len: int | None) -> list[int] | None:
-    """`step_rows` of one row with scalar reads and writes: each group's slot of the row's
-    next token, or None (nothing changed) when a group needs a plan. The caller made sure
-    the pool has a free block for every group (OutOfBlocksError otherwise, part way)."""
+             max_model_len: int | None) -> list[int | None] | None:
+    """The one-token step of one row in every group's store with scalar reads and writes:
+    each group's slot of the row's next token, None for a group that needs a plan (that
+    group unchanged: the caller plans it), or None for all (nothing changed) when the row
+    would pass `max_model_len`. The caller made sure the pool has a free block for every
+    group (OutOfBlocksError otherwise, part way)."""
     bs = block_size
     n = stores[0].ntokens.item(row)
     if max_model_len is not None and n >= max_model_len:
         return None
-    logical, offset = divmod(n, bs)
-    rooms = [store.room.item(row) for store in stores]
-    for store, left in zip(stores, rooms, strict=True):
-        if left <= 0 and (offset or store.nblocks.item(row) != logical
-                          or store.where.item(row) != ON_GPU):
-            return None
-    slots = []
-    for store, left in zip(stores, rooms, strict=True):
-        if left > 0:
+    logical = n // bs
+    offset = n - logical * bs
+    slots: list[int | None] = []
+    for store in stores:
+        left = store.room.item(row)
+        if left > 0:  # the next slot is in the row's own last block
             slots.append(store.table.item(row, logical) * bs + offset)
             store.room[row] = left - 1
-        else:
+        elif offset == 0 and store.nblocks.item(row) == logical and (
+                store.where.item(row) == ON_GPU):  # a fresh block past the table
             block = pool.allocate(1).item(0)
             if logical + 1 > store.table.shape[1]:
                 store.ensure_width(logical + 1)
@@ -130,5 +132,8 @@ def step_row(stores: Sequence[SequenceStore], pool: BlockPool, row: int, block_s
             store.room[row] = bs - 1 if max_model_len is None else min(
                 bs - 1, max_model_len - n - 1)
             slots.append(block * bs)
+        else:  # a write into an existing (maybe shared) block: the caller plans it
+            slots.append(None)
+            continue
         store.ntokens[row] = n + 1
     return slots

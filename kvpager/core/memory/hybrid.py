@@ -116,6 +116,7 @@ class HybridKVCacheManager:
         self._state = StatePages(self._first.rows, states, self.page_bytes) if states else None
         #: Pages one sequence's state groups hold (0 without state groups).
         self.state_pages_per_seq = 0 if self._state is None else self._state.per_seq
+        self._row_of = self._first.rows.row_of  # seq id -> row, the same in every group
         self._growth = GroupGrowth(self._managers, self.gpu, windowed, self._state,
                                    self.block_size, self.max_model_len)
 
@@ -328,7 +329,17 @@ class HybridKVCacheManager:
     def append_slots(self, seq_id: Hashable, num_new_tokens: int = 1,
                      num_lookahead_slots: int = 0, *, token_ids: TokenIds | None = None
                      ) -> AppendResult:
-        """One sequence's step in every group (`GroupGrowth.append_slots`)."""
+        """One sequence's step in every group: a one-token step goes straight to the
+        scalar path (`GroupGrowth.append_one`), anything else is planned
+        (`GroupGrowth.append_slots`)."""
+        if num_new_tokens == 1 and num_lookahead_slots == 0 and (
+                token_ids is None or len(token_ids) == 1):
+            try:
+                row = self._row_of.get(seq_id)
+            except TypeError:  # unhashable: the planned path names the error
+                row = None
+            if row is not None and type(num_new_tokens) is int:
+                return self._growth.append_one(seq_id, row, token_ids)
         return self._growth.append_slots(seq_id, num_new_tokens, num_lookahead_slots,
                                          token_ids=token_ids)
 

@@ -23,7 +23,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from kvpager.core.errors import OutOfBlocksError
-from kvpager.core.memory.append import append_one, plan_append
+from kvpager.core.memory.append import plan_append
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.group_step import step_row, step_rows
 from kvpager.core.memory.manager import KVCacheManager, TokenIds
@@ -95,16 +95,7 @@ class GroupGrowth:
     def append_slots(self, seq_id: Hashable, num_new_tokens: int = 1,
                      num_lookahead_slots: int = 0, *, token_ids: TokenIds | None = None
                      ) -> AppendResult:
-        """`append_slots_batch` of one sequence; a one-token step with the free pages one
-        step can take at most goes through the scalar paths."""
-        try:
-            row = self._stores[0].row_of.get(seq_id)
-        except TypeError:  # unhashable: the planned path names the error
-            row = None
-        if (row is not None and num_new_tokens == 1 and num_lookahead_slots == 0
-                and self._pool.num_free >= self._one_step_pages
-                and (token_ids is None or len(token_ids) == 1)):
-            return self._append_one(seq_id, row, token_ids)
+        """`append_slots_batch` of one sequence (its row checked by group 0)."""
         rows = self._first.rows_of([seq_id])
         tokens = None
         if token_ids is not None:
@@ -115,25 +106,25 @@ class GroupGrowth:
         return self.append_slots_batch(rows, num_new_tokens, num_lookahead_slots,
                                        token_ids=tokens)
 
-    def _append_one(self, seq_id: Hashable, row: int, token_ids: TokenIds | None
-                    ) -> AppendResult:
-        """One token of one sequence in every group (the pool has the pages one step can
-        take, so the groups cannot run out part way): all groups at once when none needs a
-        plan (`group_step.step_row`), else group by group; then the windows' scalar release
-        test and the state's copy-on-write."""
-        bs, pool = self._block_size, self._pool
+    def append_one(self, seq_id: Hashable, row: int, token_ids: TokenIds | None
+                   ) -> AppendResult:
+        """One token of the sequence at `row` (`token_ids`: None or its one id) in every
+        group: all groups at once when none needs a plan (`group_step.step_row`), else
+        group by group; then the windows' scalar crossing test and the state's
+        copy-on-write. With fewer free pages than one step can take it goes through the
+        planned path, which checks them all first."""
+        pool = self._pool
+        if pool.num_free < self._one_step_pages:
+            return self.append_slots(seq_id, 1, 0, token_ids=token_ids)
+        bs = self._block_size
         copies: list[np.ndarray] = []
-        slots = step_row(self._stores, pool, row, bs, self._max_model_len)
-        if slots is None:
-            slots = self._append_one_each(seq_id, row, token_ids, copies)
-        elif self._has_chains:
-            n = self._stores[0].ntokens.item(row) - 1
-            for chains in self._chains:
-                if chains is not None:
-                    if token_ids is None:
-                        chains.end_chain(row)
-                    else:
-                        chains.record_token(row, n, int(token_ids[0]))
+        stepped = step_row(self._stores, pool, row, bs, self._max_model_len)
+        if stepped is None:  # past max_model_len: the planner names the error
+            return self.append_slots(seq_id, 1, 0, token_ids=token_ids)
+        if self._has_chains or None in stepped:
+            slots = self._finish_each(seq_id, row, token_ids, stepped, copies)
+        else:
+            slots = stepped  # type: ignore[assignment]
         if self._window_phases:
             n = self._stores[0].ntokens.item(row)
             for store, spec, period, phase in self._window_phases:
@@ -145,19 +136,19 @@ class GroupGrowth:
             pairs = state.copy_on_write(one, state.writers_that_copy(one, pool), pool)
             if pairs.size:
                 copies.append(pairs)
-        every = np.array(slots, dtype=np.int64)
-        per_group = tuple([every[g : g + 1] for g in range(every.size)])
+        per_group = tuple([np.array((slot,), dtype=np.int64) for slot in slots])
         return AppendResult(per_group[0], np.concatenate(copies) if copies else EMPTY_PAIRS,
                             per_group)
 
-    def _append_one_each(self, seq_id: Hashable, row: int, token_ids: TokenIds | None,
-                         copies: list[np.ndarray]) -> list[int]:
-        """Group by group: each group's plan-free step (`append.append_one`), or its own
-        planned append when the write needs a copy (whose pairs go to `copies`)."""
+    def _finish_each(self, seq_id: Hashable, row: int, token_ids: TokenIds | None,
+                     stepped: list[int | None], copies: list[np.ndarray]) -> list[int]:
+        """Group by group after `step_row`: a group it left (a write into a shared or
+        cached block) plans its own append (copy pairs to `copies`); the others record
+        the token in their chains."""
         slots: list[int] = []
-        for m, store, chains in zip(self._managers, self._stores, self._chains, strict=True):
-            slot = append_one(store, self._pool, row, self._block_size, self._max_model_len)
-            if slot is None:  # a shared or cached block is written: the group plans
+        for m, store, chains, slot in zip(self._managers, self._stores, self._chains,
+                                          stepped, strict=True):
+            if slot is None:
                 planned = m.append_slots(seq_id, token_ids=token_ids)
                 slots.append(planned.slots.item(0))
                 if planned.copies.size:
