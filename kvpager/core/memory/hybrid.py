@@ -1,35 +1,17 @@
 """HybridKVCacheManager: one manager per KV-cache group over one shared pool of pages.
 
-A hybrid model (sliding window + full, chunked local + full, MLA) has one group per
-attention kind (`kvpager.core.groups`). Page design: *one* pool with a common page size
-(`page_bytes`: the largest group's block), so that every physical block id names the same
-number of bytes whichever group holds it and copy / swap pairs of all groups are plain page
-copies an executor can do without knowing the group; memory moves freely between groups as
-the mix of sequences changes (a pool per group would strand free pages in one group while
-another runs out). The price is padding when groups' blocks differ in size; see
-`docs/architecture.md`.
-
-Each group is a `KVCacheManager` over the shared pools (its own block tables, copy on
-write, swap). This class keeps them in step: every call is checked for all groups before
-any group changes (the pools are shared, so the block counts of all groups are summed),
-and every group sees the same sequence of row additions and removals, so a sequence has the
-same row in every group; group 0's `rows` is the table the scheduler registers its columns
-on. Windowed groups release the blocks no future query reads (`kvpager.core.memory.window`)
-after each append and each `mark_computed`, leaving `NULL_BLOCK` entries.
-
-Prefix caching: every group registers its computed blocks in the shared pool under its
-own tagged keys, and a hit is the longest prefix every group can serve
-(`kvpager.core.memory.group_hits`): full attention and MLA need every block, a window group
-only what its window reads past the hit (its earlier entries stay `NULL_BLOCK`). Group 0's
-`prefix_cache` counts the model's hits.
-
-State groups (`StateSpec`: linear attention, Mamba) hold whole pages of the same pool per
-sequence (`kvpager.core.memory.state_pages`): allocated with the prompt, shared by a fork
-and copied by the next append (copy-on-write), swapped and freed with the sequence; a
-truncation is refused (a recurrent state cannot roll back), and so is prefix caching.
-
-Not yet supported (a named error at construction): the host prefix tier with several
-groups.
+A hybrid model (sliding window + full, chunked local + full, MLA, linear attention) has one
+group per attention kind (`kvpager.core.groups`). One pool with a common page size
+(`page_bytes`: the largest group's block), so copy / swap pairs of all groups are plain
+page copies and memory moves freely between groups (`docs/architecture.md`, the page
+design). Each paged group is a `KVCacheManager` over the shared pools; this class keeps
+them in step: every call is checked for all groups first (their pages summed against the
+one pool), and every group sees the same row additions and removals, so a sequence has the
+same row and token count in every group (group 0's `rows` is what the scheduler registers
+on). Its collaborators: growth and window release (`hybrid_growth.GroupGrowth`, with
+`group_step`), prefix hits every group serves (`group_hits`), state pages (`state_pages`),
+swapping (`swap.swap_groups`). Not yet supported (a named error at construction): the host
+prefix tier with several groups.
 """
 
 from __future__ import annotations
@@ -58,7 +40,7 @@ from kvpager.core.memory.manager import KVCacheManager, TokenIds
 from kvpager.core.memory.prefix import PrefixCache
 from kvpager.core.memory.seq_store import ON_CPU, ON_GPU, SequenceStore
 from kvpager.core.memory.state_pages import StatePages
-from kvpager.core.memory.swap import distinct_blocks, group_rows
+from kvpager.core.memory.swap import group_pages, swap_groups
 from kvpager.core.memory.window import (
     add_released_column,
     check_truncate,
@@ -66,7 +48,6 @@ from kvpager.core.memory.window import (
 from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
 
 _NO_BLOCKS = np.zeros(0, dtype=np.int32)
-_NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
 class HybridKVCacheManager:
@@ -425,48 +406,27 @@ class HybridKVCacheManager:
         for m in self._managers:
             m.truncate(seq_id, num_tokens)
 
-    # ---- swapping -----------------------------------------------------------------------
-    def _distinct(self, seq_ids: list[Hashable], where: int) -> int:
-        total = sum(distinct_blocks(m.rows, group_rows(m.rows, seq_ids, where)).size
-                    for m in self._managers)
-        if self._state is not None:
-            total += self._state.distinct(group_rows(self._first.rows, seq_ids, where))
-        return total
-
+    # ---- swapping: `swap.swap_groups` ----------------------------------------------------
     def can_swap_out(self, seq_ids: Iterable[Hashable]) -> bool:
-        ids = list(seq_ids)
-        return self.cpu is not None and self._distinct(ids, ON_GPU) <= self.cpu.num_free
+        return self.cpu is not None and group_pages(
+            self._managers, self._state, list(seq_ids), ON_GPU) <= self.cpu.num_free
 
     def can_swap_in(self, seq_ids: Iterable[Hashable]) -> AllocStatus:
-        return self._status(self._distinct(list(seq_ids), ON_CPU))
+        return self._status(group_pages(self._managers, self._state, list(seq_ids), ON_CPU))
 
     def swap_out(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
         """Every group's pages of the group of sequences to the CPU, all or nothing."""
-        ids = list(seq_ids)
         if self.cpu is None:
             raise ValueError("swap_out: this manager has no CPU swap space (num_cpu_blocks=0)")
-        need = self._distinct(ids, ON_GPU)
-        if need > self.cpu.num_free:
-            raise OutOfBlocksError("cpu", need, self.cpu.num_free)
-        rows = group_rows(self._first.rows, ids, ON_GPU)
-        pairs = [m.swap_out(ids) for m in self._managers]
-        if self._state is not None:
-            pairs.append(self._state.move(rows, self.gpu, self.cpu))
-        return np.concatenate(pairs)
+        return swap_groups(self._managers, self._state, list(seq_ids), self.gpu, self.cpu,
+                           ON_GPU)
 
     def swap_in(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
-        ids = list(seq_ids)
+        """Every group's pages of the group of sequences back to the GPU, all or nothing."""
         if self.cpu is None:
             raise ValueError("swap_in: this manager has no CPU swap space (num_cpu_blocks=0)")
-        need = self._distinct(ids, ON_CPU)
-        if need > self.gpu.num_free:
-            raise OutOfBlocksError("gpu", need, self.gpu.num_free)
-        rows = group_rows(self._first.rows, ids, ON_CPU)
-        cpu = self.cpu
-        pairs = [m.swap_in(ids) for m in self._managers]
-        if self._state is not None:
-            pairs.append(self._state.move(rows, cpu, self.gpu))
-        return np.concatenate(pairs)
+        return swap_groups(self._managers, self._state, list(seq_ids), self.cpu, self.gpu,
+                           ON_CPU)
 
 
 __all__ = ["HybridKVCacheManager", "PagedSpec"]
