@@ -10,8 +10,8 @@ one pool), and every group sees the same row additions and removals, so a sequen
 same row and token count in every group (group 0's `rows` is what the scheduler registers
 on). Its collaborators: growth and window release (`hybrid_growth.GroupGrowth`, with
 `group_step`), prefix hits every group serves (`group_hits`), state pages (`state_pages`),
-swapping (`swap.swap_groups`). Not yet supported (a named error at construction): the host
-prefix tier with several groups.
+swapping (`swap.swap_groups`). One host prefix tier serves every group
+(`group_hits.extend_into_tier`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from kvpager.core.groups import (
 )
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.block_table import num_blocks_for, slots_for_positions
-from kvpager.core.memory.group_hits import hit_start, match_groups
+from kvpager.core.memory.group_hits import GroupHit, hit_start, match_prompt
 from kvpager.core.memory.hybrid_growth import GroupGrowth
 from kvpager.core.memory.manager import KVCacheManager, TokenIds
 from kvpager.core.memory.prefix import PrefixCache
+from kvpager.core.memory.prefix_tier import HostPrefixTier
 from kvpager.core.memory.seq_store import ON_CPU, ON_GPU, SequenceStore
 from kvpager.core.memory.state_pages import StatePages
 from kvpager.core.memory.swap import group_pages, swap_groups
@@ -45,9 +46,10 @@ from kvpager.core.memory.window import (
     add_released_column,
     check_truncate,
 )
-from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus, AppendResult
+from kvpager.core.plans import Allocation, AllocStatus, AppendResult
 
 _NO_BLOCKS = np.zeros(0, dtype=np.int32)
+_NO_LOADS = np.zeros(0, dtype=np.int64)
 
 
 class HybridKVCacheManager:
@@ -83,7 +85,11 @@ class HybridKVCacheManager:
                              one_queue=config.free_order == "lru")
         self.cpu = BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
         sub = replace(config, groups=None)
-        self._managers = [KVCacheManager(sub, shared_pools=(self.gpu, self.cpu), key_tag=g)
+        # one host prefix tier for every group (keys tagged per group, as on the GPU)
+        self._tier = (HostPrefixTier(config.num_cpu_prefix_blocks, base=config.num_cpu_blocks)
+                      if config.num_cpu_prefix_blocks else None)
+        self._managers = [KVCacheManager(sub, shared_pools=(self.gpu, self.cpu), key_tag=g,
+                                         shared_tier=self._tier)
                           for g in range(len(paged))]
         self._windows: list[tuple[KVCacheManager, SlidingWindowSpec | ChunkedLocalSpec]] = []
         windowed: list[tuple[int, SlidingWindowSpec | ChunkedLocalSpec]] = []
@@ -198,19 +204,22 @@ class HybridKVCacheManager:
         return (len(self._managers) * num_blocks_for(num_tokens, self.block_size)
                 + self.state_pages_per_seq)
 
-    def _match(self, keys: list[Hashable], num_tokens: int) -> tuple[int, list[np.ndarray]]:
+    def _match(self, keys: list[Hashable], num_tokens: int) -> GroupHit:
         caches = [m.prefix_cache for m in self._managers]
         if not keys or caches[0] is None:
-            return 0, [_NO_BLOCKS] * len(caches)
-        return match_groups(caches, self.paged_groups, keys, num_tokens,  # type: ignore[arg-type]
-                            self.block_size)
+            empty = [_NO_BLOCKS] * len(caches)
+            return GroupHit(0, 0, empty, [_NO_LOADS] * len(caches))
+        return match_prompt(caches, self.paged_groups, keys, num_tokens,  # type: ignore[arg-type]
+                            self.block_size, self._tier is not None)
 
-    def _need(self, num_tokens: int, num_hits: int, heads: list[np.ndarray]) -> int:
-        """Free pages a prompt takes: each group's blocks past the hit, plus the hit pages
-        that are free (cached, evictable) and a hit revives."""
-        fresh = num_blocks_for(num_tokens, self.block_size) - num_hits
-        revived = sum(self.gpu.count_free(h[h != NULL_BLOCK]) for h in heads)
-        return len(self._managers) * fresh + revived + self.state_pages_per_seq
+    def _need(self, num_tokens: int, hit: GroupHit) -> int:
+        """Free pages a prompt takes: each group's blocks past the hit and the pages its
+        tier loads fill, plus the hit pages that are free (cached, evictable) and a hit
+        revives."""
+        fresh = num_blocks_for(num_tokens, self.block_size) - hit.num_hits
+        loads = sum(load.size for load in hit.loads)
+        revived = sum(self.gpu.count_free(h[h != NULL_BLOCK]) for h in hit.heads)
+        return len(self._managers) * fresh + loads + revived + self.state_pages_per_seq
 
     def _status(self, need: int) -> AllocStatus:
         mark = self.config.watermark_blocks
@@ -225,12 +234,12 @@ class HybridKVCacheManager:
         whole prompt until `mark_computed` lets a window release)."""
         self._first.can_allocate(num_tokens)  # validates num_tokens
         keys = self._first.prompt_keys(num_tokens, token_ids, block_hashes)
-        num_hits, heads = self._match(keys, num_tokens)
+        hit = self._match(keys, num_tokens)
         total = self._prompt_blocks(num_tokens)
         mark = self.config.watermark_blocks
         if self.gpu.num_blocks - total < mark:
             return AllocStatus.NEVER
-        need = self._need(num_tokens, num_hits, heads)
+        need = self._need(num_tokens, hit)
         return AllocStatus.OK if self.gpu.num_free - need >= mark else AllocStatus.LATER
 
     def can_allocate_many(self, token_counts: Sequence[int], *,
@@ -248,18 +257,30 @@ class HybridKVCacheManager:
         first = self._first
         num_tokens = first.check_prompt(seq_id, num_tokens, token_ids)
         keys = first.prompt_keys(num_tokens, token_ids, block_hashes)
-        num_hits, heads = self._match(keys, num_tokens)
-        need = self._need(num_tokens, num_hits, heads)
+        hit = self._match(keys, num_tokens)
+        need = self._need(num_tokens, hit)
         if need > self.gpu.num_free:
             raise OutOfBlocksError("gpu", need, self.gpu.num_free)
-        held = [h[h != NULL_BLOCK] for h in heads]
+        num_hits = hit.num_hits
+        caches = [m.prefix_cache for m in self._managers]
+        for cache, load in zip(caches, hit.loads, strict=True):
+            if load.size:  # pinned before any page is taken (evictions offload)
+                cache.pin_tier([keys[i] for i in load.tolist()])  # type: ignore[union-attr]
         if num_hits:  # every group's hit pages first, so no fresh page evicts one
-            self.gpu.touch(np.concatenate(held))
-        fresh = self.gpu.allocate(len(self._managers)
-                                  * (num_blocks_for(num_tokens, self.block_size) - num_hits))
-        parts = np.split(fresh, len(self._managers))
-        for m, head, part in zip(self._managers, heads, parts, strict=True):
-            m.allocate_group_prompt(seq_id, num_tokens, head, part, keys, token_ids)
+            self.gpu.touch(np.concatenate([h[h != NULL_BLOCK] for h in hit.heads]))
+        rest = num_blocks_for(num_tokens, self.block_size) - num_hits
+        sizes = [rest + load.size for load in hit.loads]
+        parts = np.split(self.gpu.allocate(sum(sizes)), np.cumsum(sizes)[:-1])
+        for m, cache, head, load, part in zip(self._managers, caches, hit.heads, hit.loads,
+                                              parts, strict=True):
+            registered = None
+            if load.size:  # the tier's copies fill the first fresh pages
+                head = head.copy()
+                head[load] = part[: load.size]
+                cache.load([keys[i] for i in load.tolist()], part[: load.size])  # type: ignore[union-attr]
+                part, registered = part[load.size :], int(load[0])
+            m.allocate_group_prompt(seq_id, num_tokens, head, part, keys, token_ids,
+                                    registered)
         if self._state is not None:
             self._state.add(first.rows.row_of[seq_id], self.gpu)
         if num_hits:
@@ -268,7 +289,8 @@ class HybridKVCacheManager:
                 m.rows.released[row] = hit_start(spec, num_hits, self.block_size)
         cache = first.prefix_cache
         if cache is not None:
-            cache.record_query(min(len(keys), (num_tokens - 1) // self.block_size), num_hits)
+            cache.record_query(min(len(keys), (num_tokens - 1) // self.block_size),
+                               hit.gpu_hits, num_hits - hit.gpu_hits)
         return Allocation(seq_id, first.block_ids(seq_id), num_hits * self.block_size)
 
     def mark_computed(self, seq_id: Hashable, num_computed_tokens: int) -> int:
@@ -299,7 +321,9 @@ class HybridKVCacheManager:
         return added
 
     def take_host_transfers(self) -> tuple[np.ndarray, np.ndarray]:
-        return EMPTY_PAIRS, EMPTY_PAIRS
+        """The host prefix tier's copies of every group (one tier): offloads
+        `[n, 2]` (gpu, host), then loads `[m, 2]` (host, gpu), as `KVCacheManager`'s."""
+        return self._first.take_host_transfers()
 
     # ---- growth: `hybrid_growth.GroupGrowth` -------------------------------------------
     @property
