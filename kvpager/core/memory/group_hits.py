@@ -129,13 +129,17 @@ class GroupHit:
     loads: list[np.ndarray]
 
 
-def match_prompt(caches: Sequence[PrefixCache], specs: Sequence[GroupSpec],
+def match_prompt(caches: Sequence[PrefixCache | None], specs: Sequence[GroupSpec],
                  keys: list[Hashable], num_tokens: int, block_size: int, tier: bool
                  ) -> GroupHit:
-    """`match_groups`, continued into the host tier (`extend_into_tier`) when `tier`."""
-    h, heads = match_groups(caches, specs, keys, num_tokens, block_size)
+    """`match_groups`, continued into the host tier (`extend_into_tier`) when `tier`; no
+    hit without keys or without prefix caching (`caches` None)."""
+    if not keys or caches[0] is None:
+        return GroupHit(0, 0, [np.zeros(0, dtype=np.int32)] * len(caches),
+                        [np.zeros(0, dtype=np.int64)] * len(caches))
+    h, heads = match_groups(caches, specs, keys, num_tokens, block_size)  # type: ignore[arg-type]
     if not tier:
         return GroupHit(h, h, heads, [np.zeros(0, dtype=np.int64)] * len(caches))
-    total, heads, loads = extend_into_tier(caches, specs, keys, num_tokens, block_size, h,
-                                           heads)
+    total, heads, loads = extend_into_tier(caches, specs, keys, num_tokens,  # type: ignore[arg-type]
+                                           block_size, h, heads)
     return GroupHit(total, h, heads, loads)

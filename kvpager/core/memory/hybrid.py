@@ -24,7 +24,6 @@ import numpy as np
 from kvpager.core.config import CacheConfig
 from kvpager.core.errors import OutOfBlocksError
 from kvpager.core.groups import (
-    NULL_BLOCK,
     ChunkedLocalSpec,
     GroupSpec,
     PagedSpec,
@@ -35,6 +34,7 @@ from kvpager.core.groups import (
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.block_table import num_blocks_for, slots_for_positions
 from kvpager.core.memory.group_hits import GroupHit, hit_start, match_prompt
+from kvpager.core.memory.hybrid_admission import pages_needed, place_prompt
 from kvpager.core.memory.hybrid_growth import GroupGrowth
 from kvpager.core.memory.manager import KVCacheManager, TokenIds
 from kvpager.core.memory.prefix import PrefixCache
@@ -42,14 +42,8 @@ from kvpager.core.memory.prefix_tier import HostPrefixTier
 from kvpager.core.memory.seq_store import ON_CPU, ON_GPU, SequenceStore
 from kvpager.core.memory.state_pages import StatePages
 from kvpager.core.memory.swap import group_pages, swap_groups
-from kvpager.core.memory.window import (
-    add_released_column,
-    check_truncate,
-)
+from kvpager.core.memory.window import add_released_column, check_truncate
 from kvpager.core.plans import Allocation, AllocStatus, AppendResult
-
-_NO_BLOCKS = np.zeros(0, dtype=np.int32)
-_NO_LOADS = np.zeros(0, dtype=np.int64)
 
 
 class HybridKVCacheManager:
@@ -205,21 +199,12 @@ class HybridKVCacheManager:
                 + self.state_pages_per_seq)
 
     def _match(self, keys: list[Hashable], num_tokens: int) -> GroupHit:
-        caches = [m.prefix_cache for m in self._managers]
-        if not keys or caches[0] is None:
-            empty = [_NO_BLOCKS] * len(caches)
-            return GroupHit(0, 0, empty, [_NO_LOADS] * len(caches))
-        return match_prompt(caches, self.paged_groups, keys, num_tokens,  # type: ignore[arg-type]
-                            self.block_size, self._tier is not None)
+        return match_prompt([m.prefix_cache for m in self._managers], self.paged_groups,
+                            keys, num_tokens, self.block_size, self._tier is not None)
 
     def _need(self, num_tokens: int, hit: GroupHit) -> int:
-        """Free pages a prompt takes: each group's blocks past the hit and the pages its
-        tier loads fill, plus the hit pages that are free (cached, evictable) and a hit
-        revives."""
-        fresh = num_blocks_for(num_tokens, self.block_size) - hit.num_hits
-        loads = sum(load.size for load in hit.loads)
-        revived = sum(self.gpu.count_free(h[h != NULL_BLOCK]) for h in hit.heads)
-        return len(self._managers) * fresh + loads + revived + self.state_pages_per_seq
+        return pages_needed(self.gpu, len(self._managers), num_tokens, self.block_size, hit,
+                            self.state_pages_per_seq)
 
     def _status(self, need: int) -> AllocStatus:
         mark = self.config.watermark_blocks
@@ -251,8 +236,9 @@ class HybridKVCacheManager:
                  block_hashes: Sequence[Hashable] | None = None,
                  max_tokens: int | None = None, num_seqs: int = 1) -> Allocation:
         """Blocks for a new sequence's prompt in every group, sharing the longest prefix
-        every group can serve (`group_hits.match_groups`): a window group's table starts
-        with `NULL_BLOCK` entries before what its window reads of the hit. Raises
+        every group can serve (`group_hits.match_prompt`, the host tier included;
+        `hybrid_admission.place_prompt`): a window group's table starts with `NULL_BLOCK`
+        entries before what its window reads of the hit. Raises
         OutOfBlocksError, DuplicateSequenceError, ValueError (nothing changed)."""
         first = self._first
         num_tokens = first.check_prompt(seq_id, num_tokens, token_ids)
@@ -261,26 +247,9 @@ class HybridKVCacheManager:
         need = self._need(num_tokens, hit)
         if need > self.gpu.num_free:
             raise OutOfBlocksError("gpu", need, self.gpu.num_free)
+        place_prompt(self._managers, self.gpu, seq_id, num_tokens, keys, token_ids, hit,
+                     self.block_size)
         num_hits = hit.num_hits
-        caches = [m.prefix_cache for m in self._managers]
-        for cache, load in zip(caches, hit.loads, strict=True):
-            if load.size:  # pinned before any page is taken (evictions offload)
-                cache.pin_tier([keys[i] for i in load.tolist()])  # type: ignore[union-attr]
-        if num_hits:  # every group's hit pages first, so no fresh page evicts one
-            self.gpu.touch(np.concatenate([h[h != NULL_BLOCK] for h in hit.heads]))
-        rest = num_blocks_for(num_tokens, self.block_size) - num_hits
-        sizes = [rest + load.size for load in hit.loads]
-        parts = np.split(self.gpu.allocate(sum(sizes)), np.cumsum(sizes)[:-1])
-        for m, cache, head, load, part in zip(self._managers, caches, hit.heads, hit.loads,
-                                              parts, strict=True):
-            registered = None
-            if load.size:  # the tier's copies fill the first fresh pages
-                head = head.copy()
-                head[load] = part[: load.size]
-                cache.load([keys[i] for i in load.tolist()], part[: load.size])  # type: ignore[union-attr]
-                part, registered = part[load.size :], int(load[0])
-            m.allocate_group_prompt(seq_id, num_tokens, head, part, keys, token_ids,
-                                    registered)
         if self._state is not None:
             self._state.add(first.rows.row_of[seq_id], self.gpu)
         if num_hits:
@@ -311,13 +280,7 @@ class HybridKVCacheManager:
             for m in self._managers[1:]:
                 m.mark_computed_batch(rows, num_computed)
         if rows.size and self._windows:
-            store = self._first.rows
-            gpu = store.where[rows] == ON_GPU
-            on = rows[gpu]
-            held = store.ntokens[on]
-            done = held if num_computed is None else np.minimum(
-                np.asarray(num_computed, dtype=np.int64)[gpu], held)
-            self._growth.release(on, done)
+            self._growth.release_computed(rows, num_computed)
         return added
 
     def take_host_transfers(self) -> tuple[np.ndarray, np.ndarray]:

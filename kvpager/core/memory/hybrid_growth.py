@@ -80,6 +80,17 @@ class GroupGrowth:
             self.num_released_blocks += release(store, self._pool, spec, rows, num_tokens,
                                                 self._block_size)
 
+    def release_computed(self, rows: np.ndarray, num_computed: np.ndarray | None) -> None:
+        """After `mark_computed_batch`: windows release, for the rows on the GPU, what the
+        query after their first `num_computed` (None: all held) tokens no longer reads."""
+        store = self._stores[0]
+        gpu = store.where[rows] == ON_GPU
+        on = rows[gpu]
+        held = store.ntokens[on]
+        done = held if num_computed is None else np.minimum(
+            np.asarray(num_computed, dtype=np.int64)[gpu], held)
+        self.release(on, done)
+
     def _release_crossing(self, rows: np.ndarray, before: np.ndarray, offset: np.ndarray
                           ) -> None:
         """After a one-token step from `before` tokens (`offset`: `before % block_size`):
