@@ -95,9 +95,6 @@ class CacheConfig:
                 raise ValueError(f"enable_prefix_caching: groups[{states[0]}] is a state "
                                  "group, which keeps no checkpoint, so no prefix hit could "
                                  "ever be served; disable prefix caching for this model")
-            if len(groups) > 1 and self.num_cpu_prefix_blocks:
-                raise ValueError("num_cpu_prefix_blocks: the host prefix tier supports one "
-                                 "KV-cache group only (got several groups)")
 
     @property
     def watermark_blocks(self) -> int:

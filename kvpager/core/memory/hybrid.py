@@ -1,35 +1,17 @@
 """HybridKVCacheManager: one manager per KV-cache group over one shared pool of pages.
 
-A hybrid model (sliding window + full, chunked local + full, MLA) has one group per
-attention kind (`kvpager.core.groups`). Page design: *one* pool with a common page size
-(`page_bytes`: the largest group's block), so that every physical block id names the same
-number of bytes whichever group holds it and copy / swap pairs of all groups are plain page
-copies an executor can do without knowing the group; memory moves freely between groups as
-the mix of sequences changes (a pool per group would strand free pages in one group while
-another runs out). The price is padding when groups' blocks differ in size; see
-`docs/architecture.md`.
-
-Each group is a `KVCacheManager` over the shared pools (its own block tables, copy on
-write, swap). This class keeps them in step: every call is checked for all groups before
-any group changes (the pools are shared, so the block counts of all groups are summed),
-and every group sees the same sequence of row additions and removals, so a sequence has the
-same row in every group; group 0's `rows` is the table the scheduler registers its columns
-on. Windowed groups release the blocks no future query reads (`kvpager.core.memory.window`)
-after each append and each `mark_computed`, leaving `NULL_BLOCK` entries.
-
-Prefix caching: every group registers its computed blocks in the shared pool under its
-own tagged keys, and a hit is the longest prefix every group can serve
-(`kvpager.core.memory.group_hits`): full attention and MLA need every block, a window group
-only what its window reads past the hit (its earlier entries stay `NULL_BLOCK`). Group 0's
-`prefix_cache` counts the model's hits.
-
-State groups (`StateSpec`: linear attention, Mamba) hold whole pages of the same pool per
-sequence (`kvpager.core.memory.state_pages`): allocated with the prompt, shared by a fork
-and copied by the next append (copy-on-write), swapped and freed with the sequence; a
-truncation is refused (a recurrent state cannot roll back), and so is prefix caching.
-
-Not yet supported (a named error at construction): the host prefix tier with several
-groups.
+A hybrid model (sliding window + full, chunked local + full, MLA, linear attention) has one
+group per attention kind (`kvpager.core.groups`). One pool with a common page size
+(`page_bytes`: the largest group's block), so copy / swap pairs of all groups are plain
+page copies and memory moves freely between groups (`docs/architecture.md`, the page
+design). Each paged group is a `KVCacheManager` over the shared pools; this class keeps
+them in step: every call is checked for all groups first (their pages summed against the
+one pool), and every group sees the same row additions and removals, so a sequence has the
+same row and token count in every group (group 0's `rows` is what the scheduler registers
+on). Its collaborators: growth and window release (`hybrid_growth.GroupGrowth`, with
+`group_step`), prefix hits every group serves (`group_hits`), state pages (`state_pages`),
+swapping (`swap.swap_groups`). One host prefix tier serves every group
+(`group_hits.extend_into_tier`).
 """
 
 from __future__ import annotations
@@ -42,7 +24,6 @@ import numpy as np
 from kvpager.core.config import CacheConfig
 from kvpager.core.errors import OutOfBlocksError
 from kvpager.core.groups import (
-    NULL_BLOCK,
     ChunkedLocalSpec,
     GroupSpec,
     PagedSpec,
@@ -52,24 +33,20 @@ from kvpager.core.groups import (
 )
 from kvpager.core.memory.block_pool import BlockPool
 from kvpager.core.memory.block_table import num_blocks_for, slots_for_positions
-from kvpager.core.memory.group_hits import hit_start, match_groups
-from kvpager.core.memory.hybrid_growth import GroupedAppends
+from kvpager.core.memory.group_hits import GroupHit, hit_start, match_prompt
+from kvpager.core.memory.hybrid_admission import pages_needed, place_prompt
+from kvpager.core.memory.hybrid_growth import GroupGrowth
 from kvpager.core.memory.manager import KVCacheManager, TokenIds
 from kvpager.core.memory.prefix import PrefixCache
+from kvpager.core.memory.prefix_tier import HostPrefixTier
 from kvpager.core.memory.seq_store import ON_CPU, ON_GPU, SequenceStore
 from kvpager.core.memory.state_pages import StatePages
-from kvpager.core.memory.swap import distinct_blocks, group_rows
-from kvpager.core.memory.window import (
-    add_released_column,
-    check_truncate,
-)
-from kvpager.core.plans import EMPTY_PAIRS, Allocation, AllocStatus
-
-_NO_BLOCKS = np.zeros(0, dtype=np.int32)
-_NO_ROWS = np.zeros(0, dtype=np.int64)
+from kvpager.core.memory.swap import group_pages, swap_groups
+from kvpager.core.memory.window import add_released_column, check_truncate
+from kvpager.core.plans import Allocation, AllocStatus, AppendResult
 
 
-class HybridKVCacheManager(GroupedAppends):
+class HybridKVCacheManager:
     """The KV memory of a model with several KV-cache groups (`CacheConfig.groups`).
 
     Speaks the `PagedKVManager` protocol, answering for group 0 where the protocol has
@@ -102,21 +79,27 @@ class HybridKVCacheManager(GroupedAppends):
                              one_queue=config.free_order == "lru")
         self.cpu = BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
         sub = replace(config, groups=None)
-        self._managers = [KVCacheManager(sub, shared_pools=(self.gpu, self.cpu), key_tag=g)
+        # one host prefix tier for every group (keys tagged per group, as on the GPU)
+        self._tier = (HostPrefixTier(config.num_cpu_prefix_blocks, base=config.num_cpu_blocks)
+                      if config.num_cpu_prefix_blocks else None)
+        self._managers = [KVCacheManager(sub, shared_pools=(self.gpu, self.cpu), key_tag=g,
+                                         shared_tier=self._tier)
                           for g in range(len(paged))]
         self._windows: list[tuple[KVCacheManager, SlidingWindowSpec | ChunkedLocalSpec]] = []
-        for m, spec in zip(self._managers, paged, strict=True):
+        windowed: list[tuple[int, SlidingWindowSpec | ChunkedLocalSpec]] = []
+        for g, (m, spec) in enumerate(zip(self._managers, paged, strict=True)):
             if isinstance(spec, (SlidingWindowSpec, ChunkedLocalSpec)):
                 m.has_null_entries = True
                 add_released_column(m.rows)
                 self._windows.append((m, spec))
+                windowed.append((g, spec))
         self._first = self._managers[0]
-        # What the per-sequence step touches in each group, looked up once.
-        self._steps = [(m, m.rows, m.prefix_chains) for m in self._managers]
-        self.num_released_blocks = 0
         self._state = StatePages(self._first.rows, states, self.page_bytes) if states else None
         #: Pages one sequence's state groups hold (0 without state groups).
         self.state_pages_per_seq = 0 if self._state is None else self._state.per_seq
+        self._row_of = self._first.rows.row_of  # seq id -> row, the same in every group
+        self._growth = GroupGrowth(self._managers, self.gpu, windowed, self._state,
+                                   self.block_size, self.max_model_len)
 
     # ---- queries ------------------------------------------------------------------------
     @property
@@ -215,19 +198,13 @@ class HybridKVCacheManager(GroupedAppends):
         return (len(self._managers) * num_blocks_for(num_tokens, self.block_size)
                 + self.state_pages_per_seq)
 
-    def _match(self, keys: list[Hashable], num_tokens: int) -> tuple[int, list[np.ndarray]]:
-        caches = [m.prefix_cache for m in self._managers]
-        if not keys or caches[0] is None:
-            return 0, [_NO_BLOCKS] * len(caches)
-        return match_groups(caches, self.paged_groups, keys, num_tokens,  # type: ignore[arg-type]
-                            self.block_size)
+    def _match(self, keys: list[Hashable], num_tokens: int) -> GroupHit:
+        return match_prompt([m.prefix_cache for m in self._managers], self.paged_groups,
+                            keys, num_tokens, self.block_size, self._tier is not None)
 
-    def _need(self, num_tokens: int, num_hits: int, heads: list[np.ndarray]) -> int:
-        """Free pages a prompt takes: each group's blocks past the hit, plus the hit pages
-        that are free (cached, evictable) and a hit revives."""
-        fresh = num_blocks_for(num_tokens, self.block_size) - num_hits
-        revived = sum(self.gpu.count_free(h[h != NULL_BLOCK]) for h in heads)
-        return len(self._managers) * fresh + revived + self.state_pages_per_seq
+    def _need(self, num_tokens: int, hit: GroupHit) -> int:
+        return pages_needed(self.gpu, len(self._managers), num_tokens, self.block_size, hit,
+                            self.state_pages_per_seq)
 
     def _status(self, need: int) -> AllocStatus:
         mark = self.config.watermark_blocks
@@ -242,12 +219,12 @@ class HybridKVCacheManager(GroupedAppends):
         whole prompt until `mark_computed` lets a window release)."""
         self._first.can_allocate(num_tokens)  # validates num_tokens
         keys = self._first.prompt_keys(num_tokens, token_ids, block_hashes)
-        num_hits, heads = self._match(keys, num_tokens)
+        hit = self._match(keys, num_tokens)
         total = self._prompt_blocks(num_tokens)
         mark = self.config.watermark_blocks
         if self.gpu.num_blocks - total < mark:
             return AllocStatus.NEVER
-        need = self._need(num_tokens, num_hits, heads)
+        need = self._need(num_tokens, hit)
         return AllocStatus.OK if self.gpu.num_free - need >= mark else AllocStatus.LATER
 
     def can_allocate_many(self, token_counts: Sequence[int], *,
@@ -259,24 +236,20 @@ class HybridKVCacheManager(GroupedAppends):
                  block_hashes: Sequence[Hashable] | None = None,
                  max_tokens: int | None = None, num_seqs: int = 1) -> Allocation:
         """Blocks for a new sequence's prompt in every group, sharing the longest prefix
-        every group can serve (`group_hits.match_groups`): a window group's table starts
-        with `NULL_BLOCK` entries before what its window reads of the hit. Raises
+        every group can serve (`group_hits.match_prompt`, the host tier included;
+        `hybrid_admission.place_prompt`): a window group's table starts with `NULL_BLOCK`
+        entries before what its window reads of the hit. Raises
         OutOfBlocksError, DuplicateSequenceError, ValueError (nothing changed)."""
         first = self._first
         num_tokens = first.check_prompt(seq_id, num_tokens, token_ids)
         keys = first.prompt_keys(num_tokens, token_ids, block_hashes)
-        num_hits, heads = self._match(keys, num_tokens)
-        need = self._need(num_tokens, num_hits, heads)
+        hit = self._match(keys, num_tokens)
+        need = self._need(num_tokens, hit)
         if need > self.gpu.num_free:
             raise OutOfBlocksError("gpu", need, self.gpu.num_free)
-        held = [h[h != NULL_BLOCK] for h in heads]
-        if num_hits:  # every group's hit pages first, so no fresh page evicts one
-            self.gpu.touch(np.concatenate(held))
-        fresh = self.gpu.allocate(len(self._managers)
-                                  * (num_blocks_for(num_tokens, self.block_size) - num_hits))
-        parts = np.split(fresh, len(self._managers))
-        for m, head, part in zip(self._managers, heads, parts, strict=True):
-            m.allocate_group_prompt(seq_id, num_tokens, head, part, keys, token_ids)
+        place_prompt(self._managers, self.gpu, seq_id, num_tokens, keys, token_ids, hit,
+                     self.block_size)
+        num_hits = hit.num_hits
         if self._state is not None:
             self._state.add(first.rows.row_of[seq_id], self.gpu)
         if num_hits:
@@ -285,7 +258,8 @@ class HybridKVCacheManager(GroupedAppends):
                 m.rows.released[row] = hit_start(spec, num_hits, self.block_size)
         cache = first.prefix_cache
         if cache is not None:
-            cache.record_query(min(len(keys), (num_tokens - 1) // self.block_size), num_hits)
+            cache.record_query(min(len(keys), (num_tokens - 1) // self.block_size),
+                               hit.gpu_hits, num_hits - hit.gpu_hits)
         return Allocation(seq_id, first.block_ids(seq_id), num_hits * self.block_size)
 
     def mark_computed(self, seq_id: Hashable, num_computed_tokens: int) -> int:
@@ -306,19 +280,51 @@ class HybridKVCacheManager(GroupedAppends):
             for m in self._managers[1:]:
                 m.mark_computed_batch(rows, num_computed)
         if rows.size and self._windows:
-            store = self._first.rows
-            gpu = store.where[rows] == ON_GPU
-            on = rows[gpu]
-            held = store.ntokens[on]
-            done = held if num_computed is None else np.minimum(
-                np.asarray(num_computed, dtype=np.int64)[gpu], held)
-            self._release(on, done)
+            self._growth.release_computed(rows, num_computed)
         return added
 
     def take_host_transfers(self) -> tuple[np.ndarray, np.ndarray]:
-        return EMPTY_PAIRS, EMPTY_PAIRS
+        """The host prefix tier's copies of every group (one tier): offloads
+        `[n, 2]` (gpu, host), then loads `[m, 2]` (host, gpu), as `KVCacheManager`'s."""
+        return self._first.take_host_transfers()
 
-    # ---- growth: `hybrid_growth.GroupedAppends` ---------------------------------------
+    # ---- growth: `hybrid_growth.GroupGrowth` -------------------------------------------
+    @property
+    def num_released_blocks(self) -> int:
+        """Window blocks released so far (every windowed group)."""
+        return self._growth.num_released_blocks
+
+    def append_slots(self, seq_id: Hashable, num_new_tokens: int = 1,
+                     num_lookahead_slots: int = 0, *, token_ids: TokenIds | None = None
+                     ) -> AppendResult:
+        """One sequence's step in every group: a one-token step goes straight to the
+        scalar path (`GroupGrowth.append_one`), anything else is planned
+        (`GroupGrowth.append_slots`)."""
+        if num_new_tokens == 1 and num_lookahead_slots == 0 and (
+                token_ids is None or len(token_ids) == 1):
+            try:
+                row = self._row_of.get(seq_id)
+            except TypeError:  # unhashable: the planned path names the error
+                row = None
+            if row is not None and type(num_new_tokens) is int:
+                return self._growth.append_one(seq_id, row, token_ids)
+        return self._growth.append_slots(seq_id, num_new_tokens, num_lookahead_slots,
+                                         token_ids=token_ids)
+
+    def append_slots_batch(self, rows: np.ndarray, num_new_tokens: int = 1,
+                           num_lookahead_slots: int = 0, *,
+                           token_ids: np.ndarray | None = None) -> AppendResult:
+        """A step for every row in every group, checked for all groups first
+        (`GroupGrowth.append_slots_batch`): group 0's slots in `slots`, every group's in
+        `group_slots`, all groups' copies together."""
+        return self._growth.append_slots_batch(rows, num_new_tokens, num_lookahead_slots,
+                                               token_ids=token_ids)
+
+    def blocks_needed_batch(self, rows: np.ndarray, num_new_tokens: int = 1,
+                            num_lookahead_slots: int = 0) -> np.ndarray:
+        """Per-row pages all groups' appends would take, int64 `[len(rows)]`."""
+        return self._growth.blocks_needed_batch(rows, num_new_tokens, num_lookahead_slots)
+
     def state_pages(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """Per state group, int32 `[len(rows), P_g]` page ids of each row's state (empty
         tuple without state groups): what an executor's linear-attention / Mamba layers
@@ -387,48 +393,27 @@ class HybridKVCacheManager(GroupedAppends):
         for m in self._managers:
             m.truncate(seq_id, num_tokens)
 
-    # ---- swapping -----------------------------------------------------------------------
-    def _distinct(self, seq_ids: list[Hashable], where: int) -> int:
-        total = sum(distinct_blocks(m.rows, group_rows(m.rows, seq_ids, where)).size
-                    for m in self._managers)
-        if self._state is not None:
-            total += self._state.distinct(group_rows(self._first.rows, seq_ids, where))
-        return total
-
+    # ---- swapping: `swap.swap_groups` ----------------------------------------------------
     def can_swap_out(self, seq_ids: Iterable[Hashable]) -> bool:
-        ids = list(seq_ids)
-        return self.cpu is not None and self._distinct(ids, ON_GPU) <= self.cpu.num_free
+        return self.cpu is not None and group_pages(
+            self._managers, self._state, list(seq_ids), ON_GPU) <= self.cpu.num_free
 
     def can_swap_in(self, seq_ids: Iterable[Hashable]) -> AllocStatus:
-        return self._status(self._distinct(list(seq_ids), ON_CPU))
+        return self._status(group_pages(self._managers, self._state, list(seq_ids), ON_CPU))
 
     def swap_out(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
         """Every group's pages of the group of sequences to the CPU, all or nothing."""
-        ids = list(seq_ids)
         if self.cpu is None:
             raise ValueError("swap_out: this manager has no CPU swap space (num_cpu_blocks=0)")
-        need = self._distinct(ids, ON_GPU)
-        if need > self.cpu.num_free:
-            raise OutOfBlocksError("cpu", need, self.cpu.num_free)
-        rows = group_rows(self._first.rows, ids, ON_GPU)
-        pairs = [m.swap_out(ids) for m in self._managers]
-        if self._state is not None:
-            pairs.append(self._state.move(rows, self.gpu, self.cpu))
-        return np.concatenate(pairs)
+        return swap_groups(self._managers, self._state, list(seq_ids), self.gpu, self.cpu,
+                           ON_GPU)
 
     def swap_in(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
-        ids = list(seq_ids)
+        """Every group's pages of the group of sequences back to the GPU, all or nothing."""
         if self.cpu is None:
             raise ValueError("swap_in: this manager has no CPU swap space (num_cpu_blocks=0)")
-        need = self._distinct(ids, ON_CPU)
-        if need > self.gpu.num_free:
-            raise OutOfBlocksError("gpu", need, self.gpu.num_free)
-        rows = group_rows(self._first.rows, ids, ON_CPU)
-        cpu = self.cpu
-        pairs = [m.swap_in(ids) for m in self._managers]
-        if self._state is not None:
-            pairs.append(self._state.move(rows, cpu, self.gpu))
-        return np.concatenate(pairs)
+        return swap_groups(self._managers, self._state, list(seq_ids), self.cpu, self.gpu,
+                           ON_CPU)
 
 
 __all__ = ["HybridKVCacheManager", "PagedSpec"]

@@ -82,7 +82,8 @@ class KVCacheManager:
                  tier_load_policy: TierLoadPolicy | None = None,
                  events: KVEventSink | None = None,
                  shared_pools: tuple[BlockPool, BlockPool | None] | None = None,
-                 key_tag: Hashable | None = None, **fields: object) -> None:
+                 key_tag: Hashable | None = None, shared_tier: HostPrefixTier | None = None,
+                 **fields: object) -> None:
         if config is None:
             config = CacheConfig(**fields)  # type: ignore[arg-type]
         elif fields:
@@ -108,9 +109,10 @@ class KVCacheManager:
                                  one_queue=config.free_order == "lru")
             self.cpu = (BlockPool(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks
                         else None)
-        tier = (HostPrefixTier(config.num_cpu_prefix_blocks, base=config.num_cpu_blocks,
-                               events=events)
-                if config.num_cpu_prefix_blocks else None)
+        tier = shared_tier
+        if tier is None and config.num_cpu_prefix_blocks:
+            tier = HostPrefixTier(config.num_cpu_prefix_blocks, base=config.num_cpu_blocks,
+                                  events=events)
         self._seqs = SequenceStore()
         self._chains = (PrefixChains(self._seqs, self.block_size)
                         if config.enable_prefix_caching else None)
@@ -336,15 +338,18 @@ class KVCacheManager:
 
     def allocate_group_prompt(self, seq_id: Hashable, num_tokens: int,
                               head: np.ndarray, fresh: np.ndarray, keys: list[Hashable],
-                              token_ids: TokenIds | None) -> None:
+                              token_ids: TokenIds | None, num_registered: int | None = None
+                              ) -> None:
         """One group's part of a `HybridKVCacheManager.allocate`, after it checked every
         group and took the pages: the row's table is `head` (int32, the prefix hit: block
         ids already referenced by the caller's `touch`, `NULL_BLOCK` where a window needs
-        none) then `fresh` (int32, allocated by the caller)."""
+        none, or fresh pages a host-tier load fills) then `fresh` (int32, allocated by the
+        caller). `num_registered`: the head's leading blocks already cached (all of it by
+        default); `mark_computed` registers the rest, as loaded blocks are."""
         blocks = np.concatenate([head, fresh]) if head.size else fresh
+        done = int(head.size) if num_registered is None else num_registered
         # each group's chain grows its own copy of the keys
-        self._add_prompt_row(seq_id, num_tokens, blocks, list(keys), int(head.size),
-                             token_ids)
+        self._add_prompt_row(seq_id, num_tokens, blocks, list(keys), done, token_ids)
 
     def _add_prompt_row(self, seq_id: Hashable, num_tokens: int, blocks: np.ndarray,
                         keys: list[Hashable], num_hits: int,

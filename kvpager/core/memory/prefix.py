@@ -163,20 +163,29 @@ class PrefixCache:
         """Host ids of the longest run of leading `keys` held by the host tier (the keys that
         follow a GPU match); empty without a tier."""
         tier = self.tier
-        return [] if tier is None or not keys else tier.match(keys)
+        return [] if tier is None or not keys else tier.match(self._tagged(keys))
+
+    def in_tier(self, keys: Sequence[Hashable]) -> np.ndarray:
+        """bool `[len(keys)]`: which keys the host tier holds (a window group's hit needs
+        only some blocks, not a leading run); all False without a tier."""
+        tier = self.tier
+        if tier is None:
+            return np.zeros(len(keys), dtype=bool)
+        return np.fromiter(map(tier.__contains__, self._tagged(keys)), dtype=bool,
+                           count=len(keys))
 
     def pin_tier(self, keys: Sequence[Hashable]) -> None:
         """Keep the tier's blocks of `keys` until they are loaded (see `HostPrefixTier.pin`)."""
         tier = self.tier
         if tier is not None and keys:
-            tier.pin(keys)
+            tier.pin(self._tagged(keys))
 
     def load(self, keys: Sequence[Hashable], gpu_blocks: np.ndarray) -> None:
         """Plan loading the tier's (pinned) blocks of `keys` into fresh `gpu_blocks`. They are
         registered on the GPU, like computed blocks, once `commit` says the step ran."""
         tier = self.tier
         if tier is not None and keys:
-            tier.load(keys, gpu_blocks)
+            tier.load(self._tagged(keys), gpu_blocks)
 
     def take_plans(self) -> tuple[np.ndarray, np.ndarray]:
         """The host tier's (offloads `[n, 2]` (gpu, host), loads `[m, 2]` (host, gpu))

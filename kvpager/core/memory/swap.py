@@ -3,12 +3,14 @@
 A group (the beams of one beam search, the samples of one request) moves all or nothing:
 running half a group is useless, and its members share blocks, which must stay shared on the
 other side so that a swapped group takes no more room than it did. `KVCacheManager.swap_out`
-and `swap_in` check and count; these functions do the moving.
+and `swap_in` check and count; these functions do the moving, and `swap_groups` moves
+every KV-cache group of a hybrid model (`HybridKVCacheManager`) together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,7 +18,11 @@ from kvpager.core.errors import OutOfBlocksError, WrongDeviceError
 from kvpager.core.groups import NULL_BLOCK
 from kvpager.core.memory.append import clear_room
 from kvpager.core.memory.block_pool import BlockPool
-from kvpager.core.memory.seq_store import DEVICE_NAMES, SequenceStore
+from kvpager.core.memory.seq_store import DEVICE_NAMES, ON_GPU, SequenceStore
+
+if TYPE_CHECKING:  # the manager imports this module
+    from kvpager.core.memory.manager import KVCacheManager
+    from kvpager.core.memory.state_pages import StatePages
 
 
 def group_rows(seqs: SequenceStore, seq_ids: Iterable[Hashable], where: int) -> np.ndarray:
@@ -71,3 +77,33 @@ def move_rows(
         seqs.where[r] = where
     clear_room(seqs, rows)  # sharing changed; the next append plans the row again
     return np.stack([distinct.astype(np.int64), new.astype(np.int64)], axis=1)
+
+
+def group_pages(managers: Sequence[KVCacheManager], state: StatePages | None,
+                seq_ids: list[Hashable], where: int) -> int:
+    """Pages a group of sequences on `where` holds in every KV-cache group (pages shared
+    within the group counted once), its state pages included: what moving it takes."""
+    total = sum(distinct_blocks(m.rows, group_rows(m.rows, seq_ids, where)).size
+                for m in managers)
+    if state is not None:
+        total += state.distinct(group_rows(managers[0].rows, seq_ids, where))
+    return total
+
+
+def swap_groups(managers: Sequence[KVCacheManager], state: StatePages | None,
+                seq_ids: list[Hashable], src: BlockPool, dst: BlockPool, where: int
+                ) -> np.ndarray:
+    """Move a group of sequences (on `where`, whose pool is `src`) to `dst` in every
+    KV-cache group, all or nothing: int64 `[n, 2]` (src, dst) page pairs of all groups.
+
+    Raises (nothing changed): OutOfBlocksError (`dst` lacks the pages), the errors of
+    `group_rows`."""
+    need = group_pages(managers, state, seq_ids, where)
+    if need > dst.num_free:
+        raise OutOfBlocksError(dst.device, need, dst.num_free)
+    rows = group_rows(managers[0].rows, seq_ids, where)
+    pairs = [m.swap_out(seq_ids) if where == ON_GPU else m.swap_in(seq_ids)
+             for m in managers]
+    if state is not None:
+        pairs.append(state.move(rows, src, dst))
+    return np.concatenate(pairs)

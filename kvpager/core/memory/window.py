@@ -36,27 +36,24 @@ def first_needed_blocks(spec: WindowSpec, num_tokens: np.ndarray, block_size: in
     return first // block_size
 
 
-def crossing(spec: WindowSpec, num_tokens: np.ndarray, block_size: int) -> np.ndarray:
-    """int64 indices of `num_tokens` (int64, each just grown by one token) at which the
-    first needed position has just entered a new block: the only rows a one-token step
-    can let release anything (a row that is behind, as one appended to without
-    `mark_computed`, catches up at its next crossing)."""
-    if isinstance(spec, SlidingWindowSpec):
-        phase = (num_tokens - spec.window) % block_size
-    else:  # the query at n - 1 starts a chunk whose first block follows the old one
-        phase = (num_tokens - 1) % spec.chunk
-    return np.flatnonzero(phase == 0)
+def crossing(spec: WindowSpec, num_tokens: np.ndarray, offset: np.ndarray, block_size: int
+             ) -> np.ndarray:
+    """int64 indices of rows that grow by one token from `num_tokens` (int64; `offset` is
+    `num_tokens % block_size`) at which the first needed position enters a new block: the
+    only rows a one-token step can let release anything (a row that is behind, as one
+    appended to without `mark_computed`, catches up at its next crossing)."""
+    if isinstance(spec, SlidingWindowSpec):  # (n + 1 - W) % block_size == 0
+        return (offset == (spec.window - 1) % block_size).nonzero()[0]
+    # the query at n starts a chunk whose first block follows the old one
+    return (num_tokens % spec.chunk == 0).nonzero()[0]
 
 
-def due(store: SequenceStore, spec: WindowSpec, row: int, num_tokens: int,
-        block_size: int) -> bool:
-    """Scalar test of one row: whether `release` would free anything (a per-sequence
-    append asks it every step; it is true once per block)."""
+def crossing_phase(spec: WindowSpec, block_size: int) -> tuple[int, int]:
+    """(period, phase): a one-token step to `n` tokens crosses (see `crossing`) when
+    `n % period == phase`, the scalar test of a per-sequence step."""
     if isinstance(spec, SlidingWindowSpec):
-        first = num_tokens - spec.window
-    else:
-        first = (num_tokens - 1) // spec.chunk * spec.chunk
-    return first > 0 and first // block_size > store.released.item(row)
+        return block_size, spec.window % block_size
+    return spec.chunk, 1 % spec.chunk
 
 
 def release(store: SequenceStore, pool: BlockPool, spec: WindowSpec, rows: np.ndarray,
@@ -68,7 +65,7 @@ def release(store: SequenceStore, pool: BlockPool, spec: WindowSpec, rows: np.nd
                       store.nblocks.take(rows))
     done = store.released.take(rows)
     count = dead - done
-    todo = np.flatnonzero(count > 0)
+    todo = (count > 0).nonzero()[0]
     if todo.size == 0:
         return 0
     if todo.size < rows.size:
@@ -97,8 +94,8 @@ def release(store: SequenceStore, pool: BlockPool, spec: WindowSpec, rows: np.nd
 
 def release_row(store: SequenceStore, pool: BlockPool, spec: WindowSpec, row: int,
                 num_tokens: int, block_size: int) -> int:
-    """`release` of one row with scalar reads and writes (a per-sequence step, after `due`
-    said it frees something); returns how many entries became null."""
+    """`release` of one row with scalar reads and writes (a per-sequence step whose
+    window crossed a block, `crossing_phase`); returns how many entries became null."""
     if isinstance(spec, SlidingWindowSpec):
         first = max(num_tokens - spec.window, 0)
     else:

@@ -81,14 +81,11 @@ def test_chunked_group_hit_needs_only_the_current_chunk() -> None:
     assert head[:2] == [NULL_BLOCK] * 2 and NULL_BLOCK not in head[2:]
 
 
-def test_state_and_tier_stay_refused_with_named_errors() -> None:
+def test_state_groups_stay_refused_with_a_named_error() -> None:
     from kvpager.core.groups import StateSpec
     with pytest.raises(ValueError, match="enable_prefix_caching"):
         CacheConfig(num_gpu_blocks=8, enable_prefix_caching=True,
                     groups=(FullAttentionSpec(), StateSpec(state_bytes=64)))
-    with pytest.raises(ValueError, match="num_cpu_prefix_blocks"):
-        CacheConfig(num_gpu_blocks=8, enable_prefix_caching=True, num_cpu_prefix_blocks=4,
-                    groups=WINDOW)
 
 
 def _values(tokens: list[int]) -> list[int]:

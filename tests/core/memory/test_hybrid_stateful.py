@@ -13,7 +13,9 @@ token (the state after it), rewritten each step. After every step, from public q
 - every sequence reads back its values through every group's table, from what the group's
   next query reads (a window group's released history is never read), and its state;
 - a page is never written while shared or cached;
-- a call that raises leaves every group, the pool and the state pages as they were.
+- a call that raises leaves every group, the pool and the state pages as they were;
+- with a host prefix tier (one for all groups), its offloads read only cached or evicted
+  pages and its loads fill only fresh pages, and what they carry reads back right.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .test_manager_stateful import PREFIXES, values_of
 
 BLOCK = 4
 GPU_BLOCKS, CPU_BLOCKS = 40, 20
+TIER_BLOCKS = 6  # a host prefix tier smaller than what the GPU evicts (its LRU), or 4x
 CONFIGS = {
     "window+full": (FullAttentionSpec(num_layers=2), SlidingWindowSpec(window=6)),
     "chunked+full": (ChunkedLocalSpec(chunk=8), FullAttentionSpec()),
@@ -64,16 +67,22 @@ def snapshot(m: HybridKVCacheManager):
 
 
 class HybridMachine(RuleBasedStateMachine):
-    @initialize(config=st.sampled_from(sorted(CONFIGS)), prefix_caching=st.booleans())
-    def setup(self, config: str, prefix_caching: bool) -> None:
+    @initialize(config=st.sampled_from(sorted(CONFIGS)), prefix_caching=st.booleans(),
+                tier=st.sampled_from([0, TIER_BLOCKS, 4 * TIER_BLOCKS]),
+                write_through=st.booleans())
+    def setup(self, config: str, prefix_caching: bool, tier: int = 0,
+              write_through: bool = False) -> None:
         groups = CONFIGS[config]
         has_state = any(isinstance(g, StateSpec) for g in groups)
+        prefix_caching = prefix_caching and not has_state
+        tier = tier if prefix_caching else 0
         self.m = HybridKVCacheManager(CacheConfig(
             num_gpu_blocks=GPU_BLOCKS, block_size=BLOCK, num_cpu_blocks=CPU_BLOCKS,
-            watermark=0.0, enable_prefix_caching=prefix_caching and not has_state,
-            groups=groups))
+            watermark=0.0, enable_prefix_caching=prefix_caching, groups=groups,
+            num_cpu_prefix_blocks=tier,
+            prefix_tier_write_through=write_through and bool(tier)))
         self.mem = {"gpu": np.full((GPU_BLOCKS, BLOCK), -1, dtype=np.int64),
-                    "cpu": np.full((CPU_BLOCKS, BLOCK), -1, dtype=np.int64)}
+                    "cpu": np.full((CPU_BLOCKS + tier, BLOCK), -1, dtype=np.int64)}
         self.tokens: dict[int, list[int]] = {}
         self.next_id = 0
 
@@ -101,12 +110,32 @@ class HybridMachine(RuleBasedStateMachine):
         return sorted(s for s in self.tokens if self.m.device_of(s) == device)
 
     def try_call(self, fn, *args, errors=(OutOfBlocksError,), **kwargs):
+        self.transfer()  # write-through copies that mark_computed planned
         before = snapshot(self.m)
+        free_before = set(np.flatnonzero(self.m.gpu.ref_counts == 0).tolist())
         try:
-            return fn(*args, **kwargs)
+            got = fn(*args, **kwargs)
         except errors:
             assert snapshot(self.m) == before, "a failed call changed the manager"
+            assert all(not p.size for p in self.m.take_host_transfers())
             return None
+        self.transfer(free_before)
+        return got
+
+    def transfer(self, free_before: set[int] | None = None) -> None:
+        """The host prefix tier's copies, as an executor does them first in the step:
+        offloads (of cached pages, or of pages free before the call: evicted, not yet
+        rewritten), then loads (into pages free before the call, now held by one
+        sequence), for every group's pages alike."""
+        offloads, loads = self.m.take_host_transfers()
+        for gpu, _host in offloads.tolist():
+            assert self.m.gpu.is_cached(gpu) or (
+                free_before is not None and gpu in free_before), f"offload of used {gpu}"
+        self.copy(offloads, "gpu", "cpu")
+        for _host, gpu in loads.tolist():
+            assert free_before is not None and gpu in free_before, f"load into used {gpu}"
+            assert self.m.gpu.ref_count(gpu) == 1, f"load into shared page {gpu}"
+        self.copy(loads, "cpu", "gpu")
 
     # ---- rules --------------------------------------------------------------------------
     @rule(prefix=st.sampled_from(PREFIXES),
@@ -179,6 +208,17 @@ class HybridMachine(RuleBasedStateMachine):
                 self.write_slots(seq, slots[i * k : (i + 1) * k], start)
             self.write_state(seq)
         self.m.mark_computed_batch(rows)
+
+    @rule()
+    def flush_gpu_cache(self) -> None:
+        """A burst of unrelated work takes every free page and finishes: the GPU evicts its
+        cached pages (to the host tier, when there is one), so later prompts that share
+        them hit the tier."""
+        if self.m.prefix_cache is None or self.m.num_free_blocks() < self.m.num_groups:
+            return
+        tokens = self.m.num_free_blocks() // self.m.num_groups * BLOCK
+        if self.try_call(self.m.allocate, "flush", tokens) is not None:
+            self.m.free("flush")
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data())
