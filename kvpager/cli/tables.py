@@ -62,9 +62,14 @@ def replica_tables(metrics: dict) -> list[Table]:
         section = m.get("cluster") or {}
         replicas = section.get("replicas") or []
         imbalance = get_path(section, ("imbalance", "max_over_mean"))
+        settings = {**(cluster.get("router_settings") or {}),
+                    **({"weights": cluster["weights"]} if cluster.get("weights") else {})}
+        shown = ", ".join(f"{k} {v}" for k, v in settings.items())
         table = Table(title=f"{name}: {len(replicas)} replicas, router "
-                            f"{cluster.get('router', '-')}, load imbalance (max/mean in "
-                            f"flight) {'-' if imbalance is None else f'{imbalance:.2f}'}")
+                            f"{cluster.get('router', '-')}"
+                            + (f" ({shown})" if shown else "")
+                            + f", load imbalance (max/mean in flight) "
+                            f"{'-' if imbalance is None else f'{imbalance:.2f}'}")
         table.add_column("replica")
         for label, _, _ in REPLICA_COLUMNS:
             table.add_column(label, justify="right")
@@ -180,6 +185,9 @@ def files_lines(metrics: dict, run_dir: Path, report: Path | None) -> list[str]:
     names = list(metrics["strategies"])
     kinds = ", ".join(f"{kind}_{{{','.join(names)}}}.csv" if len(names) > 1
                       else f"{kind}_{names[0]}.csv" for kind in ("requests", "memory", "events"))
+    if (metrics.get("cluster") or {}).get("replicas", 1) > 1:
+        kinds += ", " + ", ".join(f"{kind}_{n}.csv" for kind in ("replicas", "load")
+                                  for n in names)
     lines = [f"run directory: {run_dir} (metrics.json, {kinds})"]
     if report is not None:
         lines.append(f"report: {report} (self-contained HTML: open it in a browser)")

@@ -45,6 +45,7 @@ def run_sections(run: RunData, max_points: int = 1000) -> list[Section]:
         waste_figure,
     )
     from kvpager.report.groups_report import group_section
+    from kvpager.report.replica_report import replica_sections
     from kvpager.report.tier_report import tier_section
 
     m = run.metrics
@@ -81,6 +82,7 @@ def run_sections(run: RunData, max_points: int = 1000) -> list[Section]:
     tier = tier_section(run, max_points)
     if tier is not None:
         sections.append(tier)
+    sections += replica_sections(run, max_points)
     sections += [
         Section("slowest", "Slowest requests",
                 "Highest normalized latency per strategy.", body_html=slowest_html(run)),

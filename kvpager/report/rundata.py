@@ -123,6 +123,21 @@ class EventColumns:
 
 
 @dataclass(frozen=True)
+class ReplicaColumns:
+    """The replicas of a cluster run, one strategy (`replicas_<strategy>.csv` and
+    `load_<strategy>.csv`, written when a run has several replicas).
+
+    memory: per replica (index order), its memory and queue samples (`tier_hit_rates` None).
+    load_time_s: float64 [A] arrival times; in_flight: float64 [A, R] requests in flight on
+        each replica just before that arrival was routed (empty without `load_*.csv`).
+    """
+
+    memory: list[MemoryColumns]
+    load_time_s: np.ndarray
+    in_flight: np.ndarray
+
+
+@dataclass(frozen=True)
 class RunData:
     """Everything a report draws: `metrics.json` plus each strategy's columns."""
 
@@ -132,6 +147,7 @@ class RunData:
     memory: dict[str, MemoryColumns] = field(default_factory=dict)
     requests: dict[str, RequestColumns] = field(default_factory=dict)
     events: dict[str, EventColumns] = field(default_factory=dict)
+    replicas: dict[str, ReplicaColumns] = field(default_factory=dict)
 
     @property
     def config(self) -> dict:
@@ -188,7 +204,9 @@ def load_run(run_dir: str | Path) -> RunData:
         events_path = root / f"events_{name}.csv"
         events[name] = (_read_events(events_path) if events_path.is_file()
                         else derive_swap_events(memory[name]))
-    return RunData(root, metrics, names, memory, requests, events)
+    replicas = {name: _read_replicas(root, name) for name in names
+                if (root / f"replicas_{name}.csv").is_file()}
+    return RunData(root, metrics, names, memory, requests, events, replicas)
 
 
 def derive_swap_events(memory: MemoryColumns) -> EventColumns:
@@ -276,6 +294,32 @@ def _read_memory(path: Path) -> MemoryColumns:
             if rows else np.zeros((0, 2))
     return MemoryColumns(col["time_s"], fractions, col["running_seqs"], col["waiting"],
                          col["swapped"], col["prefix_hit_rate"], tiers)
+
+
+def _read_replicas(root: Path, name: str) -> ReplicaColumns:
+    """Each replica's series from `replicas_<name>.csv` (rows grouped by a `replica`
+    column), and the in-flight samples of `load_<name>.csv` when present."""
+    path = root / f"replicas_{name}.csv"
+    header, rows = _rows(path, ("replica", *MEMORY_COLUMNS))
+    index = _ints(path, header, rows, "replica")
+    col = {c: _floats(path, header, rows, c) for c in (*MEMORY_COLUMNS, *MEMORY_FIELDS)
+           if c in header}
+    fractions = np.stack([col.get(f, np.zeros(len(rows))) for f in MEMORY_FIELDS], axis=1) \
+        if rows else np.zeros((0, len(MEMORY_FIELDS)))
+    memory = []
+    for r in range(int(index.max()) + 1 if rows else 0):
+        m = index == r
+        memory.append(MemoryColumns(col["time_s"][m], fractions[m], col["running_seqs"][m],
+                                    col["waiting"][m], col["swapped"][m],
+                                    col["prefix_hit_rate"][m]))
+    load = root / f"load_{name}.csv"
+    if not load.is_file():
+        return ReplicaColumns(memory, np.zeros(0), np.zeros((0, len(memory))))
+    lh, lrows = _rows(load, ("time_s",))
+    names = [c for c in lh if c.startswith("in_flight_")]
+    in_flight = np.stack([_floats(load, lh, lrows, c) for c in names], axis=1) \
+        if lrows and names else np.zeros((0, len(names)))
+    return ReplicaColumns(memory, _floats(load, lh, lrows, "time_s"), in_flight)
 
 
 def _read_requests(path: Path) -> RequestColumns:

@@ -123,6 +123,12 @@ class Simulation:
     def tier_blocks(self) -> int:
         return self.replica.tier_blocks
 
+    def load_samples(self) -> tuple[list[float], np.ndarray]:
+        """(arrival times, int64 [arrivals, replicas] requests in flight on each replica
+        just before that arrival was dispatched): the load-imbalance samples."""
+        return self._samples_t, np.asarray(self._samples_in_flight, dtype=np.int64).reshape(
+            len(self._samples_t), len(self.replicas))
+
     # ---- RunView (what replicas ask of the run) -----------------------------------------
     def all_arrived(self) -> bool:
         return self._arrived == len(self.trace)

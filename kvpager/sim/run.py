@@ -28,6 +28,7 @@ from kvpager.sim.caveats import run_caveats
 from kvpager.sim.cluster.config import ClusterConfig
 from kvpager.sim.cluster.disagg import DisaggSimulation
 from kvpager.sim.cluster.disagg_config import DisaggConfig, check_disagg
+from kvpager.sim.cluster.files import write_load, write_replica_series
 from kvpager.sim.config import (
     DEFAULT_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
@@ -227,6 +228,9 @@ def write_run(out: Path, metrics: dict, sims: dict[str, Simulation]) -> None:
         _write_requests(out / f"requests_{name}.csv", sim)
         _write_memory(out / f"memory_{name}.csv", sim)
         _write_events(out / f"events_{name}.csv", sim)
+        if len(sim.replicas) > 1:  # each replica's series (kvpager.sim.cluster.files)
+            write_replica_series(out / f"replicas_{name}.csv", [r.memory for r in sim.replicas])
+            write_load(out / f"load_{name}.csv", *sim.load_samples())
 
 
 def _write_requests(path: Path, sim: Simulation) -> None:

@@ -87,6 +87,28 @@ def test_a_simulated_run_renders_every_figure(simulated_report):
         browser.close()
 
 
+def test_a_cluster_run_renders_its_replica_figures(tmp_path):
+    pytest.importorskip("simpy")
+    from kvpager.sim import SimConfig, simulate
+    from kvpager.sim.cluster.config import ClusterConfig
+    from kvpager.sim.traces import load_trace
+
+    trace = load_trace(EXAMPLES / "mooncake_conv_sample.jsonl", limit=60)
+    simulate(trace, SimConfig(model="llama-3.1-8b", gpu="h100-80gb", prefix_caching=True),
+             ["paged"], out_dir=tmp_path / "run",
+             cluster=ClusterConfig(replicas=3, router="prefix-precise", slo_ttft_s=2.0))
+    path = write_report(tmp_path / "run", tmp_path / "report.html")
+    result, browser = open_report(path)
+    try:
+        assert_clean(result, browser, path, expected=7)
+        by_id = {f["id"]: f for f in result["figures"]}
+        # 3 replicas x (KV in use, running, waiting) + the imbalance line; 3 bars
+        assert by_id["fig-replicas-0"]["traces"] == 3 * 3 + 1
+        assert by_id["fig-replica-hits"]["traces"] == 1
+    finally:
+        browser.close()
+
+
 def test_hostile_strings_stay_text(tmp_path):
     run = write_run(tmp_path / "run", {"paged": {"memory": SHARES_A},
                                        "orca-max": {"memory": SHARES_B}},

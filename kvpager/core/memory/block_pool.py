@@ -42,7 +42,7 @@ only cost is one test per `register` or eviction.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -50,6 +50,26 @@ from kvpager.core.errors import DoubleFreeError, OutOfBlocksError, UnknownBlockE
 from kvpager.core.memory.event_sink import MEDIUM_GPU, KVEventSink
 
 BlockIds = Iterable[int] | np.ndarray
+
+
+#: keys looked up per slice by `leading_hits`: a long prompt whose first blocks miss stops
+#: after one slice instead of looking up every key
+_HIT_SLICE = 32
+
+
+def leading_hits(lookup: Callable[[Hashable], int | None],
+                 keys: Sequence[Hashable]) -> list[int]:
+    """`lookup(key)` for the leading `keys` up to the first one it answers None for (the
+    longest cached run: a block after a miss is never valid). Looks keys up a slice at a
+    time, so a miss early in a long prompt costs one slice, not the whole prompt."""
+    hits: list[int] = []
+    for start in range(0, len(keys), _HIT_SLICE):
+        found = list(map(lookup, keys[start : start + _HIT_SLICE]))
+        if None in found:
+            hits += found[: found.index(None)]  # type: ignore[arg-type]  # no None before it
+            return hits
+        hits += found  # type: ignore[arg-type]  # no None in it
+    return hits
 
 
 class BlockPool:
@@ -385,10 +405,7 @@ class BlockPool:
     def match(self, keys: Sequence[Hashable], max_blocks: int) -> list[int]:
         """Blocks of the longest run of leading `keys` (at most `max_blocks`) that are
         cached; no side effects."""
-        hits = list(map(self._block_of.get, keys[:max_blocks]))
-        if None in hits:
-            del hits[hits.index(None) :]
-        return hits  # type: ignore[return-value]  # the Nones are cut above
+        return leading_hits(self._block_of.get, keys[:max_blocks])
 
     def register(self, keys: Sequence[Hashable], blocks: Sequence[int],
                  parents: Sequence[Hashable | None] | None = None) -> list[int]:

@@ -30,6 +30,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+from kvpager.core.memory.block_pool import leading_hits
 from kvpager.core.memory.event_sink import MEDIUM_CPU, KVEventSink
 from kvpager.core.plans import EMPTY_PAIRS
 
@@ -79,10 +80,7 @@ class HostPrefixTier:
 
     def match(self, keys: Sequence[Hashable]) -> list[int]:
         """Host ids of the longest run of leading `keys` held here; no side effects."""
-        hits = list(map(self._host_of.get, keys))
-        if None in hits:
-            del hits[hits.index(None) :]
-        return hits  # type: ignore[return-value]
+        return leading_hits(self._host_of.get, keys)
 
     def pin(self, keys: Sequence[Hashable]) -> None:
         """Held `keys` are about to be loaded: they become the most recently used and their

@@ -39,8 +39,7 @@ def paged_breakdown(
     rows = np.asarray(rows, dtype=np.int64)
     nblocks = seqs.nblocks[rows].astype(np.int64)
     total = int(nblocks.sum())
-    filled = np.zeros(pool.num_blocks, dtype=np.int64)
-    future = np.zeros(pool.num_blocks, dtype=np.int64)
+    token = future_total = 0
     if total:
         owner = np.repeat(np.arange(rows.size), nblocks)
         logical = np.arange(total) - np.repeat(np.cumsum(nblocks) - nblocks, nblocks)
@@ -50,11 +49,24 @@ def paged_breakdown(
         # minimum/maximum rather than clip: np.clip on integers looks up np.iinfo every call
         now = np.minimum(np.maximum(held - start, 0), bs)
         end = np.minimum(np.maximum(np.maximum(final_slots[owner], held) - start, 0), bs)
-        np.maximum.at(filled, block, now)
-        np.maximum.at(future, block, end)
+        if block.size and int(block.min()) < 0:  # released window entries hold nothing
+            keep = block >= 0
+            block, now, end = block[keep], now[keep], end[keep]
+        # a block held once counts its holder's figures; only blocks several rows hold
+        # (shared prefixes, forks) need the maximum over holders (ufunc.at is slow)
+        shared = np.bincount(block, minlength=pool.num_blocks)[block] > 1
+        alone = ~shared
+        token, future_total = int(now[alone].sum()), int(end[alone].sum())
+        if shared.any():
+            held_by = block[shared]
+            filled = np.zeros(pool.num_blocks, dtype=np.int64)
+            future = np.zeros(pool.num_blocks, dtype=np.int64)
+            np.maximum.at(filled, held_by, now[shared])
+            np.maximum.at(future, held_by, end[shared])
+            token += int(filled.sum())
+            future_total += int(future.sum())
     used = pool.num_used
-    token = int(filled.sum())
-    reserved = int(future.sum()) - token
+    reserved = future_total - token
     cached = pool.num_evictable * bs
     free = (pool.num_free - pool.num_evictable) * bs
     internal = used * bs - token - reserved

@@ -95,7 +95,8 @@ def slo(requests: RequestLog, ttft_s: float | None, tpot_s: float | None,
 def imbalance(times: Sequence[float], in_flight: Sequence[Sequence[int]]) -> dict:
     """Max / mean in-flight requests across replicas, sampled at each arrival and averaged
     over time (each sample holds until the next; samples where the cluster is empty are
-    skipped). 1.0 is perfect balance, N all on one replica."""
+    skipped). 1.0 is perfect balance, N all on one replica. `series` is the same over
+    time (`_binned`)."""
     if len(times) < 2:
         return {"max_over_mean": 1.0 if times else None, "peak": 1.0 if times else None}
     x = np.asarray(in_flight, dtype=np.float64)  # [samples, replicas]
@@ -108,4 +109,20 @@ def imbalance(times: Sequence[float], in_flight: Sequence[Sequence[int]]) -> dic
     if weight.sum() <= 0:
         return {"max_over_mean": 1.0, "peak": 1.0}
     return {"max_over_mean": float((ratio * weight).sum() / weight.sum()),
-            "peak": float(ratio[busy].max())}
+            "peak": float(ratio[busy].max()),
+            "series": _binned(np.asarray(times, dtype=np.float64), ratio, weight)}
+
+
+IMBALANCE_BINS = 100
+
+
+def _binned(times: np.ndarray, ratio: np.ndarray, weight: np.ndarray) -> dict:
+    """The imbalance over time: `IMBALANCE_BINS` equal spans of the arrivals, each the
+    time-weighted mean of max / mean in flight over its busy samples (None when the cluster
+    was empty throughout)."""
+    edges = np.linspace(times[0], times[-1], IMBALANCE_BINS + 1)
+    which = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, IMBALANCE_BINS - 1)
+    w = np.bincount(which, weights=weight, minlength=IMBALANCE_BINS)
+    rw = np.bincount(which, weights=ratio * weight, minlength=IMBALANCE_BINS)
+    values = [float(a / b) if b > 0 else None for a, b in zip(rw, w, strict=True)]
+    return {"t_s": [float(t) for t in edges[:-1]], "max_over_mean": values}
