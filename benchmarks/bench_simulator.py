@@ -148,8 +148,8 @@ def main() -> None:
     if args.steploop:
         here = Path(__file__).resolve().parents[1]
         checkouts = {"this": here} | ({} if args.against is None else {"against": args.against})
-        results = {"azure-conv-70b-tp2-steploop": steploop(azure, checkouts, args.repeats),
-                   "load_average_1min_after": os.getloadavg()[0]}
+        results = steploop(azure, checkouts, args.repeats) | {
+            "load_average_1min_after": os.getloadavg()[0]}
         print(json.dumps(results, indent=2))
         if not args.no_record:
             print("recorded", _merge_into_simulator_json("azure-conv-70b-tp2-steploop",

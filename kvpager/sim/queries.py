@@ -37,7 +37,7 @@ def resident(sched: Scheduler) -> tuple[np.ndarray, np.ndarray]:
     will occupy at the end, for `SimManager.memory_breakdown`."""
     seqs = sched.running.all_seqs()
     rows = sched.manager.rows_of([s.seq_id for s in seqs])
-    final = np.fromiter((sched.final_tokens(s.group.request) - 1 for s in seqs),
+    final = np.fromiter((s.group.final_tokens - 1 for s in seqs),
                         dtype=np.int64, count=len(seqs))
     return rows, final
 

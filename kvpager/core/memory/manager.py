@@ -92,6 +92,7 @@ class KVCacheManager:
             raise ValueError(f"config.groups has {len(config.groups)} groups: use "
                              "kvpager.core.memory.hybrid.HybridKVCacheManager")
         self.config = config
+        self._watermark_blocks = config.watermark_blocks  # frozen config: read once
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len
         if events is not None and shared_pools is not None:
@@ -265,9 +266,10 @@ class KVCacheManager:
     def _status(self, total: int, take: int) -> AllocStatus:
         """NEVER if `total` blocks exceed the cache minus the watermark, OK if `take` free
         blocks leave the watermark, else LATER."""
-        if self.gpu.num_blocks - total < self.config.watermark_blocks:
+        mark = self._watermark_blocks
+        if self.gpu.num_blocks - total < mark:
             return AllocStatus.NEVER
-        if self.gpu.num_free - take >= self.config.watermark_blocks:
+        if self.gpu.num_free - take >= mark:
             return AllocStatus.OK
         return AllocStatus.LATER
 
@@ -542,11 +544,13 @@ class KVCacheManager:
     def _plan(self, rows: np.ndarray, k: int, lookahead: int,
               allow_zero: bool = False) -> AppendPlan:
         low = 0 if allow_zero else 1
-        for name, value, least in (("num_new_tokens", k, low),
-                                   ("num_lookahead_slots", lookahead, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-                    value < least):
-                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+        # the common call (plain ints in range) costs two type tests, the rest the full check
+        if not (type(k) is int and k >= low and type(lookahead) is int and lookahead >= 0):
+            for name, value, least in (("num_new_tokens", k, low),
+                                       ("num_lookahead_slots", lookahead, 0)):
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+                        value < least):
+                    raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         if rows.size == 1:  # one sequence: its row came from `row_of` or is checked here
             row = rows.item(0)
             if not 0 <= row < self._seqs.where.size or self._seqs.where.item(row) != ON_GPU:

@@ -13,6 +13,13 @@ from kvpager.core.sched.request import SequenceGroup, SequenceState
 
 _NO_TABLES = np.zeros((0, 0), dtype=np.int32)
 _NO_TABLES.flags.writeable = False
+_NO_INT64 = np.zeros(0, dtype=np.int64)
+_NO_INT64.flags.writeable = False
+_NO_INT32 = np.zeros(0, dtype=np.int32)
+_NO_INT32.flags.writeable = False
+# Defaults are fresh read-only views of shared empty arrays: a step is built every few tens
+# of microseconds, and a C-level `view` is far cheaper than a Python factory making an array.
+# An executor replaces a field, never writes into an empty one.
 
 
 @dataclass
@@ -30,8 +37,8 @@ class PrefillChunk:
     start: int
     count: int
     completes: bool
-    slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    block_table: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    slots: np.ndarray = field(default_factory=_NO_INT64.view)
+    block_table: np.ndarray = field(default_factory=_NO_INT32.view)
     #: With several KV-cache groups (`HybridKVCacheManager`): each group's int64 slots of
     #: the chunk's tokens, group 0's being `slots`; empty otherwise.
     group_slots: tuple[np.ndarray, ...] = ()
@@ -63,10 +70,10 @@ class SchedulerOutput:
 
     prefills: list[PrefillChunk] = field(default_factory=list)
     decode_seqs: list[SequenceState] = field(default_factory=list)
-    decode_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    decode_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    decode_seq_lens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    decode_block_tables: np.ndarray = field(default_factory=lambda: _NO_TABLES)
+    decode_rows: np.ndarray = field(default_factory=_NO_INT64.view)
+    decode_slots: np.ndarray = field(default_factory=_NO_INT64.view)
+    decode_seq_lens: np.ndarray = field(default_factory=_NO_INT64.view)
+    decode_block_tables: np.ndarray = field(default_factory=_NO_TABLES.view)
     #: With several KV-cache groups: per group, its int32 `[B, W_g]` block tables
     #: (released window entries read 0, never read by a kernel) and its int64 decode slots;
     #: group 0's are `decode_block_tables` / `decode_slots`. Empty for one group.
@@ -76,11 +83,11 @@ class SchedulerOutput:
     #: sequence's state (shared pages were copied by `copies` first). Empty otherwise.
     decode_state_pages: tuple[np.ndarray, ...] = ()
     num_decode_steps: int = 1
-    copies: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
-    swap_in: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
-    swap_out: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)
-    offload: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)  # (gpu, host)
-    load: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS)  # (host, gpu)
+    copies: np.ndarray = field(default_factory=EMPTY_PAIRS.view)
+    swap_in: np.ndarray = field(default_factory=EMPTY_PAIRS.view)
+    swap_out: np.ndarray = field(default_factory=EMPTY_PAIRS.view)
+    offload: np.ndarray = field(default_factory=EMPTY_PAIRS.view)  # (gpu, host)
+    load: np.ndarray = field(default_factory=EMPTY_PAIRS.view)  # (host, gpu)
     admitted: list[SequenceGroup] = field(default_factory=list)
     swapped_in: list[SequenceGroup] = field(default_factory=list)
     preempted: list[tuple[SequenceGroup, str]] = field(default_factory=list)

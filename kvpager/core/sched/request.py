@@ -58,6 +58,9 @@ class Request:
     beam_width: int = 1
     prompt_token_ids: Sequence[int] | None = None
     block_hashes: Sequence[Hashable] | None = None
+    #: Sequences the request runs once its prompt is computed: max(n, beam_width). Set at
+    #: construction (the scheduler reads it for every admission check).
+    width: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_count("prompt_tokens", self.prompt_tokens, 1)
@@ -71,11 +74,8 @@ class Request:
             raise ValueError(f"request {self.request_id!r}: prompt_token_ids has "
                              f"{len(self.prompt_token_ids)} ids, prompt_tokens is "
                              f"{self.prompt_tokens}")
+        object.__setattr__(self, "width", max(self.n, self.beam_width))
 
-    @property
-    def width(self) -> int:
-        """Sequences the request runs once its prompt is computed."""
-        return max(self.n, self.beam_width)
 
 
 class SequenceState:
@@ -157,6 +157,9 @@ class SequenceGroup:
     """The scheduler's record of one request."""
 
     request: Request
+    #: Tokens a sequence of the request holds at most (prompt + output, capped at the
+    #: manager's max_model_len): `Scheduler.final_tokens`, set once when it is queued.
+    final_tokens: int = 0
     status: GroupStatus = GroupStatus.WAITING
     seqs: list[SequenceState] = field(default_factory=list)
     expanded: bool = False  # forked into n samples / beams after the prompt

@@ -95,7 +95,7 @@ class Scheduler:
         that would admit it (`SchedulerOutput.rejected`): that needs the manager's check."""
         if request.request_id in self._groups:
             raise ValueError(f"request {request.request_id!r} is already queued")
-        group = SequenceGroup(request)
+        group = SequenceGroup(request, self.final_tokens(request))
         first = SequenceState((request.request_id, 0), group, request.prompt_tokens,
                               token_ids=None if request.prompt_token_ids is None
                               else list(request.prompt_token_ids))
@@ -150,7 +150,7 @@ class Scheduler:
         if request.width != 1 or request.max_output_tokens < 2:
             raise ValueError(f"request {request.request_id!r}: a remote prefill needs one "
                              "sequence and at least 2 output tokens")
-        group = SequenceGroup(request)
+        group = SequenceGroup(request, self.final_tokens(request))
         seq = SequenceState((request.request_id, 0), group, request.prompt_tokens,
                             token_ids=None if request.prompt_token_ids is None
                             else list(request.prompt_token_ids))
@@ -376,7 +376,7 @@ class Scheduler:
     def _can_allocate(self, group: SequenceGroup) -> AllocStatus:
         if len(group.seqs) > 1:  # a recomputation: independent sequences
             return self.manager.can_allocate_many([s.prefill_counts[0] for s in group.seqs],
-                                                  max_tokens=self.final_tokens(group.request))
+                                                  max_tokens=group.final_tokens)
         seq = group.seqs[0]
         return self.manager.can_allocate(seq.prefill_counts[0],
                                          **self._alloc_args(group, seq))
@@ -389,7 +389,7 @@ class Scheduler:
             # Keys made once at arrival apply to the prompt alone.
             "block_hashes": request.block_hashes
             if token_ids is None or seq.num_tokens == request.prompt_tokens else None,
-            "max_tokens": self.final_tokens(request),
+            "max_tokens": group.final_tokens,
             "num_seqs": 1 if group.expanded else request.width,
         }
 
@@ -477,7 +477,7 @@ class Scheduler:
 
     def _set_targets(self, rows: np.ndarray, seqs: list[SequenceState]) -> None:
         # Decoding, the manager holds num_tokens - 1 slots: stop when it reaches total - 1.
-        targets = np.fromiter((self.final_tokens(s.group.request) - 1 for s in seqs),
+        targets = np.fromiter((s.group.final_tokens - 1 for s in seqs),
                               dtype=np.int64, count=len(seqs))
         self.running.set_targets(rows, targets)
 
