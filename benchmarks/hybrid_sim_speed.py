@@ -60,8 +60,9 @@ def main() -> None:
     hybrid, dense = run("--hybrid"), run("--no-hybrid")
     results = {"trace": TRACE.name, "args": ARGS, "hybrid": hybrid, "single_group": dense,
                "ratio": hybrid["process_wall_s"] / dense["process_wall_s"], "target": 1.5,
-               "machine_note": "2 CPU cores shared with about 7 other agents: wall times "
-                               "are loaded-machine figures"}
+               "load_average_1min_after": os.getloadavg()[0],
+               "machine_note": "2-core VM whose speed varies between runs: the two runs go "
+                               "one after the other, so compare their ratio"}
     print(json.dumps(results, indent=2))
     if not args.no_record:
         print(record("hybrid_sim_speed", results))
