@@ -117,9 +117,9 @@ def check_hybrid_options(config: SimConfig, kv: KVLayout) -> None:
 def hybrid_refusal(has_state: bool, prefix_caching: bool, prefix_tier: bool) -> str:
     """Why a hybrid layout cannot run these options ("" when it can)."""
     if prefix_tier:
-        return ("cpu_prefix_cache_gib: the host prefix tier with several KV-cache groups is "
-                "not in the library yet; add --no-hybrid to allocate every layer as full "
-                "attention")
+        return ("cpu_prefix_cache_gib: the simulator does not time the host prefix tier of "
+                "several KV-cache groups yet (the library's HybridKVCacheManager has it); "
+                "add --no-hybrid to allocate every layer as full attention")
     if prefix_caching and has_state:
         return ("prefix_caching: a prefix hit would skip the linear-attention state, and the "
                 "library keeps no state checkpoints yet; run without prefix caching")
