@@ -95,17 +95,21 @@ class Scheduler:
         that would admit it (`SchedulerOutput.rejected`): that needs the manager's check."""
         if request.request_id in self._groups:
             raise ValueError(f"request {request.request_id!r} is already queued")
-        group = SequenceGroup(request, self.final_tokens(request))
-        first = SequenceState((request.request_id, 0), group, request.prompt_tokens,
-                              token_ids=None if request.prompt_token_ids is None
-                              else list(request.prompt_token_ids))
-        group.seqs.append(first)
+        group = self._new_group(request)
         reason = self._never_fits(request)
         if reason is not None:
             self._reject(group, reason)
             return group
         self._groups[request.request_id] = group
         self.waiting.append(group)
+        return group
+
+    def _new_group(self, request: Request) -> SequenceGroup:
+        """The group of a request just queued, with its first sequence holding the prompt."""
+        group = SequenceGroup(request, self.final_tokens(request))
+        group.seqs.append(SequenceState((request.request_id, 0), group, request.prompt_tokens,
+                                        token_ids=None if request.prompt_token_ids is None
+                                        else list(request.prompt_token_ids)))
         return group
 
     def _never_fits(self, request: Request) -> str | None:
@@ -150,11 +154,8 @@ class Scheduler:
         if request.width != 1 or request.max_output_tokens < 2:
             raise ValueError(f"request {request.request_id!r}: a remote prefill needs one "
                              "sequence and at least 2 output tokens")
-        group = SequenceGroup(request, self.final_tokens(request))
-        seq = SequenceState((request.request_id, 0), group, request.prompt_tokens,
-                            token_ids=None if request.prompt_token_ids is None
-                            else list(request.prompt_token_ids))
-        group.seqs.append(seq)
+        group = self._new_group(request)
+        seq = group.seqs[0]
         reason = self._never_fits(request)
         if reason is not None:
             self._reject(group, reason)
