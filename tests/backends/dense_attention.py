@@ -134,6 +134,10 @@ def dense_attention(inp: AttentionInputs) -> DenseResult:
                 if not mask[part].any():
                     continue
                 top = logits[part].max()
+                if inp.sinks is not None and top == -math.inf:
+                    # with sinks, a partition whose attended logits are all -inf is empty
+                    # (max -inf, sum 0): the sink's finite logit takes the weight, as in v1
+                    continue
                 weights = torch.exp(logits[part] - top)
                 part_max[s, h, p] = top
                 part_sum[s, h, p] = weights.sum()
