@@ -205,10 +205,7 @@ class Simulation:
         for i in range(len(self.trace)):
             if arrival[i] > env.now:
                 yield env.timeout(arrival[i] - env.now)
-            self._arrived += 1
-            request, outputs = self._request(i)
-            self._samples_t.append(env.now)
-            self._samples_in_flight.append([load_of(r).in_flight for r in self.replicas])
+            request, outputs = self._arrive(i, env.now)
             index = self._dispatch(request, env.now)
             self.assigned[i] = index
             replica = self.replicas[index]
@@ -217,6 +214,15 @@ class Simulation:
             if group.status is GroupStatus.FINISHED:
                 replica.reject(i, group.finish_reason or "rejected", group.num_preemptions)
             replica.wake()
+
+    def _arrive(self, i: int, now: float) -> tuple[Request, list[int] | None]:
+        """Request i of the trace arrives now: count it, sample every replica's load (the
+        imbalance series), and build it (`_request`)."""
+        self._arrived += 1
+        request, outputs = self._request(i)
+        self._samples_t.append(now)
+        self._samples_in_flight.append([load_of(r).in_flight for r in self.replicas])
+        return request, outputs
 
     def _dispatch(self, request: Request, now: float) -> int:
         """The replica (index) that serves `request`: the routing point of the run. The

@@ -44,7 +44,7 @@ from kvpager.sim.cluster.decider import Decider
 from kvpager.sim.cluster.disagg_config import DisaggConfig
 from kvpager.sim.cluster.disagg_summary import transfer_summary
 from kvpager.sim.cluster.routers import Router, build_router
-from kvpager.sim.cluster.signals import LoadBoard, load_of
+from kvpager.sim.cluster.signals import LoadBoard
 from kvpager.sim.cluster.transfer import KVLink
 from kvpager.sim.config import PAGED, SimConfig
 from kvpager.sim.cost_model import CostModel
@@ -211,10 +211,7 @@ class DisaggSimulation(Simulation):
         for i in range(len(self.trace)):
             if arrival[i] > env.now:
                 yield env.timeout(arrival[i] - env.now)
-            self._arrived += 1
-            request, outputs = self._request(i)
-            self._samples_t.append(env.now)
-            self._samples_in_flight.append([load_of(r).in_flight for r in self.replicas])
+            request, outputs = self._arrive(i, env.now)
             keys = request.block_hashes or ()
             d = self.decode_router.route(keys, env.now)
             self.assigned[i] = first_decode + d
