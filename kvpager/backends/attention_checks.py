@@ -62,6 +62,28 @@ def check_blocksparse(
                      f"|step| <= {room})")
 
 
+def check_tables_and_lens(block_tables: object, seq_lens: object, device: torch.device,
+                          num_seqs: int) -> None:
+    """The paged ops' shared index arguments: `block_tables` int32 `[num_seqs,
+    max_blocks_per_seq]` and `seq_lens` int32 `[num_seqs]`, packed, on the query's device
+    (kernels index them with plain strides)."""
+    import torch
+
+    tables = v.check_tensor("block_tables", block_tables)
+    v.check_device("block_tables", tables, device, "query")
+    v.check_dtype("block_tables", tables, (torch.int32,))
+    v.check_ndim("block_tables", tables, 2, "[num_seqs, max_blocks_per_seq]")
+    if tables.shape[0] != num_seqs:
+        raise v.fail("block_tables", f"has {tables.shape[0]} rows but query has "
+                                     f"{num_seqs} sequences")
+    v.check_packed("block_tables", tables, 0, "[num_seqs, max_blocks_per_seq]")
+    lens = v.check_tensor("seq_lens", seq_lens)
+    v.check_device("seq_lens", lens, device, "query")
+    v.check_dtype("seq_lens", lens, (torch.int32,))
+    v.check_shape("seq_lens", lens, (num_seqs,), "[num_seqs]")
+    v.check_packed("seq_lens", lens, 0, "[num_seqs]")
+
+
 def check_attention(args: PagedAttentionArgs) -> tuple[str, float]:
     """Static checks shared by v1 and v2, in vLLM's argument order where it matters.
 
@@ -143,19 +165,7 @@ def check_attention(args: PagedAttentionArgs) -> tuple[str, float]:
                   "[num_blocks, num_kv_heads, head_size, block_size]")
     v.check_packed("value_cache", value_cache, 1, "after the block dimension")
 
-    block_tables = v.check_tensor("block_tables", args.block_tables)
-    v.check_device("block_tables", block_tables, device, "query")
-    v.check_dtype("block_tables", block_tables, (torch.int32,))
-    v.check_ndim("block_tables", block_tables, 2, "[num_seqs, max_blocks_per_seq]")
-    if block_tables.shape[0] != num_seqs:
-        raise v.fail("block_tables", f"has {block_tables.shape[0]} rows but query has "
-                                     f"{num_seqs} sequences")
-    v.check_packed("block_tables", block_tables, 0, "[num_seqs, max_blocks_per_seq]")
-    seq_lens = v.check_tensor("seq_lens", args.seq_lens)
-    v.check_device("seq_lens", seq_lens, device, "query")
-    v.check_dtype("seq_lens", seq_lens, (torch.int32,))
-    v.check_shape("seq_lens", seq_lens, (num_seqs,), "[num_seqs]")
-    v.check_packed("seq_lens", seq_lens, 0, "[num_seqs]")
+    check_tables_and_lens(args.block_tables, args.seq_lens, device, num_seqs)
     max_seq_len = args.max_seq_len
     v.check_int("max_seq_len", max_seq_len, 1)
 

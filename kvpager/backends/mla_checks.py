@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvpager.backends import validation as v
+from kvpager.backends.attention_checks import check_tables_and_lens
 from kvpager.backends.layout import attention_dtypes
 
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ def check_mla_decode(args: MLADecodeArgs) -> float:
     """Static checks of one `paged_mla_decode` call; returns the scale as a float."""
     import math
 
-    import torch
 
     query = v.check_tensor("query", args.query)
     v.check_ndim("query", query, 3, "[num_seqs, num_heads, kv_lora_rank + rope_dim]")
@@ -85,19 +85,7 @@ def check_mla_decode(args: MLADecodeArgs) -> float:
     if block_size != cache.shape[1]:
         raise v.fail("block_size", f"({block_size}) must equal the block dimension of "
                                    f"latent_cache ({cache.shape[1]})")
-    block_tables = v.check_tensor("block_tables", args.block_tables)
-    v.check_device("block_tables", block_tables, device, "query")
-    v.check_dtype("block_tables", block_tables, (torch.int32,))
-    v.check_ndim("block_tables", block_tables, 2, "[num_seqs, max_blocks_per_seq]")
-    if block_tables.shape[0] != num_seqs:
-        raise v.fail("block_tables", f"has {block_tables.shape[0]} rows but query has "
-                                     f"{num_seqs} sequences")
-    v.check_packed("block_tables", block_tables, 0, "[num_seqs, max_blocks_per_seq]")
-    seq_lens = v.check_tensor("seq_lens", args.seq_lens)
-    v.check_device("seq_lens", seq_lens, device, "query")
-    v.check_dtype("seq_lens", seq_lens, (torch.int32,))
-    v.check_shape("seq_lens", seq_lens, (num_seqs,), "[num_seqs]")
-    v.check_packed("seq_lens", seq_lens, 0, "[num_seqs]")
+    check_tables_and_lens(args.block_tables, args.seq_lens, device, num_seqs)
     scale = v.check_float("scale", args.scale)
     if not math.isfinite(scale) or scale <= 0:
         raise v.fail("scale", f"must be finite and > 0, got {scale!r}")
