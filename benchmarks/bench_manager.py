@@ -102,17 +102,24 @@ def _alternate(single_round: Callable[[], None], hybrid_round: Callable[[], None
             "rounds": rounds}
 
 
-def bench_interleaved(num_seqs: int, steps: int, repeats: int) -> dict:
-    """The decode step of one group and of two (window 128 + full) on the same 1,024
-    prompts, timed in alternating rounds of `steps` steps each (`_alternate`), per step."""
-    rounds = max(repeats, 1) * 6
-    single = make_manager(num_seqs, steps * (rounds + 2))
-    hybrid = make_hybrid(num_seqs, steps * (rounds + 2))
+def _same_prompts(num_seqs: int, steps: int) -> tuple:
+    """A one-group and a two-group (window 128 + full) manager with room for `steps`
+    decode steps, holding the same `num_seqs` prompts of 16..511 tokens (seeded)."""
+    single = make_manager(num_seqs, steps)
+    hybrid = make_hybrid(num_seqs, steps)
     rng = np.random.default_rng(0)
     for i in range(num_seqs):
         n = int(rng.integers(16, 512))
         single.allocate(i, n)
         hybrid.allocate(i, n)
+    return single, hybrid
+
+
+def bench_interleaved(num_seqs: int, steps: int, repeats: int) -> dict:
+    """The decode step of one group and of two (window 128 + full) on the same 1,024
+    prompts, timed in alternating rounds of `steps` steps each (`_alternate`), per step."""
+    rounds = max(repeats, 1) * 6
+    single, hybrid = _same_prompts(num_seqs, steps * (rounds + 2))
     srows, hrows = single.rows_of(range(num_seqs)), hybrid.rows_of(range(num_seqs))
     hybrid.mark_computed_batch(hrows)
     for _ in range(steps):  # warm up (and grow the tables past their first widening)
@@ -136,13 +143,7 @@ def bench_per_seq_interleaved(num_seqs: int, steps: int, repeats: int) -> dict:
     """`append_slots` per sequence (no token ids, no forks), one group and two, timed in
     alternating rounds as `bench_interleaved`; per call."""
     rounds = max(repeats, 1) * 4
-    single = make_manager(num_seqs, steps * (rounds + 2))
-    hybrid = make_hybrid(num_seqs, steps * (rounds + 2))
-    rng = np.random.default_rng(0)
-    for i in range(num_seqs):
-        n = int(rng.integers(16, 512))
-        single.allocate(i, n)
-        hybrid.allocate(i, n)
+    single, hybrid = _same_prompts(num_seqs, steps * (rounds + 2))
     ids = list(range(num_seqs))
 
     def one() -> None:
